@@ -1,0 +1,93 @@
+"""The run registry: one row per run (request, status, settings, counters) beside the
+checkpoints, so runs can be listed, inspected and resumed with their original settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+import sqlite_utils
+
+TABLE = "runs"
+STATUSES = ("running", "failed", "interrupted", "finished")
+COLUMNS = {
+    "run_id": str, "request": str, "images": str, "status": str, "created_at": str,
+    "updated_at": str, "settings": str, "steps_total": int, "steps_done": int, "generations": int,
+    "critic_calls": int, "rejections": int, "error": str, "document_dir": str, "pid": int,
+}
+
+
+class RunNotFoundError(LookupError):
+    pass
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunRegistry:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.db = sqlite_utils.Database(conn)
+        self.table = self.db[TABLE]
+        if not self.table.exists():
+            self.table.create(COLUMNS, pk="run_id", if_not_exists=True)
+            self.table.create_index(["created_at"], if_not_exists=True)
+
+    def create(self, run_id: str, request: str, images: list[str], settings: dict[str, Any]) -> None:
+        if self.exists(run_id):
+            raise ValueError(f"a run with id {run_id!r} already exists; choose another --run-id or "
+                             f"`interleave resume {run_id}`")
+        now = _now()
+        self.table.insert({
+            "run_id": run_id, "request": request, "images": json.dumps(images), "status": "running",
+            "created_at": now, "updated_at": now, "settings": json.dumps(settings), "steps_total": 0,
+            "steps_done": 0, "generations": 0, "critic_calls": 0, "rejections": 0, "error": None,
+            "document_dir": None, "pid": os.getpid()})
+
+    def exists(self, run_id: str) -> bool:
+        return bool(self.table.count_where("run_id = ?", [run_id]))
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown registry fields {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"status {fields['status']!r} is not one of {STATUSES}")
+        self.table.update(run_id, {**fields, "updated_at": _now()})
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        try:
+            row = self.table.get(run_id)
+        except sqlite_utils.db.NotFoundError:
+            raise RunNotFoundError(f"no run with id {run_id!r} in this runs folder; "
+                                   f"`interleave list` shows the runs there") from None
+        return self._decode(row)
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.table.rows_where(order_by="created_at desc, rowid desc", limit=limit)
+        return [self._decode(row) for row in rows]
+
+    @staticmethod
+    def _decode(row: dict[str, Any]) -> dict[str, Any]:
+        row = dict(row)
+        row["settings"] = json.loads(row["settings"] or "{}")
+        row["images"] = json.loads(row["images"] or "[]")
+        # A run marked running whose process is gone was killed: report it as interrupted.
+        if row["status"] == "running" and not _pid_alive(row.get("pid")):
+            row["status"] = "interrupted"
+        return row

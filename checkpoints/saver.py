@@ -1,0 +1,52 @@
+"""The run database: one SQLite file in the runs directory holding LangGraph checkpoints (one
+thread per run) and the run registry.
+
+Connections use WAL with a busy timeout so a Studio server, a CLI run and ``interleave list`` can
+share the file without "database is locked" errors.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+DATABASE_NAME = "interleave.sqlite"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def database_path(runs_dir: str | Path) -> Path:
+    return Path(runs_dir) / DATABASE_NAME
+
+
+def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open the run database; with ``create=False`` a missing database is an error that says so."""
+    path = database_path(runs_dir)
+    if not path.exists():
+        if not create:
+            raise FileNotFoundError(
+                f"no run database at {path}; start a run with `interleave run` or `interleave demo`, "
+                f"or pass --runs-dir pointing at an existing runs folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # NORMAL is durable against a killed process in WAL mode; only a power cut can drop the newest
+    # transactions.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextmanager
+def open_checkpointer(runs_dir: str | Path) -> Iterator[SqliteSaver]:
+    """A SqliteSaver on the runs directory's database, set up and closed for you."""
+    conn = connect(runs_dir)
+    try:
+        saver = SqliteSaver(conn)
+        saver.setup()
+        yield saver
+    finally:
+        conn.close()

@@ -1,0 +1,43 @@
+"""All the wiring of the planner -> generator -> critic loop, in one place.
+
+    START -> plan -> generate -> (critique -> generate)* -> accept -> ... -> compose -> END
+
+``graph`` (compiled without a checkpointer) is what ``langgraph.json`` exports to LangGraph
+Studio / ``langgraph dev``, which bring their own persistence. The CLI and embedding code call
+``build_graph(checkpointer=...)``. Importing this module loads no weights and no diffusers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+
+from graph.context import Context
+from graph.routing import after_accept, after_critique, after_generate
+from graph.state import InputState, OutputState, State
+from nodes.compose import accept, compose
+from nodes.critic import critique
+from nodes.generator import generate
+from nodes.planner import plan
+
+
+def build_graph(checkpointer: Any = None) -> Any:
+    """Compile the interleaved-generation graph; pass a checkpointer to make runs resumable."""
+    builder = StateGraph(State, context_schema=Context, input_schema=InputState,
+                         output_schema=OutputState)
+    builder.add_node("plan", plan)
+    builder.add_node("generate", generate)
+    builder.add_node("critique", critique)
+    builder.add_node("accept", accept)
+    builder.add_node("compose", compose)
+    builder.add_edge(START, "plan")
+    builder.add_edge("plan", "generate")
+    builder.add_conditional_edges("generate", after_generate)
+    builder.add_conditional_edges("critique", after_critique)
+    builder.add_conditional_edges("accept", after_accept)
+    builder.add_edge("compose", END)
+    return builder.compile(checkpointer=checkpointer, name="interleave")
+
+
+graph = build_graph()

@@ -1,0 +1,227 @@
+"""The ``interleave`` command line.
+
+Exit codes: 0 done; 1 the run failed and is saved (``interleave resume RUN_ID`` continues it);
+2 bad input (nothing was written); 3 unknown run id or runs folder; 4 a model endpoint is
+unreachable before the run starts (nothing was written); 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from graph.context import Context
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+_TYPES = {"str": str, "int": int, "float": float}
+# Settings that may be changed when resuming (where the models are, which device); the rest
+# stay as the run started, so a resumed run produces what the uninterrupted one would have.
+RESUME_OVERRIDES = ("planner_base_url", "planner_model", "critic_base_url", "critic_model",
+                    "generator_model", "device", "vlm_timeout_s", "vlm_retries")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    group = parser.add_argument_group(
+        "run settings", "each also reads INTERLEAVE_<NAME> from the environment (flag wins)")
+    for field in dataclasses.fields(Context):
+        if field.name in names:
+            group.add_argument(_flag(field.name), dest=field.name, type=_TYPES[str(field.type)],
+                               default=None, metavar=str(field.type).upper(),
+                               help=field.metadata["description"])
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interleave",
+        description="Agentic interleaved text-image generation: a planner VLM writes the plan, a "
+                    "diffusers model draws and edits each step, a critic VLM judges every image "
+                    "and asks for regeneration with a refined prompt.",
+        epilog="Exit codes: 0 done, 1 run failed (saved; resume it), 2 bad input, 3 unknown run, "
+               "4 endpoint unreachable, 130 interrupted.")
+    parser.add_argument("--runs-dir", default=None,
+                        help="folder holding the run database, images and documents "
+                             "(default: $INTERLEAVE_RUNS_DIR or ./runs)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    setting_names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
+
+    run = commands.add_parser("run", help="generate an interleaved document for a request",
+                              description="Plan, generate and critique a new run; prints where the "
+                                          "document is written.")
+    run.add_argument("request", help='what to show, e.g. "How do I fold a paper crane?"')
+    run.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="an input image (repeat for several); sent to the planner with the request")
+    run.add_argument("--run-id", default=None, help="id for the new run (default: time + random)")
+    run.add_argument("--no-preflight", action="store_true",
+                     help="skip checking that the planner and critic endpoints answer before starting")
+    _add_settings(run, setting_names)
+
+    resume = commands.add_parser("resume", help="continue an interrupted or failed run",
+                                 description="Continue a run from its last checkpoint with its "
+                                             "stored settings; completed steps are not redone.")
+    resume.add_argument("run_id")
+    _add_settings(resume, list(RESUME_OVERRIDES))
+
+    show = commands.add_parser("show", help="show one run's status, plan and attempts")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true", help="print the registry row and state as JSON")
+
+    listing = commands.add_parser("list", help="list runs, newest first")
+    listing.add_argument("--limit", type=int, default=50, help="most runs to list (default 50)")
+
+    export = commands.add_parser("export", help="write a finished run's document as html, md or json")
+    export.add_argument("run_id")
+    export.add_argument("--format", choices=("html", "md", "json"), default="html")
+    export.add_argument("--output", default=None,
+                        help="file to write (default: print the path of the document in the run folder)")
+
+    demo = commands.add_parser(
+        "demo", help="offline demo with random-weight models (images are noise)",
+        description="Runs the whole loop offline: a tiny random-weight FLUX.2-klein pipeline and "
+                    "scripted planner/critic replies from a local OpenAI-compatible server. The "
+                    "images are noise because the weights are random; see the README for real models.")
+    demo.add_argument("--request", default=None, help="the request (default: fold a paper crane)")
+    return parser
+
+
+def _settings(args: argparse.Namespace, names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _runs_dir(args: argparse.Namespace) -> str:
+    return args.runs_dir or Context.__dataclass_fields__["runs_dir"].default_factory()
+
+
+def _report(outcome: Any) -> int:
+    if outcome.status == "finished":
+        print(f"run {outcome.run_id} finished")
+        if outcome.document_dir:
+            print(f"document: {Path(outcome.document_dir) / 'document.html'}")
+        return EXIT_OK
+    print(f"error: run {outcome.run_id} failed: {outcome.error}", file=sys.stderr)
+    print(f"the run is saved; fix the cause, then: interleave resume {outcome.run_id}", file=sys.stderr)
+    return EXIT_RUN_FAILED
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from graph.preflight import check_endpoints
+    from graph.progress import ProgressPrinter
+    from graph.runner import start_run, validate_request
+
+    validate_request(args.request, args.image)
+    context = Context(runs_dir=_runs_dir(args), **_settings(args, [
+        f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]))
+    if not args.no_preflight:
+        check_endpoints(context)
+    return _report(start_run(args.request, context, images=args.image, run_id=args.run_id,
+                             on_event=ProgressPrinter()))
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from graph.progress import ProgressPrinter
+    from graph.runner import resume_run
+
+    outcome = resume_run(args.run_id, _runs_dir(args), overrides=_settings(args, RESUME_OVERRIDES),
+                         on_event=ProgressPrinter())
+    return _report(outcome)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from graph.demo import DEFAULT_REQUEST, run_demo
+    from graph.progress import ProgressPrinter
+
+    print("offline demo: random-weight models, so the images are noise; the loop is real",
+          file=sys.stderr)
+    return _report(run_demo(_runs_dir(args), args.request or DEFAULT_REQUEST, on_event=ProgressPrinter()))
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+
+    with closing(connect(_runs_dir(args), create=False)) as conn:
+        rows = RunRegistry(conn).list(args.limit)
+    if not rows:
+        print("no runs yet")
+    for row in rows:
+        print(f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/{row['steps_total']} steps  "
+              f"{row['generations']} images  {row['created_at']}  {row['request'][:60]}")
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from graph.inspection import run_details
+
+    details = run_details(_runs_dir(args), args.run_id)
+    if args.json:
+        print(json.dumps(details, indent=2, ensure_ascii=False, default=str))
+        return EXIT_OK
+    row, state = details["run"], details["state"]
+    print(f"run {row['run_id']}: {row['status']} · {row['steps_done']}/{row['steps_total']} steps · "
+          f"{row['generations']} generations · {row['critic_calls']} critic calls · "
+          f"{row['rejections']} rejected")
+    print(f"request: {row['request']}")
+    if row.get("error"):
+        print(f"error: {row['error']}")
+    for step in state.get("plan", []):
+        print(f"  {step['step_number']}. {step['step_name']}: {step['prompt']}")
+        for a in [a for a in state.get("attempts", []) if a["step_number"] == step["step_number"]]:
+            verdict = a["verdict"]
+            said = ("accepted without critic" if verdict is None and a["last_allowed"] else
+                    "pending" if verdict is None else
+                    "passed" if verdict["success"] else
+                    "rejected" if verdict["success"] is False else f"unusable: {verdict['error']}")
+            print(f"     attempt {a['attempt']} seed {a['seed']}: {said} · {a['image']['path']}")
+    if row.get("document_dir"):
+        print(f"document: {Path(row['document_dir']) / 'document.html'}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from graph.inspection import export_document
+
+    print(export_document(_runs_dir(args), args.run_id, args.format, args.output))
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "show": _cmd_show, "list": _cmd_list,
+            "export": _cmd_export, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from checkpoints.registry import RunNotFoundError
+    from graph.preflight import EndpointUnreachableError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the run is saved at its last completed node (interleave resume RUN_ID)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except EndpointUnreachableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (RunNotFoundError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

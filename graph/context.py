@@ -1,0 +1,122 @@
+"""Run settings: the one place environment variables are read.
+
+Every field can be set three ways, weakest first: its default here, an ``INTERLEAVE_<FIELD>``
+environment variable (e.g. ``INTERLEAVE_PLANNER_BASE_URL``), and an explicit argument
+(``Context(seed=3)``, a CLI flag, or the context form in LangGraph Studio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "INTERLEAVE_"
+SECRET_FIELDS = ("planner_api_key", "critic_api_key")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def _env(name: str, default: Any) -> Any:
+    """Default for field ``name``: ``INTERLEAVE_<NAME>`` if set, converted to the default's type."""
+    raw = os.environ.get(ENV_PREFIX + name.upper())
+    if raw is None or raw == "":
+        return default
+    kind = type(default)
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}; "
+            f"fix or unset it"
+        ) from None
+
+
+def _setting(name: str, default: Any, description: str) -> Any:
+    return field(default_factory=lambda: _env(name, default), metadata={"description": description})
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Settings of one run. Stored with the run (without API keys) so ``resume`` uses the same ones."""
+
+    planner_base_url: str = _setting(
+        "planner_base_url", "http://127.0.0.1:8000/v1",
+        "OpenAI-compatible endpoint of the planner VLM (e.g. `vllm serve` at http://HOST:PORT/v1).")
+    planner_api_key: str = _setting("planner_api_key", "EMPTY", "API key for the planner endpoint.")
+    planner_model: str = _setting(
+        "planner_model", "Qwen/Qwen3-VL-8B-Instruct", "Model name the planner endpoint serves.")
+    critic_base_url: str = _setting(
+        "critic_base_url", "http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint of the critic VLM.")
+    critic_api_key: str = _setting("critic_api_key", "EMPTY", "API key for the critic endpoint.")
+    critic_model: str = _setting(
+        "critic_model", "Qwen/Qwen3-VL-8B-Instruct", "Model name the critic endpoint serves.")
+    vlm_max_tokens: int = _setting("vlm_max_tokens", 4096, "Most new tokens per planner/critic reply.")
+    vlm_temperature: float = _setting(
+        "vlm_temperature", 0.7, "Sampling temperature of planner and critic (retries re-sample).")
+    vlm_timeout_s: float = _setting("vlm_timeout_s", 600.0, "Seconds to wait for one planner/critic reply.")
+    vlm_retries: int = _setting(
+        "vlm_retries", 2, "Extra tries when a reply cannot be parsed or the endpoint fails transiently.")
+    generator_model: str = _setting(
+        "generator_model", "black-forest-labs/FLUX.2-klein-4B",
+        "Diffusers model id or local folder of the image generator (text-to-image + editing).")
+    device: str = _setting("device", "auto", "Torch device of the generator: auto, cuda, cuda:1, cpu.")
+    dtype: str = _setting("dtype", "auto", "Generator dtype: auto (bfloat16 on CUDA, float32 on CPU), "
+                                           "bfloat16, float16, float32.")
+    width: int = _setting("width", 1024, "Image width in pixels (a multiple of 16).")
+    height: int = _setting("height", 1024, "Image height in pixels (a multiple of 16).")
+    num_inference_steps: int = _setting("num_inference_steps", 4, "Denoising steps per image.")
+    guidance_scale: float = _setting("guidance_scale", 1.0, "Guidance scale (ignored by distilled klein).")
+    max_generations_per_step: int = _setting(
+        "max_generations_per_step", 3,
+        "Generations per step; the critic judges all but the last, which is accepted as is.")
+    seed: int = _setting("seed", 0, "Run seed; each step and attempt derives its own seed from it.")
+    runs_dir: str = _setting("runs_dir", "runs", "Folder for the run database, image store and documents.")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value < 16 or value % 16:
+                problems.append(f"{name}={value} must be a positive multiple of 16 (e.g. 1024)")
+        if self.width * self.height > 4096 * 4096:
+            problems.append(f"{self.width}x{self.height} is over 16.8 megapixels; use at most 4096x4096")
+        if not 1 <= self.num_inference_steps <= 500:
+            problems.append(f"num_inference_steps={self.num_inference_steps} must be between 1 and 500")
+        if not 1 <= self.max_generations_per_step <= 20:
+            problems.append(
+                f"max_generations_per_step={self.max_generations_per_step} must be between 1 and 20")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype={self.dtype!r} must be one of {', '.join(DTYPES)}")
+        if self.vlm_max_tokens < 1 or self.vlm_retries < 0 or self.vlm_timeout_s <= 0:
+            problems.append("vlm_max_tokens must be >= 1, vlm_retries >= 0 and vlm_timeout_s > 0")
+        for name in ("planner_base_url", "critic_base_url"):
+            if not getattr(self, name).startswith(("http://", "https://")):
+                problems.append(f"{name}={getattr(self, name)!r} must be an http(s) URL such as "
+                                f"http://127.0.0.1:8000/v1")
+        if problems:
+            raise ValueError("invalid run settings: " + "; ".join(problems))
+
+    def to_record(self) -> dict[str, Any]:
+        """Settings to store with a run: everything except secrets."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], **overrides: Any) -> "Context":
+        """Rebuild stored settings (secrets come from the environment again); unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in record.items() if k in names and k not in SECRET_FIELDS}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def context_of(runtime: Any) -> Context:
+    """The run's Context from a LangGraph runtime (a dict from Studio is accepted, None gives defaults)."""
+    ctx = getattr(runtime, "context", None)
+    if ctx is None:
+        return Context()
+    if isinstance(ctx, dict):
+        return Context(**ctx)
+    return ctx

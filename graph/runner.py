@@ -1,0 +1,125 @@
+"""Start and resume checkpointed runs: the layer the CLI, the demo and batch jobs share.
+
+A run is one LangGraph thread (thread id = run id) in the runs directory's SQLite database, plus
+a registry row. Every node's result is checkpointed before the next node starts
+(``durability="sync"``), so a run killed at any point continues from its last completed node.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+from graph.builder import build_graph
+from graph.context import Context
+from checkpoints.registry import RunRegistry
+from checkpoints.saver import connect, open_checkpointer
+from tools.image_store import load_input_image
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # "finished" or "failed"
+    document_dir: str | None = None
+    error: BaseException | None = None
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def validate_request(request: str, images: list[str]) -> str:
+    """Check the user's input before anything is written; return the cleaned request."""
+    request = (request or "").strip()
+    if not request:
+        raise ValueError("the request is empty; say what the sequence should show, "
+                         "e.g. interleave run \"How do I fold a paper crane?\"")
+    for path in images:
+        load_input_image(path)  # raises ImageInputError naming the file and the fix
+    return request
+
+
+def start_run(request: str, context: Context, *, images: list[str] | None = None,
+              run_id: str | None = None, on_event: EventHandler | None = None) -> RunOutcome:
+    images = [str(p) for p in images or []]
+    request = validate_request(request, images)
+    run_id = run_id or new_run_id()
+    with closing(connect(context.runs_dir)) as conn:
+        RunRegistry(conn).create(run_id, request, images, context.to_record())
+    graph_input = {"request": request, "images": images, "run_id": run_id}
+    return _drive(run_id, graph_input, context, on_event)
+
+
+def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None = None,
+               on_event: EventHandler | None = None) -> RunOutcome:
+    """Continue a run from its last checkpoint with its stored settings (``overrides`` may change
+    endpoints or devices, e.g. when the old server moved)."""
+    with closing(connect(runs_dir, create=False)) as conn:
+        record = RunRegistry(conn).get(run_id)
+    context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
+    with open_checkpointer(runs_dir) as saver:
+        snapshot = build_graph(saver).get_state({"configurable": {"thread_id": run_id}})
+    if snapshot.values and not snapshot.next:
+        return RunOutcome(run_id, "finished", snapshot.values.get("document_dir"))
+    # No checkpoint at all means it died before the first one: start it again from its input.
+    graph_input = None if snapshot.values else {
+        "request": record["request"], "images": record["images"], "run_id": run_id}
+    return _drive(run_id, graph_input, context, on_event)
+
+
+class _Counters:
+    """Registry counters updated from each node's update as the run streams."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.values = {k: record[k] for k in ("steps_total", "steps_done", "generations",
+                                              "critic_calls", "rejections")}
+
+    def apply(self, node: str, update: dict[str, Any]) -> None:
+        if node == "plan":
+            self.values["steps_total"] = len(update["plan"])
+        elif node == "generate":
+            self.values["generations"] += 1
+        elif node == "critique":
+            self.values["critic_calls"] += 1
+            verdict = update["attempts"][0]["verdict"]
+            self.values["rejections"] += verdict["success"] is not True
+        elif node == "accept":
+            self.values["steps_done"] = update["step_index"]
+
+
+def _drive(run_id: str, graph_input: dict[str, Any] | None, context: Context,
+           on_event: EventHandler | None) -> RunOutcome:
+    config = {"configurable": {"thread_id": run_id}}
+    with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
+        registry = RunRegistry(conn)
+        registry.update(run_id, status="running", error=None, pid=os.getpid())
+        counters = _Counters(registry.get(run_id))
+        graph = build_graph(saver)
+        try:
+            for mode, chunk in graph.stream(graph_input, config, context=context,
+                                            stream_mode=["updates", "custom"], durability="sync"):
+                if mode == "custom":
+                    if on_event is not None:
+                        on_event(chunk)
+                    continue
+                for node, update in chunk.items():
+                    if isinstance(update, dict):
+                        counters.apply(node, update)
+                registry.update(run_id, **counters.values)
+        except KeyboardInterrupt:
+            registry.update(run_id, status="interrupted", error="interrupted by the user")
+            raise
+        except Exception as exc:  # the run is saved at its last checkpoint: record and report
+            registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            return RunOutcome(run_id, "failed", error=exc)
+        document_dir = graph.get_state(config).values.get("document_dir")
+        registry.update(run_id, status="finished", document_dir=document_dir)
+        return RunOutcome(run_id, "finished", document_dir)

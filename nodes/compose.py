@@ -1,0 +1,46 @@
+"""Accepting a step's image, and composing the final document once every step is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from langgraph.runtime import Runtime
+
+from graph.context import Context, context_of
+from graph.state import AcceptedStep, DocumentEntry, State, attempts_for, current_step
+from nodes import events
+from nodes.prompts import PROMPT_VERSION
+from tools import documents
+
+
+def accept(state: State, runtime: Runtime[Context]) -> dict:
+    """The newest attempt of the current step becomes the step's image and the next step's source."""
+    step = current_step(state)
+    latest = attempts_for(state, step["step_number"])[-1]
+    events.emit(runtime, events.STEP_ACCEPTED, state["run_id"], step_number=step["step_number"],
+                attempt=latest["attempt"], image=latest["image"], steps_total=len(state["plan"]))
+    accepted = AcceptedStep(step_number=step["step_number"], attempt=latest["attempt"],
+                            image=latest["image"])
+    return {"accepted": [accepted], "step_index": state["step_index"] + 1}
+
+
+def step_text(step: dict) -> str:
+    """Text shown with a step: the auxiliary text if the plan has one, else the instruction."""
+    return step["auxiliary_text"] or step["instruction"] or step["step_name"]
+
+
+def compose(state: State, runtime: Runtime[Context]) -> dict:
+    ctx = context_of(runtime)
+    images = {a["step_number"]: a["image"] for a in state.get("accepted", [])}
+    entries = [DocumentEntry(step_number=s["step_number"], step_name=s["step_name"],
+                             text=step_text(s), image=images.get(s["step_number"]))
+               for s in state["plan"]]
+    record = documents.build_record(
+        run_id=state["run_id"], request=state["request"], input_images=state.get("input_images", []),
+        plan=state["plan"], plan_reasoning=state.get("plan_reasoning", ""), entries=entries,
+        attempts=state.get("attempts", []), settings=ctx.to_record(), prompt_version=PROMPT_VERSION)
+    folder = Path(ctx.runs_dir) / state["run_id"]
+    documents.write_all(folder, record, runs_dir=Path(ctx.runs_dir))
+    events.emit(runtime, events.RUN_FINISHED, state["run_id"], document_dir=str(folder),
+                steps_total=len(entries))
+    return {"document": entries, "document_dir": str(folder)}

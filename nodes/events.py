@@ -1,0 +1,28 @@
+"""Progress events the nodes emit on LangGraph's ``custom`` stream.
+
+Every event is a dict with ``event`` (one of ``EVENTS``) and the ``run_id``; the CLI's progress
+display, LangGraph Studio and embedding code all read the same events
+(``graph.stream(..., stream_mode=["updates", "custom"])``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PLAN_READY = "plan_ready"  # steps: number of steps, step_names
+ATTEMPT_STARTED = "attempt_started"  # step_number, attempt, prompt, seed, mode ("text-to-image"|"edit")
+DENOISE_PROGRESS = "denoise_progress"  # step_number, attempt, done, total
+IMAGE_READY = "image_ready"  # step_number, attempt, image (ImageRef), seconds
+VERDICT = "verdict"  # step_number, attempt, success (bool|None), refine_prompt, error, seconds
+STEP_ACCEPTED = "step_accepted"  # step_number, attempt, image, steps_total
+RUN_FINISHED = "run_finished"  # document_dir, steps_total
+
+EVENTS = (PLAN_READY, ATTEMPT_STARTED, DENOISE_PROGRESS, IMAGE_READY, VERDICT, STEP_ACCEPTED,
+          RUN_FINISHED)
+
+
+def emit(runtime: Any, event: str, run_id: str, **fields: Any) -> None:
+    """Send one event; a no-op when the graph is not being streamed."""
+    writer = getattr(runtime, "stream_writer", None)
+    if writer is not None:
+        writer({"event": event, "run_id": run_id, **fields})

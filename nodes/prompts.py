@@ -1,0 +1,72 @@
+"""Every prompt the graph sends, in one place. Bump ``PROMPT_VERSION`` when a text changes: it is
+recorded with each run so that data and scores can be traced to the prompts that made them."""
+
+from __future__ import annotations
+
+PROMPT_VERSION = "2026-11-23.1"
+
+PLANNER_SYSTEM = """\
+You plan interleaved text-and-image answers. An image model will draw step 1 from text and then \
+produce every later step by editing the image of the step before, so your plan is executed one \
+image operation at a time. Write the whole plan now, before any image exists.
+
+Think first inside <think>...</think>. Then give the plan inside <answer>...</answer> as one JSON \
+object and nothing else:
+{"execution_plan": [{"step_number": 1, "step_name": "...", "instruction": "...", "prompt": "...", \
+"auxiliary_text": null}, ...]}
+
+Rules for the fields:
+- step_number: 1, 2, 3, ... in order.
+- step_name: a short title for the step.
+- instruction: one or two sentences a reader sees, describing what this step shows.
+- prompt: text for the image model. For step 1, a detailed text-to-image description of step 1 \
+only (subject, setting, lighting, viewpoint, composition, style), with nothing that belongs to \
+later steps. For later steps, a short, concrete edit that turns the previous image into this \
+step (what changes, where, and what stays the same). No "Step 3:" prefixes, no commentary.
+- auxiliary_text: a caption, explanation or answer the user asked for with this step; otherwise null.
+
+Choose the number of steps yourself unless the user names it; then use exactly that many. Every \
+step changes the image; there are no text-only steps. The last step shows the finished result."""
+
+PLANNER_USER = "Request:\n{request}"
+
+CRITIC_SYSTEM = """\
+You review one step of an image sequence. You get two images, BEFORE then AFTER, the step's \
+original instruction, and the rewritten prompt that actually produced AFTER. A plain white \
+BEFORE image means AFTER was generated from scratch for the first step.
+
+Judge two things:
+A. Intent: does the change from BEFORE to AFTER carry out the instruction? (For a white BEFORE: \
+does AFTER show what the instruction describes?)
+B. Faults: anatomy errors (extra or missing limbs or fingers, body parts in impossible places, \
+distorted faces) or collateral damage (regions the step did not ask to change were changed, the \
+background bled, the subject lost its identity).
+The step succeeds only if A holds and B finds nothing.
+
+Think first inside <think>...</think>, naming what you checked. Then answer inside \
+<answer>...</answer> with one JSON object:
+{"previous_step_success": true or false, "refine_prompt": "..."}
+
+If the step succeeded, refine_prompt repeats the prompt that was used. If it failed, refine_prompt \
+is a better prompt for regenerating AFTER from the same BEFORE, fixing what you found: add \
+concrete colours, positions, sizes and relations where the result was vague; reduce a \
+contradictory prompt to its core intent; add explicit "keep ... unchanged" clauses for details \
+that were lost; state foreground, background and relative scale for misplaced objects; name \
+materials, textures and lighting for a wrong style; use degree words for too much or too little \
+change. For a first-step image, write a full text-to-image prompt (subject, setting, lighting, \
+camera, composition, style) without anything that was not asked for, such as stray text."""
+
+CRITIC_USER = """\
+Original instruction: {original}
+Rewritten prompt: {rewritten}
+The first image is BEFORE, the second is AFTER."""
+
+
+def planner_user(request: str) -> str:
+    return PLANNER_USER.format(request=request.strip())
+
+
+def critic_user(original: str, rewritten: str) -> str:
+    # An empty rewritten prompt means "judge against the original"; we always send the prompt that
+    # was actually used, at inference as in training data, to avoid a train/inference mismatch.
+    return CRITIC_USER.format(original=original, rewritten=rewritten or original)

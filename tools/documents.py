@@ -1,0 +1,151 @@
+"""The finished document of a run, as JSON, Markdown and one self-contained HTML page.
+
+``document.json`` is the source of truth (ordered steps with text and image, plus every attempt
+with the prompt that produced it, its seed and the critic's verdict); Markdown and HTML are
+rendered from it, so ``interleave export`` can rebuild them at any time. The HTML embeds its
+images, so it can be mailed or opened anywhere; Markdown links to the image store.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("json", "md", "html")
+
+
+def build_record(*, run_id: str, request: str, input_images: list, plan: list, plan_reasoning: str,
+                 entries: list, attempts: list, settings: dict, prompt_version: str) -> dict[str, Any]:
+    steps = []
+    for step, entry in zip(plan, entries):
+        steps.append({**step, "text": entry["text"], "image": entry["image"],
+                      "attempts": [a for a in attempts if a["step_number"] == step["step_number"]]})
+    return {"run_id": run_id, "request": request, "input_images": input_images,
+            "plan_reasoning": plan_reasoning, "steps": steps, "settings": settings,
+            "prompt_version": prompt_version}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
+                                     encoding="utf-8") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def write_all(folder: Path, record: dict[str, Any], runs_dir: Path) -> dict[str, Path]:
+    """Write document.json, document.md and document.html into ``folder``; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {fmt: write_one(folder, record, runs_dir, fmt) for fmt in FORMATS}
+
+
+def write_one(folder: Path, record: dict[str, Any], runs_dir: Path, fmt: str) -> Path:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown document format {fmt!r}; use one of {', '.join(FORMATS)}")
+    path = folder / f"document.{fmt}"
+    if fmt == "json":
+        text = json.dumps(record, indent=2, ensure_ascii=False)
+    elif fmt == "md":
+        text = render_markdown(record, image_prefix=os.path.relpath(runs_dir, folder))
+    else:
+        text = render_html(record, runs_dir)
+    _write_atomic(path, text)
+    return path
+
+
+def _verdict_label(attempt: dict) -> str:
+    verdict = attempt.get("verdict")
+    if verdict is None:
+        return "accepted without critic (last allowed attempt)" if attempt["last_allowed"] else "not judged"
+    if verdict["success"] is None:
+        return f"critic reply unusable: {verdict['error']}"
+    return "passed" if verdict["success"] else "rejected"
+
+
+def render_markdown(record: dict[str, Any], image_prefix: str) -> str:
+    lines = [f"# {record['request']}", ""]
+    for step in record["steps"]:
+        lines += [f"## {step['step_number']}. {step['step_name']}", "", step["text"], ""]
+        if step["image"]:
+            lines += [f"![{step['step_name']}]({image_prefix}/{step['image']['path']})", ""]
+    lines += ["---", "", "## How each step was made", ""]
+    for step in record["steps"]:
+        lines.append(f"### Step {step['step_number']}: {step['step_name']}")
+        for a in step["attempts"]:
+            lines.append(f"- attempt {a['attempt']} (seed {a['seed']}): {_verdict_label(a)}; "
+                         f"prompt: {a['prompt']}")
+            verdict = a.get("verdict") or {}
+            if verdict.get("success") is False:
+                lines.append(f"  - critic: {verdict['reasoning']}")
+                lines.append(f"  - refined prompt: {verdict['refine_prompt']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:960px;margin:2rem auto;padding:0 1rem;color:#222}
+h1{font-size:1.6rem} .step{margin:2rem 0} .step img{max-width:100%;width:512px;border-radius:6px;
+image-rendering:pixelated;border:1px solid #ddd} .attempts{border-top:2px solid #eee;margin-top:3rem}
+table{border-collapse:collapse;width:100%;font-size:.9rem} td,th{border:1px solid #ddd;padding:.4rem;
+vertical-align:top;text-align:left} td img{width:128px;image-rendering:pixelated}
+.passed{color:#176d2c} .rejected{color:#a3261b} .other{color:#8a6d00} tr.accepted{background:#f1f8f2}
+details{margin:.3rem 0} .meta{color:#666;font-size:.85rem}
+"""
+
+
+def _data_url(runs_dir: Path, ref: dict) -> str:
+    data = (runs_dir / ref["path"]).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def render_html(record: dict[str, Any], runs_dir: Path) -> str:
+    """One page: the interleaved sequence first, then each step's attempts and verdicts."""
+    esc = html.escape
+    cache: dict[str, str] = {}
+
+    def img(ref: dict, alt: str) -> str:
+        if ref["sha256"] not in cache:
+            cache[ref["sha256"]] = _data_url(runs_dir, ref)
+        return (f'<img src="{cache[ref["sha256"]]}" alt="{esc(alt)}" '
+                f'width="{ref["width"]}" height="{ref["height"]}">')
+
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>{esc(record['request'])}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>{esc(record['request'])}</h1>",
+             f"<p class='meta'>run {esc(record['run_id'])} · generator "
+             f"{esc(str(record['settings'].get('generator_model', '')))}</p>", "<main>"]
+    for step in record["steps"]:
+        parts.append(f"<section class='step' id='step-{step['step_number']}'>"
+                     f"<h2>{step['step_number']}. {esc(step['step_name'])}</h2>"
+                     f"<p>{esc(step['text'])}</p>")
+        if step["image"]:
+            parts.append(img(step["image"], step["step_name"]))
+        parts.append("</section>")
+    parts.append("</main><section class='attempts'><h2>How each step was made</h2>")
+    for step in record["steps"]:
+        accepted = step["image"]["sha256"] if step["image"] else None
+        parts.append(f"<h3>Step {step['step_number']}: {esc(step['step_name'])}</h3>"
+                     f"<p class='meta'>plan prompt: {esc(step['prompt'] or '')}</p><table>"
+                     "<tr><th>#</th><th>image</th><th>prompt used</th><th>critic</th><th>time</th></tr>")
+        for a in step["attempts"]:
+            label = _verdict_label(a)
+            kind = label if label in ("passed", "rejected") else "other"
+            verdict = a.get("verdict") or {}
+            critic = f"<span class='{kind}'>{esc(label)}</span>"
+            if verdict.get("reasoning"):
+                critic += f"<details><summary>reasoning</summary>{esc(verdict['reasoning'])}</details>"
+            if verdict.get("success") is False:
+                critic += f"<p>refined prompt: {esc(verdict['refine_prompt'])}</p>"
+            row = "accepted" if a["image"]["sha256"] == accepted and a is step["attempts"][-1] else ""
+            timing = f"{a['generate_s']:.2f} s" + (f" + {a['critique_s']:.2f} s critic"
+                                                   if a.get("critique_s") is not None else "")
+            parts.append(f"<tr class='{row}'><td>{a['attempt']}</td><td>{img(a['image'], 'attempt')}</td>"
+                         f"<td>{esc(a['prompt'])}<div class='meta'>seed {a['seed']}</div></td>"
+                         f"<td>{critic}</td><td>{timing}</td></tr>")
+        parts.append("</table>")
+    parts.append("</section></body></html>")
+    return "".join(parts)
