@@ -21,8 +21,10 @@ DEMO_STEPS = 2
 
 def demo_pipeline_path(runs_dir: str) -> Path:
     """Build (first time only) and return the tiny klein pipeline folder in the runs directory."""
+    from tools.diffusion import silence_library_progress_bars
     from tools.tiny_klein import save_tiny_klein
 
+    silence_library_progress_bars()
     return save_tiny_klein(Path(runs_dir) / "_demo" / "tiny-flux2-klein")
 
 

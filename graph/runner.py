@@ -67,8 +67,11 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
     with open_checkpointer(runs_dir) as saver:
         snapshot = build_graph(saver).get_state({"configurable": {"thread_id": run_id}})
-    if snapshot.values and not snapshot.next:
-        return RunOutcome(run_id, "finished", snapshot.values.get("document_dir"))
+    # Finished means the document was composed. An empty ``snapshot.next`` is not enough: when a
+    # process dies after a node's writes were saved but before the checkpoint that follows them,
+    # ``next`` is empty too, and streaming from the checkpoint applies those writes and goes on.
+    if snapshot.values.get("document_dir"):
+        return RunOutcome(run_id, "finished", snapshot.values["document_dir"])
     # No checkpoint at all means it died before the first one: start it again from its input.
     graph_input = None if snapshot.values else {
         "request": record["request"], "images": record["images"], "run_id": run_id}

@@ -49,7 +49,7 @@ def complete(model: ChatOpenAI, messages: list[BaseMessage], role: str) -> tuple
     ``role`` ("planner" or "critic") names the endpoint in error messages.
     """
     where = f"{role} endpoint {model.openai_api_base} (model {model.model_name!r})"
-    setting = f"INTERLEAVE_{role.upper()}_BASE_URL or --{role}-url"
+    setting = f"--{role}-base-url (or INTERLEAVE_{role.upper()}_BASE_URL)"
     try:
         reply = model.invoke(messages)
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:

@@ -58,6 +58,15 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
+def silence_library_progress_bars() -> None:
+    """diffusers' and transformers' own progress bars would tear through the CLI's display."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
     """Return the pipeline for ``model`` on ``device``, loading it on first use only."""
     device = resolve_device(device)
@@ -67,6 +76,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
         if key in _pipelines:
             return _pipelines[key]
         from diffusers import DiffusionPipeline
+
+        silence_library_progress_bars()
 
         log.info("loading generator %s on %s (%s)", model, device, torch_dtype)
         try:

@@ -1,0 +1,60 @@
+"""Shared fixtures. No test can reach a real model: the Hub is switched off and the default
+planner/critic endpoints point at a closed local port; tests use a tiny random-weight pipeline
+and a scripted OpenAI-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["INTERLEAVE_PLANNER_BASE_URL"] = "http://127.0.0.1:9/v1"
+os.environ["INTERLEAVE_CRITIC_BASE_URL"] = "http://127.0.0.1:9/v1"
+os.environ.pop("INTERLEAVE_RUNS_DIR", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from graph.context import Context  # noqa: E402
+from graph.demo import demo_context  # noqa: E402
+from tools import demo_script  # noqa: E402
+from tools.scripted_chat import ScriptedChatServer  # noqa: E402
+
+REQUEST = "How do I fold a paper crane?"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A tiny random-weight FLUX.2-klein pipeline saved once per session."""
+    from tools.tiny_klein import save_tiny_klein
+
+    return save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein")
+
+
+@pytest.fixture
+def chat_server():
+    """Scripted planner + critic following the contracts (rejects step 2's first attempt once)."""
+    with ScriptedChatServer(demo_script.respond) as server:
+        yield server
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> str:
+    return str(tmp_path / "runs")
+
+
+@pytest.fixture
+def make_context(runs_dir, chat_server, tiny_pipeline):
+    def make(**overrides) -> Context:
+        return demo_context(runs_dir, chat_server.base_url, tiny_pipeline, **overrides)
+    return make
+
+
+def without_timings(value):
+    """A document or state with wall-clock timings removed, for comparing runs."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items()
+                if k not in ("generate_s", "critique_s", "seconds", "run_id", "document_dir")}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value

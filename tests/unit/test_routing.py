@@ -1,0 +1,51 @@
+"""The loop's decisions (SPEC §4): at most N generations per step, no critic call after the last
+allowed attempt, regeneration on a failed or unusable verdict, compose after the last step."""
+
+import pytest
+
+from graph.routing import after_accept, after_critique, after_generate
+
+PLAN = [{"step_number": n, "step_name": f"s{n}", "instruction": None, "prompt": "p",
+         "auxiliary_text": None} for n in (1, 2)]
+
+
+def attempt(step, n, *, last_allowed=False, success="unjudged"):
+    verdict = None if success == "unjudged" else {
+        "success": success, "refine_prompt": "better" if success is False else "p", "reasoning": "",
+        "error": None if success is not None else "unparseable"}
+    return {"step_number": step, "attempt": n, "prompt": "p", "seed": 1, "source": None,
+            "image": {"path": "x", "sha256": "x", "width": 1, "height": 1},
+            "last_allowed": last_allowed, "verdict": verdict, "generate_s": 0.0, "critique_s": None}
+
+
+@pytest.mark.parametrize("attempts, expected", [
+    ([attempt(1, 1)], "critique"),
+    ([attempt(1, 1, success=False), attempt(1, 2)], "critique"),
+    ([attempt(1, 1, success=False), attempt(1, 2, success=False), attempt(1, 3, last_allowed=True)],
+     "accept"),
+    ([attempt(1, 1, last_allowed=True)], "accept"),  # max 1 generation: never asks the critic
+])
+def test_after_generate(attempts, expected):
+    assert after_generate({"plan": PLAN, "step_index": 0, "attempts": attempts}) == expected
+
+
+@pytest.mark.parametrize("success, expected", [
+    (True, "accept"),
+    (False, "generate"),
+    (None, "generate"),  # unusable critic reply: regenerate, never treat as a pass
+])
+def test_after_critique(success, expected):
+    state = {"plan": PLAN, "step_index": 0, "attempts": [attempt(1, 1, success=success)]}
+    assert after_critique(state) == expected
+
+
+def test_after_critique_judges_the_current_step_not_an_older_verdict():
+    # Step 1 passed earlier; step 2's newest attempt failed: the old pass must not be reused.
+    state = {"plan": PLAN, "step_index": 1,
+             "attempts": [attempt(1, 1, success=True), attempt(2, 1, success=False)]}
+    assert after_critique(state) == "generate"
+
+
+@pytest.mark.parametrize("step_index, expected", [(1, "generate"), (2, "compose")])
+def test_after_accept(step_index, expected):
+    assert after_accept({"plan": PLAN, "step_index": step_index}) == expected
