@@ -14,9 +14,9 @@ from nodes import events
 
 
 class ProgressPrinter:
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.started = time.perf_counter()
         self.steps_total: int | None = None
         self._partial = False

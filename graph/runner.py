@@ -7,6 +7,7 @@ a registry row. Every node's result is checkpointed before the next node starts
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -65,6 +66,9 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     with closing(connect(runs_dir, create=False)) as conn:
         record = RunRegistry(conn).get(run_id)
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
+    if overrides:  # remember where the models are now, for the next resume too
+        with closing(connect(runs_dir)) as conn:
+            RunRegistry(conn).update(run_id, settings=json.dumps(context.to_record()))
     with open_checkpointer(runs_dir) as saver:
         snapshot = build_graph(saver).get_state({"configurable": {"thread_id": run_id}})
     # Finished means the document was composed. An empty ``snapshot.next`` is not enough: when a

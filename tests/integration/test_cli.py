@@ -1,0 +1,121 @@
+"""The command line as a user meets it: clear errors with non-zero exits, and no damage to
+stored runs when the input is bad."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REQUEST
+from graph.cli import (EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE,
+                       main)
+from graph.runner import start_run
+
+
+def files_under(folder):
+    return {p: p.stat().st_mtime_ns for p in Path(folder).rglob("*") if p.is_file()} if Path(folder).exists() else {}
+
+
+@pytest.fixture
+def finished_run(make_context):
+    outcome = start_run(REQUEST, make_context(), run_id="done")
+    assert outcome.status == "finished", outcome.error
+    return outcome
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "   "], "the request is empty"),
+    (["run", REQUEST, "--image", "missing.png"], "does not exist"),
+    (["run", REQUEST, "--width", "1000"], "multiple of 16"),
+])
+def test_bad_input_is_refused_and_stored_runs_are_untouched(capsys, runs_dir, finished_run, args, message, tmp_path):
+    before = files_under(runs_dir)
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, *args)
+    assert code == EXIT_BAD_INPUT
+    assert message in err and err.startswith("error: ")
+    assert files_under(runs_dir) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing written elsewhere
+
+
+def test_non_image_and_truncated_input_files(capsys, runs_dir, tmp_path):
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("hello")
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--image", str(text_file))
+    assert code == EXIT_BAD_INPUT and "cannot be read as an image" in err
+    assert not Path(runs_dir).exists()
+
+
+def test_unreachable_endpoint_is_named_and_nothing_is_written(capsys, runs_dir):
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST,
+                       "--planner-base-url", "http://127.0.0.1:9/v1")
+    assert code == EXIT_UNREACHABLE
+    assert "planner endpoint http://127.0.0.1:9/v1 does not answer" in err and "vllm serve" in err
+    assert not Path(runs_dir).exists()
+
+
+def test_unknown_run_id_and_missing_runs_folder(capsys, runs_dir, finished_run, tmp_path):
+    for command in (["show", "nope"], ["resume", "nope"], ["export", "nope"]):
+        code, _, err = cli(capsys, "--runs-dir", runs_dir, *command)
+        assert code == EXIT_NOT_FOUND and "no run with id 'nope'" in err and "interleave list" in err, (command, err)
+    code, _, err = cli(capsys, "--runs-dir", str(tmp_path / "elsewhere"), "list")
+    assert code == EXIT_NOT_FOUND and "no run database" in err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_run_list_show_export(capsys, runs_dir, chat_server, tiny_pipeline, tmp_path):
+    settings = ["--planner-base-url", chat_server.base_url, "--critic-base-url", chat_server.base_url,
+                "--planner-model", "demo-planner", "--critic-model", "demo-critic",
+                "--generator-model", str(tiny_pipeline), "--device", "cpu", "--width", "64",
+                "--height", "64", "--num-inference-steps", "2"]
+    code, out, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--run-id", "mine", *settings)
+    assert code == EXIT_OK, err
+    assert "run mine finished" in out and "document: " in out
+    assert "step 2/3 · attempt 1 · critic: rejected" in err and "step 3/3 accepted" in err
+
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "list")
+    assert code == EXIT_OK and "mine  finished     3/3 steps  4 images" in out
+
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", "mine")
+    assert "3/3 steps · 4 generations · 4 critic calls · 1 rejected" in out
+    assert "attempt 1 seed" in out and "rejected" in out
+
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", "mine", "--json")
+    assert json.loads(out)["run"]["status"] == "finished"
+
+    target = tmp_path / "exported.md"
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "export", "mine", "--format", "md", "--output", str(target))
+    assert code == EXIT_OK
+    for link in [line.split("](")[1].rstrip(")") for line in target.read_text().splitlines() if line.startswith("![")]:
+        assert (target.parent / link).resolve().is_file()  # image links work from the new place
+
+    code, _, _ = cli(capsys, "--runs-dir", runs_dir, "resume", "mine")  # already finished: no-op
+    assert code == EXIT_OK
+
+
+def test_failed_run_exits_1_and_says_how_to_resume(capsys, runs_dir, tiny_pipeline, chat_server):
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--run-id", "broken",
+                       "--planner-base-url", chat_server.base_url, "--critic-base-url", chat_server.base_url,
+                       "--planner-model", "demo-planner", "--critic-model", "demo-critic",
+                       "--generator-model", str(Path(runs_dir).parent / "no-such-model"), "--device", "cpu")
+    assert code == EXIT_RUN_FAILED
+    assert "could not be loaded" in err and "interleave resume broken" in err
+
+
+def test_demo_console_script_writes_a_document(tmp_path):
+    env = {**os.environ, "INTERLEAVE_RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run([str(Path(sys.executable).with_name("interleave")), "demo"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    html_path = Path(done.stdout.split("document: ")[1].strip())
+    assert html_path.is_file() and html_path.parent.parent == tmp_path / "runs"
+    assert "critic: rejected" in done.stderr and "images are noise" in done.stderr
+    assert "Loading pipeline components" not in done.stderr  # library progress bars stay quiet
