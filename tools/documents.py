@@ -88,10 +88,10 @@ def render_markdown(record: dict[str, Any], image_prefix: str) -> str:
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:960px;margin:2rem auto;padding:0 1rem;color:#222}
-h1{font-size:1.6rem} .step{margin:2rem 0} .step img{max-width:100%;width:512px;border-radius:6px;
+h1{font-size:1.6rem} .step{margin:2rem 0} .step img{max-width:100%;width:512px;height:auto;border-radius:6px;
 image-rendering:pixelated;border:1px solid #ddd} .attempts{border-top:2px solid #eee;margin-top:3rem}
 table{border-collapse:collapse;width:100%;font-size:.9rem} td,th{border:1px solid #ddd;padding:.4rem;
-vertical-align:top;text-align:left} td img{width:128px;image-rendering:pixelated}
+vertical-align:top;text-align:left} td img{width:128px;height:auto;image-rendering:pixelated}
 .passed{color:#176d2c} .rejected{color:#a3261b} .other{color:#8a6d00} tr.accepted{background:#f1f8f2}
 details{margin:.3rem 0} .meta{color:#666;font-size:.85rem}
 """

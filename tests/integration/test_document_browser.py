@@ -1,0 +1,54 @@
+"""The HTML document opens in a real browser with every image rendered.
+
+Needs Chromium (Debian: apt-get install chromium). CI sets INTERLEAVE_REQUIRE_BROWSER=1, so
+there a missing browser fails the test instead of skipping it.
+"""
+
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from conftest import REQUEST
+from graph.runner import start_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("INTERLEAVE_REQUIRE_BROWSER") != "1",
+    reason="no Chromium on this machine (apt-get install chromium)")
+
+
+@pytest.mark.browser
+@needs_browser
+def test_document_html_renders_every_image(make_context, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    context = make_context()
+    outcome = start_run(REQUEST, context, run_id="browser")
+    assert outcome.status == "finished", outcome.error
+    page_path = f"{outcome.document_dir}/document.html"
+    shot = tmp_path / "page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        page.goto(f"file://{page_path}")
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => ({ok: e.complete && e.naturalWidth > 0, w: e.naturalWidth}))")
+        boxes = page.eval_on_selector_all(
+            "main img", "els => els.map(e => e.getBoundingClientRect()).map(r => [r.width, r.height])")
+        headings = page.eval_on_selector_all("main h2", "els => els.map(e => e.textContent)")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+
+    # 3 steps in the sequence + 4 attempt thumbnails, all decoded (none broken).
+    assert len(images) == 7 and all(i["ok"] for i in images), images
+    assert {i["w"] for i in images} == {context.width}
+    assert all(abs(w - h) < 1 and w > 100 for w, h in boxes), boxes  # square images stay square
+    assert headings == ["1. Get ready", "2. Halfway there", "3. Finished"]
+    shutil.copyfile(shot, os.environ.get("INTERLEAVE_SCREENSHOT", os.devnull))
+    width, height = Image.open(shot).size
+    assert width == 1000 and height > 800  # the full page is taller than one screen
