@@ -133,7 +133,8 @@ def db_bytes(runs_dir: str, run_id: str, generations: int) -> dict:
                                       "WHERE thread_id = ?", (run_id,)).fetchone()
     wal = path.with_name(path.name + "-wal")
     file_bytes = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-    return {"checkpoints": n_cp, "writes": n_wr, "table_bytes": cp_bytes + wr_bytes,
+    return {"checkpoints": n_cp, "writes": n_wr, "checkpoint_bytes": cp_bytes, "write_bytes": wr_bytes,
+            "table_bytes": cp_bytes + wr_bytes,
             "largest_checkpoint": cp_max, "file_bytes": file_bytes, "generations": generations,
             "table_per_attempt": (cp_bytes + wr_bytes) / generations, "file_per_attempt": file_bytes / generations}
 
@@ -181,6 +182,7 @@ def summarize(runs: list[dict], baseline: list[dict] | None) -> dict:
     non_model = [(r["total_s"] - r["model_s"]) * 1000 / r["transitions"] for r in runs]
     out = {"ms_per_transition": statistics.median(per), "min": min(per), "max": max(per),
            "non_model_ms_per_transition": statistics.median(non_model),
+           "non_model_min": min(non_model), "non_model_max": max(non_model),
            "total_s": statistics.median(r["total_s"] for r in runs), "transitions": runs[0]["transitions"]}
     if baseline is not None:  # paired by round: same position in the interleaved schedule
         out["paired_overhead_ms"] = statistics.median(
@@ -214,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             return demo_context(str(root / f"{tag}-{next(counter)}"), server.base_url, pipeline,
                                 width=args.size, height=args.size)
 
-        print(f"warm-up run ({args.steps} steps, {args.size}x{args.size}) ...", flush=True)
+        print(f"warm-up: one untimed run per variant ({args.steps} steps, {args.size}x{args.size}) ...",
+              flush=True)
         run_sqlite(context("warmup"), request)
+        run_stream(context("warmup"), request, "warmup-baseline", None)
+        run_stream(context("warmup"), request, "warmup-memory", InMemorySaver())
         for i in range(args.runs):
             for variant in VARIANTS:
                 ctx = context(variant)
@@ -249,18 +254,19 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\norchestration cost per node transition (median of {args.runs} runs, {args.steps}-step plan, "
           f"{args.size}x{args.size}, CPU, {base['transitions']} transitions/run)")
-    print(f"  {'':30s} {'wall':>8s} {'non-model':>10s}   overhead vs baseline: wall / non-model (paired)")
+    print(f"  {'':30s} {'wall (min-max)':>20s} {'non-model (min-max)':>19s}   overhead vs baseline: wall | non-model")
     for v in VARIANTS:
         s = summary[v]
-        line = (f"  {LABELS[v]:30s} {s['ms_per_transition']:5.1f} ms {s['non_model_ms_per_transition']:7.1f} ms")
-        if v == "baseline":
-            line += f"   (total {s['total_s']:.2f} s, min {s['min']:.1f} / max {s['max']:.1f} ms)"
-        else:
-            line += (f"   {s['ms_per_transition'] - base['ms_per_transition']:+5.1f} / "
-                     f"{s['paired_non_model_overhead_ms']:+5.1f} ms  (min {s['min']:.1f} / max {s['max']:.1f})")
+        line = (f"  {LABELS[v]:30s} {s['ms_per_transition']:5.1f} ms ({s['min']:4.1f}-{s['max']:5.1f})"
+                f" {s['non_model_ms_per_transition']:4.1f} ms ({s['non_model_min']:.1f}-{s['non_model_max']:.1f})")
+        if v != "baseline":
+            line += (f"   {s['ms_per_transition'] - base['ms_per_transition']:+5.1f} | "
+                     f"{s['paired_non_model_overhead_ms']:+4.1f} ms")
             if v == "sqlite":
-                line += f"  target overhead <= {TARGET_MS:.0f} ms"
+                line += f"   target overhead <= {TARGET_MS:.0f} ms"
         print(line)
+    print(f"  (baseline total {base['total_s']:.2f} s/run; non-model = wall minus the nodes' generate_s + "
+          f"critique_s, paired by round; wall swings with CPU load)")
     print(f"parts (median): image store put {parts['image_store_put_ms']:.2f} ms"
           f" · registry update {parts['registry_update_ms']:.2f} ms"
           f" · sqlite update_state(final state) {parts['sqlite_update_state_ms']:.2f} ms"
@@ -271,10 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         line += (f"   {args.long_steps} steps: {long['table_per_attempt'] / 1024:.1f} KB / "
                  f"{long['file_per_attempt'] / 1024:.1f} KB")
     print(line + f"   target <= {TARGET_BYTES // 1024} KB")
-    desc = [f"{args.steps} steps: {bytes_k['checkpoints']:.0f} checkpoints, largest {bytes_k['largest_checkpoint'] / 1024:.1f} KB"]
+    desc = [f"{args.steps} steps: {bytes_k['checkpoints']:.0f} checkpoints, largest "
+            f"{bytes_k['largest_checkpoint'] / 1024:.1f} KB, writes {bytes_k['write_bytes'] / 1024:.0f} KB of "
+            f"{bytes_k['table_bytes'] / 1024:.0f} KB"]
     if long:
         desc.append(f"{args.long_steps} steps: {long['checkpoints']} checkpoints, largest "
-                    f"{long['largest_checkpoint'] / 1024:.1f} KB")
+                    f"{long['largest_checkpoint'] / 1024:.1f} KB, writes {long['write_bytes'] / 1024:.0f} KB of "
+                    f"{long['table_bytes'] / 1024:.0f} KB")
     print("  (every checkpoint stores the full state: " + "; ".join(desc) + ")")
 
     if args.out:
