@@ -17,6 +17,7 @@ COLUMNS = {
     "run_id": str, "request": str, "images": str, "status": str, "created_at": str,
     "updated_at": str, "settings": str, "steps_total": int, "steps_done": int, "generations": int,
     "critic_calls": int, "rejections": int, "error": str, "document_dir": str, "pid": int,
+    "parent_run_id": str, "forked_at_step": int,
 }
 
 
@@ -47,6 +48,10 @@ class RunRegistry:
         if not self.table.exists():
             self.table.create(COLUMNS, pk="run_id", if_not_exists=True)
             self.table.create_index(["created_at"], if_not_exists=True)
+        else:  # a database from an older version: add the columns it lacks, keep its rows
+            for name, kind in COLUMNS.items():
+                if name not in self.table.columns_dict:
+                    self.table.add_column(name, kind)
 
     def create(self, run_id: str, request: str, images: list[str], settings: dict[str, Any]) -> None:
         if self.exists(run_id):

@@ -8,14 +8,43 @@ share the file without "database is locked" errors.
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 DATABASE_NAME = "interleave.sqlite"
 BUSY_TIMEOUT_MS = 30_000
+
+
+COMPRESSED_SUFFIX = "+zlib"
+COMPRESS_FROM_BYTES = 512  # smaller blobs are stored as they are
+
+
+class CompressedSerializer(JsonPlusSerializer):
+    """LangGraph's serializer with zlib on top for blobs of 512 bytes or more.
+
+    SqliteSaver stores the full state in every checkpoint, so the database grows with (steps x
+    checkpoints); the state is mostly repetitive text (prompts, reasoning, hashes) and compresses
+    several times over. The type tag records the compression, so databases written without it
+    still load.
+    """
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        kind, data = super().dumps_typed(obj)
+        if len(data) >= COMPRESS_FROM_BYTES:
+            return kind + COMPRESSED_SUFFIX, zlib.compress(data, 6)
+        return kind, data
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        kind, payload = data
+        if kind.endswith(COMPRESSED_SUFFIX):
+            return super().loads_typed((kind[: -len(COMPRESSED_SUFFIX)], zlib.decompress(payload)))
+        return super().loads_typed(data)
 
 
 def database_path(runs_dir: str | Path) -> Path:
@@ -45,7 +74,7 @@ def open_checkpointer(runs_dir: str | Path) -> Iterator[SqliteSaver]:
     """A SqliteSaver on the runs directory's database, set up and closed for you."""
     conn = connect(runs_dir)
     try:
-        saver = SqliteSaver(conn)
+        saver = SqliteSaver(conn, serde=CompressedSerializer())
         saver.setup()
         yield saver
     finally:

@@ -73,6 +73,22 @@ def make_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id")
     _add_settings(resume, list(RESUME_OVERRIDES))
 
+    history = commands.add_parser("history", help="list a run's checkpoints, oldest first",
+                                  description="Every checkpoint of a run: which node produced it, "
+                                              "what runs next, the step and attempt it stands at.")
+    history.add_argument("run_id")
+    history.add_argument("--json", action="store_true", help="print the checkpoints as JSON")
+
+    fork = commands.add_parser("fork", help="start a new run from a step of an existing run",
+                               description="Copy a run's state as it stood before step N was "
+                                           "generated into a new run (sharing its images), "
+                                           "optionally with a new prompt for step N, and continue.")
+    fork.add_argument("run_id")
+    fork.add_argument("--at", type=int, required=True, metavar="STEP", help="the step to redo (1-based)")
+    fork.add_argument("--prompt", default=None, help="new generator prompt for that step")
+    fork.add_argument("--run-id", dest="new_run_id", default=None, help="id for the new run")
+    _add_settings(fork, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
+
     show = commands.add_parser("show", help="show one run's status, plan and attempts")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true", help="print the registry row and state as JSON")
@@ -137,6 +153,34 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _report(outcome)
 
 
+def _cmd_history(args: argparse.Namespace) -> int:
+    from graph.timetravel import run_history
+
+    rows = run_history(_runs_dir(args), args.run_id)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    print(f"{'#':>3}  {'checkpoint':<36}  {'after':<9} {'next':<9} step   attempts  last verdict")
+    for r in rows:
+        step = f"{r['step']}/{r['steps_total']}" if r["step"] else "-"
+        verdict = {None: "-", True: "passed", False: "rejected"}.get(r["last_verdict"], "?")
+        last = f"({r['last_attempt']})" if r["last_attempt"] else ""
+        print(f"{r['index']:>3}  {r['checkpoint_id']:<36}  {r['after']:<9} {','.join(r['next']) or '-':<9} "
+              f"{step:<6} {r['attempts']:>3} {last:<6} {verdict}")
+    return EXIT_OK
+
+
+def _cmd_fork(args: argparse.Namespace) -> int:
+    from graph.progress import ProgressPrinter
+    from graph.timetravel import fork_run
+
+    overrides = _settings(args, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
+    outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt, overrides=overrides,
+                       new_id=args.new_run_id, on_event=ProgressPrinter())
+    print(f"forked {args.run_id} at step {args.at} into {outcome.run_id}")
+    return _report(outcome)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from graph.demo import DEFAULT_REQUEST, run_demo
     from graph.progress import ProgressPrinter
@@ -196,7 +240,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "show": _cmd_show, "list": _cmd_list,
-            "export": _cmd_export, "demo": _cmd_demo}
+            "export": _cmd_export, "demo": _cmd_demo, "history": _cmd_history, "fork": _cmd_fork}
 
 
 def main(argv: list[str] | None = None) -> int:

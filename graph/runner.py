@@ -56,7 +56,7 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
     with closing(connect(context.runs_dir)) as conn:
         RunRegistry(conn).create(run_id, request, images, context.to_record())
     graph_input = {"request": request, "images": images, "run_id": run_id}
-    return _drive(run_id, graph_input, context, on_event)
+    return drive(run_id, graph_input, context, on_event)
 
 
 def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None = None,
@@ -79,7 +79,7 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     # No checkpoint at all means it died before the first one: start it again from its input.
     graph_input = None if snapshot.values else {
         "request": record["request"], "images": record["images"], "run_id": run_id}
-    return _drive(run_id, graph_input, context, on_event)
+    return drive(run_id, graph_input, context, on_event)
 
 
 class _Counters:
@@ -102,7 +102,7 @@ class _Counters:
             self.values["steps_done"] = update["step_index"]
 
 
-def _drive(run_id: str, graph_input: dict[str, Any] | None, context: Context,
+def drive(run_id: str, graph_input: dict[str, Any] | None, context: Context,
            on_event: EventHandler | None) -> RunOutcome:
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:

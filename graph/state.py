@@ -133,6 +133,7 @@ class State(InputState):
     accepted: NotRequired[Annotated[list[AcceptedStep], append_accepted]]
     document: NotRequired[list[DocumentEntry]]
     document_dir: NotRequired[str]
+    forked_from: NotRequired[dict]  # {run_id, step_number, prompt_changed} for a forked run
 
 
 def current_step(state: State) -> PlanStep:

@@ -38,7 +38,8 @@ def compose(state: State, runtime: Runtime[Context]) -> dict:
     record = documents.build_record(
         run_id=state["run_id"], request=state["request"], input_images=state.get("input_images", []),
         plan=state["plan"], plan_reasoning=state.get("plan_reasoning", ""), entries=entries,
-        attempts=state.get("attempts", []), settings=ctx.to_record(), prompt_version=PROMPT_VERSION)
+        attempts=state.get("attempts", []), settings=ctx.to_record(), prompt_version=PROMPT_VERSION,
+        forked_from=state.get("forked_from"))
     folder = Path(ctx.runs_dir) / state["run_id"]
     documents.write_all(folder, record, runs_dir=Path(ctx.runs_dir))
     events.emit(runtime, events.RUN_FINISHED, state["run_id"], document_dir=str(folder),

@@ -20,14 +20,15 @@ FORMATS = ("json", "md", "html")
 
 
 def build_record(*, run_id: str, request: str, input_images: list, plan: list, plan_reasoning: str,
-                 entries: list, attempts: list, settings: dict, prompt_version: str) -> dict[str, Any]:
+                 entries: list, attempts: list, settings: dict, prompt_version: str,
+                 forked_from: dict | None = None) -> dict[str, Any]:
     steps = []
     for step, entry in zip(plan, entries):
         steps.append({**step, "text": entry["text"], "image": entry["image"],
                       "attempts": [a for a in attempts if a["step_number"] == step["step_number"]]})
     return {"run_id": run_id, "request": request, "input_images": input_images,
             "plan_reasoning": plan_reasoning, "steps": steps, "settings": settings,
-            "prompt_version": prompt_version}
+            "prompt_version": prompt_version, "forked_from": forked_from}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -68,6 +69,9 @@ def _verdict_label(attempt: dict) -> str:
 
 def render_markdown(record: dict[str, Any], image_prefix: str) -> str:
     lines = [f"# {record['request']}", ""]
+    if record.get("forked_from"):
+        origin = record["forked_from"]
+        lines += [f"> Forked from run {origin['run_id']} at step {origin['step_number']}.", ""]
     for step in record["steps"]:
         lines += [f"## {step['step_number']}. {step['step_name']}", "", step["text"], ""]
         if step["image"]:
@@ -94,6 +98,7 @@ table{border-collapse:collapse;width:100%;font-size:.9rem} td,th{border:1px soli
 vertical-align:top;text-align:left} td img{width:128px;height:auto;image-rendering:pixelated}
 .passed{color:#176d2c} .rejected{color:#a3261b} .other{color:#8a6d00} tr.accepted{background:#f1f8f2}
 details{margin:.3rem 0} .meta{color:#666;font-size:.85rem}
+.fork{background:#eef3fb;border-left:4px solid #3b6fb6;padding:.4rem .8rem}
 """
 
 
@@ -117,8 +122,17 @@ def render_html(record: dict[str, Any], runs_dir: Path) -> str:
              f"<title>{esc(record['request'])}</title><style>{_STYLE}</style></head><body>",
              f"<h1>{esc(record['request'])}</h1>",
              f"<p class='meta'>run {esc(record['run_id'])} · generator "
-             f"{esc(str(record['settings'].get('generator_model', '')))}</p>", "<main>"]
+             f"{esc(str(record['settings'].get('generator_model', '')))}</p>"]
+    origin = record.get("forked_from")
+    if origin:
+        changed = " with a new prompt" if origin.get("prompt_changed") else ""
+        parts.append(f"<p class='fork'>Forked from run <b>{esc(origin['run_id'])}</b> at step "
+                     f"{origin['step_number']}{changed}; steps before it are shared with that run.</p>")
+    parts.append("<main>")
+    branch_at = origin["step_number"] if origin else None
     for step in record["steps"]:
+        if branch_at is not None and step["step_number"] == branch_at:
+            parts.append(f"<p class='fork'>↳ this run branches here from {esc(origin['run_id'])}</p>")
         parts.append(f"<section class='step' id='step-{step['step_number']}'>"
                      f"<h2>{step['step_number']}. {esc(step['step_name'])}</h2>"
                      f"<p>{esc(step['text'])}</p>")

@@ -41,3 +41,15 @@ def test_critic_verdict_replaces_the_attempt_it_judges():
     second = dict(fresh, attempt=2)
     assert merge_attempts([fresh], [judged]) == [judged]
     assert merge_attempts([judged], [second]) == [judged, second]
+
+
+def test_checkpoints_are_compressed_and_old_uncompressed_ones_still_load(tmp_path):
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    from checkpoints.saver import CompressedSerializer
+
+    big = dict(STATE, plan_reasoning="reasoning " * 500)
+    kind, blob = CompressedSerializer().dumps_typed(big)
+    assert kind.endswith("+zlib") and len(blob) < len(JsonPlusSerializer().dumps_typed(big)[1]) / 5
+    assert CompressedSerializer().loads_typed((kind, blob)) == big
+    assert CompressedSerializer().loads_typed(JsonPlusSerializer().dumps_typed(big)) == big
