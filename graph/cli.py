@@ -199,8 +199,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet")
     for row in rows:
+        origin = f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})" if row.get("parent_run_id") else ""
         print(f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/{row['steps_total']} steps  "
-              f"{row['generations']} images  {row['created_at']}  {row['request'][:60]}")
+              f"{row['generations']} images  {row['created_at']}  {row['request'][:60]}{origin}")
     return EXIT_OK
 
 
@@ -216,6 +217,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
           f"{row['generations']} generations · {row['critic_calls']} critic calls · "
           f"{row['rejections']} rejected")
     print(f"request: {row['request']}")
+    if row.get("parent_run_id"):
+        print(f"forked from {row['parent_run_id']} at step {row['forked_at_step']}")
     if row.get("error"):
         print(f"error: {row['error']}")
     for step in state.get("plan", []):

@@ -6,19 +6,15 @@ They drive the server with the real clients the product uses (openai, langchain-
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tools.scripted_chat import ScriptedChatServer, count_images, message_text  # noqa: E402
+from tools.scripted_chat import ScriptedChatServer, count_images, message_text
 
 PNG_DATA_URL = (
     "data:image/png;base64,"
