@@ -82,24 +82,13 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     return drive(run_id, graph_input, context, on_event)
 
 
-class _Counters:
-    """Registry counters updated from each node's update as the run streams."""
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.values = {k: record[k] for k in ("steps_total", "steps_done", "generations",
-                                              "critic_calls", "rejections")}
-
-    def apply(self, node: str, update: dict[str, Any]) -> None:
-        if node == "plan":
-            self.values["steps_total"] = len(update["plan"])
-        elif node == "generate":
-            self.values["generations"] += 1
-        elif node == "critique":
-            self.values["critic_calls"] += 1
-            verdict = update["attempts"][0]["verdict"]
-            self.values["rejections"] += verdict["success"] is not True
-        elif node == "accept":
-            self.values["steps_done"] = update["step_index"]
+def counters(values: dict[str, Any]) -> dict[str, int]:
+    """Registry counters read off the state itself, so a node re-run after a crash is not counted twice."""
+    attempts = values.get("attempts", [])
+    judged = [a for a in attempts if a["verdict"] is not None]
+    return {"steps_total": len(values.get("plan", [])), "steps_done": len(values.get("accepted", [])),
+            "generations": len(attempts), "critic_calls": len(judged),
+            "rejections": sum(a["verdict"]["success"] is not True for a in judged)}
 
 
 def drive(run_id: str, graph_input: dict[str, Any] | None, context: Context,
@@ -108,19 +97,15 @@ def drive(run_id: str, graph_input: dict[str, Any] | None, context: Context,
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
         registry = RunRegistry(conn)
         registry.update(run_id, status="running", error=None, pid=os.getpid())
-        counters = _Counters(registry.get(run_id))
         graph = build_graph(saver)
         try:
             for mode, chunk in graph.stream(graph_input, config, context=context,
-                                            stream_mode=["updates", "custom"], durability="sync"):
+                                            stream_mode=["values", "custom"], durability="sync"):
                 if mode == "custom":
                     if on_event is not None:
                         on_event(chunk)
-                    continue
-                for node, update in chunk.items():
-                    if isinstance(update, dict):
-                        counters.apply(node, update)
-                registry.update(run_id, **counters.values)
+                else:  # the full state after each step
+                    registry.update(run_id, **counters(chunk))
         except KeyboardInterrupt:
             registry.update(run_id, status="interrupted", error="interrupted by the user")
             raise

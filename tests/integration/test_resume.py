@@ -115,6 +115,9 @@ def test_resume_after_sigkill(make_context, chat_server, reference, runs_dir, ki
     reruns = (planner_reruns, critic_reruns, len(generated) - len(set(generated)), len(accepted) - 3)
     assert min(reruns) >= 0 and sum(reruns) <= 1, reruns
     assert sorted(set(accepted)) == [1, 2, 3]
+    # The registry's counters are exact despite the re-run node.
+    keys = ("steps_total", "steps_done", "generations", "critic_calls", "rejections")
+    assert {k: status_of(runs_dir, "killed")[k] for k in keys} == {k: status_of(runs_dir, "reference")[k] for k in keys}
 
 
 def test_endpoint_dying_mid_run_leaves_the_run_resumable(runs_dir, tiny_pipeline, reference):
