@@ -12,7 +12,7 @@ from typing import Any
 import sqlite_utils
 
 TABLE = "runs"
-STATUSES = ("running", "failed", "interrupted", "finished")
+STATUSES = ("running", "awaiting_review", "failed", "interrupted", "finished")
 COLUMNS = {
     "run_id": str, "request": str, "images": str, "status": str, "created_at": str,
     "updated_at": str, "settings": str, "steps_total": int, "steps_done": int, "generations": int,

@@ -1,6 +1,8 @@
 """All the wiring of the planner -> generator -> critic loop, in one place.
 
-    START -> plan -> generate -> (critique -> generate)* -> accept -> ... -> compose -> END
+    START -> plan -> review -> generate -> (critique -> generate)* -> accept -> ... -> compose -> END
+
+``review`` pauses for a human only when the run's ``review_plan`` setting is on.
 
 ``graph`` (compiled without a checkpointer) is what ``langgraph.json`` exports to LangGraph
 Studio / ``langgraph dev``, which bring their own persistence. The CLI and embedding code call
@@ -20,6 +22,7 @@ from nodes.compose import accept, compose
 from nodes.critic import critique
 from nodes.generator import generate
 from nodes.planner import plan
+from nodes.review import review
 
 
 def build_graph(checkpointer: Any = None) -> Any:
@@ -27,12 +30,14 @@ def build_graph(checkpointer: Any = None) -> Any:
     builder = StateGraph(State, context_schema=Context, input_schema=InputState,
                          output_schema=OutputState)
     builder.add_node("plan", plan)
+    builder.add_node("review", review)
     builder.add_node("generate", generate)
     builder.add_node("critique", critique)
     builder.add_node("accept", accept)
     builder.add_node("compose", compose)
     builder.add_edge(START, "plan")
-    builder.add_edge("plan", "generate")
+    builder.add_edge("plan", "review")
+    builder.add_edge("review", "generate")
     builder.add_conditional_edges("generate", after_generate)
     builder.add_conditional_edges("critique", after_critique)
     builder.add_conditional_edges("accept", after_accept)

@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 the run failed and is saved (``interleave resume RUN_ID`` continues it);
 2 bad input (nothing was written); 3 unknown run id or runs folder; 4 a model endpoint is
-unreachable before the run starts (nothing was written); 130 interrupted (resumable).
+unreachable before the run starts (nothing was written); 5 the run waits for plan review;
+130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from graph.context import Context
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_AWAITING_REVIEW = 5
 EXIT_INTERRUPTED = 130
 _TYPES = {"str": str, "int": int, "float": float}
 # Settings that may be changed when resuming (where the models are, which device); the rest
@@ -35,7 +37,10 @@ def _add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
     group = parser.add_argument_group(
         "run settings", "each also reads INTERLEAVE_<NAME> from the environment (flag wins)")
     for field in dataclasses.fields(Context):
-        if field.name in names:
+        if field.name in names and str(field.type) == "bool":
+            group.add_argument(_flag(field.name), dest=field.name, action="store_true", default=None,
+                               help=field.metadata["description"])
+        elif field.name in names:
             group.add_argument(_flag(field.name), dest=field.name, type=_TYPES[str(field.type)],
                                default=None, metavar=str(field.type).upper(),
                                help=field.metadata["description"])
@@ -48,7 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
                     "diffusers model draws and edits each step, a critic VLM judges every image "
                     "and asks for regeneration with a refined prompt.",
         epilog="Exit codes: 0 done, 1 run failed (saved; resume it), 2 bad input, 3 unknown run, "
-               "4 endpoint unreachable, 130 interrupted.")
+               "4 endpoint unreachable, 5 waiting for plan review, 130 interrupted.")
     parser.add_argument("--runs-dir", default=None,
                         help="folder holding the run database, images and documents "
                              "(default: $INTERLEAVE_RUNS_DIR or ./runs)")
@@ -71,6 +76,12 @@ def make_parser() -> argparse.ArgumentParser:
                                  description="Continue a run from its last checkpoint with its "
                                              "stored settings; completed steps are not redone.")
     resume.add_argument("run_id")
+    answer = resume.add_mutually_exclusive_group()
+    answer.add_argument("--approve-plan", action="store_true",
+                        help="for a run paused for plan review: keep the plan and go on")
+    answer.add_argument("--plan-file", metavar="JSON",
+                        help='for a run paused for plan review: use this plan instead (a JSON list of '
+                             'steps, or {"execution_plan": [...]}, as `interleave show RUN_ID --json` prints)')
     _add_settings(resume, list(RESUME_OVERRIDES))
 
     history = commands.add_parser("history", help="list a run's checkpoints, oldest first",
@@ -119,7 +130,50 @@ def _runs_dir(args: argparse.Namespace) -> str:
     return args.runs_dir or Context.__dataclass_fields__["runs_dir"].default_factory()
 
 
+def _print_plan(plan: list[dict]) -> None:
+    for step in plan:
+        print(f"  {step['step_number']}. {step['step_name']}: {step['prompt']}")
+
+
+def _review_in_terminal(outcome: Any) -> Any:
+    """Ask the user at the terminal; returns a review answer, or None to decide later."""
+    import os
+    import subprocess
+    import tempfile
+
+    from nodes.review import reviewed_plan
+
+    plan = outcome.review["plan"]
+    while True:
+        print(f"plan of run {outcome.run_id}:")
+        _print_plan(plan)
+        choice = input("[a]pprove, [e]dit in $EDITOR, or [q]uit and review later? ").strip().lower()
+        if choice in ("a", "approve", "y", "yes"):
+            return {"approve": True}
+        if choice in ("q", "quit", ""):
+            return None
+        if choice in ("e", "edit"):
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tmp:
+                json.dump(plan, tmp, indent=2, ensure_ascii=False)
+            subprocess.run([os.environ.get("EDITOR", "vi"), tmp.name], check=False)
+            try:
+                edited = json.loads(Path(tmp.name).read_text(encoding="utf-8"))
+                reviewed_plan({"plan": edited})
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                print(f"error: {exc}; edit again", file=sys.stderr)
+                continue
+            finally:
+                Path(tmp.name).unlink(missing_ok=True)
+            return {"plan": edited}
+
+
 def _report(outcome: Any) -> int:
+    if outcome.status == "awaiting_review":
+        print(f"run {outcome.run_id} waits for plan review:")
+        _print_plan(outcome.review["plan"])
+        print(f"continue with: interleave resume {outcome.run_id} --approve-plan "
+              f"(or --plan-file edited.json)")
+        return EXIT_AWAITING_REVIEW
     if outcome.status == "finished":
         print(f"run {outcome.run_id} finished")
         if outcome.document_dir:
@@ -140,16 +194,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]))
     if not args.no_preflight:
         check_endpoints(context)
-    return _report(start_run(args.request, context, images=args.image, run_id=args.run_id,
-                             on_event=ProgressPrinter()))
+    printer = ProgressPrinter()
+    outcome = start_run(args.request, context, images=args.image, run_id=args.run_id, on_event=printer)
+    if outcome.status == "awaiting_review" and sys.stdin.isatty():
+        answer = _review_in_terminal(outcome)
+        if answer is not None:
+            from graph.runner import resume_run
+            outcome = resume_run(outcome.run_id, context.runs_dir, review=answer, on_event=printer)
+    return _report(outcome)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from graph.progress import ProgressPrinter
     from graph.runner import resume_run
 
+    review = {"approve": True} if args.approve_plan else None
+    if args.plan_file:
+        try:
+            review = {"plan": json.loads(Path(args.plan_file).read_text(encoding="utf-8"))}
+        except OSError as exc:
+            raise ValueError(f"cannot read --plan-file {args.plan_file}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--plan-file {args.plan_file} is not valid JSON ({exc})") from None
     outcome = resume_run(args.run_id, _runs_dir(args), overrides=_settings(args, RESUME_OVERRIDES),
-                         on_event=ProgressPrinter())
+                         review=review, on_event=ProgressPrinter())
     return _report(outcome)
 
 

@@ -72,6 +72,8 @@ class Context:
     max_generations_per_step: int = _setting(
         "max_generations_per_step", 3,
         "Generations per step; the critic judges all but the last, which is accepted as is.")
+    review_plan: bool = _setting(
+        "review_plan", False, "Pause after planning until the plan is approved or edited.")
     seed: int = _setting("seed", 0, "Run seed; each step and attempt derives its own seed from it.")
     runs_dir: str = _setting("runs_dir", "runs", "Folder for the run database, image store and documents.")
 

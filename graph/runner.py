@@ -16,10 +16,13 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+from langgraph.types import Command
+
 from graph.builder import build_graph
 from graph.context import Context
 from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect, open_checkpointer
+from nodes.review import reviewed_plan
 from tools.image_store import load_input_image
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -28,9 +31,10 @@ EventHandler = Callable[[dict[str, Any]], None]
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # "finished" or "failed"
+    status: str  # "finished", "failed" or "awaiting_review"
     document_dir: str | None = None
     error: BaseException | None = None
+    review: dict[str, Any] | None = None  # what the paused run asks about (the plan)
 
 
 def new_run_id() -> str:
@@ -60,9 +64,12 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
 
 
 def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None = None,
-               on_event: EventHandler | None = None) -> RunOutcome:
+               review: Any = None, on_event: EventHandler | None = None) -> RunOutcome:
     """Continue a run from its last checkpoint with its stored settings (``overrides`` may change
-    endpoints or devices, e.g. when the old server moved)."""
+    endpoints or devices, e.g. when the old server moved). A run paused for plan review continues
+    only with a ``review`` answer (``{"approve": True}`` or ``{"plan": [...]}``)."""
+    if review is not None:
+        reviewed_plan(review)  # a bad edit is refused before anything changes
     with closing(connect(runs_dir, create=False)) as conn:
         record = RunRegistry(conn).get(run_id)
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
@@ -76,6 +83,13 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     # ``next`` is empty too, and streaming from the checkpoint applies those writes and goes on.
     if snapshot.values.get("document_dir"):
         return RunOutcome(run_id, "finished", snapshot.values["document_dir"])
+    if snapshot.interrupts and review is None:
+        return RunOutcome(run_id, "awaiting_review", review=snapshot.interrupts[0].value)
+    if review is not None:
+        if not snapshot.interrupts:
+            raise ValueError(f"run {run_id} is not waiting for a plan review; resume it without "
+                             f"--approve-plan/--plan-file")
+        return drive(run_id, Command(resume=review), context, on_event)
     # No checkpoint at all means it died before the first one: start it again from its input.
     graph_input = None if snapshot.values else {
         "request": record["request"], "images": record["images"], "run_id": run_id}
@@ -91,7 +105,7 @@ def counters(values: dict[str, Any]) -> dict[str, int]:
             "rejections": sum(a["verdict"]["success"] is not True for a in judged)}
 
 
-def drive(run_id: str, graph_input: dict[str, Any] | None, context: Context,
+def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Context,
            on_event: EventHandler | None) -> RunOutcome:
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
@@ -112,6 +126,10 @@ def drive(run_id: str, graph_input: dict[str, Any] | None, context: Context,
         except Exception as exc:  # the run is saved at its last checkpoint: record and report
             registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
             return RunOutcome(run_id, "failed", error=exc)
-        document_dir = graph.get_state(config).values.get("document_dir")
+        snapshot = graph.get_state(config)
+        if snapshot.interrupts:  # paused for plan review; resumable with an answer
+            registry.update(run_id, status="awaiting_review")
+            return RunOutcome(run_id, "awaiting_review", review=snapshot.interrupts[0].value)
+        document_dir = snapshot.values.get("document_dir")
         registry.update(run_id, status="finished", document_dir=document_dir)
         return RunOutcome(run_id, "finished", document_dir)

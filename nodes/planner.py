@@ -17,7 +17,7 @@ from nodes import events
 from nodes.prompts import PLANNER_SYSTEM, planner_user
 from tools.chat import chat_model, complete, image_part, text_part
 from tools.image_store import ImageStore
-from tools.parsing import PlanParseError, parse_plan
+from tools.parsing import PlanParseError, check_narrative, parse_plan
 
 
 class EmptyRequestError(ValueError):
@@ -33,14 +33,6 @@ def run_id_of(state: State) -> str:
     except RuntimeError:  # called outside a graph run
         thread = None
     return str(thread) if thread else uuid.uuid4().hex[:12]
-
-
-def _check_narrative(steps: list) -> None:
-    if steps[0]["step_number"] != 1:
-        raise ValueError(f"the plan starts at step {steps[0]['step_number']}, expected 1")
-    missing = [s["step_number"] for s in steps if not s["prompt"]]
-    if missing:
-        raise ValueError(f"steps {missing} have no 'prompt'; every step must be an image operation")
 
 
 def _save_failures(runs_dir: str, run_id: str, failures: list[dict]) -> Path:
@@ -71,7 +63,7 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
         reply, finish = complete(model, messages, "planner")
         try:
             reasoning, steps = parse_plan(reply)
-            _check_narrative(steps)
+            check_narrative(steps)
             break
         except ValueError as exc:
             failures.append({"error": str(exc), "finish_reason": finish, "reply": reply})

@@ -81,6 +81,41 @@ def _optional_text(step: dict[str, Any], key: str) -> str | None:
     return value if value and value.lower() not in ("null", "none") else None
 
 
+def plan_steps(items: Any) -> list[PlanStep]:
+    """Validate a list of plan steps (from a model reply or a user's edit); ValueError says why."""
+    if not isinstance(items, list) or not items:
+        raise ValueError("'execution_plan' must be a non-empty list of steps")
+    steps: list[PlanStep] = []
+    for position, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"step {position + 1} is not an object")
+        number = item.get("step_number", position + 1)
+        if isinstance(number, str) and number.strip().isdigit():
+            number = int(number)
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ValueError(f"step {position + 1}: 'step_number' must be an integer")
+        steps.append(PlanStep(
+            step_number=number,
+            step_name=_optional_text(item, "step_name") or f"Step {number}",
+            instruction=_optional_text(item, "instruction"),
+            prompt=_optional_text(item, "prompt"),
+            auxiliary_text=_optional_text(item, "auxiliary_text"),
+        ))
+    numbers = [s["step_number"] for s in steps]
+    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        raise ValueError(f"step numbers {numbers} are not consecutive")
+    return steps
+
+
+def check_narrative(steps: list[PlanStep]) -> None:
+    """Narrative mode: numbered from 1, and every step is an image operation (has a prompt)."""
+    if steps[0]["step_number"] != 1:
+        raise ValueError(f"the plan starts at step {steps[0]['step_number']}, expected 1")
+    missing = [s["step_number"] for s in steps if not s["prompt"]]
+    if missing:
+        raise ValueError(f"steps {missing} have no 'prompt'; every step must be an image operation")
+
+
 def parse_plan(text: str) -> tuple[str, list[PlanStep]]:
     """Parse a planner reply into (reasoning, steps).
 
@@ -92,29 +127,7 @@ def parse_plan(text: str) -> tuple[str, list[PlanStep]]:
     """
     reasoning, body = split_reply(text)
     try:
-        raw = parse_mapping(body)
-        items = raw.get("execution_plan")
-        if not isinstance(items, list) or not items:
-            raise ValueError("'execution_plan' must be a non-empty list of steps")
-        steps: list[PlanStep] = []
-        for position, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise ValueError(f"step {position + 1} is not an object")
-            number = item.get("step_number", position + 1)
-            if isinstance(number, str) and number.strip().isdigit():
-                number = int(number)
-            if not isinstance(number, int) or isinstance(number, bool):
-                raise ValueError(f"step {position + 1}: 'step_number' must be an integer")
-            steps.append(PlanStep(
-                step_number=number,
-                step_name=_optional_text(item, "step_name") or f"Step {number}",
-                instruction=_optional_text(item, "instruction"),
-                prompt=_optional_text(item, "prompt"),
-                auxiliary_text=_optional_text(item, "auxiliary_text"),
-            ))
-        numbers = [s["step_number"] for s in steps]
-        if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-            raise ValueError(f"step numbers {numbers} are not consecutive")
+        steps = plan_steps(parse_mapping(body).get("execution_plan"))
     except ValueError as exc:
         raise PlanParseError(f"planner reply is not a valid plan: {exc}", text) from None
     return reasoning, steps

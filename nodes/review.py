@@ -1,0 +1,50 @@
+"""Plan review: with ``review_plan`` on, the run pauses after planning (a LangGraph interrupt)
+until someone approves or edits the plan — in the terminal (`interleave run --review-plan`), with
+`interleave resume RUN_ID --approve-plan | --plan-file FILE`, or in LangGraph Studio.
+
+Resume values: ``{"approve": true}`` keeps the plan; ``{"plan": [steps…]}`` (or
+``{"execution_plan": [...]}``) replaces it, checked by the same rules as the planner's output.
+With ``review_plan`` off the node passes straight through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from graph.context import Context, context_of
+from graph.state import PlanStep, State
+from tools.parsing import check_narrative, plan_steps
+
+PLAN_REVIEW = "plan_review"
+
+
+def reviewed_plan(answer: Any) -> list[PlanStep] | None:
+    """The plan a review answer asks for: None to keep the current plan, else the edited steps.
+    Raises ValueError naming what is wrong with the answer."""
+    if answer is True or (isinstance(answer, dict) and answer.get("approve") is True):
+        return None
+    if isinstance(answer, dict):
+        answer = answer.get("plan", answer.get("execution_plan"))
+    if isinstance(answer, dict):  # {"plan": {"execution_plan": [...]}} from a saved planner answer
+        answer = answer.get("execution_plan")
+    if not isinstance(answer, list):
+        raise ValueError('a plan review answer is {"approve": true} or {"plan": [steps...]} '
+                         '(the steps as in the planner\'s execution_plan)')
+    try:
+        steps = plan_steps(answer)
+        check_narrative(steps)
+    except ValueError as exc:
+        raise ValueError(f"the edited plan is not valid: {exc}") from None
+    return steps
+
+
+def review(state: State, runtime: Runtime[Context]) -> dict:
+    if not context_of(runtime).review_plan:
+        return {}
+    answer = interrupt({"kind": PLAN_REVIEW, "run_id": state["run_id"], "plan": state["plan"],
+                        "resume_with": {"approve": True, "or": {"plan": "[edited steps]"}}})
+    steps = reviewed_plan(answer)
+    return {} if steps is None else {"plan": steps}

@@ -1,0 +1,71 @@
+"""Plan review: the run pauses after planning until the plan is approved or edited."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REQUEST, without_timings
+from graph.cli import EXIT_AWAITING_REVIEW, EXIT_BAD_INPUT, EXIT_OK, main
+from graph.runner import resume_run, start_run
+
+
+def record(outcome):
+    return json.loads((Path(outcome.document_dir) / "document.json").read_text())
+
+
+@pytest.fixture
+def paused(make_context):
+    events = []
+    outcome = start_run(REQUEST, make_context(review_plan=True), run_id="paused", on_event=events.append)
+    assert outcome.status == "awaiting_review", outcome.error
+    assert [e["event"] for e in events] == ["plan_ready"]  # nothing generated before the review
+    return outcome
+
+
+def test_approved_plan_runs_as_without_review(paused, make_context, runs_dir):
+    assert [s["step_number"] for s in paused.review["plan"]] == [1, 2, 3]
+    again = resume_run("paused", runs_dir)  # no answer: still waiting, nothing done
+    assert again.status == "awaiting_review"
+    done = resume_run("paused", runs_dir, review={"approve": True})
+    assert done.status == "finished", done.error
+    plain = start_run(REQUEST, make_context(), run_id="plain")
+    strip = lambda doc: without_timings({k: v for k, v in doc.items() if k != "settings"})
+    assert strip(record(done)) == strip(record(plain))
+
+
+def test_edited_plan_is_what_gets_generated(paused, runs_dir):
+    plan = paused.review["plan"]
+    plan[2]["prompt"] = "Show the crane hanging from a thread"
+    done = resume_run("paused", runs_dir, review={"plan": plan[:3]})
+    assert done.status == "finished", done.error
+    steps = record(done)["steps"]
+    assert steps[2]["prompt"] == steps[2]["attempts"][0]["prompt"] == "Show the crane hanging from a thread"
+
+
+def test_cli_review_flow_and_bad_edits(capsys, runs_dir, chat_server, tiny_pipeline, tmp_path):
+    settings = ["--planner-base-url", chat_server.base_url, "--critic-base-url", chat_server.base_url,
+                "--planner-model", "demo-planner", "--critic-model", "demo-critic",
+                "--generator-model", str(tiny_pipeline), "--device", "cpu", "--width", "64",
+                "--height", "64", "--num-inference-steps", "2"]
+    code = main(["--runs-dir", runs_dir, "run", REQUEST, "--run-id", "r", "--review-plan", *settings])
+    out = capsys.readouterr().out
+    assert code == EXIT_AWAITING_REVIEW and "interleave resume r --approve-plan" in out
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"step_number": 1, "step_name": "only", "prompt": None}]))
+    assert main(["--runs-dir", runs_dir, "resume", "r", "--plan-file", str(bad)]) == EXIT_BAD_INPUT
+    assert "every step must be an image operation" in capsys.readouterr().err
+    bad.write_text("{not json")
+    assert main(["--runs-dir", runs_dir, "resume", "r", "--plan-file", str(bad)]) == EXIT_BAD_INPUT
+    assert "is not valid JSON" in capsys.readouterr().err
+
+    good = tmp_path / "plan.json"
+    good.write_text(json.dumps({"execution_plan": [
+        {"step_number": 1, "step_name": "Paper", "instruction": "A square sheet", "prompt": "a square sheet"},
+        {"step_number": 2, "step_name": "Crane", "instruction": "The crane", "prompt": "fold it into a crane"}]}))
+    assert main(["--runs-dir", runs_dir, "resume", "r", "--plan-file", str(good)]) == EXIT_OK
+    assert "run r finished" in capsys.readouterr().out
+    assert main(["--runs-dir", runs_dir, "show", "r"]) == EXIT_OK
+    assert "2/2 steps" in capsys.readouterr().out
+    assert main(["--runs-dir", runs_dir, "resume", "r", "--approve-plan"]) == EXIT_OK  # finished: no-op
