@@ -23,7 +23,7 @@ from graph.context import Context
 from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect, open_checkpointer
 from nodes.review import reviewed_plan
-from tools.image_store import load_input_image
+from tools.image_store import DATA_URL_PREFIX, ImageStore, load_input_image
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -57,6 +57,9 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
     images = [str(p) for p in images or []]
     request = validate_request(request, images)
     run_id = run_id or new_run_id()
+    store = ImageStore(context.runs_dir)  # data URLs become files, so no state or row holds pixels
+    images = [str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX) else p
+              for p in images]
     with closing(connect(context.runs_dir)) as conn:
         RunRegistry(conn).create(run_id, request, images, context.to_record())
     graph_input = {"request": request, "images": images, "run_id": run_id}

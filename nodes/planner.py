@@ -52,6 +52,9 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
                                 "e.g. 'How do I fold a paper crane?'")
     store = ImageStore(ctx.runs_dir)
     input_images = [store.import_file(p) for p in state.get("images", [])]
+    # From here on the inputs are files in the store: data URLs given as input do not ride along
+    # in every later checkpoint.
+    stored_inputs = [str(store.path(ref).resolve()) for ref in input_images]
 
     content = [text_part(planner_user(request))]
     content += [image_part(store.load(ref)) for ref in input_images]
@@ -76,5 +79,5 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
 
     events.emit(runtime, events.PLAN_READY, run_id, steps=len(steps),
                 step_names=[s["step_name"] for s in steps])
-    return {"run_id": run_id, "input_images": input_images, "plan": steps,
+    return {"run_id": run_id, "images": stored_inputs, "input_images": input_images, "plan": steps,
             "plan_reasoning": reasoning, "step_index": 0}

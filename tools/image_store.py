@@ -7,12 +7,15 @@ same path instead of leaving a duplicate, and forked runs share images for free.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -65,20 +68,38 @@ class ImageStore:
         image.load()
         return image.convert("RGB")
 
-    def import_file(self, path: str | os.PathLike) -> ImageRef:
-        """Validate a user's input image and store it as RGB PNG."""
-        return self.put(load_input_image(path))
+    def import_file(self, source: str | os.PathLike) -> ImageRef:
+        """Validate a user's input image (a path or a data URL) and store it as RGB PNG."""
+        return self.put(load_input_image(source))
 
 
-def load_input_image(path: str | os.PathLike) -> Image.Image:
-    """Open a user-supplied image file as RGB, with an error that names the file and the fix."""
-    file = Path(path)
+DATA_URL_PREFIX = "data:image/"
+
+
+def _open_source(source: str | os.PathLike) -> tuple[Any, str]:
+    """A file-like object for a path or a ``data:image/...;base64,...`` URL, and a name for errors."""
+    text = str(source)
+    if text.startswith(DATA_URL_PREFIX):
+        header, _, payload = text.partition(",")
+        if not header.endswith(";base64") or not payload:
+            raise ImageInputError("an input image data URL must look like data:image/png;base64,<data>")
+        try:
+            return io.BytesIO(base64.b64decode(payload, validate=True)), f"data URL ({header[5:]})"
+        except (binascii.Error, ValueError):
+            raise ImageInputError("an input image data URL does not hold valid base64") from None
+    file = Path(source)
     if not file.is_file():
         raise ImageInputError(f"input image {file} does not exist or is not a file; check the path")
+    return file, str(file)
+
+
+def load_input_image(source: str | os.PathLike) -> Image.Image:
+    """Open a user-supplied image (path or data URL) as RGB, with an error that names it and the fix."""
+    opened, file = _open_source(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as probe:
+            with Image.open(opened) as probe:
                 width, height = probe.size
                 if width * height > MAX_INPUT_PIXELS:
                     raise ImageInputError(

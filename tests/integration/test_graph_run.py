@@ -99,3 +99,22 @@ def test_unusable_critic_reply_regenerates_with_same_prompt_and_new_seed(runs_di
     assert first["verdict"]["success"] is None and "not a valid verdict" in first["verdict"]["error"]
     assert second["prompt"] == first["prompt"] and second["seed"] != first["seed"]
     assert second["verdict"]["success"] is True
+
+
+def test_input_image_as_data_url_reaches_the_planner_but_not_the_checkpoints(make_context, chat_server, runs_dir):
+    import base64
+    import io
+    import sqlite3
+
+    buffer = io.BytesIO()
+    Image.effect_noise((48, 48), 60).convert("RGB").save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    outcome = start_run(REQUEST, make_context(), images=[url], run_id="with-image")
+    assert outcome.status == "finished", outcome.error
+    planner_call = [r for r in chat_server.requests if r["model"] == demo_script.PLANNER_MODEL][0]
+    assert count_images(planner_call) == 1
+    record = json.loads((Path(outcome.document_dir) / "document.json").read_text())
+    assert record["input_images"][0]["width"] == 48
+    with sqlite3.connect(Path(runs_dir) / "interleave.sqlite") as conn:
+        row = conn.execute("SELECT images FROM runs WHERE run_id = 'with-image'").fetchone()[0]
+    assert "base64" not in row and json.loads(row)[0].endswith(".png")

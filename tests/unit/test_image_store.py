@@ -65,3 +65,18 @@ def test_transparent_pixels_become_white_not_black(tmp_path):
     path = tmp_path / "clear.png"
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(path)
     assert load_input_image(path).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_data_url_inputs_are_accepted_and_bad_ones_named(tmp_path):
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert load_input_image(url).size == (12, 10)
+    assert ImageStore(tmp_path).import_file(url)["width"] == 12
+    with pytest.raises(ImageInputError, match="valid base64"):
+        load_input_image("data:image/png;base64,@@@")
+    with pytest.raises(ImageInputError, match="must look like"):
+        load_input_image("data:image/png,rawbytes")
