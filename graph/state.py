@@ -8,7 +8,11 @@ across library versions.
 
 from __future__ import annotations
 
-from typing import Annotated, NotRequired, TypedDict
+from typing import Annotated
+
+# typing_extensions, not typing: on Python < 3.12 pydantic (used by the LangGraph server to build
+# Studio's input and output forms) only accepts typing_extensions.TypedDict.
+from typing_extensions import NotRequired, TypedDict
 
 
 class ImageRef(TypedDict):

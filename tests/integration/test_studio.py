@@ -1,0 +1,240 @@
+"""The graph as LangGraph Studio meets it: ``langgraph dev`` serving ``langgraph.json`` on a free
+127.0.0.1 port, driven through the LangGraph SDK client (thread, streamed ``updates`` and
+``custom`` events, state and history), with the tiny pipeline and the scripted planner/critic.
+The server gets its run settings from ``INTERLEAVE_*`` variables, as the README describes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import REQUEST
+from tools import demo_script
+from tools.scripted_chat import ScriptedChatServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LANGGRAPH = Path(sys.executable).with_name("langgraph")
+READY_TIMEOUT_S = 60.0
+GRAPH_ID = "interleave"  # the key in langgraph.json
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(chat_url: str, pipeline: Path, runs_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("INTERLEAVE_", "LANGSMITH_", "LANGCHAIN_", "LANGGRAPH_"))}
+    env.update({
+        "INTERLEAVE_PLANNER_BASE_URL": chat_url,
+        "INTERLEAVE_CRITIC_BASE_URL": chat_url,
+        "INTERLEAVE_PLANNER_MODEL": demo_script.PLANNER_MODEL,
+        "INTERLEAVE_CRITIC_MODEL": demo_script.CRITIC_MODEL,
+        "INTERLEAVE_GENERATOR_MODEL": str(pipeline),
+        "INTERLEAVE_DEVICE": "cpu",
+        "INTERLEAVE_DTYPE": "float32",
+        "INTERLEAVE_WIDTH": "64",
+        "INTERLEAVE_HEIGHT": "64",
+        "INTERLEAVE_NUM_INFERENCE_STEPS": "2",
+        "INTERLEAVE_RUNS_DIR": str(runs_dir),
+        "HF_HUB_OFFLINE": "1",
+        # Nothing leaves the machine: no tracing, no CLI analytics, no version check.
+        "LANGSMITH_TRACING": "false",
+        "LANGCHAIN_TRACING_V2": "false",
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGGRAPH_NO_VERSION_CHECK": "true",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory, tiny_pipeline):
+    """``langgraph dev`` on a free port, with its own scripted planner/critic (as the
+    ``chat_server`` fixture, module-scoped so that one server serves every test here).
+
+    Yields (base_url, runs_dir); the server is always stopped afterwards."""
+    if not LANGGRAPH.is_file():
+        pytest.fail(f"{LANGGRAPH} is missing; install the studio extra: pip install -e '.[studio]'")
+    tmp_path = tmp_path_factory.mktemp("studio")
+    port = free_port()
+    runs_dir = tmp_path / "runs"
+    log_path = tmp_path / "langgraph-dev.log"
+    command = [str(LANGGRAPH), "dev", "--host", "127.0.0.1", "--port", str(port),
+               "--no-browser", "--no-reload"]
+    with ScriptedChatServer(demo_script.respond) as chat_server:
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL,
+                                       env=server_env(chat_server.base_url, tiny_pipeline, runs_dir))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"langgraph dev exited with {process.returncode} before it was "
+                                f"ready:\n{log_path.read_text(errors='replace')}")
+                try:
+                    with urllib.request.urlopen(f"{url}/ok", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"langgraph dev not ready on {url} after {READY_TIMEOUT_S:.0f}s:\n"
+                                f"{log_path.read_text(errors='replace')}")
+                time.sleep(0.25)
+            yield url, runs_dir
+        finally:
+            stop(process)
+
+
+@pytest.fixture(scope="module")
+def client(studio_server):
+    from langgraph_sdk import get_sync_client
+
+    return get_sync_client(url=studio_server[0])
+
+
+@pytest.fixture(scope="module")
+def new_thread(client):
+    """Creates threads and deletes them afterwards, so that test threads do not pile up in the
+    project's ``.langgraph_api/`` (which ``langgraph dev`` reloads, and Studio lists, on every
+    start)."""
+    created = []
+
+    def create() -> str:
+        thread_id = client.threads.create()["thread_id"]
+        created.append(thread_id)
+        return thread_id
+
+    yield create
+    for thread_id in created:
+        client.threads.delete(thread_id)
+
+
+def schemas_of(client) -> dict:
+    assistants = client.assistants.search(graph_id=GRAPH_ID)
+    assert len(assistants) == 1, assistants
+    return client.assistants.get_schemas(assistants[0]["assistant_id"])
+
+
+def test_studio_shows_the_run_settings_and_the_state(client):
+    schemas = schemas_of(client)
+    # The context form: every run setting, with its description.
+    settings = schemas["context_schema"]["properties"]
+    assert {"planner_base_url", "critic_model", "generator_model", "seed", "runs_dir"} <= set(settings)
+    assert all(field.get("description") for field in settings.values())
+    assert {"request", "images", "document", "attempts"} <= set(schemas["state_schema"]["properties"])
+
+
+def test_studio_input_form_is_the_input_schema(client):
+    schemas = schemas_of(client)
+    assert set(schemas["input_schema"]["properties"]) == {"request", "images", "run_id"}
+    assert set(schemas["output_schema"]["properties"]) == {"run_id", "plan", "document", "document_dir"}
+
+
+def test_studio_runs_the_graph_through_the_sdk(studio_server, client, new_thread):
+    runs_dir = studio_server[1]
+    thread_id = new_thread()
+    custom, updates, errors = [], [], []
+    for part in client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST},
+                                   stream_mode=["updates", "custom"]):
+        if part.event == "custom":
+            custom.append(part.data)
+        elif part.event == "updates":
+            updates.append(part.data)
+        elif part.event == "error":
+            errors.append(part.data)
+    assert not errors, errors
+
+    # Progress events, as the Studio user sees them on the custom stream.
+    kinds = [e["event"] for e in custom]
+    assert kinds[0] == "plan_ready" and kinds[-1] == "run_finished", kinds
+    counts = Counter(kinds)
+    assert counts["attempt_started"] == counts["image_ready"] == 4
+    assert counts["verdict"] == 4 and counts["step_accepted"] == 3
+    verdicts = [e for e in custom if e["event"] == "verdict"]
+    assert [(v["step_number"], v["attempt"], v["success"]) for v in verdicts] == [
+        (1, 1, True), (2, 1, False), (2, 2, True), (3, 1, True)]
+    assert [e["step_number"] for e in custom if e["event"] == "step_accepted"] == [1, 2, 3]
+    assert {e["run_id"] for e in custom} == {thread_id}  # the run id is the thread id
+
+    # Node updates: at least the five nodes of the loop ran (other nodes may be added).
+    nodes = [name for update in updates for name in update]
+    assert {"plan", "generate", "critique", "accept", "compose"} <= set(nodes)
+    assert Counter(nodes)["generate"] == 4 and Counter(nodes)["accept"] == 3
+
+    # State as Studio shows it after the run: the document and every attempt.
+    state = client.threads.get_state(thread_id)
+    assert state["next"] == []
+    values = state["values"]
+    document = values["document"]
+    assert [entry["step_number"] for entry in document] == [1, 2, 3]
+    for entry in document:
+        image = entry["image"]
+        assert (runs_dir / image["path"]).is_file(), image
+        assert (image["width"], image["height"]) == (64, 64)
+    attempts = values["attempts"]
+    assert [(a["step_number"], a["attempt"]) for a in attempts] == [(1, 1), (2, 1), (2, 2), (3, 1)]
+    for attempt in attempts:
+        assert attempt["prompt"] and isinstance(attempt["seed"], int)
+        assert attempt["verdict"] is not None and attempt["verdict"]["success"] is not None
+    rejected, regenerated = attempts[1], attempts[2]
+    assert rejected["prompt"] == demo_script.SECOND_STEP_PROMPT
+    assert rejected["verdict"]["success"] is False
+    assert regenerated["prompt"] == demo_script.REFINED_SECOND_STEP_PROMPT
+    assert regenerated["seed"] != rejected["seed"]
+    assert Path(values["document_dir"]) == runs_dir / thread_id
+    # The settings came from the server's INTERLEAVE_* environment (no context was sent).
+    settings = json.loads((runs_dir / thread_id / "document.json").read_text())["settings"]
+    assert settings["planner_model"] == demo_script.PLANNER_MODEL
+    assert (settings["width"], settings["num_inference_steps"], settings["seed"]) == (64, 2, 0)
+
+    # One checkpoint per super-step: Studio can step back through the whole run.
+    history = client.threads.get_history(thread_id, limit=100)
+    assert len(history) > 10
+    assert history[0]["checkpoint"]["checkpoint_id"] == state["checkpoint"]["checkpoint_id"]
+
+
+def test_studio_context_overrides_the_server_environment(studio_server, client, new_thread):
+    """Values set in Studio's context form win over INTERLEAVE_*; the rest still come from it."""
+    runs_dir = studio_server[1]
+    thread_id = new_thread()
+    parts = list(client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST},
+                                    context={"seed": 7, "max_generations_per_step": 1},
+                                    stream_mode="custom"))
+    assert not [p.data for p in parts if p.event == "error"]
+    kinds = [p.data["event"] for p in parts if p.event == "custom"]
+    assert kinds.count("attempt_started") == 3 and "verdict" not in kinds  # no critic calls
+    assert kinds[-1] == "run_finished"
+    attempts = client.threads.get_state(thread_id)["values"]["attempts"]
+    assert [a["last_allowed"] for a in attempts] == [True, True, True]
+    settings = json.loads((runs_dir / thread_id / "document.json").read_text())["settings"]
+    assert (settings["seed"], settings["max_generations_per_step"]) == (7, 1)
+    assert (settings["width"], settings["critic_model"]) == (64, demo_script.CRITIC_MODEL)
+
