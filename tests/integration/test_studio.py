@@ -238,3 +238,27 @@ def test_studio_context_overrides_the_server_environment(studio_server, client, 
     assert (settings["seed"], settings["max_generations_per_step"]) == (7, 1)
     assert (settings["width"], settings["critic_model"]) == (64, demo_script.CRITIC_MODEL)
 
+
+
+def test_plan_review_in_studio_pauses_then_resumes_with_an_edit(client, new_thread):
+    """With review_plan on, the run stops after planning with the plan in the interrupt; resuming
+    with an edited plan (what the Studio resume form sends) generates that plan."""
+    thread_id = new_thread()
+    context = {"review_plan": True, "max_generations_per_step": 1}
+    first = list(client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST}, context=context,
+                                    stream_mode="custom"))
+    assert [p.data["event"] for p in first if p.event == "custom"] == ["plan_ready"]
+    state = client.threads.get_state(thread_id)
+    assert state["next"] == ["review"]
+    pending = [i for task in state["tasks"] for i in task["interrupts"]]
+    plan = pending[0]["value"]["plan"]
+    assert pending[0]["value"]["kind"] == "plan_review" and len(plan) == 3
+
+    edited = plan[:2]
+    edited[1]["prompt"] = "Show the finished crane"
+    rest = list(client.runs.stream(thread_id, GRAPH_ID, command={"resume": {"plan": edited}},
+                                   context=context, stream_mode="custom"))
+    kinds = [p.data["event"] for p in rest if p.event == "custom"]
+    assert kinds.count("step_accepted") == 2 and kinds[-1] == "run_finished"
+    values = client.threads.get_state(thread_id)["values"]
+    assert [a["prompt"] for a in values["attempts"]][1] == "Show the finished crane"
