@@ -85,6 +85,11 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     # process dies after a node's writes were saved but before the checkpoint that follows them,
     # ``next`` is empty too, and streaming from the checkpoint applies those writes and goes on.
     if snapshot.values.get("document_dir"):
+        # It may have been killed after its last checkpoint but before the registry heard of it.
+        with closing(connect(runs_dir)) as conn:
+            RunRegistry(conn).update(run_id, status="finished", error=None,
+                                     document_dir=snapshot.values["document_dir"],
+                                     **counters(snapshot.values))
         return RunOutcome(run_id, "finished", snapshot.values["document_dir"])
     if snapshot.interrupts and review is None:
         return RunOutcome(run_id, "awaiting_review", review=snapshot.interrupts[0].value)
