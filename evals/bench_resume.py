@@ -208,7 +208,7 @@ def report(args, how: str, timing: dict, first_event: str, size: dict, db_before
             ("      of which import graph.runner", "imports_s"),
             ("      of which run settings read", "settings_read_s"),
             ("model load (torch + diffusers import, from_pretrained)", "model_load_s"),
-            (f"(b) resume_run entered -> first event of the new node", "resume_to_first_event_s"),
+            ("(b) resume_run entered -> first event of the new node", "resume_to_first_event_s"),
             ("    resume_run entered -> that node's image ready", "resume_to_first_image_s"),
             ("process start -> first new node, incl. model load", "to_first_node_incl_model_s")]
     for label, key in rows:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import functools
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from langchain_core.messages import BaseMessage
-from langchain_openai import ChatOpenAI
 from PIL import Image
+
+if TYPE_CHECKING:  # imported lazily: openai + langchain_openai cost ~0.3 s, paid on first use only
+    from langchain_openai import ChatOpenAI
 
 
 class EndpointError(RuntimeError):
@@ -27,6 +28,8 @@ class EndpointError(RuntimeError):
 def chat_model(base_url: str, api_key: str, model: str, max_tokens: int, temperature: float,
                timeout_s: float, retries: int) -> ChatOpenAI:
     """One client per endpoint and setting set, reused across nodes and runs (keeps connections)."""
+    from langchain_openai import ChatOpenAI
+
     return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, max_tokens=max_tokens,
                       temperature=temperature, timeout=timeout_s, max_retries=retries)
 
@@ -48,6 +51,8 @@ def complete(model: ChatOpenAI, messages: list[BaseMessage], role: str) -> tuple
 
     ``role`` ("planner" or "critic") names the endpoint in error messages.
     """
+    import openai
+
     where = f"{role} endpoint {model.openai_api_base} (model {model.model_name!r})"
     setting = f"--{role}-base-url (or INTERLEAVE_{role.upper()}_BASE_URL)"
     try:
