@@ -17,8 +17,8 @@ from graph.context import Context, context_of
 from graph.state import State, Verdict, attempts_for, current_step
 from nodes import events
 from nodes.prompts import CRITIC_SYSTEM, critic_user
-from tools.chat import chat_model, complete, image_part, text_part
-from tools.image_store import ImageStore, blank_canvas
+from tools.chat import chat_model, complete, png_part, text_part
+from tools.image_store import ImageStore, blank_canvas_png
 from tools.parsing import VerdictParseError, parse_verdict
 
 # How much of an unusable reply to keep in the state for inspection.
@@ -31,11 +31,13 @@ def critique(state: State, runtime: Runtime[Context]) -> dict:
     step = current_step(state)
     attempt = attempts_for(state, step["step_number"])[-1]
     store = ImageStore(ctx.runs_dir)
-    after = store.load(attempt["image"])
-    before = store.load(attempt["source"]) if attempt["source"] else blank_canvas(*after.size)
+    image = attempt["image"]
+    after = store.read_png(image)
+    before = (store.read_png(attempt["source"]) if attempt["source"]
+              else blank_canvas_png(image["width"], image["height"]))
 
     messages = [SystemMessage(CRITIC_SYSTEM), HumanMessage(content=[
-        image_part(before), image_part(after), text_part(critic_user(step["prompt"], attempt["prompt"])),
+        png_part(before), png_part(after), text_part(critic_user(step["prompt"], attempt["prompt"])),
     ])]
     model = chat_model(ctx.critic_base_url, ctx.critic_api_key, ctx.critic_model,
                        ctx.vlm_max_tokens, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)

@@ -15,7 +15,7 @@ from graph.context import Context, context_of
 from graph.state import State
 from nodes import events
 from nodes.prompts import PLANNER_SYSTEM, planner_user
-from tools.chat import chat_model, complete, image_part, text_part
+from tools.chat import chat_model, complete, png_part, text_part
 from tools.image_store import ImageStore
 from tools.parsing import PlanParseError, check_narrative, parse_plan
 
@@ -57,7 +57,7 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
     stored_inputs = [str(store.path(ref).resolve()) for ref in input_images]
 
     content = [text_part(planner_user(request))]
-    content += [image_part(store.load(ref)) for ref in input_images]
+    content += [png_part(store.read_png(ref)) for ref in input_images]
     messages = [SystemMessage(PLANNER_SYSTEM), HumanMessage(content=content)]
     model = chat_model(ctx.planner_base_url, ctx.planner_api_key, ctx.planner_model,
                        ctx.vlm_max_tokens, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)

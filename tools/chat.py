@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage
-from PIL import Image
 
 if TYPE_CHECKING:  # imported lazily: openai + langchain_openai cost ~0.3 s, paid on first use only
     from langchain_openai import ChatOpenAI
@@ -34,11 +32,10 @@ def chat_model(base_url: str, api_key: str, model: str, max_tokens: int, tempera
                       temperature=temperature, timeout=timeout_s, max_retries=retries)
 
 
-def image_part(image: Image.Image) -> dict[str, Any]:
-    """An OpenAI ``image_url`` content part holding the image as a PNG data URL."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+def png_part(data: bytes) -> dict[str, Any]:
+    """An OpenAI ``image_url`` content part holding PNG bytes as a data URL (stored images are
+    sent as they are: decoding and re-encoding a 1024² PNG costs ~130 ms, this ~2 ms)."""
+    encoded = base64.b64encode(data).decode("ascii")
     return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}}
 
 

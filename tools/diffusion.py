@@ -82,7 +82,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
         log.info("loading generator %s on %s (%s)", model, device, torch_dtype)
         try:
             pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype)
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             local = Path(model).exists()
             hint = ("the folder exists but is not a complete diffusers pipeline (no model_index.json?)"
                     if local else "it is neither a local folder nor reachable on the Hugging Face Hub")

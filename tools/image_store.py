@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import os
@@ -53,8 +54,8 @@ class ImageStore:
     def path(self, ref: ImageRef) -> Path:
         return self.root / ref["path"]
 
-    def load(self, ref: ImageRef) -> Image.Image:
-        """Open a stored image; a missing or altered file is an error, never a silent substitute."""
+    def read_png(self, ref: ImageRef) -> bytes:
+        """The stored PNG bytes; a missing or altered file is an error, never a silent substitute."""
         path = self.path(ref)
         try:
             data = path.read_bytes()
@@ -64,7 +65,11 @@ class ImageStore:
                 f"moved or pruned. Point --runs-dir at the folder that holds it.") from None
         if hashlib.sha256(data).hexdigest() != ref["sha256"]:
             raise ValueError(f"image {path} does not match its recorded sha256; the store was altered")
-        image = Image.open(io.BytesIO(data))
+        return data
+
+    def load(self, ref: ImageRef) -> Image.Image:
+        """Open a stored image as RGB (checked against its sha256)."""
+        image = Image.open(io.BytesIO(self.read_png(ref)))
         image.load()
         return image.convert("RGB")
 
@@ -125,3 +130,11 @@ def load_input_image(source: str | os.PathLike) -> Image.Image:
 def blank_canvas(width: int, height: int) -> Image.Image:
     """The critic's before-image for step 1: a white canvas says 'generated from scratch'."""
     return Image.new("RGB", (width, height), (255, 255, 255))
+
+
+@functools.lru_cache(maxsize=8)
+def blank_canvas_png(width: int, height: int) -> bytes:
+    """The white canvas as PNG bytes, encoded once per size."""
+    buffer = io.BytesIO()
+    blank_canvas(width, height).save(buffer, format="PNG")
+    return buffer.getvalue()

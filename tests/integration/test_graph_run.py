@@ -44,9 +44,15 @@ def test_run_plans_generates_critiques_and_writes_the_document(make_context, cha
     first_critic = critic_requests(chat_server)[0]
     assert count_images(first_critic) == 2
     assert "Rewritten prompt:" in message_text(first_critic["messages"][-1])
-    white = Image.new("RGB", (context.width, context.height), "white")
-    from tools.chat import image_part
-    assert first_critic["messages"][-1]["content"][0]["image_url"]["url"] == image_part(white)["image_url"]["url"]
+    import base64
+    import io
+    before_url = first_critic["messages"][-1]["content"][0]["image_url"]["url"]
+    before = Image.open(io.BytesIO(base64.b64decode(before_url.split(",", 1)[1]))).convert("RGB")
+    assert before.size == (context.width, context.height)
+    assert before.getextrema() == ((255, 255), (255, 255), (255, 255))  # all white
+    # The after-image is sent as the very PNG the store holds.
+    after_url = first_critic["messages"][-1]["content"][1]["image_url"]["url"]
+    assert base64.b64decode(after_url.split(",", 1)[1]) == store.read_png(steps[0]["attempts"][0]["image"])
 
     kinds = [e["event"] for e in seen]
     assert kinds[0] == "plan_ready" and kinds[-1] == "run_finished"
