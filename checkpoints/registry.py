@@ -53,10 +53,13 @@ class RunRegistry:
                 if name not in self.table.columns_dict:
                     self.table.add_column(name, kind)
 
-    def create(self, run_id: str, request: str, images: list[str], settings: dict[str, Any]) -> None:
+    def ensure_new(self, run_id: str) -> None:
         if self.exists(run_id):
             raise ValueError(f"a run with id {run_id!r} already exists; choose another --run-id or "
                              f"`interleave resume {run_id}`")
+
+    def create(self, run_id: str, request: str, images: list[str], settings: dict[str, Any]) -> None:
+        self.ensure_new(run_id)
         now = _now()
         self.table.insert({
             "run_id": run_id, "request": request, "images": json.dumps(images), "status": "running",

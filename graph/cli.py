@@ -17,7 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from graph.context import Context
+from graph.context import Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 EXIT_AWAITING_REVIEW = 5
@@ -127,7 +127,7 @@ def _settings(args: argparse.Namespace, names: list[str] | tuple[str, ...]) -> d
 
 
 def _runs_dir(args: argparse.Namespace) -> str:
-    return args.runs_dir or Context.__dataclass_fields__["runs_dir"].default_factory()
+    return args.runs_dir or default_runs_dir()
 
 
 def _print_plan(plan: list[dict]) -> None:
@@ -185,17 +185,14 @@ def _report(outcome: Any) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from graph.preflight import check_endpoints
     from graph.progress import ProgressPrinter
-    from graph.runner import start_run, validate_request
+    from graph.runner import start_run
 
-    validate_request(args.request, args.image)
     context = Context(runs_dir=_runs_dir(args), **_settings(args, [
         f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]))
-    if not args.no_preflight:
-        check_endpoints(context)
     printer = ProgressPrinter()
-    outcome = start_run(args.request, context, images=args.image, run_id=args.run_id, on_event=printer)
+    outcome = start_run(args.request, context, images=args.image, run_id=args.run_id,
+                        preflight=not args.no_preflight, on_event=printer)
     if outcome.status == "awaiting_review" and sys.stdin.isatty():
         answer = _review_in_terminal(outcome)
         if answer is not None:

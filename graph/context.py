@@ -114,6 +114,11 @@ class Context:
         return cls(**values)
 
 
+def default_runs_dir() -> str:
+    """Where runs live unless --runs-dir says otherwise: $INTERLEAVE_RUNS_DIR or ./runs."""
+    return _env("runs_dir", "runs")
+
+
 def context_of(runtime: Any) -> Context:
     """The run's Context from a LangGraph runtime (a dict from Studio is accepted, None gives defaults)."""
     ctx = getattr(runtime, "context", None)

@@ -53,15 +53,27 @@ def validate_request(request: str, images: list[str]) -> str:
 
 
 def start_run(request: str, context: Context, *, images: list[str] | None = None,
-              run_id: str | None = None, on_event: EventHandler | None = None) -> RunOutcome:
+              run_id: str | None = None, preflight: bool = False,
+              on_event: EventHandler | None = None) -> RunOutcome:
+    """Validate the input, register the run and drive it to its end (or first failure/pause).
+
+    Nothing is written when the input is bad, the run id is taken, or (with ``preflight``) a model
+    endpoint does not answer.
+    """
     images = [str(p) for p in images or []]
     request = validate_request(request, images)
     run_id = run_id or new_run_id()
-    store = ImageStore(context.runs_dir)  # data URLs become files, so no state or row holds pixels
-    images = [str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX) else p
-              for p in images]
+    if preflight:
+        from graph.preflight import check_endpoints  # imports openai: only when asked for
+
+        check_endpoints(context)
     with closing(connect(context.runs_dir)) as conn:
-        RunRegistry(conn).create(run_id, request, images, context.to_record())
+        registry = RunRegistry(conn)
+        registry.ensure_new(run_id)
+        store = ImageStore(context.runs_dir)  # data URLs become files: no state or row holds pixels
+        images = [str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX)
+                  else p for p in images]
+        registry.create(run_id, request, images, context.to_record())
     graph_input = {"request": request, "images": images, "run_id": run_id}
     return drive(run_id, graph_input, context, on_event)
 

@@ -36,6 +36,9 @@ def cli(capsys, *args):
     (["run", "   "], "the request is empty"),
     (["run", REQUEST, "--image", "missing.png"], "does not exist"),
     (["run", REQUEST, "--width", "1000"], "multiple of 16"),
+    (["run", REQUEST, "--run-id", "done", "--no-preflight",
+      "--image", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"],
+     "a run with id 'done' already exists"),
 ])
 def test_bad_input_is_refused_and_stored_runs_are_untouched(capsys, runs_dir, finished_run, args, message, tmp_path):
     before = files_under(runs_dir)
