@@ -2,7 +2,8 @@
 
     START -> plan -> review -> generate -> (critique -> generate)* -> accept -> ... -> compose -> END
 
-``review`` pauses for a human only when the run's ``review_plan`` setting is on.
+``review`` pauses for a human only when the run's ``review_plan`` setting is on. A guidance step
+that only answers about an image the user gave goes straight to ``accept`` (nothing is drawn).
 
 ``graph`` (compiled without a checkpointer) is what ``langgraph.json`` exports to LangGraph
 Studio / ``langgraph dev``, which bring their own persistence. The CLI and embedding code call
@@ -11,36 +12,41 @@ Studio / ``langgraph dev``, which bring their own persistence. The CLI and embed
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
 from graph.context import Context
-from graph.routing import after_accept, after_critique, after_generate
+from graph.routing import after_critique, after_generate, next_step
 from graph.state import InputState, OutputState, State
 from nodes.compose import accept, compose
 from nodes.critic import critique
 from nodes.generator import generate
 from nodes.planner import plan
 from nodes.review import review
+from tools.chat import ChatModels
 
 
-def build_graph(checkpointer: Any = None) -> Any:
-    """Compile the interleaved-generation graph; pass a checkpointer to make runs resumable."""
+def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None) -> Any:
+    """Compile the interleaved-generation graph; pass a checkpointer to make runs resumable, and
+    ``models`` to use LangChain chat models of your own for the planner and/or the critic."""
     builder = StateGraph(State, context_schema=Context, input_schema=InputState,
                          output_schema=OutputState)
-    builder.add_node("plan", plan)
+    if models is not None and not isinstance(models, ChatModels):
+        raise TypeError("models must be tools.chat.ChatModels(planner=..., critic=...)")
+    builder.add_node("plan", functools.partial(plan, models=models) if models else plan)
     builder.add_node("review", review)
     builder.add_node("generate", generate)
-    builder.add_node("critique", critique)
+    builder.add_node("critique", functools.partial(critique, models=models) if models else critique)
     builder.add_node("accept", accept)
     builder.add_node("compose", compose)
     builder.add_edge(START, "plan")
     builder.add_edge("plan", "review")
-    builder.add_edge("review", "generate")
+    builder.add_conditional_edges("review", next_step)
     builder.add_conditional_edges("generate", after_generate)
     builder.add_conditional_edges("critique", after_critique)
-    builder.add_conditional_edges("accept", after_accept)
+    builder.add_conditional_edges("accept", next_step)
     builder.add_edge("compose", END)
     return builder.compile(checkpointer=checkpointer, name="interleave")
 

@@ -25,8 +25,9 @@ EXIT_INTERRUPTED = 130
 _TYPES = {"str": str, "int": int, "float": float}
 # Settings that may be changed when resuming (where the models are, which device); the rest
 # stay as the run started, so a resumed run produces what the uninterrupted one would have.
-RESUME_OVERRIDES = ("planner_base_url", "planner_model", "critic_base_url", "critic_model",
-                    "generator_model", "device", "vlm_timeout_s", "vlm_retries")
+RESUME_OVERRIDES = ("planner_backend", "planner_base_url", "planner_model", "critic_backend",
+                    "critic_base_url", "critic_model", "generator_model", "device", "vlm_device",
+                    "vlm_timeout_s", "vlm_retries", "vlm_max_concurrency", "vlm_image_transport")
 
 
 def _flag(name: str) -> str:
@@ -40,6 +41,9 @@ def _add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
         if field.name in names and str(field.type) == "bool":
             group.add_argument(_flag(field.name), dest=field.name, action="store_true", default=None,
                                help=field.metadata["description"])
+        elif field.name in names and field.metadata.get("choices"):
+            group.add_argument(_flag(field.name), dest=field.name, choices=field.metadata["choices"],
+                               default=None, help=field.metadata["description"])
         elif field.name in names:
             group.add_argument(_flag(field.name), dest=field.name, type=_TYPES[str(field.type)],
                                default=None, metavar=str(field.type).upper(),
@@ -66,7 +70,10 @@ def make_parser() -> argparse.ArgumentParser:
                                           "document is written.")
     run.add_argument("request", help='what to show, e.g. "How do I fold a paper crane?"')
     run.add_argument("--image", action="append", default=[], metavar="PATH",
-                     help="an input image (repeat for several); sent to the planner with the request")
+                     help="an input image (repeat for several; a file or a data URL). A request with "
+                          "images is in guidance mode: the planner answers about them or continues "
+                          "the sequence. <image> markers in the request place them in order; "
+                          "without markers they follow the text.")
     run.add_argument("--run-id", default=None, help="id for the new run (default: time + random)")
     run.add_argument("--no-preflight", action="store_true",
                      help="skip checking that the planner and critic endpoints answer before starting")
@@ -158,7 +165,7 @@ def _review_in_terminal(outcome: Any) -> Any:
             subprocess.run([os.environ.get("EDITOR", "vi"), tmp.name], check=False)
             try:
                 edited = json.loads(Path(tmp.name).read_text(encoding="utf-8"))
-                reviewed_plan({"plan": edited})
+                reviewed_plan({"plan": edited}, outcome.review.get("input_images", 0))
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
                 print(f"error: {exc}; edit again", file=sys.stderr)
                 continue

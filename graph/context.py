@@ -15,6 +15,7 @@ from typing import Any
 ENV_PREFIX = "INTERLEAVE_"
 SECRET_FIELDS = ("planner_api_key", "critic_api_key")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+BACKENDS = ("openai", "transformers")
 
 
 def _env(name: str, default: Any) -> Any:
@@ -34,31 +35,72 @@ def _env(name: str, default: Any) -> Any:
         ) from None
 
 
-def _setting(name: str, default: Any, description: str) -> Any:
-    return field(default_factory=lambda: _env(name, default), metadata={"description": description})
+def _setting(name: str, default: Any, description: str, choices: tuple[str, ...] = ()) -> Any:
+    """A field whose default may come from the environment; ``choices`` limits a text setting."""
+    return field(default_factory=lambda: _env(name, default),
+                 metadata={"description": description, "choices": choices})
 
 
 @dataclass(kw_only=True)
 class Context:
     """Settings of one run. Stored with the run (without API keys) so ``resume`` uses the same ones."""
 
+    planner_backend: str = _setting(
+        "planner_backend", "openai",
+        "How the planner runs: openai (an OpenAI-compatible server such as `vllm serve`) or "
+        "transformers (in this process; --planner-model is then a model id or local folder).",
+        BACKENDS)
     planner_base_url: str = _setting(
         "planner_base_url", "http://127.0.0.1:8000/v1",
         "OpenAI-compatible endpoint of the planner VLM (e.g. `vllm serve` at http://HOST:PORT/v1).")
     planner_api_key: str = _setting("planner_api_key", "EMPTY", "API key for the planner endpoint.")
     planner_model: str = _setting(
-        "planner_model", "Qwen/Qwen3-VL-8B-Instruct", "Model name the planner endpoint serves.")
+        "planner_model", "Qwen/Qwen3-VL-8B-Instruct",
+        "Planner model: the name the endpoint serves, or a model id / folder for transformers.")
+    critic_backend: str = _setting(
+        "critic_backend", "openai", "How the critic runs: openai or transformers (as for the planner).",
+        BACKENDS)
     critic_base_url: str = _setting(
         "critic_base_url", "http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint of the critic VLM.")
     critic_api_key: str = _setting("critic_api_key", "EMPTY", "API key for the critic endpoint.")
     critic_model: str = _setting(
-        "critic_model", "Qwen/Qwen3-VL-8B-Instruct", "Model name the critic endpoint serves.")
+        "critic_model", "Qwen/Qwen3-VL-8B-Instruct",
+        "Critic model: the name the endpoint serves, or a model id / folder for transformers.")
+    vlm_device: str = _setting(
+        "vlm_device", "auto", "Torch device of in-process (transformers) planner/critic models.")
     vlm_max_tokens: int = _setting("vlm_max_tokens", 4096, "Most new tokens per planner/critic reply.")
     vlm_temperature: float = _setting(
-        "vlm_temperature", 0.7, "Sampling temperature of planner and critic (retries re-sample).")
+        "vlm_temperature", 0.7,
+        "Sampling temperature of planner and critic; a retry after an unusable reply samples at "
+        "least at 0.7 so it does not repeat the same reply.")
     vlm_timeout_s: float = _setting("vlm_timeout_s", 600.0, "Seconds to wait for one planner/critic reply.")
     vlm_retries: int = _setting(
-        "vlm_retries", 2, "Extra tries when a reply cannot be parsed or the endpoint fails transiently.")
+        "vlm_retries", 2,
+        "Extra tries when a reply cannot be parsed (re-sampled) or the endpoint fails transiently.")
+    vlm_retry_backoff_s: float = _setting(
+        "vlm_retry_backoff_s", 1.0, "Wait before the first retry; doubles with each further retry.")
+    vlm_max_concurrency: int = _setting(
+        "vlm_max_concurrency", 8,
+        "Most requests in flight at once to one planner/critic endpoint from this process.")
+    vlm_structured_output: str = _setting(
+        "vlm_structured_output", "off",
+        "Ask the server to constrain replies so they always parse: off, json (a JSON schema for the "
+        "answer; vLLM and OpenAI) or regex (think + answer; vLLM only). See the README.",
+        ("off", "json", "regex"))
+    vlm_image_transport: str = _setting(
+        "vlm_image_transport", "data",
+        "How images reach the VLMs: data (inline data URLs) or file (file:// URLs, for a vLLM server "
+        "on this machine started with --allowed-local-media-path covering the runs folder).",
+        ("data", "file"))
+    vlm_image_max_pixels: int = _setting(
+        "vlm_image_max_pixels", 1024 * 1024,
+        "Larger images are downscaled (aspect kept) before they are sent to a VLM; a message with "
+        "5 or more images caps each at 384x384 pixels.")
+    critic_unparsed: str = _setting(
+        "critic_unparsed", "regenerate",
+        "What happens when the critic gives no usable verdict after its retries: regenerate (same "
+        "prompt, new seed) or accept (keep the image, marked unjudged).",
+        ("regenerate", "accept"))
     generator_model: str = _setting(
         "generator_model", "black-forest-labs/FLUX.2-klein-4B",
         "Diffusers model id or local folder of the image generator (text-to-image + editing).")
@@ -92,10 +134,22 @@ class Context:
                 f"max_generations_per_step={self.max_generations_per_step} must be between 1 and 20")
         if self.dtype not in DTYPES:
             problems.append(f"dtype={self.dtype!r} must be one of {', '.join(DTYPES)}")
+        for item in dataclasses.fields(self):
+            choices = item.metadata.get("choices")
+            if choices and getattr(self, item.name) not in choices:
+                problems.append(f"{item.name}={getattr(self, item.name)!r} must be one of "
+                                f"{', '.join(choices)}")
+        if self.vlm_max_concurrency < 1 or self.vlm_retry_backoff_s < 0:
+            problems.append("vlm_max_concurrency must be >= 1 and vlm_retry_backoff_s >= 0")
+        if self.vlm_image_max_pixels < 64 * 64:
+            problems.append(f"vlm_image_max_pixels={self.vlm_image_max_pixels} is too small; use at "
+                            f"least 4096 (64x64)")
         if self.vlm_max_tokens < 1 or self.vlm_retries < 0 or self.vlm_timeout_s <= 0:
             problems.append("vlm_max_tokens must be >= 1, vlm_retries >= 0 and vlm_timeout_s > 0")
-        for name in ("planner_base_url", "critic_base_url"):
-            if not getattr(self, name).startswith(("http://", "https://")):
+        for role in ("planner", "critic"):
+            name = f"{role}_base_url"
+            if (getattr(self, f"{role}_backend") == "openai"
+                    and not getattr(self, name).startswith(("http://", "https://"))):
                 problems.append(f"{name}={getattr(self, name)!r} must be an http(s) URL such as "
                                 f"http://127.0.0.1:8000/v1")
         if problems:

@@ -22,7 +22,9 @@ from graph.builder import build_graph
 from graph.context import Context
 from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect, open_checkpointer
+from nodes.guidance import request_segments
 from nodes.review import reviewed_plan
+from tools.chat import ChatModels
 from tools.image_store import DATA_URL_PREFIX, ImageStore, load_input_image
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -47,6 +49,7 @@ def validate_request(request: str, images: list[str]) -> str:
     if not request:
         raise ValueError("the request is empty; say what the sequence should show, "
                          "e.g. interleave run \"How do I fold a paper crane?\"")
+    request_segments(request, len(images))  # <image> markers must match the images given
     for path in images:
         load_input_image(path)  # raises ImageInputError naming the file and the fix
     return request
@@ -54,7 +57,7 @@ def validate_request(request: str, images: list[str]) -> str:
 
 def start_run(request: str, context: Context, *, images: list[str] | None = None,
               run_id: str | None = None, preflight: bool = False,
-              on_event: EventHandler | None = None) -> RunOutcome:
+              on_event: EventHandler | None = None, models: ChatModels | None = None) -> RunOutcome:
     """Validate the input, register the run and drive it to its end (or first failure/pause).
 
     Nothing is written when the input is bad, the run id is taken, or (with ``preflight``) a model
@@ -75,18 +78,19 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
                   else p for p in images]
         registry.create(run_id, request, images, context.to_record())
     graph_input = {"request": request, "images": images, "run_id": run_id}
-    return drive(run_id, graph_input, context, on_event)
+    return drive(run_id, graph_input, context, on_event, models)
 
 
 def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None = None,
-               review: Any = None, on_event: EventHandler | None = None) -> RunOutcome:
+               review: Any = None, on_event: EventHandler | None = None,
+               models: ChatModels | None = None) -> RunOutcome:
     """Continue a run from its last checkpoint with its stored settings (``overrides`` may change
     endpoints or devices, e.g. when the old server moved). A run paused for plan review continues
     only with a ``review`` answer (``{"approve": True}`` or ``{"plan": [...]}``)."""
-    if review is not None:
-        reviewed_plan(review)  # a bad edit is refused before anything changes
     with closing(connect(runs_dir, create=False)) as conn:
         record = RunRegistry(conn).get(run_id)
+    if review is not None:  # a bad edit is refused before anything changes
+        reviewed_plan(review, len(record["images"]))
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
     if overrides:  # remember where the models are now, for the next resume too
         with closing(connect(runs_dir)) as conn:
@@ -109,11 +113,11 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
         if not snapshot.interrupts:
             raise ValueError(f"run {run_id} is not waiting for a plan review; resume it without "
                              f"--approve-plan/--plan-file")
-        return drive(run_id, Command(resume=review), context, on_event)
+        return drive(run_id, Command(resume=review), context, on_event, models)
     # No checkpoint at all means it died before the first one: start it again from its input.
     graph_input = None if snapshot.values else {
         "request": record["request"], "images": record["images"], "run_id": run_id}
-    return drive(run_id, graph_input, context, on_event)
+    return drive(run_id, graph_input, context, on_event, models)
 
 
 def counters(values: dict[str, Any]) -> dict[str, int]:
@@ -126,12 +130,12 @@ def counters(values: dict[str, Any]) -> dict[str, int]:
 
 
 def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Context,
-           on_event: EventHandler | None) -> RunOutcome:
+          on_event: EventHandler | None, models: ChatModels | None = None) -> RunOutcome:
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
         registry = RunRegistry(conn)
         registry.update(run_id, status="running", error=None, pid=os.getpid())
-        graph = build_graph(saver)
+        graph = build_graph(saver, models=models)
         try:
             for mode, chunk in graph.stream(graph_input, config, context=context,
                                             stream_mode=["values", "custom"], durability="sync"):

@@ -46,6 +46,9 @@ class Verdict(TypedDict):
     refine_prompt: str | None
     reasoning: str
     error: str | None
+    # For an unusable reply: the policy that applied ("regenerate" or "accept", the run's
+    # ``critic_unparsed`` setting). Absent in runs made before it existed: they regenerate.
+    fallback: NotRequired[str | None]
 
 
 class Attempt(TypedDict):
@@ -56,6 +59,7 @@ class Attempt(TypedDict):
     prompt: str  # the prompt actually sent to the generator
     seed: int
     source: ImageRef | None  # the image that was edited; None for text-to-image
+    references: NotRequired[list[ImageRef]]  # extra reference images (anchored reference policy)
     image: ImageRef
     last_allowed: bool  # True when no further generation is allowed: accepted without a critic call
     verdict: Verdict | None
@@ -65,7 +69,7 @@ class Attempt(TypedDict):
 
 class AcceptedStep(TypedDict):
     step_number: int
-    attempt: int
+    attempt: int  # 0 for a guidance step answered about a given image (nothing generated)
     image: ImageRef
 
 
@@ -132,6 +136,7 @@ class State(InputState):
     input_images: NotRequired[list[ImageRef]]
     plan: NotRequired[list[PlanStep]]
     plan_reasoning: NotRequired[str]
+    plan_mode: NotRequired[str]  # narrative | answer | continue | answer+continue (nodes.guidance)
     step_index: NotRequired[int]  # 0-based index into ``plan`` of the step being worked on
     attempts: NotRequired[Annotated[list[Attempt], merge_attempts]]
     accepted: NotRequired[Annotated[list[AcceptedStep], append_accepted]]
@@ -149,6 +154,10 @@ def attempts_for(state: State, step_number: int) -> list[Attempt]:
 
 
 def previous_image(state: State) -> ImageRef | None:
-    """The image the current step edits: the last accepted one (None before any is accepted)."""
+    """The image the current step edits: the last accepted one; before any, the last image the
+    user gave (guidance mode continues it); None for a text-to-image first step."""
     accepted = state.get("accepted", [])
-    return accepted[-1]["image"] if accepted else None
+    if accepted:
+        return accepted[-1]["image"]
+    inputs = state.get("input_images", [])
+    return inputs[-1] if inputs else None

@@ -19,6 +19,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from graph.builder import build_graph
 from graph.context import Context
 from graph.runner import new_run_id
+from tools.chat import ChatModels
 
 TOOL_DESCRIPTION = (
     "Create an illustrated, step-by-step answer (text with one image per step) for a request such "
@@ -35,14 +36,14 @@ def document_json(result: dict[str, Any], runs_dir: str) -> str:
                        "document_html": str(Path(result["document_dir"]) / "document.html")})
 
 
-def interleave_tool(context: Context, *, checkpointer: Any = None,
+def interleave_tool(context: Context, *, checkpointer: Any = None, models: ChatModels | None = None,
                     name: str = "make_interleaved_document") -> BaseTool:
     """A tool that runs the whole planner -> generator -> critic loop for one request.
 
     With a checkpointer every call is a resumable run (thread id = run id) and is written with
-    ``durability="sync"``.
+    ``durability="sync"``. ``models`` passes your own LangChain chat models for planner/critic.
     """
-    app = build_graph(checkpointer)
+    app = build_graph(checkpointer, models=models)
     options: dict[str, Any] = {"context": context}
     if checkpointer is not None:
         options["durability"] = "sync"

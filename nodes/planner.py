@@ -7,17 +7,19 @@ import time
 import uuid
 from pathlib import Path
 
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from graph.context import Context, context_of
-from graph.state import State
+from graph.state import ImageRef, PlanStep, State
 from nodes import events
-from nodes.prompts import PLANNER_SYSTEM, planner_user
-from tools.chat import chat_model, complete, png_part, text_part
+from nodes.guidance import check_plan, request_segments
+from nodes.prompts import planner_system, planner_user
+from tools.chat import ChatModels, ask, model_for, structured_output, text_part
 from tools.image_store import ImageStore
-from tools.parsing import PlanParseError, check_narrative, parse_plan
+from tools.parsing import PlanParseError, parse_plan
+from tools.vlm_images import MessageImages
 
 
 class EmptyRequestError(ValueError):
@@ -43,7 +45,18 @@ def _save_failures(runs_dir: str, run_id: str, failures: list[dict]) -> Path:
     return path
 
 
-def plan(state: State, runtime: Runtime[Context]) -> dict:
+def planner_messages(request: str, inputs: list[ImageRef], ctx: Context,
+                     store: ImageStore) -> list[BaseMessage]:
+    """System + user message; in guidance mode the user's images sit where ``<image>`` stood."""
+    images = MessageImages(store, transport=ctx.vlm_image_transport,
+                           max_pixels=ctx.vlm_image_max_pixels, image_count=len(inputs))
+    content = []
+    for piece in request_segments(planner_user(request), len(inputs)):
+        content.append(text_part(piece) if isinstance(piece, str) else images.part(inputs[piece]))
+    return [SystemMessage(planner_system(guidance=bool(inputs))), HumanMessage(content=content)]
+
+
+def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = None) -> dict:
     ctx = context_of(runtime)
     run_id = run_id_of(state)
     request = (state.get("request") or "").strip()
@@ -55,29 +68,23 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
     # From here on the inputs are files in the store: data URLs given as input do not ride along
     # in every later checkpoint.
     stored_inputs = [str(store.path(ref).resolve()) for ref in input_images]
+    messages = planner_messages(request, input_images, ctx, store)
 
-    content = [text_part(planner_user(request))]
-    content += [png_part(store.read_png(ref)) for ref in input_images]
-    messages = [SystemMessage(PLANNER_SYSTEM), HumanMessage(content=content)]
-    model = chat_model(ctx.planner_base_url, ctx.planner_api_key, ctx.planner_model,
-                       ctx.vlm_max_tokens, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
-    failures = []
-    for _ in range(ctx.vlm_retries + 1):
-        reply, finish = complete(model, messages, "planner")
-        try:
-            reasoning, steps = parse_plan(reply)
-            check_narrative(steps)
-            break
-        except ValueError as exc:
-            failures.append({"error": str(exc), "finish_reason": finish, "reply": reply})
-    else:
-        saved = _save_failures(ctx.runs_dir, run_id, failures)
+    def parse(reply: str) -> tuple[str, list[PlanStep], str]:
+        reasoning, steps = parse_plan(reply)
+        return reasoning, steps, check_plan(steps, len(input_images))
+
+    answer = ask(model_for("planner", ctx, models), messages, "planner", parse, ctx,
+                 structured=structured_output(ctx, "plan"))
+    if answer.value is None:
+        saved = _save_failures(ctx.runs_dir, run_id, answer.failures)
         raise PlanParseError(
-            f"the planner gave no usable plan in {len(failures)} tries (last: {failures[-1]['error']}). "
-            f"Raw replies saved to {saved}. Check that the planner model follows the plan format, "
-            f"then `interleave resume {run_id}`.", failures[-1]["reply"])
-
-    events.emit(runtime, events.PLAN_READY, run_id, steps=len(steps),
+            f"the planner gave no usable plan in {len(answer.failures)} tries (last: "
+            f"{answer.failures[-1]['error']}). Raw replies saved to {saved}. Check that the planner "
+            f"model follows the plan format, then `interleave resume {run_id}`.", answer.reply)
+    reasoning, steps, mode = answer.value
+    events.emit(runtime, events.PLAN_READY, run_id, steps=len(steps), mode=mode,
                 step_names=[s["step_name"] for s in steps])
     return {"run_id": run_id, "images": stored_inputs, "input_images": input_images, "plan": steps,
-            "plan_reasoning": reasoning, "step_index": 0}
+            "plan_reasoning": reasoning, "plan_mode": mode, "step_index": 0}
+

@@ -3,7 +3,7 @@ recorded with each run so that data and scores can be traced to the prompts that
 
 from __future__ import annotations
 
-PROMPT_VERSION = "2026-11-23.1"
+PROMPT_VERSION = "2026-11-23.2"
 
 PLANNER_SYSTEM = """\
 You plan interleaved text-and-image answers. An image model will draw step 1 from text and then \
@@ -27,6 +27,31 @@ step (what changes, where, and what stays the same). No "Step 3:" prefixes, no c
 
 Choose the number of steps yourself unless the user names it; then use exactly that many. Every \
 step changes the image; there are no text-only steps. The last step shows the finished result."""
+
+PLANNER_GUIDANCE_SYSTEM = """\
+You plan interleaved text-and-image answers for a request that comes with images from the user. \
+The images appear in the request where <image> stood in the user's text, numbered 1, 2, 3, ... \
+in order. Decide from the request which of two tasks it asks for:
+
+Task A - the images are complete and the user wants text for them (an explanation, a caption, an \
+answer per image or per step). Make one step per image the user asks about, numbered like the \
+image it belongs to. Put the text in auxiliary_text and set instruction and prompt to null: \
+nothing is drawn for these steps.
+
+Task B - the images are the beginning of a sequence and the user wants it continued. Number the \
+new steps after the last given image (with 3 images the first new step is 4). Each new step is \
+drawn by editing the image before it: the first new step edits the last given image. Its prompt \
+is a short, concrete edit (what changes, where, and what stays the same).
+
+Think first inside <think>...</think>. Then give the plan inside <answer>...</answer> as one JSON \
+object and nothing else:
+{"execution_plan": [{"step_number": 4, "step_name": "...", "instruction": "...", "prompt": "...", \
+"auxiliary_text": null}, ...]}
+
+step_name is a short title; instruction is one or two sentences a reader sees (null in Task A); \
+prompt is text for the image model (null in Task A), with no "Step 3:" prefixes and no commentary; \
+auxiliary_text is the text the user asked for with that step, otherwise null. Use exactly the \
+number of steps the user names, if any. In Task B the last step shows the finished result."""
 
 PLANNER_USER = "Request:\n{request}"
 
@@ -66,7 +91,15 @@ def planner_user(request: str) -> str:
     return PLANNER_USER.format(request=request.strip())
 
 
+def planner_system(guidance: bool) -> str:
+    """The planner's instructions: guidance mode when the user gave images, else narrative."""
+    return PLANNER_GUIDANCE_SYSTEM if guidance else PLANNER_SYSTEM
+
+
 def critic_user(original: str, rewritten: str) -> str:
-    # An empty rewritten prompt means "judge against the original"; we always send the prompt that
-    # was actually used, at inference as in training data, to avoid a train/inference mismatch.
+    """The critic's text. The "rewritten prompt" slot always holds the prompt that produced the
+    judged image, so on a first attempt it repeats the plan's prompt (never left empty). Training
+    data export builds critic samples with this same function, so the critic sees at training
+    time exactly what it sees at inference (the reference left the slot empty in its data but
+    filled it at inference)."""
     return CRITIC_USER.format(original=original, rewritten=rewritten or original)

@@ -16,14 +16,16 @@ from langgraph.types import interrupt
 
 from graph.context import Context, context_of
 from graph.state import PlanStep, State
-from tools.parsing import check_narrative, plan_steps
+from nodes.guidance import check_plan
+from tools.parsing import plan_steps
 
 PLAN_REVIEW = "plan_review"
 
 
-def reviewed_plan(answer: Any) -> list[PlanStep] | None:
-    """The plan a review answer asks for: None to keep the current plan, else the edited steps.
-    Raises ValueError naming what is wrong with the answer."""
+def reviewed_plan(answer: Any, input_count: int = 0) -> list[PlanStep] | None:
+    """The plan a review answer asks for: None to keep the current plan, else the edited steps
+    (checked against the request's mode: ``input_count`` images given). Raises ValueError naming
+    what is wrong with the answer."""
     if answer is True or (isinstance(answer, dict) and answer.get("approve") is True):
         return None
     if isinstance(answer, dict):
@@ -35,7 +37,7 @@ def reviewed_plan(answer: Any) -> list[PlanStep] | None:
                          '(the steps as in the planner\'s execution_plan)')
     try:
         steps = plan_steps(answer)
-        check_narrative(steps)
+        check_plan(steps, input_count)
     except ValueError as exc:
         raise ValueError(f"the edited plan is not valid: {exc}") from None
     return steps
@@ -44,7 +46,9 @@ def reviewed_plan(answer: Any) -> list[PlanStep] | None:
 def review(state: State, runtime: Runtime[Context]) -> dict:
     if not context_of(runtime).review_plan:
         return {}
+    inputs = len(state.get("input_images", []))
     answer = interrupt({"kind": PLAN_REVIEW, "run_id": state["run_id"], "plan": state["plan"],
+                        "input_images": inputs,
                         "resume_with": {"approve": True, "or": {"plan": "[edited steps]"}}})
-    steps = reviewed_plan(answer)
-    return {} if steps is None else {"plan": steps}
+    steps = reviewed_plan(answer, inputs)
+    return {} if steps is None else {"plan": steps, "plan_mode": check_plan(steps, inputs)}

@@ -1,30 +1,73 @@
-"""Planner and critic chat models: OpenAI-compatible endpoints (vLLM, any OpenAI-style API)
-through LangChain's ``ChatOpenAI``, with images sent inline as data URLs.
+"""Planner and critic chat models, and asking them until a reply parses.
 
-Endpoint failures become ``EndpointError`` whose message says which role's endpoint failed and
-how to fix it; they propagate out of the node so the run stops at its last checkpoint and can be
-resumed once the endpoint is back.
+Three ways to get a model, per role (planner and critic are independent):
+- ``openai`` backend (default): an OpenAI-compatible server (vLLM, or any OpenAI-style API)
+  through LangChain's ``ChatOpenAI``; connection errors, 429s and 5xx answers are retried by the
+  client with its own exponential backoff (``vlm_retries``), each request has ``vlm_timeout_s``;
+- ``transformers`` backend: the model runs in this process (``tools.local_vlm``);
+- any LangChain chat model passed in by an embedding application (``ChatModels``).
+
+``ask`` sends one message list and parses the reply; an unusable reply is retried up to
+``vlm_retries`` times with a growing pause, re-sampled (a retry never asks at temperature 0, which
+would return the same reply again). Endpoint failures become ``EndpointError`` naming the role, the
+endpoint and the fix; they stop the run at its last checkpoint, so it can be resumed.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-from typing import TYPE_CHECKING, Any
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
+
+from graph.context import Context
 
 if TYPE_CHECKING:  # imported lazily: openai + langchain_openai cost ~0.3 s, paid on first use only
     from langchain_openai import ChatOpenAI
 
+T = TypeVar("T")
+ROLES = ("planner", "critic")
+RETRY_MIN_TEMPERATURE = 0.7
+MAX_BACKOFF_S = 30.0
+
 
 class EndpointError(RuntimeError):
-    """The planner or critic endpoint could not answer."""
+    """The planner or critic model could not answer."""
+
+
+@dataclass(frozen=True)
+class ChatModels:
+    """Chat models an application passes in when it embeds the graph; a role left None uses the
+    run's settings (``<role>_backend``, ``<role>_model``, ...)."""
+
+    planner: BaseChatModel | None = None
+    critic: BaseChatModel | None = None
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            model = getattr(self, role)
+            if model is not None and not isinstance(model, BaseChatModel):
+                raise TypeError(f"ChatModels.{role} must be a LangChain chat model (BaseChatModel), "
+                                f"got {type(model).__name__}")
+
+
+@dataclass
+class Answer:
+    """What ``ask`` got: the parsed value (None when no try parsed) and every failed try."""
+
+    value: Any
+    reply: str
+    failures: list[dict[str, Any]]
 
 
 @functools.lru_cache(maxsize=16)
-def chat_model(base_url: str, api_key: str, model: str, max_tokens: int, temperature: float,
-               timeout_s: float, retries: int) -> ChatOpenAI:
+def openai_model(base_url: str, api_key: str, model: str, max_tokens: int, temperature: float,
+                 timeout_s: float, retries: int) -> ChatOpenAI:
     """One client per endpoint and setting set, reused across nodes and runs (keeps connections)."""
     from langchain_openai import ChatOpenAI
 
@@ -32,28 +75,74 @@ def chat_model(base_url: str, api_key: str, model: str, max_tokens: int, tempera
                       temperature=temperature, timeout=timeout_s, max_retries=retries)
 
 
-def png_part(data: bytes) -> dict[str, Any]:
-    """An OpenAI ``image_url`` content part holding PNG bytes as a data URL (stored images are
-    sent as they are: decoding and re-encoding a 1024² PNG costs ~130 ms, this ~2 ms)."""
-    encoded = base64.b64encode(data).decode("ascii")
-    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}}
+def model_for(role: str, ctx: Context, injected: ChatModels | None = None) -> BaseChatModel:
+    """The chat model a role uses in this run."""
+    chosen = getattr(injected, role, None) if injected is not None else None
+    if chosen is not None:
+        return chosen
+    name = getattr(ctx, f"{role}_model")
+    if getattr(ctx, f"{role}_backend") == "transformers":
+        from tools.local_vlm import TransformersChatModel
+
+        return TransformersChatModel(model_path=name, device=ctx.vlm_device,
+                                     max_new_tokens=ctx.vlm_max_tokens, temperature=ctx.vlm_temperature)
+    return openai_model(getattr(ctx, f"{role}_base_url"), getattr(ctx, f"{role}_api_key"), name,
+                        ctx.vlm_max_tokens, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
+
+
+def structured_output(ctx: Context, kind: str) -> dict[str, Any] | None:
+    """Request options that constrain a ``kind`` ("plan" or "verdict") reply's shape, when the run
+    asks for them (``vlm_structured_output``); they reach OpenAI-compatible servers only."""
+    if ctx.vlm_structured_output == "off":
+        return None
+    from tools.reply_schemas import structured_output_kwargs
+
+    return structured_output_kwargs(kind, ctx.vlm_structured_output)
 
 
 def text_part(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
 
-def complete(model: ChatOpenAI, messages: list[BaseMessage], role: str) -> tuple[str, str | None]:
-    """Send ``messages`` and return (reply text, finish reason).
+_limits: dict[str, threading.BoundedSemaphore] = {}
+_limits_lock = threading.Lock()
 
-    ``role`` ("planner" or "critic") names the endpoint in error messages.
-    """
+
+def _limit_for(model: BaseChatModel, size: int) -> threading.BoundedSemaphore:
+    """One semaphore per endpoint (or in-process model) for the whole process."""
+    key = f"{getattr(model, 'openai_api_base', None) or type(model).__name__}:{size}"
+    with _limits_lock:
+        return _limits.setdefault(key, threading.BoundedSemaphore(size))
+
+
+def _is_openai(model: BaseChatModel) -> bool:
+    return type(model).__name__ == "ChatOpenAI" and hasattr(model, "openai_api_base")
+
+
+def _reply_text(content: Any) -> str:
+    if isinstance(content, list):  # some servers and chat models return content parts
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
+
+
+def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
+             **call: Any) -> tuple[str, str | None]:
+    """Send ``messages`` once and return (reply text, finish reason). ``call`` holds extra request
+    options (temperature of a retry, structured-output parameters) for models that take them."""
+    if not _is_openai(model):
+        try:
+            reply = model.invoke(messages, **call)
+        except Exception as exc:  # a model passed in by the user may raise anything
+            raise EndpointError(f"the {role} model ({type(model).__name__}) failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return _reply_text(reply.content), reply.response_metadata.get("finish_reason")
+
     import openai
 
     where = f"{role} endpoint {model.openai_api_base} (model {model.model_name!r})"
     setting = f"--{role}-base-url (or INTERLEAVE_{role.upper()}_BASE_URL)"
     try:
-        reply = model.invoke(messages)
+        reply = model.invoke(messages, **call)
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
         raise EndpointError(
             f"{where} is unreachable ({exc.__class__.__name__}). Start it (e.g. `vllm serve "
@@ -63,9 +152,37 @@ def complete(model: ChatOpenAI, messages: list[BaseMessage], role: str) -> tuple
         raise EndpointError(
             f"{where} does not serve that model ({exc}). Set INTERLEAVE_{role.upper()}_MODEL or "
             f"--{role}-model to a model the server lists at /v1/models.") from exc
+    except openai.BadRequestError as exc:
+        hint = (" The server may not support structured outputs: set --vlm-structured-output off."
+                if any(k in call for k in ("response_format", "extra_body")) else "")
+        raise EndpointError(f"{where} refused the request: {exc.message}.{hint}") from exc
     except openai.APIStatusError as exc:
         raise EndpointError(f"{where} answered HTTP {exc.status_code}: {exc.message}") from exc
-    content = reply.content
-    if isinstance(content, list):  # some servers return content parts
-        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return str(content), reply.response_metadata.get("finish_reason")
+    return _reply_text(reply.content), reply.response_metadata.get("finish_reason")
+
+
+def ask(model: BaseChatModel, messages: list[BaseMessage], role: str,
+        parse: Callable[[str], T], ctx: Context, *, structured: dict[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep) -> Answer:
+    """Ask until ``parse`` accepts a reply, at most ``1 + ctx.vlm_retries`` times.
+
+    ``parse`` raises ``ValueError`` (the typed ``ReplyParseError``s) for an unusable reply. The
+    returned ``Answer.value`` is None when every try failed; ``failures`` keeps each raw reply.
+    """
+    ours = _is_openai(model) or type(model).__name__ == "TransformersChatModel"
+    call = dict(structured or {}) if _is_openai(model) else {}
+    failures: list[dict[str, Any]] = []
+    reply = ""
+    for index in range(ctx.vlm_retries + 1):
+        if index:
+            sleep(min(ctx.vlm_retry_backoff_s * 2 ** (index - 1), MAX_BACKOFF_S))
+            if ours:  # re-sample: never retry greedily
+                call["temperature"] = max(ctx.vlm_temperature, RETRY_MIN_TEMPERATURE)
+        with _limit_for(model, ctx.vlm_max_concurrency):
+            reply, finish = complete(model, messages, role, **call)
+        try:
+            return Answer(parse(reply), reply, failures)
+        except ValueError as exc:
+            failures.append({"error": str(exc), "reason": getattr(exc, "reason", "invalid"),
+                             "finish_reason": finish, "reply": reply})
+    return Answer(None, reply, failures)

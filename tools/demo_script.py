@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from tools.scripted_chat import message_text
+from tools.scripted_chat import count_images, message_text
 
 PLANNER_MODEL = "demo-planner"
 CRITIC_MODEL = "demo-critic"
@@ -43,10 +43,33 @@ def demo_plan(request: str) -> list[dict]:
     ]
 
 
-def planner_reply(request: str) -> str:
-    plan = {"execution_plan": demo_plan(request)}
-    return ("<think>Three image operations: set the scene, show progress by editing it, then show "
-            f"the finished result.</think><answer>{json.dumps(plan)}</answer>")
+def guidance_plan(request: str, image_count: int) -> list[dict]:
+    """Guidance mode: a request that says "continue" gets Task B (two new steps after the given
+    images, each an edit); any other gets Task A (one text answer per given image)."""
+    if "continue" in request.lower():
+        first = image_count + 1
+        return [
+            {"step_number": first, "step_name": "Next", "instruction": "The sequence goes on.",
+             "prompt": "Carry the scene one step further; keep the framing and lighting unchanged",
+             "auxiliary_text": None},
+            {"step_number": first + 1, "step_name": "Done", "instruction": "The finished result.",
+             "prompt": "Show the finished result; keep the framing and lighting unchanged",
+             "auxiliary_text": None},
+        ]
+    return [{"step_number": k, "step_name": f"Image {k}", "instruction": None, "prompt": None,
+             "auxiliary_text": f"Image {k} shows stage {k} of the process."}
+            for k in range(1, image_count + 1)]
+
+
+def planner_reply(request: str, image_count: int = 0) -> str:
+    if image_count:
+        plan = {"execution_plan": guidance_plan(request, image_count)}
+        thought = "The user gave images; the wording says which task it is."
+    else:
+        plan = {"execution_plan": demo_plan(request)}
+        thought = ("Three image operations: set the scene, show progress by editing it, then show "
+                   "the finished result.")
+    return f"<think>{thought}</think><answer>{json.dumps(plan)}</answer>"
 
 
 def critic_reply(original: str, used: str) -> str:
@@ -68,4 +91,4 @@ def respond(body: dict) -> str:
             raise ValueError("critic message has no 'Original instruction:/Rewritten prompt:' lines")
         return critic_reply(match.group(1), match.group(2))
     request = text.split("Request:", 1)[-1]
-    return planner_reply(request)
+    return planner_reply(request, count_images(body))

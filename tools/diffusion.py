@@ -1,8 +1,15 @@
 """The image generator: a diffusers pipeline, loaded once per process by model id or local folder.
 
-Step 1 of a trajectory is text-to-image; every later step edits the previously accepted image
-(the same pipeline call with ``image=``), which is how FLUX.2 [klein] works. torch and diffusers
-are imported only when a pipeline is first needed, so importing the graph stays fast.
+Step 1 of a trajectory is text-to-image; every later step edits the previously accepted image,
+optionally with more reference images. Which diffusers class runs the model, and how its
+``__call__`` spells guidance, sizes and input images, comes from the one table in
+``tools.generator_models``; this module only loads (once, with optional LoRA and CPU offload)
+and calls. Every request is checked against the model's limits before any pipeline work, so a
+bad size or step count fails in microseconds with a message that says what to change, not after
+the text encoder has run on the GPU.
+
+torch and diffusers are imported only when a pipeline is first needed, so importing the graph
+stays fast.
 """
 
 from __future__ import annotations
@@ -16,9 +23,16 @@ from typing import Any
 
 from PIL import Image
 
+from tools import generator_models
+from tools.generator_models import ModelSpec
+
 log = logging.getLogger(__name__)
 
-_pipelines: dict[tuple[str, str, str], Any] = {}
+OFFLOAD_MODES = ("none", "model", "sequential")
+REQUEST_KEYS = {"prompt", "seed", "width", "height", "steps", "guidance", "source", "references",
+                "on_step"}
+
+_pipelines: dict[tuple[Any, ...], Any] = {}
 _load_lock = threading.Lock()
 # One generation at a time per pipeline: diffusers pipelines hold per-call state (scheduler
 # timesteps) and are not safe to call from several threads at once.
@@ -67,57 +81,190 @@ def silence_library_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
-    """Return the pipeline for ``model`` on ``device``, loading it on first use only."""
+def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora: str | None = None,
+                  lora_scale: float = 1.0, offload: str = "none") -> Any:
+    """Return the pipeline for ``model`` on ``device``, loading it on first use only.
+
+    ``model`` is a Hub id or a folder written by ``save_pretrained``; it must belong to one of
+    the families in ``tools.generator_models.FAMILIES`` and is loaded with that family's own
+    diffusers class.
+
+    ``lora``: a folder (or ``.safetensors`` file, or Hub id) of LoRA weights in a format
+    diffusers reads for this pipeline. It is merged into the transformer at ``lora_scale`` once,
+    at load time, so generation costs the same as without it; another scale is another cached
+    pipeline (and another copy of the weights in memory).
+
+    ``offload``: "none" moves the whole pipeline to ``device``; "model" keeps the weights in CPU
+    memory and moves one component at a time to the GPU while it runs (diffusers'
+    ``enable_model_cpu_offload``: little slower, needs about the largest component's memory);
+    "sequential" streams every layer on its own (``enable_sequential_cpu_offload``: very slow,
+    least memory). Offload needs an accelerator: asking for it on a CPU device is an error rather
+    than a silent no-op, since on CPU the weights already live in CPU memory.
+    """
+    if offload not in OFFLOAD_MODES:
+        raise GeneratorLoadError(f"offload={offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
     device = resolve_device(device)
+    if offload != "none" and device == "cpu":
+        raise GeneratorLoadError(
+            f"offload={offload!r} moves weights between CPU memory and a GPU, but the generator runs "
+            f"on the CPU; use offload='none' there, or run on a GPU machine")
     torch_dtype = resolve_dtype(dtype, device)
-    key = (model, device, str(torch_dtype))
+    key = (model, device, str(torch_dtype), lora, float(lora_scale), offload)
     with _load_lock:
         if key in _pipelines:
             return _pipelines[key]
-        from diffusers import DiffusionPipeline
+        try:
+            spec = generator_models.model_spec(model)
+        except generator_models.UnsupportedModelError as exc:
+            raise GeneratorLoadError(f"{exc} (--generator-model)") from None
+        import diffusers
 
         silence_library_progress_bars()
-
-        log.info("loading generator %s on %s (%s)", model, device, torch_dtype)
+        pipeline_class = getattr(diffusers, spec.pipeline_class)
+        log.info("loading generator %s (%s) on %s (%s, offload=%s)", model, spec.family, device,
+                 torch_dtype, offload)
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype)
+            pipe = pipeline_class.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
             local = Path(model).exists()
-            hint = ("the folder exists but is not a complete diffusers pipeline (no model_index.json?)"
+            hint = ("the folder exists but is not a complete diffusers pipeline"
                     if local else "it is neither a local folder nor reachable on the Hugging Face Hub")
             raise GeneratorLoadError(
                 f"generator model {model!r} could not be loaded: {hint}. Pass --generator-model with a "
                 f"diffusers model id or a folder saved by save_pretrained. ({exc})") from exc
-        pipe = pipe.to(device)
+        if lora:
+            _merge_lora(pipe, lora, lora_scale, spec)
+        if offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         _pipelines[key] = pipe
         _call_locks[id(pipe)] = threading.Lock()
         return pipe
 
 
-def generate(pipe: Any, *, prompt: str, seed: int, width: int, height: int, steps: int,
-             guidance: float, source: Image.Image | None = None,
-             on_step: Callable[[int, int], None] | None = None) -> Image.Image:
-    """Run one generation: text-to-image when ``source`` is None, else an edit of ``source``.
+def _merge_lora(pipe: Any, lora: str, scale: float, spec: ModelSpec) -> None:
+    """Load LoRA weights with diffusers' own loader and fuse them into the transformer."""
+    file = Path(lora)
+    where = dict(weight_name=file.name) if file.is_file() else {}
+    try:
+        pipe.load_lora_weights(str(file.parent) if file.is_file() else lora, adapter_name="lora",
+                               **where)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise GeneratorLoadError(
+            f"LoRA {lora!r} could not be loaded onto the {spec.family} pipeline "
+            f"({spec.pipeline_class}): {exc}. Pass a folder or .safetensors file of LoRA weights "
+            f"trained for this model (diffusers, PEFT or kohya format).") from exc
+    pipe.fuse_lora(lora_scale=scale, adapter_names=["lora"])
+    pipe.unload_lora_weights()  # drops the LoRA layers; the fused weights stay
 
-    ``on_step(done, total)`` is called after each denoising step.
+
+def _request_images(request: dict[str, Any]) -> list[Image.Image]:
+    from tools.image_store import to_rgb
+
+    images = ([request["source"]] if request.get("source") is not None else [])
+    images += list(request.get("references") or [])
+    return [to_rgb(image) if isinstance(image, Image.Image) else image for image in images]
+
+
+def _checked(spec: ModelSpec, request: dict[str, Any], number: int) -> tuple[dict[str, Any], list]:
+    unknown = set(request) - REQUEST_KEYS
+    if unknown:
+        raise ValueError(f"generation request {number} has unknown keys {sorted(unknown)}; "
+                         f"allowed: {sorted(REQUEST_KEYS)}")
+    missing = {"prompt", "seed", "width", "height", "steps", "guidance"} - set(request)
+    if missing:
+        raise ValueError(f"generation request {number} lacks {sorted(missing)}")
+    if not isinstance(request["prompt"], str):
+        raise ValueError(f"generation request {number}: prompt must be a string, got "
+                         f"{type(request['prompt']).__name__}")
+    images = _request_images(request)
+    generator_models.check_request(spec, width=request["width"], height=request["height"],
+                                   steps=request["steps"], guidance=request["guidance"],
+                                   n_images=len(images))
+    generator_models.check_images(spec, images)
+    return request, images
+
+
+def _images_key(images: list[Image.Image]) -> tuple:
+    return tuple((image.size, hashlib.sha256(image.tobytes()).hexdigest()) for image in images)
+
+
+def generate_batch(pipe: Any, requests: list[dict[str, Any]]) -> list[Image.Image]:
+    """Run several generations, in as few pipeline calls as the model allows; results in order.
+
+    Each request is a dict with the keyword arguments of ``generate`` (prompt, seed, width,
+    height, steps, guidance, and optionally source, references, on_step). All are checked before
+    any pipeline work. Requests with the same size, steps, guidance and the same input images
+    (compared by pixels) share one call: a list of prompts with one torch.Generator per request,
+    so each image comes from its own seed. The batched image equals the one-by-one image up to
+    float rounding (batched matrix products round differently: at most 1 grey level on a few
+    pixels, measured on CPU), so a re-run reproduces an image bit for bit only with the same
+    batch composition.
+
+    Edits with different source images are not batched: klein treats a list of images as
+    references for every prompt, not one image per prompt, so they run one call each.
+    QwenImageEditPlusPipeline refuses any batch, so it always loops.
     """
+    spec = generator_models.spec_for_pipeline(pipe)
+    checked = [_checked(spec, request, number) for number, request in enumerate(requests, 1)]
+    groups: dict[tuple, list[int]] = {}
+    for index, (request, images) in enumerate(checked):
+        key = (request["width"], request["height"], request["steps"], float(request["guidance"]),
+               _images_key(images))
+        if not spec.batch_prompts:
+            key = (index,)
+        groups.setdefault(key, []).append(index)
+    results: list[Image.Image | None] = [None] * len(requests)
+    for indices in groups.values():
+        batch = [checked[i][0] for i in indices]
+        for index, image in zip(indices, _run(pipe, spec, batch, checked[indices[0]][1])):
+            results[index] = image
+    return results  # type: ignore[return-value]
+
+
+def _run(pipe: Any, spec: ModelSpec, batch: list[dict[str, Any]],
+         images: list[Image.Image]) -> list[Image.Image]:
+    """One pipeline call for requests that share size, steps, guidance and input images."""
     import torch
 
+    first = batch[0]
     device = pipe._execution_device
-    generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
+    generator_device = "cpu" if device.type == "mps" else device
+    generators = [torch.Generator(device=generator_device).manual_seed(int(r["seed"])) for r in batch]
+    steps = first["steps"]
+    listeners = [r["on_step"] for r in batch if r.get("on_step") is not None]
 
     def callback(_pipe: Any, index: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if on_step is not None:
+        for on_step in listeners:
             on_step(index + 1, steps)
         return kwargs
 
-    call: dict[str, Any] = dict(prompt=prompt, width=width, height=height, num_inference_steps=steps,
-                                guidance_scale=guidance, generator=generator,
-                                callback_on_step_end=callback)
-    if source is not None:
-        call["image"] = source
+    single = len(batch) == 1
+    call = generator_models.call_kwargs(
+        spec, prompt=first["prompt"] if single else [r["prompt"] for r in batch],
+        width=first["width"], height=first["height"], steps=steps, guidance=first["guidance"],
+        images=images, generator=generators[0] if single else generators)
+    call["callback_on_step_end"] = callback
     with _call_locks.setdefault(id(pipe), threading.Lock()), torch.inference_mode():
         result = pipe(**call)
-    return result.images[0]
+    return list(result.images)
+
+
+def generate(pipe: Any, *, prompt: str, seed: int, width: int, height: int, steps: int,
+             guidance: float, source: Image.Image | None = None,
+             references: list[Image.Image] | None = None,
+             on_step: Callable[[int, int], None] | None = None) -> Image.Image:
+    """Run one generation: text-to-image without input images, else an edit of ``source``.
+
+    ``references`` are extra input images after ``source`` for models that take several (klein:
+    up to 4 in all, Qwen-Image-Edit: 3, Kontext: only the source). The request is checked against
+    the model's limits (size multiple, pixels, steps, number of images) first; a ValueError names
+    the bad value and the fix. ``on_step(done, total)`` is called after each denoising step.
+    """
+    return generate_batch(pipe, [dict(prompt=prompt, seed=seed, width=width, height=height,
+                                      steps=steps, guidance=guidance, source=source,
+                                      references=references, on_step=on_step)])[0]

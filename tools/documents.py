@@ -17,18 +17,26 @@ from pathlib import Path
 from typing import Any
 
 FORMATS = ("json", "md", "html")
+GIVEN_IMAGE_NOTE = "the user's own image; nothing was generated for this step"
 
 
 def build_record(*, run_id: str, request: str, input_images: list, plan: list, plan_reasoning: str,
                  entries: list, attempts: list, settings: dict, prompt_version: str,
-                 forked_from: dict | None = None) -> dict[str, Any]:
+                 forked_from: dict | None = None, plan_mode: str = "narrative") -> dict[str, Any]:
+    """The document as data. ``entries`` may start with images the user gave that the plan does
+    not cover (a continued sequence); those steps are marked ``given``."""
+    planned = {step["step_number"]: step for step in plan}
     steps = []
-    for step, entry in zip(plan, entries):
+    for entry in entries:
+        number = entry["step_number"]
+        step = planned.get(number) or {
+            "step_number": number, "step_name": entry["step_name"], "instruction": None,
+            "prompt": None, "auxiliary_text": None, "given": True}
         steps.append({**step, "text": entry["text"], "image": entry["image"],
-                      "attempts": [a for a in attempts if a["step_number"] == step["step_number"]]})
+                      "attempts": [a for a in attempts if a["step_number"] == number]})
     return {"run_id": run_id, "request": request, "input_images": input_images,
-            "plan_reasoning": plan_reasoning, "steps": steps, "settings": settings,
-            "prompt_version": prompt_version, "forked_from": forked_from}
+            "plan_mode": plan_mode, "plan_reasoning": plan_reasoning, "steps": steps,
+            "settings": settings, "prompt_version": prompt_version, "forked_from": forked_from}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -79,6 +87,8 @@ def render_markdown(record: dict[str, Any], image_prefix: str) -> str:
     lines += ["---", "", "## How each step was made", ""]
     for step in record["steps"]:
         lines.append(f"### Step {step['step_number']}: {step['step_name']}")
+        if not step["attempts"]:
+            lines.append(f"- {GIVEN_IMAGE_NOTE}")
         for a in step["attempts"]:
             lines.append(f"- attempt {a['attempt']} (seed {a['seed']}): {_verdict_label(a)}; "
                          f"prompt: {a['prompt']}")
@@ -145,6 +155,8 @@ def render_html(record: dict[str, Any], runs_dir: Path) -> str:
         parts.append(f"<h3>Step {step['step_number']}: {esc(step['step_name'])}</h3>"
                      f"<p class='meta'>plan prompt: {esc(step['prompt'] or '')}</p><table>"
                      "<tr><th>#</th><th>image</th><th>prompt used</th><th>critic</th><th>time</th></tr>")
+        if not step["attempts"]:
+            parts.append(f"<tr><td colspan='5'>{GIVEN_IMAGE_NOTE}</td></tr>")
         for a in step["attempts"]:
             label = _verdict_label(a)
             kind = label if label in ("passed", "rejected") else "other"

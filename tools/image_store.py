@@ -35,9 +35,8 @@ class ImageStore:
         self.root = Path(root)
 
     def put(self, image: Image.Image) -> ImageRef:
-        """Store an image (converted to RGB PNG) and return its reference."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        """Store an image (converted to RGB by ``to_rgb``'s rule, as PNG) and return its reference."""
+        image = to_rgb(image)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -99,7 +98,15 @@ def _open_source(source: str | os.PathLike) -> tuple[Any, str]:
 
 
 def load_input_image(source: str | os.PathLike) -> Image.Image:
-    """Open a user-supplied image (path or data URL) as RGB, with an error that names it and the fix."""
+    """Open a user-supplied image (path or data URL) as RGB, with an error that names it and the fix.
+
+    The pixel count is checked from the header before any pixel is decoded (decompression bombs
+    never reach memory); the camera's EXIF orientation is applied, so a phone photo is upright as
+    every viewer shows it; then ``to_rgb`` converts the mode. Only the first frame of an animated
+    or multi-page file is used.
+    """
+    from PIL import ImageOps
+
     opened, file = _open_source(source)
     try:
         with warnings.catch_warnings():
@@ -111,7 +118,7 @@ def load_input_image(source: str | os.PathLike) -> Image.Image:
                         f"input image {file} is {width}x{height} pixels, over the "
                         f"{MAX_INPUT_PIXELS // (1024 * 1024)} MP limit; downscale it first")
                 probe.load()
-                image = probe.copy()
+                image = ImageOps.exif_transpose(probe)  # a copy, upright
     except ImageInputError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -119,12 +126,62 @@ def load_input_image(source: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageInputError(
             f"input image {file} cannot be read as an image ({exc}); pass a PNG, JPEG or WebP file") from None
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.split()[-1])  # transparency becomes white, not black
-        return background
-    return image.convert("RGB")
+    try:
+        return to_rgb(image)
+    except ImageInputError as exc:
+        raise ImageInputError(f"input image {file}: {exc}") from None
+
+
+# Modes with more than 8 bits per sample, which PIL's own convert("RGB") clips instead of scaling.
+_HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB, by one documented rule per mode (the generator takes only RGB).
+
+    * RGB: unchanged.
+    * Transparency (RGBA, LA, PA, premultiplied RGBa/La, or a palette/grey/RGB image with a
+      transparent colour): composited on white, so transparent areas read as empty paper (the
+      same white as the step-1 canvas), not as black.
+    * 16-bit grey (I;16, 16-bit PNG): scaled to 8 bits (value / 257), not clipped at 255.
+    * 32-bit integer grey (I): read as 16-bit when any value exceeds 255, else as 8-bit; clipped
+      to that range.
+    * Float grey (F): values in 0..1 are scaled to 0..255; otherwise clipped to 0..255; NaN -> 0.
+    * Everything else (L, 1-bit, P, CMYK, YCbCr, LAB, HSV, ...): PIL's conversion. CMYK uses PIL's
+      plain formula without colour management (an embedded ICC profile is ignored).
+    """
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = _to_8bit_grey(image)
+    try:
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            if image.mode == "La":
+                image = image.convert("LA")
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            return background
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ImageInputError(f"image mode {image.mode!r} cannot be converted to RGB ({exc}); save "
+                              f"the image as an 8-bit RGB PNG or JPEG") from None
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        values = values / 257.0
+    elif image.mode == "I":
+        values = values.clip(0, 65535) / 257.0 if values.max(initial=0) > 255 else values.clip(0, 255)
+    else:  # F
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        finite_max = values.max(initial=0)
+        values = values * 255.0 if finite_max <= 1.0 else values
+        values = values.clip(0, 255)
+    return Image.fromarray(np.rint(values).astype(np.uint8))  # 2-D uint8 -> mode L
 
 
 def blank_canvas(width: int, height: int) -> Image.Image:

@@ -80,3 +80,95 @@ def test_data_url_inputs_are_accepted_and_bad_ones_named(tmp_path):
         load_input_image("data:image/png;base64,@@@")
     with pytest.raises(ImageInputError, match="must look like"):
         load_input_image("data:image/png,rawbytes")
+
+
+# --- every input mode becomes RGB by the rule documented in tools.image_store.to_rgb ---
+
+def _saved(tmp_path, image, name="in.png", **params):
+    path = tmp_path / name
+    image.save(path, **params)
+    return path
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+
+    ramp = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)  # -> 0, 1, 128, 255
+    path = _saved(tmp_path, Image.fromarray(ramp))
+    assert Image.open(path).mode.startswith("I")
+    image = load_input_image(path)
+    assert [image.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (1, 1, 1), (128,) * 3, (255,) * 3]
+
+
+def _greys(image):
+    return [image.getpixel((x, 0))[0] for x in range(image.width)]
+
+
+def test_32_bit_integer_and_float_grey_follow_the_documented_scaling():
+    import numpy as np
+
+    from tools.image_store import to_rgb
+
+    eight_bit_range = Image.fromarray(np.array([[0, 100, 255]], dtype=np.int32))
+    sixteen_bit_range = Image.fromarray(np.array([[0, 65535, 70000]], dtype=np.int32))
+    unit_floats = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    large_floats = Image.fromarray(np.array([[-3.0, 100.0, 900.0, np.nan]], dtype=np.float32))
+    assert eight_bit_range.mode == "I" and unit_floats.mode == "F"
+    assert _greys(to_rgb(eight_bit_range)) == [0, 100, 255]
+    assert _greys(to_rgb(sixteen_bit_range)) == [0, 255, 255]
+    assert _greys(to_rgb(unit_floats)) == [0, 128, 255]
+    assert _greys(to_rgb(large_floats)) == [0, 100, 255, 0]
+
+
+def _palette_image(index):
+    image = Image.new("P", (4, 4), index)
+    image.putpalette(bytes(range(48)) * 16)
+    return image
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.new("RGBA", (4, 4), (255, 0, 0, 0)),
+    lambda: Image.new("LA", (4, 4), (0, 0)),
+    lambda: Image.new("L", (4, 4), 7),  # saved with a transparent grey value (tRNS)
+    lambda: _palette_image(3),  # saved with a transparent palette entry
+], ids=["RGBA", "LA", "L-tRNS", "P-tRNS"])
+def test_fully_transparent_pixels_of_every_mode_become_white(tmp_path, make):
+    image = make()
+    params = {"transparency": image.getpixel((0, 0))} if image.mode in ("L", "P") else {}
+    image = load_input_image(_saved(tmp_path, image, **params))
+    assert image.mode == "RGB" and image.getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_half_transparent_red_is_blended_with_white(tmp_path):
+    image = load_input_image(_saved(tmp_path, Image.new("RGBA", (2, 2), (255, 0, 0, 128))))
+    assert image.getpixel((0, 0)) == (255, 127, 127)
+
+
+def test_palette_cmyk_and_one_bit_images_keep_their_colours(tmp_path):
+    palette = Image.new("RGB", (4, 4), (10, 200, 30)).quantize(colors=4)
+    assert load_input_image(_saved(tmp_path, palette, "p.png")).getpixel((0, 0)) == (10, 200, 30)
+    cyan = Image.new("CMYK", (4, 4), (255, 0, 0, 0))
+    assert load_input_image(_saved(tmp_path, cyan, "c.tiff")).getpixel((0, 0)) == (0, 255, 255)
+    one_bit = Image.new("1", (4, 4), 1)
+    assert load_input_image(_saved(tmp_path, one_bit, "b.png")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (20, 10), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = _saved(tmp_path, image, "phone.jpg", exif=exif.tobytes())
+    assert load_input_image(path).size == (10, 20)
+
+
+def test_decompression_bomb_is_a_clear_input_error(tmp_path, monkeypatch):
+    path = _saved(tmp_path, Image.new("L", (400, 400)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # PIL's own guard trips first
+    with pytest.raises(ImageInputError, match="too large to decode safely; downscale it"):
+        load_input_image(path)
+
+
+def test_store_put_uses_the_same_conversion(tmp_path):
+    store = ImageStore(tmp_path)
+    ref = store.put(Image.new("RGBA", (4, 4), (0, 0, 0, 0)))
+    assert store.load(ref).getpixel((0, 0)) == (255, 255, 255)

@@ -36,7 +36,8 @@ def test_graph_topology_matches_snapshot():
         SNAPSHOT.write_text(drawing)
     assert drawing == SNAPSHOT.read_text()
     for edge in ("generate -.-> critique;", "critique -.-> generate;", "generate -.-> accept;",
-                 "accept -.-> generate;", "accept -.-> compose;"):
+                 "accept -.-> generate;", "accept -.-> compose;", "accept -.-> accept;",
+                 "review -.-> accept;"):
         assert edge in drawing
 
 
