@@ -107,10 +107,34 @@ class Context:
     device: str = _setting("device", "auto", "Torch device of the generator: auto, cuda, cuda:1, cpu.")
     dtype: str = _setting("dtype", "auto", "Generator dtype: auto (bfloat16 on CUDA, float32 on CPU), "
                                            "bfloat16, float16, float32.")
-    width: int = _setting("width", 1024, "Image width in pixels (a multiple of 16).")
-    height: int = _setting("height", 1024, "Image height in pixels (a multiple of 16).")
-    num_inference_steps: int = _setting("num_inference_steps", 4, "Denoising steps per image.")
-    guidance_scale: float = _setting("guidance_scale", 1.0, "Guidance scale (ignored by distilled klein).")
+    generator_lora: str = _setting(
+        "generator_lora", "", "LoRA weights (folder, .safetensors file or Hub id) merged into the "
+                              "generator at load time; empty for none.")
+    generator_lora_scale: float = _setting("generator_lora_scale", 1.0, "Strength of the LoRA.")
+    generator_offload: str = _setting(
+        "generator_offload", "none",
+        "Keep generator weights in CPU memory and move them to the GPU as needed, for small GPUs: "
+        "none, model (one component at a time) or sequential (layer by layer; slowest).",
+        ("none", "model", "sequential"))
+    generator_max_batch: int = _setting(
+        "generator_max_batch", 4,
+        "Most compatible generations (same size, steps, input images) that concurrent runs in this "
+        "process share in one pipeline call.")
+    reference_policy: str = _setting(
+        "reference_policy", "previous",
+        "Images an edit sees: previous (the last accepted image, as in the paper), anchor-first "
+        "(also the sequence's first image) or anchor-inputs (also the user's input images), to "
+        "resist drift over long chains of edits.",
+        ("previous", "anchor-first", "anchor-inputs"))
+    width: int = _setting("width", 0, "Image width in pixels; 0 = the model's default (1024 for "
+                                      "FLUX.2-klein). A multiple of 16.")
+    height: int = _setting("height", 0, "Image height in pixels; 0 = the model's default.")
+    num_inference_steps: int = _setting(
+        "num_inference_steps", 0, "Denoising steps per image; 0 = the model's default (4 for "
+                                  "FLUX.2-klein, 40 for Qwen-Image-Edit).")
+    guidance_scale: float = _setting(
+        "guidance_scale", -1.0, "Guidance scale; -1 = the model's default (1.0 for FLUX.2-klein, "
+                                "true CFG 4.0 for Qwen-Image-Edit).")
     max_generations_per_step: int = _setting(
         "max_generations_per_step", 3,
         "Generations per step; the critic judges all but the last, which is accepted as is.")
@@ -123,12 +147,19 @@ class Context:
         problems = []
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value < 16 or value % 16:
-                problems.append(f"{name}={value} must be a positive multiple of 16 (e.g. 1024)")
+            if value and (value < 16 or value % 16):
+                problems.append(f"{name}={value} must be a positive multiple of 16 (e.g. 1024), or 0 "
+                                f"for the model's default")
         if self.width * self.height > 4096 * 4096:
             problems.append(f"{self.width}x{self.height} is over 16.8 megapixels; use at most 4096x4096")
-        if not 1 <= self.num_inference_steps <= 500:
-            problems.append(f"num_inference_steps={self.num_inference_steps} must be between 1 and 500")
+        if not 0 <= self.num_inference_steps <= 500:
+            problems.append(f"num_inference_steps={self.num_inference_steps} must be between 1 and "
+                            f"500, or 0 for the model's default")
+        if self.guidance_scale < 0 and self.guidance_scale != -1:
+            problems.append(f"guidance_scale={self.guidance_scale} must be >= 0, or -1 for the "
+                            f"model's default")
+        if not 1 <= self.generator_max_batch <= 64:
+            problems.append(f"generator_max_batch={self.generator_max_batch} must be between 1 and 64")
         if not 1 <= self.max_generations_per_step <= 20:
             problems.append(
                 f"max_generations_per_step={self.max_generations_per_step} must be between 1 and 20")

@@ -2,7 +2,10 @@
 
 The first attempt uses the plan's prompt; a regeneration uses the critic's refined prompt, or
 the same prompt again when the critic's reply was unusable (a new seed then gives a new image).
-Step 1 is text-to-image; later steps edit the image accepted for the step before.
+Step 1 is text-to-image; later steps edit the image accepted for the step before (in guidance
+mode, the first new step edits the user's last image). The generation goes through the shared
+worker of the pipeline (``tools.generator_worker``), so concurrent runs in one process share one
+copy of the weights and batch their requests.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import time
 from langgraph.runtime import Runtime
 
 from graph.context import Context, context_of
-from graph.state import Attempt, State, attempts_for, current_step, previous_image
+from graph.state import Attempt, ImageRef, State, attempts_for, current_step, previous_image
 from nodes import events
-from tools import diffusion
+from tools import diffusion, generator_models
+from tools.generator_models import ModelSpec
+from tools.generator_worker import worker_for
 from tools.image_store import ImageStore
 
 
@@ -36,6 +41,42 @@ def next_prompt(plan_prompt: str, earlier: list[Attempt]) -> str:
     return last["prompt"]
 
 
+def reference_images(state: State, policy: str, source: ImageRef | None,
+                     room: int) -> list[ImageRef]:
+    """Extra reference images for an edit under the run's reference policy (SPEC §4 + drift control).
+
+    ``previous`` (the paper) adds none: the edit sees only the image it edits. ``anchor-first``
+    adds the sequence's first image (the user's first image, else the first accepted one);
+    ``anchor-inputs`` adds the user's input images (without any, it anchors on the first image).
+    Images equal to the source are skipped, and at most ``room`` are kept (the model's limit).
+
+    >>> ref = lambda n: {"path": n, "sha256": n, "width": 8, "height": 8}
+    >>> state = {"accepted": [{"image": ref("a")}, {"image": ref("b")}], "input_images": []}
+    >>> [r["sha256"] for r in reference_images(state, "anchor-first", ref("b"), 3)]
+    ['a']
+    >>> reference_images(state, "previous", ref("b"), 3)
+    []
+    """
+    if policy == "previous" or source is None or room <= 0:
+        return []
+    inputs = state.get("input_images", [])
+    accepted = [a["image"] for a in state.get("accepted", [])]
+    first = inputs[:1] or accepted[:1]
+    chosen = inputs if policy == "anchor-inputs" and inputs else first
+    unique: list[ImageRef] = []
+    for ref in chosen:
+        if ref["sha256"] != source["sha256"] and ref["sha256"] not in {u["sha256"] for u in unique}:
+            unique.append(ref)
+    return unique[:room]
+
+
+def generation_settings(ctx: Context, spec: ModelSpec) -> dict:
+    """The run's size, steps and guidance, where 0 (or -1 for guidance) means the model's default."""
+    return {"width": ctx.width or spec.width, "height": ctx.height or spec.height,
+            "steps": ctx.num_inference_steps or spec.steps,
+            "guidance": spec.guidance if ctx.guidance_scale < 0 else ctx.guidance_scale}
+
+
 def generate(state: State, runtime: Runtime[Context]) -> dict:
     ctx = context_of(runtime)
     run_id = state["run_id"]
@@ -46,24 +87,32 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
     prompt = next_prompt(step["prompt"], earlier)
     seed = diffusion.derive_seed(ctx.seed, number, attempt)
     store = ImageStore(ctx.runs_dir)
+    pipe = diffusion.load_pipeline(ctx.generator_model, ctx.device, ctx.dtype,
+                                   lora=ctx.generator_lora or None,
+                                   lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload)
+    spec = generator_models.spec_for_pipeline(pipe)
+    settings = generation_settings(ctx, spec)
     source_ref = previous_image(state)
-    source = store.load(source_ref) if source_ref else None
+    references = reference_images(state, ctx.reference_policy, source_ref, spec.max_images - 1)
+    request = dict(prompt=prompt, seed=seed, **settings,
+                   source=store.load(source_ref) if source_ref else None,
+                   references=[store.load(ref) for ref in references])
 
-    pipe = diffusion.load_pipeline(ctx.generator_model, ctx.device, ctx.dtype)
     events.emit(runtime, events.ATTEMPT_STARTED, run_id, step_number=number, attempt=attempt,
-                prompt=prompt, seed=seed, mode="edit" if source is not None else "text-to-image")
+                prompt=prompt, seed=seed, mode="edit" if source_ref else "text-to-image",
+                references=len(references))
     started = time.perf_counter()
-    image = diffusion.generate(
-        pipe, prompt=prompt, seed=seed, width=ctx.width, height=ctx.height,
-        steps=ctx.num_inference_steps, guidance=ctx.guidance_scale, source=source,
-        on_step=lambda done, total: events.emit(
+    image = worker_for(pipe, ctx.generator_max_batch).run(
+        request, on_step=lambda done, total: events.emit(
             runtime, events.DENOISE_PROGRESS, run_id, step_number=number, attempt=attempt,
             done=done, total=total))
     seconds = time.perf_counter() - started
     ref = store.put(image)
     events.emit(runtime, events.IMAGE_READY, run_id, step_number=number, attempt=attempt,
                 image=ref, seconds=round(seconds, 3))
-    return {"attempts": [Attempt(
-        step_number=number, attempt=attempt, prompt=prompt, seed=seed, source=source_ref, image=ref,
-        last_allowed=attempt >= ctx.max_generations_per_step, verdict=None,
-        generate_s=round(seconds, 3), critique_s=None)]}
+    made = Attempt(step_number=number, attempt=attempt, prompt=prompt, seed=seed, source=source_ref,
+                   image=ref, last_allowed=attempt >= ctx.max_generations_per_step, verdict=None,
+                   generate_s=round(seconds, 3), critique_s=None)
+    if references:
+        made["references"] = references
+    return {"attempts": [made]}

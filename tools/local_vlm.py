@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManager
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from langchain_core.utils.utils import LC_ID_PREFIX
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["LoadedVLM", "ModelLoadError", "TransformersChatModel", "check_model_folder",
-           "load_image", "load_vlm", "register_vlm", "to_conversation"]
+           "load_image", "load_processor", "load_vlm", "register_vlm", "to_conversation"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,14 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _ROLES = {"system": "system", "human": "user", "user": "user", "ai": "assistant",
           "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One chat-templated prompt and the images its placeholders stand for, in order."""
+
+    text: str
+    images: list[Any]
 
 
 class ModelLoadError(RuntimeError):
@@ -166,7 +174,8 @@ def _images_only_processor(source: str):
                                chat_template=tokenizer.chat_template)
 
 
-def _load_processor(source: str):
+def load_processor(source: str):
+    """The folder's processor, left-padding; images-only where the full one cannot be built."""
     from transformers import AutoProcessor
 
     try:
@@ -215,7 +224,7 @@ def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> Load
 
         start = time.perf_counter()
         try:
-            processor = _load_processor(key[0])
+            processor = load_processor(key[0])
             model = AutoModelForImageTextToText.from_pretrained(
                 key[0], dtype=getattr(torch, dtype), device_map=device)
         except ModelLoadError:
@@ -392,38 +401,45 @@ class TransformersChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: Any = None, **kwargs: Any) -> ChatResult:
-        return self._generate_many([messages], stop, **kwargs)[0]
+        options = self._options(stop, kwargs)
+        return self._run([self._prompt(messages)], options)[0]
 
     def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None,
               *, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
-        """Answer every input with one batched ``generate`` call (callbacks run per input)."""
+        """Answer every input with one batched ``generate`` call. Callbacks see one run per
+        input; with ``return_exceptions`` an unusable input (bad image, say) becomes its
+        exception while the others are answered."""
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
         stop = kwargs.pop("stop", None)
-        outputs: list[Any] = [None] * len(inputs)
-        pending: list[tuple[int, list[BaseMessage], Any]] = []
+        options = self._options(stop, kwargs)
         params = self._get_invocation_params(stop=stop, **kwargs)
+        outputs: list[Any] = [None] * len(inputs)
+        pending: list[tuple[int, Prompt, Any]] = []
         for index, (item, cfg) in enumerate(zip(inputs, configs)):
+            run = None
             try:
                 messages = self._convert_input(item).to_messages()
-            except Exception as exc:  # noqa: BLE001 - reported per input like Runnable.batch
+                manager = CallbackManager.configure(
+                    cfg.get("callbacks"), self.callbacks, self.verbose, cfg.get("tags"), self.tags,
+                    {**(cfg.get("metadata") or {}), **self._get_ls_params(stop=stop, **kwargs)},
+                    self.metadata)
+                run = manager.on_chat_model_start(
+                    self._serialized, [messages], invocation_params=params, options={"stop": stop},
+                    name=cfg.get("run_name"), run_id=cfg.pop("run_id", None),
+                    batch_size=len(inputs))[0]
+                pending.append((index, self._prompt(messages), run))
+            except Exception as exc:
+                if run is not None:
+                    run.on_llm_error(exc)
                 if not return_exceptions:
                     raise
                 outputs[index] = exc
-                continue
-            manager = CallbackManager.configure(
-                cfg.get("callbacks"), self.callbacks, self.verbose, cfg.get("tags"), self.tags,
-                {**(cfg.get("metadata") or {}), **self._get_ls_params(stop=stop, **kwargs)},
-                self.metadata)
-            run = manager.on_chat_model_start(
-                self._serialized, [messages], invocation_params=params, options={"stop": stop},
-                name=cfg.get("run_name"), run_id=cfg.pop("run_id", None), batch_size=len(inputs))[0]
-            pending.append((index, messages, run))
         if not pending:
             return outputs
         try:
-            results = self._generate_many([m for _, m, _ in pending], stop, **kwargs)
+            results = self._run([prompt for _, prompt, _ in pending], options)
         except Exception as exc:
             for _, _, run in pending:
                 run.on_llm_error(exc)
@@ -447,6 +463,36 @@ class TransformersChatModel(BaseChatModel):
 
     # -- the work ------------------------------------------------------------------------------
 
+    def _options(self, stop: list[str] | None, call: dict[str, Any]) -> dict[str, Any]:
+        """``generate`` settings from the instance's fields and the per-call options."""
+        unknown = sorted(set(call) - set(CALL_OPTIONS))
+        if unknown:
+            raise ValueError(f"unsupported option(s) {', '.join(unknown)} for the transformers "
+                             f"backend; supported: stop, {', '.join(CALL_OPTIONS)}")
+        max_new_tokens = int(call.get("max_new_tokens") or self.max_new_tokens)
+        temperature = float(call["temperature"] if call.get("temperature") is not None
+                            else self.temperature)
+        if temperature < 0 or max_new_tokens < 1:
+            raise ValueError(f"temperature={temperature} must be >= 0 and "
+                             f"max_new_tokens={max_new_tokens} >= 1")
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if call.get("min_new_tokens"):
+            options["min_new_tokens"] = int(call["min_new_tokens"])
+        if temperature > 0:  # sampling keeps the checkpoint's top-p / top-k
+            options.update(do_sample=True, temperature=temperature)
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if stop:
+            options["stop_strings"] = list(stop)
+        return options
+
+    def _prompt(self, messages: list[BaseMessage]) -> Prompt:
+        """The chat-templated prompt text and its images (CPU work, done outside the lock)."""
+        conversation, images = to_conversation(messages)
+        text = self.loaded.processor.apply_chat_template(conversation, tokenize=False,
+                                                         add_generation_prompt=True)
+        return Prompt(text, images)
+
     def _next_seed(self) -> int | None:
         if self.seed is None:
             return None
@@ -454,76 +500,48 @@ class TransformersChatModel(BaseChatModel):
             self._calls += 1
             return self.seed + self._calls - 1
 
-    def _generate_many(self, conversations: list[list[BaseMessage]], stop: list[str] | None = None,
-                       **kwargs: Any) -> list[ChatResult]:
-        unknown = sorted(set(kwargs) - set(CALL_OPTIONS))
-        if unknown:
-            raise ValueError(f"unsupported option(s) {', '.join(unknown)} for the transformers "
-                             f"backend; supported: stop, {', '.join(CALL_OPTIONS)}")
-        max_new_tokens = int(kwargs.get("max_new_tokens") or self.max_new_tokens)
-        temperature = float(kwargs["temperature"] if kwargs.get("temperature") is not None
-                            else self.temperature)
-        if temperature < 0 or max_new_tokens < 1:
-            raise ValueError(f"temperature={temperature} must be >= 0 and "
-                             f"max_new_tokens={max_new_tokens} >= 1")
+    def _run(self, prompts: list[Prompt], options: dict[str, Any]) -> list[ChatResult]:
+        """One left-padded ``generate`` call for all ``prompts``; one ChatResult each."""
+        import torch
 
-        # 1. Messages -> prompt texts and images (outside the lock: CPU work).
         loaded = self.loaded
         processor, model = loaded.processor, loaded.model
-        texts, images = [], []
-        for messages in conversations:
-            conversation, conv_images = to_conversation(messages)
-            texts.append(processor.apply_chat_template(conversation, tokenize=False,
-                                                       add_generation_prompt=True))
-            images.extend(conv_images)
-        inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        inputs = inputs.to(model.device)
+        images = [image for prompt in prompts for image in prompt.images]
+        inputs = processor(text=[prompt.text for prompt in prompts], images=images or None,
+                           padding=True, return_tensors="pt").to(model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-
-        # 2. Generation settings: greedy at temperature 0, else sampling (model's top-p/top-k).
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if kwargs.get("min_new_tokens"):
-            options["min_new_tokens"] = int(kwargs["min_new_tokens"])
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature)
-        else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if stop:
-            options.update(stop_strings=list(stop), tokenizer=processor.tokenizer)
-
-        # 3. One generate call for the whole batch, under the model's lock.
-        import torch
+        if "stop_strings" in options:
+            options = {**options, "tokenizer": processor.tokenizer}
 
         seed = self._next_seed()
         cuda = [model.device.index or 0] if model.device.type == "cuda" else []
-        with loaded.lock, torch.inference_mode(), torch.random.fork_rng(devices=cuda,
-                                                                        enabled=seed is not None):
+        with loaded.lock, torch.inference_mode(), \
+                torch.random.fork_rng(devices=cuda, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             start = time.perf_counter()
             sequences = model.generate(**inputs, **options)
             seconds = time.perf_counter() - start
 
-        # 4. Per-input text, finish reason and token counts.
         prompt_len = inputs["input_ids"].shape[1]
-        new_tokens = sequences[:, prompt_len:].tolist()
         eos = model.generation_config.eos_token_id
-        end_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        input_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        end_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        stop = options.get("stop_strings") or ()
         results = []
-        for row, input_tokens in zip(new_tokens, input_counts):
+        for row, input_tokens in zip(sequences[:, prompt_len:].tolist(),
+                                     inputs["attention_mask"].sum(dim=1).tolist()):
             ended = next((i for i, token in enumerate(row) if token in end_ids), None)
-            kept = row if ended is None else row[:ended + 1]
+            kept = row if ended is None else row[:ended + 1]  # counts the end token
             text = processor.tokenizer.decode(kept, skip_special_tokens=True)
-            finish = "stop" if ended is not None else "length" if len(row) >= max_new_tokens else "stop"
-            for marker in stop or ():
+            finish = "length" if ended is None and len(row) >= options["max_new_tokens"] else "stop"
+            for marker in stop:  # cut at the earliest stop string, which is not part of the reply
                 if marker in text:
                     text, finish = text.split(marker, 1)[0], "stop"
             usage = {"input_tokens": int(input_tokens), "output_tokens": len(kept),
                      "total_tokens": int(input_tokens) + len(kept)}
             message = AIMessage(content=text, usage_metadata=usage, response_metadata={
-                "finish_reason": finish, "model_name": self.model_path, "model_provider": "transformers",
-                "generate_s": seconds, "batch_size": len(conversations)})
+                "finish_reason": finish, "model_name": self.model_path,
+                "model_provider": "transformers", "generate_s": seconds, "batch_size": len(prompts)})
             results.append(ChatResult(generations=[ChatGeneration(message=message)]))
         return results

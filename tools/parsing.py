@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 MAX_REPLY_CHARS = 1_000_000   # ~50x the longest reply a 4096-token budget allows
 MAX_OBJECT_CHARS = 300_000    # one answer object
 MAX_DEPTH = 32                # a plan is 3 levels deep
-MAX_CANDIDATES = 8            # "{" positions tried per answer text
+MAX_CANDIDATES = 32           # "{" positions tried per answer text
 LITERAL_EVAL_CHARS = 50_000   # ast.literal_eval is a fallback for small objects only
 
 REASONS = {
@@ -135,7 +135,7 @@ _SPACE = re.compile(r"\s*")
 _OPEN_QUOTES = {'"': '"', "'": "'", "“": "”“\"", "”": "”“\"", "‘": "’‘'", "’": "’‘'"}
 _STRING_BODY = {q: re.compile(r"[^%s\\]*(?:\\.[^%s\\]*)*" % (c, c), re.S)
                 for q, c in _OPEN_QUOTES.items()}
-_CLOSES_VALUE = frozenset(",:}]\"'“”‘’")
+_CLOSES_VALUE = frozenset(",:}]\"'“”‘’#/")
 _LITERALS = {"true": "true", "True": "true", "false": "false", "False": "false",
              "null": "null", "None": "null", "none": "null", "NULL": "null"}
 _ESCAPE = re.compile(r"\\(U[0-9a-fA-F]{8}|u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[0-7]{1,3}|.)", re.S)
@@ -257,19 +257,20 @@ def _load(raw: str, repaired: str) -> Any:
 def _objects(text: str, key: str | None) -> dict[str, Any]:
     """The first object in ``text`` holding ``key`` (else the first object at all).
 
-    Tries up to MAX_CANDIDATES "{" positions. An object that runs to the end of the text stops
+    Tries up to MAX_CANDIDATES "{" positions (and about MAX_OBJECT_CHARS of text). An object that runs to the end of the text stops
     the search: every later "{" lies inside it, so reading one would invent an answer out of a
     truncated reply.
     """
-    found, failure, index = None, None, text.find("{")
+    found, failure, index, scanned = None, None, text.find("{"), 0
     for _ in range(MAX_CANDIDATES):
-        if index < 0:
+        if index < 0 or scanned > MAX_OBJECT_CHARS:
             break
         try:
             repaired, end = _to_json(text, index)
+            scanned += end - index
             value = _load(text[index:end], repaired)
         except _Failure as exc:
-            failure = failure if failure and failure.reason != "syntax" else exc
+            failure = exc
             if exc.reason != "syntax":
                 break
             index = text.find("{", index + 1)
@@ -301,16 +302,15 @@ def _read_answer_text(text: str, key: str | None) -> dict[str, Any]:
     return _objects(unescaped if unescaped is not None else text, key)
 
 
-_TRAILER = re.compile(r"[\s`]*\Z")
 _LEADS_OBJECT = frozenset("\n`:")
 
 
 def _trailing_object(text: str, key: str | None) -> dict[str, Any] | None:
     """An object holding ``key`` that ends the text (after a newline, fence or colon), for a
     reply whose ``<think>`` never closed and that has no ``<answer>``; else None."""
-    end = _TRAILER.search(text).start()
+    end = len(text.rstrip().rstrip("`").rstrip())
     index = text.rfind("{", 0, end)
-    for _ in range(4 * MAX_CANDIDATES):
+    for _ in range(MAX_CANDIDATES):
         if index < 0:
             return None
         before = text[:index].rstrip(" \t")
@@ -335,17 +335,20 @@ def _read(text: str, key: str | None) -> tuple[str, dict[str, Any]]:
                                     f"{MAX_REPLY_CHARS}")
     reasoning, start, open_think = _split(text)
     blocks = _answer_blocks(text, start)
-    if blocks:
-        failures = []
-        for body, _closed in reversed(blocks):  # the last block that holds an object wins
+    if blocks:  # the last block holding an answer object wins; else the last object at all
+        latest, failure = None, None
+        for body, _closed in reversed(blocks):
             try:
                 value = _read_answer_text(body, key)
             except _Failure as exc:
-                failures.append(exc)
+                failure = failure or exc
                 continue
-            if key is None or key in value or len(blocks) == 1:
+            if key is None or key in value:
                 return reasoning, value
-        raise failures[0] if failures else _Failure("schema", f"no answer block holds {key!r}")
+            latest = latest if latest is not None else value
+        if latest is not None:
+            return reasoning, latest
+        raise failure
     if open_think:
         value = _trailing_object(reasoning, key)
         if value is None:
@@ -398,7 +401,7 @@ def _optional_text(step: dict[str, Any], key: str) -> str | None:
 
 def _step_number(item: dict[str, Any], position: int) -> int:
     number = item.get("step_number", position)
-    if isinstance(number, str) and number.strip().isdigit() and len(number.strip()) < 10:
+    if isinstance(number, str) and number.strip().isdecimal() and len(number.strip()) < 10:
         number = int(number)
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise ValueError(f"step {position}: 'step_number' must be a positive integer, "
@@ -474,14 +477,20 @@ def verdict_fields(answer: dict[str, Any]) -> tuple[bool, str]:
 
 # --------------------------------------------------------------------------- entry points
 
+def _checked(check, value):
+    """``check(value)``, with the contract's ValueError turned into a "schema" failure."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise _Failure("schema", str(exc)) from None
+
+
 def _typed(error: type[ReplyParseError], what: str, text: Any, parse):
     """Run ``parse()`` and turn every failure into ``error`` with a reason code."""
     try:
         return parse()
     except _Failure as exc:
         raise error(f"{what} ({exc.reason}): {exc}", text, exc.reason) from None
-    except ValueError as exc:  # the contract checks
-        raise error(f"{what} (schema): {exc}", text, "schema") from None
     except Exception as exc:  # a parser bug must not take the run down; keep the reply
         logger.exception("reply parser failed unexpectedly")
         raise error(f"{what} (internal): {type(exc).__name__}: {exc}", text, "internal") from None
@@ -502,7 +511,7 @@ def parse_plan(text: str) -> tuple[str, list[PlanStep]]:
     """
     def parse():
         reasoning, answer = _read(text, "execution_plan")
-        return reasoning, plan_steps(answer.get("execution_plan"))
+        return reasoning, _checked(plan_steps, answer.get("execution_plan"))
     return _typed(PlanParseError, "planner reply is not a valid plan", text, parse)
 
 
@@ -521,5 +530,5 @@ def parse_verdict(text: str) -> tuple[str, bool, str]:
     """
     def parse():
         reasoning, answer = _read(text, "previous_step_success")
-        return (reasoning, *verdict_fields(answer))
+        return (reasoning, *_checked(verdict_fields, answer))
     return _typed(VerdictParseError, "critic reply is not a valid verdict", text, parse)

@@ -1,0 +1,133 @@
+"""How the planner and critic are reached: separate endpoints per role, chat models passed in by an
+embedding application, bounded concurrency, and retries that back off and re-sample."""
+
+import threading
+import time
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from conftest import REQUEST
+from graph.demo import demo_context
+from graph.runner import start_run
+from tools import demo_script
+from tools.chat import ChatModels, EndpointError, ask, openai_model
+from tools.parsing import parse_verdict
+from tools.scripted_chat import ScriptedChatServer
+
+GOOD_VERDICT = '<think>fine</think><answer>{"previous_step_success": true, "refine_prompt": "p"}</answer>'
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A LangChain chat model at the model boundary: answers like the demo's scripted server."""
+
+    calls: list = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-test"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        body = {"model": self.role_model, "messages": [
+            {"role": "user", "content": m.content} for m in messages]}
+        self.calls.append(body)
+        text = demo_script.respond(body)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(
+            content=text, response_metadata={"finish_reason": "stop"}))])
+
+    role_model: str = demo_script.PLANNER_MODEL
+
+
+def test_planner_and_critic_on_different_endpoints(runs_dir, tiny_pipeline):
+    with ScriptedChatServer(demo_script.respond) as planner, \
+            ScriptedChatServer(demo_script.respond) as critic:
+        context = demo_context(runs_dir, planner.base_url, tiny_pipeline,
+                               critic_base_url=critic.base_url)
+        outcome = start_run(REQUEST, context)
+        assert outcome.status == "finished", outcome.error
+        assert {r["model"] for r in planner.requests} == {demo_script.PLANNER_MODEL}
+        assert {r["model"] for r in critic.requests} == {demo_script.CRITIC_MODEL}
+        assert len(critic.requests) == 4  # one per step, plus one for step 2's regeneration
+
+
+def test_chat_models_passed_in_replace_the_endpoints(runs_dir, tiny_pipeline):
+    planner = ScriptedChatModel(role_model=demo_script.PLANNER_MODEL)
+    critic = ScriptedChatModel(role_model=demo_script.CRITIC_MODEL)
+    planner.calls, critic.calls = [], []
+    # The endpoints point at a closed port: only the models passed in can answer.
+    context = demo_context(runs_dir, "http://127.0.0.1:9/v1", tiny_pipeline)
+    outcome = start_run(REQUEST, context, models=ChatModels(planner=planner, critic=critic))
+    assert outcome.status == "finished", outcome.error
+    assert len(planner.calls) == 1 and len(critic.calls) == 4
+
+
+def test_a_chat_model_that_raises_stops_the_run_with_the_role_named(runs_dir, tiny_pipeline):
+    class Broken(ScriptedChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            raise RuntimeError("quota exceeded")
+
+    context = demo_context(runs_dir, "http://127.0.0.1:9/v1", tiny_pipeline)
+    outcome = start_run(REQUEST, context, models=ChatModels(planner=Broken()))
+    assert outcome.status == "failed"
+    assert isinstance(outcome.error, EndpointError)
+    assert "planner model (Broken) failed: RuntimeError: quota exceeded" in str(outcome.error)
+
+
+def test_models_must_be_chat_models():
+    with pytest.raises(TypeError, match="ChatModels.critic must be a LangChain chat model"):
+        ChatModels(critic="gpt-4o")
+
+
+def critic_messages():
+    return [HumanMessage(content="Original instruction: p\nRewritten prompt: p\n")]
+
+
+def test_unusable_replies_are_retried_with_growing_pauses_and_resampled(make_context):
+    replies = iter(["I think it looks fine.", '{"previous_step_success": "maybe"}', GOOD_VERDICT])
+    with ScriptedChatServer(lambda body: next(replies)) as server:
+        ctx = make_context(vlm_temperature=0.0, vlm_retries=2, vlm_retry_backoff_s=0.25)
+        pauses = []
+        model = openai_model(server.base_url, "k", "critic", 64, 0.0, 5.0, 0)
+        answer = ask(model, critic_messages(), "critic", parse_verdict, ctx, sleep=pauses.append)
+        assert answer.value[1] is True
+        assert pauses == [0.25, 0.5]
+        assert len(answer.failures) == 2 and all(f["reason"] for f in answer.failures)
+        temperatures = [r.get("temperature") for r in server.requests]
+        assert temperatures[0] == 0.0 and temperatures[1:] == [0.7, 0.7]
+
+
+def test_retries_are_bounded_and_every_reply_is_kept(make_context):
+    with ScriptedChatServer(lambda body: "no verdict here") as server:
+        ctx = make_context(vlm_retries=1, vlm_retry_backoff_s=0)
+        model = openai_model(server.base_url, "k", "critic", 64, 0.7, 5.0, 0)
+        answer = ask(model, critic_messages(), "critic", parse_verdict, ctx)
+        assert answer.value is None
+        assert len(server.requests) == 2
+        assert [f["reply"] for f in answer.failures] == ["no verdict here"] * 2
+
+
+def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting(make_context):
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def slow(body):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.15)
+        with lock:
+            in_flight[0] -= 1
+        return GOOD_VERDICT
+
+    with ScriptedChatServer(slow) as server:
+        ctx = make_context(vlm_max_concurrency=2)
+        model = openai_model(server.base_url, "k", "critic-limited", 64, 0.7, 5.0, 0)
+        threads = [threading.Thread(target=ask, args=(model, critic_messages(), "critic",
+                                                      parse_verdict, ctx)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(server.requests) == 6
+        assert peak[0] == 2
