@@ -11,6 +11,8 @@ from typing import Any
 
 import sqlite_utils
 
+from checkpoints.saver import retry_locked
+
 TABLE = "runs"
 STATUSES = ("running", "awaiting_review", "failed", "interrupted", "finished")
 COLUMNS = {
@@ -45,6 +47,9 @@ class RunRegistry:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.db = sqlite_utils.Database(conn)
         self.table = self.db[TABLE]
+        retry_locked(self._ensure_schema)
+
+    def _ensure_schema(self) -> None:
         if not self.table.exists():
             self.table.create(COLUMNS, pk="run_id", if_not_exists=True)
             self.table.create_index(["created_at"], if_not_exists=True)

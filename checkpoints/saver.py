@@ -8,14 +8,17 @@ share the file without "database is locked" errors.
 from __future__ import annotations
 
 import sqlite3
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
+
+T = TypeVar("T")
 
 DATABASE_NAME = "interleave.sqlite"
 BUSY_TIMEOUT_MS = 30_000
@@ -51,6 +54,26 @@ def database_path(runs_dir: str | Path) -> Path:
     return Path(runs_dir) / DATABASE_NAME
 
 
+def retry_locked(action: Callable[[], T]) -> T:
+    """Run ``action``, retrying while SQLite says the database is locked, up to the busy timeout.
+
+    The busy timeout covers ordinary writes, but SQLite answers "database is locked" at once,
+    without waiting, in two cases that concurrent runs on a fresh runs folder hit: switching the
+    file to WAL while another connection opens it, and creating the schema while another
+    connection's snapshot is older than the newest write. Both pass on a retry.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
 def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open the run database; with ``create=False`` a missing database is an error that says so."""
     path = database_path(runs_dir)
@@ -61,8 +84,8 @@ def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
                 f"or pass --runs-dir pointing at an existing runs folder")
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
     # NORMAL is durable against a killed process in WAL mode; only a power cut can drop the newest
     # transactions.
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -75,7 +98,7 @@ def open_checkpointer(runs_dir: str | Path) -> Iterator[SqliteSaver]:
     conn = connect(runs_dir)
     try:
         saver = SqliteSaver(conn, serde=CompressedSerializer())
-        saver.setup()
+        retry_locked(saver.setup)
         yield saver
     finally:
         conn.close()

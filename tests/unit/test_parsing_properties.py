@@ -16,9 +16,9 @@ from tools.parsing import (MAX_REPLY_CHARS, REASONS, PlanParseError, VerdictPars
                            parse_plan, parse_verdict)
 from tools.reply_schemas import PLAN_REGEX, VERDICT_REGEX
 
-FAST = settings(max_examples=250, deadline=None, database=None,
+FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FEW = settings(FAST, max_examples=40)
+FEW = settings(FAST, max_examples=30)
 
 
 def outcome(parse, error, reply):
@@ -47,7 +47,7 @@ def plans(draw):
     steps = [{"step_number": first + i, "step_name": draw(field_text),
               "instruction": draw(st.none() | field_text), "prompt": draw(st.none() | field_text),
               "auxiliary_text": draw(st.none() | field_text)}
-             for i in range(draw(st.integers(1, 5)))]
+             for i in range(draw(st.integers(1, 4)))]
     return {"execution_plan": steps}
 
 
@@ -210,7 +210,7 @@ FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", "<ANSWER>", "{", "}
 adversarial = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=60).map("".join)
 
 
-@settings(FAST, max_examples=600)
+@settings(FAST, max_examples=400)
 @given(st.one_of(st.text(), adversarial))
 def test_any_text_gives_a_result_or_a_typed_error(reply):
     outcome(parse_plan, PlanParseError, reply)
@@ -219,12 +219,13 @@ def test_any_text_gives_a_result_or_a_typed_error(reply):
 
 @FEW
 @given(st.integers(33, 200_000), st.sampled_from(["[", "{", '{"a": ', "{'a': ["]),
-       st.sampled_from(["<answer>{}", "<answer>{{}}</answer>", "<think>{}", "{}"]))
+       st.sampled_from(["<answer>@", "<answer>{@}</answer>", "<think>@", "@"]))
 def test_deep_nesting_is_refused_quickly(depth, opener, frame):
-    reply = frame.format("{" + opener * depth)
+    reply = frame.replace("@", "{" + opener * depth)
     started = time.perf_counter()
-    assert outcome(parse_plan, PlanParseError, reply) in ("too_deep", "truncated", "syntax")
-    assert outcome(parse_verdict, VerdictParseError, reply) in ("too_deep", "truncated", "syntax")
+    refusals = ("too_deep", "too_large", "truncated", "syntax")
+    assert outcome(parse_plan, PlanParseError, reply) in refusals
+    assert outcome(parse_verdict, VerdictParseError, reply) in refusals
     assert time.perf_counter() - started < 2
 
 
@@ -234,7 +235,7 @@ def test_whatever_the_verdict_regex_allows_parses(reply):
     assert isinstance(parse_verdict(reply)[1], bool)
 
 
-@FEW
+@settings(FEW, max_examples=20)
 @given(st.from_regex(PLAN_REGEX, fullmatch=True))
 def test_whatever_the_plan_regex_allows_parses_or_has_bad_numbering(reply):
     result = outcome(parse_plan, PlanParseError, reply)

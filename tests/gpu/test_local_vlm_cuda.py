@@ -1,0 +1,79 @@
+"""The in-process planner/critic backend on a CUDA GPU in bf16 (run on the GPU machine:
+pytest -m gpu tests/gpu/test_local_vlm_cuda.py).
+
+Loads the tiny random Qwen3-VL by path through ``tools.local_vlm``, as a real checkpoint.
+Fixtures live here so the file also runs with ``--noconftest``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory) -> str:
+    from tools.tiny_qwen3vl import save_tiny_qwen3vl
+
+    return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
+
+
+def data_url(seed: int, size: int = 96) -> str:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def critic_messages(before: int, after: int, text: str = "Original instruction: add a red kite"):
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    return [SystemMessage("You judge one editing step."),
+            HumanMessage([{"type": "image_url", "image_url": {"url": data_url(before)}},
+                          {"type": "image_url", "image_url": {"url": data_url(after)}},
+                          {"type": "text", "text": text}])]
+
+
+def greedy(path: str, max_new_tokens: int = 16):
+    from tools.local_vlm import TransformersChatModel
+
+    return TransformersChatModel(model_path=path, device="cuda", temperature=0.0,
+                                 max_new_tokens=max_new_tokens)
+
+
+def test_loads_in_bf16_on_cuda_and_answers(tiny_vlm):
+    model = greedy(tiny_vlm)
+    loaded = model.loaded
+    assert loaded.model.dtype == torch.bfloat16 and loaded.model.device.type == "cuda"
+
+    reply = model.invoke(critic_messages(1, 2))
+    assert isinstance(reply.content, str) and reply.content
+    assert reply.usage_metadata["input_tokens"] > 0
+
+
+def test_batch_equals_one_by_one_greedy_on_cuda(tiny_vlm):
+    from langchain_core.messages import HumanMessage
+
+    model = greedy(tiny_vlm)
+    inputs = [critic_messages(1, 2), [HumanMessage("Plan a visual story about a fox.")],
+              critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the lake")]
+    one_by_one = [model.invoke(messages).content for messages in inputs]
+    assert [reply.content for reply in model.batch(inputs)] == one_by_one
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 5, 24])
+def test_reply_length_and_finish_reason_on_cuda(tiny_vlm, max_new_tokens):
+    reply = greedy(tiny_vlm, max_new_tokens).invoke(critic_messages(5, 6))
+    used = reply.usage_metadata["output_tokens"]
+    assert 1 <= used <= max_new_tokens
+    finish = reply.response_metadata["finish_reason"]
+    assert finish == "stop" or (finish == "length" and used == max_new_tokens)

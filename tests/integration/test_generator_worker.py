@@ -1,0 +1,111 @@
+"""Sharing one pipeline between concurrent runs: one worker per pipeline, batching what is
+queued, progress back on the caller's thread, and one bad request never failing the others."""
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REQUEST
+from graph.runner import start_run
+from tools import diffusion
+from tools.generator_worker import GeneratorWorker, worker_for
+
+
+def request(prompt="a red kite", seed=1, size=64, **extra):
+    return dict(prompt=prompt, seed=seed, width=size, height=size, steps=2, guidance=1.0, **extra)
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture
+def pipe(tiny_pipeline):
+    return diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32")
+
+
+def test_queued_requests_share_pipeline_calls_and_match_their_one_by_one_images(pipe):
+    worker = GeneratorWorker(pipe, max_batch=4, gather_s=0.2)
+    try:
+        jobs = [request(f"kite number {n}", seed=n) for n in range(4)]
+        futures = [worker.submit(job) for job in jobs]
+        batched = [f.result(timeout=60) for f in futures]
+        assert worker.calls < 4 and max(worker.batch_sizes) > 1
+        alone = [diffusion.generate(pipe, **job) for job in jobs]
+        for a, b in zip(batched, alone):  # batching changes rounding only
+            assert np.abs(pixels(a) - pixels(b)).max() <= 2
+        assert len({b.tobytes() for b in batched}) == 4  # each request kept its own seed
+    finally:
+        worker.close()
+
+
+def test_a_bad_request_fails_alone(pipe):
+    worker = GeneratorWorker(pipe, max_batch=4, gather_s=0.2)
+    try:
+        good = worker.submit(request())
+        bad = worker.submit(request(size=60))  # not a multiple of 16
+        assert good.result(timeout=60).size == (64, 64)
+        with pytest.raises(ValueError, match="width=60 is not a multiple of 16"):
+            bad.result(timeout=60)
+    finally:
+        worker.close()
+
+
+def test_progress_arrives_on_the_callers_thread(pipe):
+    worker = GeneratorWorker(pipe)
+    try:
+        seen = []
+        worker.run(request(), on_step=lambda done, total: seen.append(
+            (done, total, threading.get_ident())))
+        assert [(d, t) for d, t, _ in seen] == [(1, 2), (2, 2)]
+        assert {thread for _, _, thread in seen} == {threading.get_ident()}
+    finally:
+        worker.close()
+
+
+def test_concurrent_runs_share_one_pipeline_and_one_worker(make_context):
+    contexts = [make_context(seed=n) for n in range(3)]
+    ctx = contexts[0]
+    pipe = diffusion.load_pipeline(ctx.generator_model, ctx.device, ctx.dtype)
+    before = sum(worker_for(pipe).batch_sizes)
+    outcomes = [None] * 3
+
+    def run(index):
+        outcomes[index] = start_run(REQUEST, contexts[index], run_id=f"together-{index}")
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [o.status for o in outcomes] == ["finished"] * 3, [o.error for o in outcomes]
+    same_model = [p for key, p in diffusion._pipelines.items() if key[0] == ctx.generator_model]
+    assert same_model == [pipe]  # nothing loaded a second copy
+    # Every generation of every run (3 steps, step 2 twice) went through the one worker.
+    assert sum(worker_for(pipe).batch_sizes) - before == 3 * 4
+
+
+def test_anchored_reference_policy_shows_the_first_image_to_later_edits(make_context):
+    outcome = start_run(REQUEST, make_context(reference_policy="anchor-first"))
+    assert outcome.status == "finished", outcome.error
+    steps = json.loads((Path(outcome.document_dir) / "document.json").read_text())["steps"]
+    first = steps[0]["image"]
+    assert "references" not in steps[0]["attempts"][0]  # text-to-image
+    assert "references" not in steps[1]["attempts"][0]  # its source already is the first image
+    assert steps[2]["attempts"][0]["references"] == [first]
+    assert steps[2]["attempts"][0]["source"] == steps[1]["image"]
+
+
+def test_same_seed_same_images_different_seed_different_images(make_context, runs_dir):
+    def images(outcome):
+        steps = json.loads((Path(outcome.document_dir) / "document.json").read_text())["steps"]
+        return [a["image"]["sha256"] for s in steps for a in s["attempts"]]
+
+    first = start_run(REQUEST, make_context(seed=7), run_id="seed-a")
+    again = start_run(REQUEST, make_context(seed=7), run_id="seed-b")
+    other = start_run(REQUEST, make_context(seed=8), run_id="seed-c")
+    assert images(first) == images(again)
+    assert not set(images(first)) & set(images(other))
