@@ -132,6 +132,11 @@ def build_pipeline(args):
             raise SystemExit("no CUDA GPU: run on the GPU machine, or use --tiny for the CPU smoke test")
         pipe = build_full_klein_pipeline("cuda", args.seed)
     pipe.set_progress_bar_config(disable=True)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
     return pipe
 
 
@@ -381,6 +386,14 @@ def print_report(results: dict) -> None:
     if "profile" in results:
         lines += ["", "where the time goes (ms, median)" + " " * 6 + "baseline   optimized"]
         prof = results["profile"]
+        steps = results["config"]["steps"]
+        for name, p in prof.items():  # what the components leave unexplained: pipeline overhead
+            phase = results.get(name, {})
+            if p and "t2i" in phase and "edit" in phase:
+                p["rest_t2i_ms"] = (phase["t2i"]["median_ms"] - p["text_encoder_ms"]
+                                    - steps * p["transformer_t2i_ms"] - p["vae_decode_ms"])
+                p["rest_edit_ms"] = (phase["edit"]["median_ms"] - p["text_encoder_ms"]
+                                     - steps * p["transformer_edit_ms"] - p["vae_decode_ms"] - p["vae_encode_ms"])
         for key in prof.get("baseline", {}):
             lines.append(f"  {key:<34}{_fmt(prof['baseline'].get(key)):>9}{_fmt(prof.get('optimized', {}).get(key)):>12}")
     if "study" in results:
@@ -391,7 +404,7 @@ def print_report(results: dict) -> None:
     if "quality" in results:
         lines += ["", "output difference (same seed; PSNR None = identical)"]
         for label, r in results["quality"].items():
-            lines.append(f"  {label:<34}" + "  ".join(f"{k}={_fmt(v, '.4g')}" for k, v in r.items()))
+            lines.append(f"  {label:<40}" + "  ".join(f"{k}={_fmt(v, '.4g')}" for k, v in r.items()))
     if "cache_probe" in results:
         lines += ["", f"warm compile cache, second process: {results['cache_probe']}"]
     if "levers" in results:
@@ -424,8 +437,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 5:
         raise SystemExit(f"--runs {args.runs}: use at least 5 so the median means something")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.cache_probe:
         return cache_probe(args)
 
@@ -461,12 +472,15 @@ def main(argv: list[str] | None = None) -> int:
     if bench.cuda:
         results["config"]["device"] = torch.cuda.get_device_name()
         results["config"]["weights_gib"] = torch.cuda.memory_allocated() / 2**30
+        results["config"]["cudnn"] = torch.backends.cudnn.version()
     log.info("built pipeline in %.1f s", results["config"]["build_s"])
 
     # Baseline: eager diffusers.
     measure_both(bench, results, "baseline")
     save()
     latents = {"baseline": {c: bench.call(c, output_type="latent") for c in ("t2i", "edit")}}
+    with torch.no_grad():
+        embeds = {"baseline": pipe.encode_prompt(PROMPT, device=bench.device)[0]}
     inputs = {c: bench.transformer_inputs(c) for c in ("t2i", "edit")}
     results["profile"] = {"baseline": bench.profile(inputs)}
     save()
@@ -495,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     latents["optimized"] = {c: bench.call(c, output_type="latent") for c in ("t2i", "edit")}
     results["profile"]["optimized"] = guarded("profile", lambda: bench.profile(inputs))
     quality = results["quality"] = {}
+    with torch.no_grad():
+        embeds["optimized"] = pipe.encode_prompt(PROMPT, device=bench.device)[0]
+    quality["prompt embeds (text encoder levers)"] = {
+        "max_abs_diff": float((embeds["optimized"].float() - embeds["baseline"].float()).abs().max()),
+        "rel_err": relative_error(embeds["optimized"], embeds["baseline"])}
     for case in ("t2i", "edit"):
         quality[f"optimized vs baseline, {case}"] = {
             **image_diff(results["optimized"][case]["image"], results["baseline"][case]["image"]),
@@ -534,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         results["cache_probe"] = guarded("cache probe", probe_phase)
 
     results["config"]["total_s"] = time.perf_counter() - t0
-    save()
     print_report(results)
+    save()
     return 0
 
 

@@ -97,7 +97,13 @@ def structured_output(ctx: Context, kind: str) -> dict[str, Any] | None:
         return None
     from tools.reply_schemas import structured_output_kwargs
 
-    return structured_output_kwargs(kind, ctx.vlm_structured_output)
+    # The schemas module gives ChatOpenAI constructor arguments; per request the same parameters
+    # go straight into the call.
+    given = structured_output_kwargs(kind, ctx.vlm_structured_output)
+    call = dict(given.get("model_kwargs", {}))
+    if "extra_body" in given:
+        call["extra_body"] = given["extra_body"]
+    return call
 
 
 def text_part(text: str) -> dict[str, Any]:

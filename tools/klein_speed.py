@@ -171,10 +171,14 @@ def optimize_pipeline(
             limits = torch._dynamo.config
             limits.recompile_limit = max(limits.recompile_limit, RECOMPILE_LIMIT)
             options = {"mode": compile_mode, "dynamic": dynamic}
-            pipe.transformer.compile_repeated_blocks(fullgraph=True, **options)
+            # A second call leaves compiled modules alone: their guards see later module swaps
+            # (fp8) and recompile, whereas a new torch.compile wrapper would start from scratch.
+            if not any(_compiled(m) for m in pipe.transformer.modules()):
+                pipe.transformer.compile_repeated_blocks(fullgraph=True, **options)
             applied.append("compile_blocks")
-            pipe.vae.decoder.compile(**options)
-            pipe.vae.encoder.compile(**options)
+            for coder in (pipe.vae.decoder, pipe.vae.encoder):
+                if not _compiled(coder):
+                    coder.compile(**options)
             applied.append("compile_vae")
 
     logger.info("klein_speed: applied %s", ", ".join(applied) or "nothing")
@@ -367,3 +371,7 @@ def _device(module: nn.Module) -> torch.device:
 
 def _on_cuda(module: nn.Module) -> bool:
     return _device(module).type == "cuda"
+
+
+def _compiled(module: nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None

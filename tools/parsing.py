@@ -22,6 +22,7 @@ import ast
 import json
 import logging
 import re
+import warnings
 from typing import Any
 
 from graph.state import PlanStep
@@ -248,7 +249,9 @@ def _load(raw: str, repaired: str) -> Any:
             pass
     if len(raw) <= LITERAL_EVAL_CHARS:
         try:
-            return ast.literal_eval(raw)
+            with warnings.catch_warnings():  # "invalid escape sequence" and the like
+                warnings.simplefilter("ignore")
+                return ast.literal_eval(raw)
         except _READ_ERRORS:
             pass
     raise _Failure("syntax", "the {...} object is neither JSON nor a Python dict literal")
@@ -305,9 +308,10 @@ def _read_answer_text(text: str, key: str | None) -> dict[str, Any]:
 _LEADS_OBJECT = frozenset("\n`:")
 
 
-def _trailing_object(text: str, key: str | None) -> dict[str, Any] | None:
-    """An object holding ``key`` that ends the text (after a newline, fence or colon), for a
-    reply whose ``<think>`` never closed and that has no ``<answer>``; else None."""
+def _trailing_object(text: str, key: str | None) -> tuple[dict[str, Any], int] | None:
+    """(object, where it starts) for an object holding ``key`` that ends the text (after a
+    newline, fence or colon), in a reply whose ``<think>`` never closed and that has no
+    ``<answer>``; else None."""
     end = len(text.rstrip().rstrip("`").rstrip())
     index = text.rfind("{", 0, end)
     for _ in range(MAX_CANDIDATES):
@@ -321,7 +325,7 @@ def _trailing_object(text: str, key: str | None) -> dict[str, Any] | None:
             except _Failure:
                 value = None
             if isinstance(value, dict) and stop == end and (key is None or key in value):
-                return value
+                return value, index
         index = text.rfind("{", 0, index)
     return None
 
@@ -337,7 +341,7 @@ def _read(text: str, key: str | None) -> tuple[str, dict[str, Any]]:
     blocks = _answer_blocks(text, start)
     if blocks:  # the last block holding an answer object wins; else the last object at all
         latest, failure = None, None
-        for body, _closed in reversed(blocks):
+        for body, _closed in reversed(blocks[-MAX_CANDIDATES:]):
             try:
                 value = _read_answer_text(body, key)
             except _Failure as exc:
@@ -350,10 +354,10 @@ def _read(text: str, key: str | None) -> tuple[str, dict[str, Any]]:
             return reasoning, latest
         raise failure
     if open_think:
-        value = _trailing_object(reasoning, key)
-        if value is None:
+        found = _trailing_object(reasoning, key)
+        if found is None:
             raise _Failure("truncated", "the reply stops inside <think>: no </think> and no answer")
-        return "", value
+        return reasoning[:found[1]].strip(), found[0]
     rest = text[start:]
     if "{" not in rest:
         raise _Failure("no_answer", "no <answer> tag and no {...} object found")

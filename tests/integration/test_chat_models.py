@@ -131,3 +131,56 @@ def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting(make_co
             t.join()
         assert len(server.requests) == 6
         assert peak[0] == 2
+
+
+@pytest.mark.parametrize("mode", ["json", "regex"])
+def test_structured_output_is_requested_and_a_bare_json_answer_is_used(runs_dir, tiny_pipeline, mode):
+    """With structured outputs the server constrains the reply; in json mode the reply is the bare
+    answer object (no <think>), which the parsers take as it is."""
+    def constrained(body):
+        text = demo_script.respond(body)
+        return text.split("<answer>", 1)[1].split("</answer>", 1)[0] if mode == "json" else text
+
+    with ScriptedChatServer(constrained) as server:
+        context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_structured_output=mode)
+        outcome = start_run(REQUEST, context)
+        assert outcome.status == "finished", outcome.error
+        planner_body = next(r for r in server.requests if r["model"] == demo_script.PLANNER_MODEL)
+        critic_body = next(r for r in server.requests if r["model"] == demo_script.CRITIC_MODEL)
+        if mode == "json":
+            assert planner_body["response_format"]["json_schema"]["name"] == "interleave_plan"
+            assert critic_body["response_format"]["json_schema"]["name"] == "critic_verdict"
+        else:
+            assert "<answer>" in planner_body["structured_outputs"]["regex"]
+            assert "previous_step_success" in critic_body["structured_outputs"]["regex"]
+
+
+def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_dir, tiny_pipeline):
+    import http.server
+    import json as jsonlib
+    import threading as th
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = jsonlib.dumps({"error": {"message": "unknown field response_format",
+                                            "type": "invalid_request_error"}}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    th.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        outcome = start_run(REQUEST, demo_context(runs_dir, url, tiny_pipeline,
+                                                  vlm_structured_output="json"))
+        assert outcome.status == "failed"
+        assert "--vlm-structured-output off" in str(outcome.error)
+    finally:
+        server.shutdown()

@@ -90,11 +90,10 @@ def test_klein_batch_matches_one_by_one_and_keeps_order(klein, calls):
     ]
     batched = diffusion.generate_batch(klein, requests)
     assert [len(c["prompt"]) if isinstance(c["prompt"], list) else 1 for c in calls] == [2, 1, 2, 1]
-    calls.clear()
-    single = [diffusion.generate(klein, **request) for request in requests]
-    for together, alone in zip(batched, single):
-        assert together.size == alone.size
-        difference = np.abs(_px(together) - _px(alone))
+    assert [image.size for image in batched] == [(64, 64)] * 2 + [(80, 64)] + [(64, 64)] * 3
+    for index in (0, 1, 3, 4):  # the ones that shared a call
+        alone = diffusion.generate(klein, **requests[index])
+        difference = np.abs(_px(batched[index]) - _px(alone))
         # a batched matmul rounds differently: at most one grey level on a few pixels
         assert difference.max() <= 1 and difference.mean() < 0.05
 
