@@ -12,8 +12,9 @@ vision tower, language-model prefill; median of 3) and one with exactly ``--new-
 tokens (EOS ignored via min_new_tokens); decode tokens/s = batch * (N - 1) / (t_N - t_1),
 from the time spent inside ``generate``. Baseline,
 measured in the same run: a plain greedy loop of model forward calls on a KV cache after
-the same prefill (what ``generate`` costs on top of the model itself), and the
-memory-bandwidth floor (weight bytes / HBM bandwidth) for reference.
+the same prefill (what ``generate`` costs on top of the model itself), the same loop with a
+device-to-host copy of each step's token (the per-step synchronisation generate's stopping
+checks impose), and the memory-bandwidth floor (weight bytes / HBM bandwidth).
 
 Assumed 8B shapes (Qwen3-VL-8B-Instruct's published config as far as known here): text
 hidden 4096, 36 layers, 32 heads, 8 KV heads, head_dim 128, intermediate 12288, vocab 151936,
@@ -119,9 +120,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _forward_loop(chat, messages, batch: int, steps: int) -> float:
+def _forward_loop(chat, messages, batch: int, steps: int, sync: bool = False) -> float:
     """Seconds for ``steps`` greedy decode steps of plain forward calls on a KV cache after a
-    prefill of the same batch (the model alone, without generate's machinery). The batch
+    prefill of the same batch (the model alone, without generate's machinery). With ``sync``
+    each step copies its token to the host, as generate's end-of-sequence checks do, so the
+    CPU cannot queue the next step's kernels while the GPU runs this one. The batch
     repeats one prompt, so nothing is padded and the decode steps need no attention mask
     (the model then derives the M-RoPE positions from the cache length)."""
     import torch
@@ -141,6 +144,8 @@ def _forward_loop(chat, messages, batch: int, steps: int) -> float:
         for _ in range(steps):
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
+            if sync:
+                token.tolist()
         _sync(loaded.device)
         return time.perf_counter() - start
 
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
                     loop_s = _forward_loop(chat, messages, batch, steps)
                     row["forward_loop_tokens_per_s"] = round(batch * steps / loop_s, 2)
                     row["generate_vs_forward_loop"] = round(loop_s / decode_s, 3) if ok else None
+                    synced_s = _forward_loop(chat, messages, batch, steps, sync=True)
+                    row["synced_loop_tokens_per_s"] = round(batch * steps / synced_s, 2)
                 except Exception as exc:  # noqa: BLE001 - a baseline failure must not hide the result
                     row["forward_loop_error"] = f"{type(exc).__name__}: {exc}"[:200]
             if device == "cuda":
@@ -233,14 +240,14 @@ def _print_table(result: dict) -> None:
           f"two {result['image_size']}^2 images + {result['text_tokens']} text tokens, "
           f"{result['new_tokens']} new tokens")
     header = ("batch", "prompt tok", "prefill s", "gen-only s", "reply s", "decode tok/s",
-              "per seq", "fwd-loop tok/s", "gen/loop", "peak GiB")
-    print(" | ".join(f"{h:>14}" for h in header))
+              "per seq", "fwd-loop tok/s", "gen/loop", "synced tok/s", "peak GiB")
+    print(" | ".join(f"{h:>12}" for h in header))
     for row in result["rows"]:
         cells = (row["batch"], row["prompt_tokens"], row["prefill_s"], row["prefill_generate_s"],
                  row["reply_s"], row["decode_tokens_per_s"], row["decode_tokens_per_s_per_seq"],
                  row.get("forward_loop_tokens_per_s", "-"), row.get("generate_vs_forward_loop", "-"),
-                 row.get("peak_gib", "-"))
-        print(" | ".join(f"{c!s:>14}" for c in cells))
+                 row.get("synced_loop_tokens_per_s", "-"), row.get("peak_gib", "-"))
+        print(" | ".join(f"{c!s:>12}" for c in cells))
     if result["bandwidth_floor_tokens_per_s_batch1"]:
         print(f"memory-bandwidth floor at batch 1: ~{result['bandwidth_floor_tokens_per_s_batch1']} "
               f"tokens/s (weights / {HBM_BYTES_PER_S / 1e12} TB/s)")

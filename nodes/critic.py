@@ -51,7 +51,8 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
     else:
         last = answer.failures[-1]
         cut = " (reply hit the token limit)" if last["finish_reason"] == "length" else ""
-        verdict = Verdict(success=None, refine_prompt=None, error=f"{last['error']}{cut}",
+        verdict = Verdict(success=None, refine_prompt=None,
+                          error=f"[{last['reason']}] {last['error']}{cut}",
                           reasoning=answer.reply[:KEEP_UNPARSED_CHARS], fallback=ctx.critic_unparsed)
     seconds = round(time.perf_counter() - started, 3)
     events.emit(runtime, events.VERDICT, run_id, step_number=step["step_number"],

@@ -116,7 +116,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
         try:
             spec = generator_models.model_spec(model)
         except generator_models.UnsupportedModelError as exc:
-            raise GeneratorLoadError(f"{exc} (--generator-model)") from None
+            raise GeneratorLoadError(f"generator model could not be loaded: {exc} "
+                                     f"(--generator-model)") from None
         import diffusers
 
         silence_library_progress_bars()

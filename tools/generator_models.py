@@ -157,7 +157,7 @@ def model_spec(model: str) -> ModelSpec:
             class_name = index["_class_name"]
         except FileNotFoundError:
             raise UnsupportedModelError(
-                f"generator model folder {model!r} has no {MODEL_INDEX}; it is not a diffusers "
+                f"folder {model!r} has no {MODEL_INDEX}, so it is not a diffusers "
                 f"pipeline. Pass a folder written by save_pretrained or a Hub id.") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UnsupportedModelError(
@@ -166,12 +166,15 @@ def model_spec(model: str) -> ModelSpec:
         try:
             return spec_for_class(class_name, is_distilled=bool(index.get("is_distilled")))
         except UnsupportedModelError as exc:
-            raise UnsupportedModelError(f"generator model {model!r}: {exc}") from None
+            raise UnsupportedModelError(f"{model!r}: {exc}") from None
     for spec in FAMILIES.values():
         if model.lower() in (known.lower() for known in spec.model_ids):
             return spec
+    if Path(model).is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+        raise UnsupportedModelError(f"folder {model!r} does not exist; check the path, or pass a "
+                                    f"Hub id such as {FAMILIES['klein'].model_ids[0]}")
     raise UnsupportedModelError(
-        f"generator model {model!r} is neither a local diffusers folder nor a known model id. "
+        f"{model!r} is neither a local diffusers folder nor a known model id. "
         f"Supported families: {_supported()}. Pass one of these ids, or a folder saved with "
         f"save_pretrained from one of these pipeline classes.")
 

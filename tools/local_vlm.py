@@ -103,7 +103,15 @@ def _resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(torch.device(device))  # validates the string ("cuda:1", "cpu", ...)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...): "
+                         f"{exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this torch sees no CUDA GPU; use device='cpu' "
+                         f"or 'auto'")
+    return str(resolved)
 
 
 def _resolve_dtype(dtype: str, device: str) -> str:

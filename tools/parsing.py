@@ -23,11 +23,12 @@ import json
 import logging
 import re
 import warnings
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from graph.state import PlanStep
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_REPLY_CHARS = 1_000_000   # ~50x the longest reply a 4096-token budget allows
 MAX_OBJECT_CHARS = 300_000    # one answer object
@@ -61,6 +62,9 @@ class ReplyParseError(ValueError):
         self.reply = reply
         self.reason = reason
 
+    def __reduce__(self):  # keeps reply and reason across pickling (process pools, checkpoints)
+        return type(self), (str(self), self.reply, self.reason)
+
 
 class PlanParseError(ReplyParseError):
     pass
@@ -83,21 +87,19 @@ class _Failure(Exception):
 _TAG = re.compile(r"<(/?)(think|answer)>", re.I)
 
 
-def _answer_blocks(text: str, start: int) -> list[tuple[str, bool]]:
-    """The ``<answer>`` blocks after ``start`` as (body, closed). A block ends at its
-    ``</answer>``, at the next ``<answer>``, or at the end of the text (unclosed)."""
+def _answer_blocks(text: str, start: int) -> list[str]:
+    """The bodies of the ``<answer>`` blocks after ``start``. A block ends at its ``</answer>``,
+    at the next ``<answer>``, or at the end of the text."""
     tags = [m for m in _TAG.finditer(text, start) if m.group(2).lower() == "answer"]
     blocks = []
     for index, tag in enumerate(tags):
-        if tag.group(1):
-            continue
-        following = tags[index + 1] if index + 1 < len(tags) else None
-        end = following.start() if following else len(text)
-        blocks.append((text[tag.end():end], bool(following and following.group(1))))
+        if not tag.group(1):
+            end = tags[index + 1].start() if index + 1 < len(tags) else len(text)
+            blocks.append(text[tag.end():end])
     if not blocks:  # "{...}</answer>" with the opening tag forgotten
         close = next((t for t in tags if t.group(1)), None)
         if close is not None:
-            blocks.append((text[start:close.start()], True))
+            blocks.append(text[start:close.start()])
     return blocks
 
 
@@ -124,7 +126,7 @@ def split_reply(text: str) -> tuple[str, str]:
     the reasoning, so a bare JSON reply still parses. With several blocks, the last one."""
     reasoning, start, _ = _split(text)
     blocks = _answer_blocks(text, start)
-    body = blocks[-1][0] if blocks else text[start:]
+    body = blocks[-1] if blocks else text[start:]
     return reasoning, body.strip()
 
 
@@ -260,9 +262,9 @@ def _load(raw: str, repaired: str) -> Any:
 def _objects(text: str, key: str | None) -> dict[str, Any]:
     """The first object in ``text`` holding ``key`` (else the first object at all).
 
-    Tries up to MAX_CANDIDATES "{" positions (and about MAX_OBJECT_CHARS of text). An object that runs to the end of the text stops
-    the search: every later "{" lies inside it, so reading one would invent an answer out of a
-    truncated reply.
+    Tries up to MAX_CANDIDATES "{" positions and about MAX_OBJECT_CHARS of text. An object that
+    runs to the end of the text stops the search: every later "{" lies inside it, so reading one
+    would invent an answer out of a truncated reply.
     """
     found, failure, index, scanned = None, None, text.find("{"), 0
     for _ in range(MAX_CANDIDATES):
@@ -341,7 +343,7 @@ def _read(text: str, key: str | None) -> tuple[str, dict[str, Any]]:
     blocks = _answer_blocks(text, start)
     if blocks:  # the last block holding an answer object wins; else the last object at all
         latest, failure = None, None
-        for body, _closed in reversed(blocks[-MAX_CANDIDATES:]):
+        for body in reversed(blocks[-MAX_CANDIDATES:]):
             try:
                 value = _read_answer_text(body, key)
             except _Failure as exc:
@@ -364,6 +366,17 @@ def _read(text: str, key: str | None) -> tuple[str, dict[str, Any]]:
     return reasoning, _read_answer_text(rest, key)
 
 
+def _typed(error: type[ReplyParseError], what: str, text: Any, parse: Callable[[], T]) -> T:
+    """Run ``parse()`` and turn every failure into ``error`` with a reason code."""
+    try:
+        return parse()
+    except _Failure as exc:
+        raise error(f"{what} ({exc.reason}): {exc}", text, exc.reason) from None
+    except Exception as exc:  # a parser bug must not take the run down; keep the reply
+        logger.exception("reply parser failed unexpectedly")
+        raise error(f"{what} (internal): {type(exc).__name__}: {exc}", text, "internal") from None
+
+
 def parse_mapping(text: str) -> dict[str, Any]:
     """Parse a JSON object or Python-literal dict out of ``text`` (fences, prose around it,
     trailing commas, smart quotes and bare keys tolerated). Raises ReplyParseError.
@@ -371,12 +384,11 @@ def parse_mapping(text: str) -> dict[str, Any]:
     >>> parse_mapping("Sure! ```json\\n{step: 1, 'ok': True, “name”: “Start”,}\\n```")
     {'step': 1, 'ok': True, 'name': 'Start'}
     """
-    try:
+    def parse():
         if not isinstance(text, str):
             raise _Failure("not_text", f"got a {type(text).__name__}, not a string")
         return _read_answer_text(text, None)
-    except _Failure as exc:
-        raise ReplyParseError(str(exc), text, exc.reason) from None
+    return _typed(ReplyParseError, "no usable object", text, parse)
 
 
 def read_answer(text: str, key: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -385,10 +397,7 @@ def read_answer(text: str, key: str | None = None) -> tuple[str, dict[str, Any]]
     ``key`` names the answer's top-level key; when several objects are present the one holding
     it wins. Raises ReplyParseError with a reason code; nothing else escapes for any input.
     """
-    try:
-        return _read(text, key)
-    except _Failure as exc:
-        raise ReplyParseError(str(exc), text, exc.reason) from None
+    return _typed(ReplyParseError, "reply has no usable answer", text, lambda: _read(text, key))
 
 
 # --------------------------------------------------------------------------- contracts
@@ -489,17 +498,6 @@ def _checked(check, value):
         raise _Failure("schema", str(exc)) from None
 
 
-def _typed(error: type[ReplyParseError], what: str, text: Any, parse):
-    """Run ``parse()`` and turn every failure into ``error`` with a reason code."""
-    try:
-        return parse()
-    except _Failure as exc:
-        raise error(f"{what} ({exc.reason}): {exc}", text, exc.reason) from None
-    except Exception as exc:  # a parser bug must not take the run down; keep the reply
-        logger.exception("reply parser failed unexpectedly")
-        raise error(f"{what} (internal): {type(exc).__name__}: {exc}", text, "internal") from None
-
-
 def parse_plan(text: str) -> tuple[str, list[PlanStep]]:
     """Parse a planner reply into (reasoning, steps); raises PlanParseError (see ``REASONS``).
 
@@ -527,7 +525,7 @@ def parse_verdict(text: str) -> tuple[str, bool, str]:
     >>> parse_verdict('<think>hand has six fingers</think><answer>{"previous_step_success": false, '
     ...               '"refine_prompt": "a hand with five fingers"}</answer>')
     ('hand has six fingers', False, 'a hand with five fingers')
-    >>> parse_verdict("<answer>{'previous_step_success': 1, 'refine_prompt': ''}</answer>").reason
+    >>> parse_verdict("<answer>{'previous_step_success': 1, 'refine_prompt': ''}</answer>")
     Traceback (most recent call last):
     ...
     tools.parsing.VerdictParseError: critic reply is not a valid verdict (schema): 'previous_step_success' must be true or false, got 1

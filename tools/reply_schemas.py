@@ -96,10 +96,11 @@ def structured_output_kwargs(kind: Literal["plan", "verdict"], mode: Literal["js
       and no reasoning is kept; ``tools.parsing`` reads the bare object. Supported by vLLM's
       OpenAI server (all recent versions) and by the OpenAI API (``strict`` schemas).
     * ``mode="regex"``: ``{"extra_body": {"structured_outputs": {"regex": ...}}}``, the whole
-      think + answer reply. vLLM only: the ``structured_outputs`` field exists since v0.10-ish and
-      is the only one read since v0.12. For older vLLM pass ``legacy_vllm=True`` to get
-      ``{"extra_body": {"guided_regex": ...}}`` — a v0.12+ server ignores that field without
-      an error, so the constraint would silently be off. The OpenAI API has no regex mode.
+      think + answer reply. vLLM only: ``structured_outputs`` replaced the ``guided_*`` request
+      fields (vllm-project/vllm#22772) and is the only form read since v0.12.0 (#29326). For an
+      older vLLM pass ``legacy_vllm=True`` to get ``{"extra_body": {"guided_regex": ...}}``; a
+      v0.12+ server ignores that field without an error, so the constraint would silently be
+      off. The OpenAI API has no regex mode.
     * Other servers (TGI, llama.cpp, SGLang, hosted APIs): not verified here; keep structured
       outputs off for them (the default) and rely on the tolerant parser.
 

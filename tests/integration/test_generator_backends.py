@@ -145,23 +145,32 @@ def lora_dir(tmp_path_factory):
     return folder
 
 
-def test_lora_changes_the_image_and_scale_zero_restores_it(tiny_pipeline, klein, lora_dir):
-    base = diffusion.generate(klein, prompt="a paper crane", seed=3, **KW)
-    styled_pipe = diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32", lora=str(lora_dir))
-    assert styled_pipe is not klein
+@pytest.fixture(scope="module")
+def own_klein(tmp_path_factory):
+    """A private copy of the tiny klein folder, so the LoRA variants cached by these tests are
+    not counted as copies of the shared session model by other tests."""
+    from tools.tiny_klein import save_tiny_klein
+
+    return str(save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein-lora"))
+
+
+def test_lora_changes_the_image_and_scale_zero_restores_it(own_klein, lora_dir):
+    plain = diffusion.load_pipeline(own_klein, "cpu", "float32")
+    base = diffusion.generate(plain, prompt="a paper crane", seed=3, **KW)
+    styled_pipe = diffusion.load_pipeline(own_klein, "cpu", "float32", lora=str(lora_dir))
+    assert styled_pipe is not plain
     styled = diffusion.generate(styled_pipe, prompt="a paper crane", seed=3, **KW)
     assert np.abs(_px(styled) - _px(base)).mean() > 5
 
     weights_file = str(lora_dir / "pytorch_lora_weights.safetensors")  # a file path works too
-    off = diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32", lora=weights_file,
-                                  lora_scale=0.0)
+    off = diffusion.load_pipeline(own_klein, "cpu", "float32", lora=weights_file, lora_scale=0.0)
     np.testing.assert_array_equal(_px(diffusion.generate(off, prompt="a paper crane", seed=3, **KW)),
                                   _px(base))
 
 
-def test_bad_lora_is_a_load_error(tiny_pipeline, tmp_path):
+def test_bad_lora_is_a_load_error(own_klein, tmp_path):
     with pytest.raises(GeneratorLoadError, match="LoRA .* could not be loaded onto the klein pipeline"):
-        diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32", lora=str(tmp_path))
+        diffusion.load_pipeline(own_klein, "cpu", "float32", lora=str(tmp_path))
 
 
 # --- FLUX.1 Kontext --------------------------------------------------------------------------

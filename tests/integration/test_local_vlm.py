@@ -192,6 +192,8 @@ def test_unsupported_inputs_are_refused_clearly(tiny_vlm):
         model.invoke("hello", top_k=3)
     with pytest.raises(ValueError, match="dtype"):
         TransformersChatModel(model_path=tiny_vlm, dtype="int8")
+    with pytest.raises(ValueError, match="not a torch device"):
+        TransformersChatModel(model_path=tiny_vlm, device="gpu").invoke("hello")
 
 
 def test_works_through_chat_complete(tiny_vlm):

@@ -80,6 +80,11 @@ def test_unsupported_class_and_unknown_id_list_the_supported_families(tmp_path):
         model_spec("someone/model")
 
 
+def test_missing_folder_says_so(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="folder .*no-such-model' does not exist; check the path"):
+        model_spec(str(tmp_path / "no-such-model"))
+
+
 def test_folder_without_or_with_broken_model_index(tmp_path):
     with pytest.raises(UnsupportedModelError, match="has no model_index.json"):
         model_spec(str(tmp_path))

@@ -176,3 +176,13 @@ def test_structured_output_kwargs_reach_the_server():
         "extra_body": {"guided_regex": PLAN_REGEX}}
     with pytest.raises(ValueError, match="mode"):
         structured_output_kwargs("plan", "grammar")  # type: ignore[arg-type]
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    with pytest.raises(VerdictParseError) as info:
+        parse_verdict("<think>cut off")
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (type(copy), copy.reason, copy.reply, str(copy)) == (
+        VerdictParseError, "truncated", "<think>cut off", str(info.value))
