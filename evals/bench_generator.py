@@ -13,6 +13,8 @@ Phases, all on the same pipeline object (so every variant sees the same weights)
   profile     where the time goes: text encoder, one transformer forward, VAE decode/encode
   study       single levers on eager components (attention kernels, fused q/k/v,
               channels-last VAE), so each lever's share is visible
+  kernels     (--kernels) raw rates: SDPA backends, bf16 and fp8 matmul at the model's shapes
+  ablation    (--ablation) compiled transformer/VAE with single levers changed
   kv          informational: diffusers' Flux2KleinKVPipeline (reference K/V cached after
               step 0) on the same weights - only valid for the "-kv" checkpoints
   optimized   optimize_pipeline(pipe) with its defaults; same measurements, plus the
@@ -81,6 +83,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="generator seed of every call (default 0)")
     p.add_argument("--fp8", action="store_true", help="also measure the fp8 lever (changes outputs; off by default)")
     p.add_argument("--no-study", action="store_true", help="skip the per-lever study on eager components")
+    p.add_argument("--ablation", action="store_true",
+                   help="also compile variants with single levers off (attention kernel, fused q/k/v, VAE "
+                        "layout) and time the transformer and VAE under each (~1-2 min more)")
+    p.add_argument("--kernels", action="store_true",
+                   help="also time the raw kernels (each SDPA backend, bf16 and fp8 matmul) against the chip")
     p.add_argument("--no-kv", action="store_true", help="skip the informational Flux2KleinKVPipeline edit timing")
     p.add_argument("--no-cache-probe", action="store_true",
                    help="skip the second process that measures warm-up with a warm compile cache")
@@ -243,7 +250,11 @@ class Bench:
         latent_side = self.args.size // pipe.vae_scale_factor
         channels = pipe.vae.config.latent_channels
         z = torch.randn(1, channels, latent_side, latent_side, device=self.device, dtype=pipe.vae.dtype)
-        x = torch.rand(1, 3, self.args.size, self.args.size, device=self.device, dtype=pipe.vae.dtype) * 2 - 1
+        # The pipeline hands the encoder a (1, 3, H, W) view of (1, H, W, 3) memory; keep that layout.
+        x = (torch.rand(1, self.args.size, self.args.size, 3, device=self.device, dtype=pipe.vae.dtype) * 2 - 1
+             ).permute(0, 3, 1, 2)
+        decoded = torch.rand(1, 3, self.args.size, self.args.size, device=self.device, dtype=pipe.vae.dtype) * 2 - 1
+        size = self.args.size
         with torch.no_grad():
             out = {
                 "text_encoder_ms": self.median_ms(lambda: pipe.encode_prompt(PROMPT, device=self.device)),
@@ -251,6 +262,9 @@ class Bench:
                 "transformer_edit_ms": self.median_ms(lambda: pipe.transformer(**inputs["edit"])),
                 "vae_decode_ms": self.median_ms(lambda: pipe.vae.decode(z)),
                 "vae_encode_ms": self.median_ms(lambda: pipe.vae.encode(x)),
+                "image_preprocess_ms": self.median_ms(lambda: pipe.image_processor.preprocess(
+                    self.reference, height=size, width=size, resize_mode="crop").to(self.device)),
+                "image_postprocess_ms": self.median_ms(lambda: pipe.image_processor.postprocess(decoded)),
             }
         return out
 
@@ -305,6 +319,96 @@ def run_study(bench: Bench, inputs: dict) -> dict:
         torch.backends.cudnn.benchmark = benchmark_before
         pipe.vae.to(memory_format=torch.contiguous_format)
     return study
+
+
+def uncompile(pipe) -> None:
+    """Drop every compiled wrapper and dynamo's caches (for compiling another variant)."""
+    import torch
+
+    for module in (*pipe.transformer.modules(), *pipe.vae.modules()):
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def run_ablation(bench: Bench, inputs: dict) -> dict:
+    """Compiled transformer/VAE with one lever changed at a time (ends fused, uncompiled)."""
+    from tools.klein_speed import optimize_pipeline
+
+    torch, pipe = bench.torch, bench.pipe
+    latent_side = bench.args.size // pipe.vae_scale_factor
+    z = torch.randn(1, pipe.vae.config.latent_channels, latent_side, latent_side, device=bench.device,
+                    dtype=pipe.vae.dtype)
+    x = (torch.rand(1, bench.args.size, bench.args.size, 3, device=bench.device, dtype=pipe.vae.dtype) * 2 - 1
+         ).permute(0, 3, 1, 2)
+    variants = {  # order matters: fusing is not undone
+        "compiled, native attention, unfused, VAE NCHW": dict(attention_backend="native", fuse=False),
+        "compiled, cuDNN attention, unfused": dict(attention_backend="_native_cudnn", fuse=False),
+        "compiled, native attention, fused q/k/v": dict(attention_backend="native", fuse=True),
+    }
+    table = {}
+    with torch.no_grad():
+        for index, (name, levers) in enumerate(variants.items()):
+            uncompile(pipe)
+            optimize_pipeline(pipe, vae_channels_last=False, text_encoder_graph=False, image_io=False, **levers)
+            row = {}
+            for case in ("t2i", "edit"):
+                bench.sync()
+                start = time.perf_counter()
+                pipe.transformer(**inputs[case])
+                bench.sync()
+                row[f"compile_{case}_s"] = time.perf_counter() - start
+                row[f"{case}_ms"] = bench.median_ms(lambda c=case: pipe.transformer(**inputs[c]), runs=5)
+            if index == 0:
+                row["vae_decode_ms"] = bench.median_ms(lambda: pipe.vae.decode(z), runs=5)
+                row["vae_encode_ms"] = bench.median_ms(lambda: pipe.vae.encode(x), runs=5)
+            table[name] = row
+            log.info("ablation %s: %s", name, row)
+    uncompile(pipe)
+    pipe.transformer.set_attention_backend("native")
+    return table
+
+
+def run_kernels(bench: Bench) -> dict:
+    """Raw kernel rates at the model's shapes: attention per SDPA backend, bf16 and fp8 matmul."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch, device = bench.torch, bench.device
+    out = {"sdpa_priority_order": [str(SDPBackend(int(i))) for i in torch._C._get_sdp_priority_order()]}
+    heads, dim = 24, 128
+    for seq in (4608, 8704):
+        q, k, v = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
+        flop = 4 * seq * seq * dim * heads
+        for backend in (None, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            for layout in ("view", "contiguous"):
+                args = [t.transpose(1, 2) for t in (q, k, v)]
+                if layout == "contiguous":
+                    args = [t.contiguous() for t in args]
+                label = f"sdpa S={seq} {backend.name if backend else 'default'} {layout}"
+                try:
+                    def attend(a=args, b=backend):
+                        if b is None:
+                            return F.scaled_dot_product_attention(*a)
+                        with sdpa_kernel(b):
+                            return F.scaled_dot_product_attention(*a)
+                    ms = bench.median_ms(attend, runs=20)
+                    out[label] = {"ms": ms, "tflops": flop / ms / 1e9}
+                except Exception as error:
+                    out[label] = {"error": f"{type(error).__name__}: {error}"[:200]}
+    rows, k_dim, n_dim = 4608, 3072, 27648
+    a = torch.randn(rows, k_dim, device=device, dtype=torch.bfloat16)
+    w = torch.randn(n_dim, k_dim, device=device, dtype=torch.bfloat16)
+    flop = 2 * rows * k_dim * n_dim
+    ms = bench.median_ms(lambda: F.linear(a, w), runs=20)
+    out["bf16 linear 4608x3072x27648"] = {"ms": ms, "tflops": flop / ms / 1e9}
+    a8, w8 = a.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+    sa = torch.ones(rows, 1, device=device)
+    sb = torch.ones(1, n_dim, device=device)
+    ms = bench.median_ms(lambda: torch._scaled_mm(a8, w8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
+                                                  use_fast_accum=True), runs=20)
+    out["fp8 rowwise scaled_mm 4608x3072x27648"] = {"ms": ms, "tflops": flop / ms / 1e9}
+    return out
 
 
 def run_kv(bench: Bench) -> dict:
@@ -401,6 +505,12 @@ def print_report(results: dict) -> None:
         for lever, r in results["study"].items():
             lines.append(f"  {lever:<44}" + "  ".join(f"{k}={_fmt(v) if not isinstance(v, str) else v}"
                                                    for k, v in r.items()))
+    for section in ("kernels", "ablation"):
+        if results.get(section):
+            lines += ["", f"{section}:"]
+            for label, r in results[section].items():
+                text = "  ".join(f"{k}={_fmt(v, '.4g')}" for k, v in r.items()) if isinstance(r, dict) else r
+                lines.append(f"  {label:<48}{text}")
     if "quality" in results:
         lines += ["", "output difference (same seed; PSNR None = identical)"]
         for label, r in results["quality"].items():
@@ -483,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         embeds = {"baseline": pipe.encode_prompt(PROMPT, device=bench.device)[0]}
     inputs = {c: bench.transformer_inputs(c) for c in ("t2i", "edit")}
     results["profile"] = {"baseline": bench.profile(inputs)}
+    with torch.no_grad():
+        velocity = {"baseline": {c: pipe.transformer(**inputs[c])[0].float() for c in inputs}}
     save()
     log.info("baseline and profile done at %.0f s", time.perf_counter() - t0)
 
@@ -490,7 +602,11 @@ def main(argv: list[str] | None = None) -> int:
         results["study"] = guarded("study", lambda: run_study(bench, inputs))
     if not args.no_kv and left() > 380:
         results["kv_edit_eager"] = guarded("kv", lambda: run_kv(bench))
-    log.info("study and kv done at %.0f s", time.perf_counter() - t0)
+    if bench.cuda and args.kernels:
+        results["kernels"] = guarded("kernels", lambda: run_kernels(bench))
+    if bench.cuda and args.ablation:
+        results["ablation"] = guarded("ablation", lambda: run_ablation(bench, inputs))
+    log.info("study, kv, kernels, ablation done at %.0f s", time.perf_counter() - t0)
 
     # Optimized path.
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="klein-compile-")
@@ -514,10 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     quality["prompt embeds (text encoder levers)"] = {
         "max_abs_diff": float((embeds["optimized"].float() - embeds["baseline"].float()).abs().max()),
         "rel_err": relative_error(embeds["optimized"], embeds["baseline"])}
+    with torch.no_grad():
+        velocity["optimized"] = {c: pipe.transformer(**inputs[c])[0].float() for c in inputs}
     for case in ("t2i", "edit"):
         quality[f"optimized vs baseline, {case}"] = {
             **image_diff(results["optimized"][case]["image"], results["baseline"][case]["image"]),
-            "latent_rel_err": relative_error(latents["optimized"][case], latents["baseline"][case])}
+            "latent_rel_err": relative_error(latents["optimized"][case], latents["baseline"][case]),
+            "velocity_rel_err": relative_error(velocity["optimized"][case], velocity["baseline"][case])}
     if bench.cuda:
         from tools.klein_speed import save_compile_cache
 
@@ -530,10 +649,13 @@ def main(argv: list[str] | None = None) -> int:
             results["levers_fp8"] = optimize(bench, cache_dir, fp8=True)
             measure_both(bench, results, "fp8")
             fp8_latents = {c: bench.call(c, output_type="latent") for c in ("t2i", "edit")}
+            with torch.no_grad():
+                fp8_velocity = {c: pipe.transformer(**inputs[c])[0].float() for c in inputs}
             for case in ("t2i", "edit"):
                 quality[f"fp8 vs bf16 optimized, {case}"] = {
                     **image_diff(results["fp8"][case]["image"], results["optimized"][case]["image"]),
-                    "latent_rel_err": relative_error(fp8_latents[case], latents["optimized"][case])}
+                    "latent_rel_err": relative_error(fp8_latents[case], latents["optimized"][case]),
+                    "velocity_rel_err": relative_error(fp8_velocity[case], velocity["optimized"][case])}
         guarded("fp8", fp8_phase)
 
     probe_file = Path(cache_dir) / "klein_compile_cache.bin"

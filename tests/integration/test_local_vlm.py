@@ -201,3 +201,26 @@ def test_works_through_chat_complete(tiny_vlm):
 
     assert isinstance(text, str) and text
     assert finish in ("stop", "length")
+
+
+def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_vlm, make_context,
+                                                                          runs_dir):
+    """--planner-backend transformers: the run's planner is the in-process model. A random-weight
+    model cannot write a plan, so the run fails with every raw reply saved, and resuming it with a
+    working planner endpoint finishes it."""
+    import json
+    from pathlib import Path
+
+    from graph.runner import resume_run, start_run
+
+    context = make_context(planner_backend="transformers", planner_model=tiny_vlm,
+                           vlm_max_tokens=8, vlm_retries=1, vlm_retry_backoff_s=0)
+    outcome = start_run("How do I fold a paper crane?", context, run_id="local-planner")
+    assert outcome.status == "failed"
+    assert "no usable plan in 2 tries" in str(outcome.error)
+    saved = list((Path(runs_dir) / "local-planner").glob("planner-failures-*.json"))
+    failures = json.loads(saved[0].read_text())
+    assert len(failures) == 2 and all(f["finish_reason"] == "length" for f in failures)
+
+    finished = resume_run("local-planner", runs_dir, overrides={"planner_backend": "openai", "vlm_max_tokens": 4096})
+    assert finished.status == "finished", repr(finished.error)
