@@ -22,6 +22,7 @@ from graph.builder import build_graph
 from graph.context import Context
 from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect, open_checkpointer
+from nodes.generator import check_generator_settings
 from nodes.guidance import request_segments
 from nodes.review import reviewed_plan
 from tools.chat import ChatModels
@@ -65,6 +66,7 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
     """
     images = [str(p) for p in images or []]
     request = validate_request(request, images)
+    check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
     run_id = run_id or new_run_id()
     if preflight:
         from graph.preflight import check_endpoints  # imports openai: only when asked for

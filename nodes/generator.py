@@ -77,6 +77,15 @@ def generation_settings(ctx: Context, spec: ModelSpec) -> dict:
             "guidance": spec.guidance if ctx.guidance_scale < 0 else ctx.guidance_scale}
 
 
+def check_generator_settings(ctx: Context) -> None:
+    """Refuse, before a run is created, a generator model we cannot run or settings it cannot serve
+    (offline and cheap: reads only the model's ``model_index.json`` or its known id)."""
+    spec = generator_models.model_spec(ctx.generator_model)
+    settings = generation_settings(ctx, spec)
+    generator_models.check_request(spec, width=settings["width"], height=settings["height"],
+                                   steps=settings["steps"], guidance=settings["guidance"])
+
+
 def generate(state: State, runtime: Runtime[Context]) -> dict:
     ctx = context_of(runtime)
     run_id = state["run_id"]

@@ -32,6 +32,10 @@ def cli(capsys, *args):
     return code, out, err
 
 
+ONE_PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAA"
+             "MBAQDJ/pLvAAAAAElFTkSuQmCC")
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "   "], "the request is empty"),
     (["run", REQUEST, "--image", "missing.png"], "does not exist"),
@@ -39,6 +43,11 @@ def cli(capsys, *args):
     (["run", REQUEST, "--run-id", "done", "--no-preflight",
       "--image", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"],
      "a run with id 'done' already exists"),
+    (["run", REQUEST, "--generator-model", "acme/unknown-model", "--no-preflight"],
+     "neither a local diffusers folder nor a known model id"),
+    (["run", REQUEST, "--num-inference-steps", "80", "--no-preflight"], "steps=80 is outside 1..50"),
+    (["run", "Just one <image> marker", "--no-preflight"] + ["--image", ONE_PIXEL] * 2,
+     "1 <image> marker(s) but 2 image(s)"),
 ])
 def test_bad_input_is_refused_and_stored_runs_are_untouched(capsys, runs_dir, finished_run, args, message, tmp_path):
     before = files_under(runs_dir)
