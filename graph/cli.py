@@ -17,17 +17,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from graph.context import Context, default_runs_dir
+from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 EXIT_AWAITING_REVIEW = 5
 EXIT_INTERRUPTED = 130
 _TYPES = {"str": str, "int": int, "float": float}
-# Settings that may be changed when resuming (where the models are, which device); the rest
-# stay as the run started, so a resumed run produces what the uninterrupted one would have.
-RESUME_OVERRIDES = ("planner_backend", "planner_base_url", "planner_model", "critic_backend",
-                    "critic_base_url", "critic_model", "generator_model", "device", "vlm_device",
-                    "vlm_timeout_s", "vlm_retries", "vlm_max_concurrency", "vlm_image_transport")
 
 
 def _flag(name: str) -> str:

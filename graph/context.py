@@ -16,6 +16,11 @@ ENV_PREFIX = "INTERLEAVE_"
 SECRET_FIELDS = ("planner_api_key", "critic_api_key")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 BACKENDS = ("openai", "transformers")
+# Settings that may be changed when resuming (where the models are, which device); the rest
+# stay as the run started, so a resumed run produces what the uninterrupted one would have.
+RESUME_OVERRIDES = ("planner_backend", "planner_base_url", "planner_model", "critic_backend",
+                    "critic_base_url", "critic_model", "generator_model", "device", "vlm_device",
+                    "vlm_timeout_s", "vlm_retries", "vlm_max_concurrency", "vlm_image_transport")
 
 
 def _env(name: str, default: Any) -> Any:
