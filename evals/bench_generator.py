@@ -86,6 +86,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true",
                    help="also compile variants with single levers off (attention kernel, fused q/k/v, VAE "
                         "layout) and time the transformer and VAE under each (~1-2 min more)")
+    p.add_argument("--trace", action="store_true",
+                   help="also profile one optimized transformer forward per case: GPU time by kernel family")
     p.add_argument("--kernels", action="store_true",
                    help="also time the raw kernels (each SDPA backend, bf16 and fp8 matmul) against the chip")
     p.add_argument("--no-kv", action="store_true", help="skip the informational Flux2KleinKVPipeline edit timing")
@@ -411,6 +413,38 @@ def run_kernels(bench: Bench) -> dict:
     return out
 
 
+def run_trace(bench: Bench, inputs: dict) -> dict:
+    """GPU kernel time of one transformer forward per case, by kernel family, plus the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch, out = bench.torch, {}
+    families = {"matmul": ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "f8f8"),
+                "attention": ("fmha", "flash", "attention", "sdpa", "cudnn"), "triton (fused elementwise)": ("triton",)}
+    for case in inputs:
+        with torch.no_grad():
+            bench.pipe.transformer(**inputs[case])
+            bench.sync()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                start = time.perf_counter()
+                bench.pipe.transformer(**inputs[case])
+                bench.sync()
+                wall_ms = (time.perf_counter() - start) * 1e3
+        events = [e for e in prof.key_averages()
+                  if getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) > 0]
+        def gpu_us(e):
+            return getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+        by_family: dict[str, float] = {}
+        for event in events:
+            name = event.key.lower()
+            family = next((f for f, keys in families.items() if any(k in name for k in keys)), "other")
+            by_family[family] = by_family.get(family, 0.0) + gpu_us(event) / 1e3
+        top = sorted(events, key=gpu_us, reverse=True)[:8]
+        out[case] = {"wall_ms_profiled": wall_ms, "gpu_kernel_ms": sum(by_family.values()),
+                     **{f"{family}_ms": ms for family, ms in sorted(by_family.items())},
+                     "top": [f"{gpu_us(e) / 1e3:.2f} ms x{e.count} {e.key[:90]}" for e in top]}
+    return out
+
+
 def run_kv(bench: Bench) -> dict:
     """Edit through Flux2KleinKVPipeline on the same components, then restore the processors."""
     from diffusers import Flux2KleinKVPipeline
@@ -505,11 +539,15 @@ def print_report(results: dict) -> None:
         for lever, r in results["study"].items():
             lines.append(f"  {lever:<44}" + "  ".join(f"{k}={_fmt(v) if not isinstance(v, str) else v}"
                                                    for k, v in r.items()))
-    for section in ("kernels", "ablation"):
+    for section in ("kernels", "ablation", "trace"):
         if results.get(section):
             lines += ["", f"{section}:"]
             for label, r in results[section].items():
-                text = "  ".join(f"{k}={_fmt(v, '.4g')}" for k, v in r.items()) if isinstance(r, dict) else r
+                if isinstance(r, dict):
+                    text = "  ".join(f"{k}={_fmt(v, '.4g')}" for k, v in r.items() if k != "top")
+                    text += "".join(f"\n      {row}" for row in r.get("top", []))
+                else:
+                    text = r
                 lines.append(f"  {label:<48}{text}")
     if "quality" in results:
         lines += ["", "output difference (same seed; PSNR None = identical)"]
@@ -624,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     save()
     latents["optimized"] = {c: bench.call(c, output_type="latent") for c in ("t2i", "edit")}
     results["profile"]["optimized"] = guarded("profile", lambda: bench.profile(inputs))
+    if bench.cuda and args.trace:
+        results["trace"] = guarded("trace", lambda: run_trace(bench, inputs))
     quality = results["quality"] = {}
     with torch.no_grad():
         embeds["optimized"] = pipe.encode_prompt(PROMPT, device=bench.device)[0]

@@ -1,0 +1,444 @@
+"""The judge: one scoring function for data scores, the RL step-wise reward and benchmarks (SPEC §5).
+
+Given a before-image (or None: judge from scratch), an after-image and the instruction, a chat
+model answers two questions in two calls (texts in ``evals.judge_prompts``):
+
+* semantic consistency ``SC = min(edit_success, over_editing)`` from [before, after] + instruction;
+* perceptual quality ``PQ = min(naturalness, artifacts)`` from the after-image alone;
+
+and ``overall = sqrt(SC * PQ)``, every score on 0-10 (``scores_from``).
+
+Why it is built this way:
+
+* Never a made-up score. A reply that cannot be read, or holds a score that is not a number in
+  [0, 10], is retried (re-sampled) up to ``retries`` times and then recorded as a failure with a
+  ``reason`` code and a message; the scores of that half stay None, and ``overall`` is None unless
+  both halves were judged. An unreachable endpoint is a failure with reason ``endpoint``, not an
+  exception, so one bad request does not end a batch of thousands.
+* Asked once. Every judgment, failed ones too, is stored in SQLite (``evals.judge_cache``) under
+  (before sha256 or ``blank:WxH``, after sha256, instruction, judge model, prompt version).
+  A stored failure is served as it is unless ``retry_failed=True``; then only its failed half is
+  asked again. A failure of reason ``endpoint`` or ``image`` says nothing about the images and is
+  always asked again.
+* Bounded. At most ``max_concurrency`` requests are in flight per ``Judge``, however many threads
+  call it; ``judge_many`` runs a batch on that many threads and asks identical items once.
+
+A before-image that is a stored white canvas (the critic's step-1 source) counts as "no source
+image", exactly like None.
+
+Reason codes of a failure: those of ``tools.parsing.REASONS`` (``no_answer``, ``truncated``,
+``syntax``, ``schema``, ...) for a reply that was unusable, plus ``endpoint`` (the model could not
+answer) and ``image`` (a stored image is missing or altered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from evals.judge_cache import JudgeCache, cache_key
+from evals.judge_prompts import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, quality_prompt, semantic_prompt
+from graph.state import ImageRef
+from tools.chat import complete, text_part
+from tools.image_store import ImageStore, blank_canvas_png
+from tools.parsing import ReplyParseError, read_answer
+from tools.vlm_images import TRANSPORTS, MessageImages
+
+logger = logging.getLogger(__name__)
+
+# Reasons that say nothing about the images: a stored failure with one of them is asked again.
+TRANSIENT_REASONS = frozenset({"endpoint", "image"})
+RETRY_TEMPERATURE = 0.7  # a retry re-samples; at temperature 0 it would return the same reply
+KEEP_REPLY_CHARS = 20_000  # of each raw reply stored in the cache
+_NUMBER = re.compile(r"\s*\d+(\.\d+)?\s*")
+
+Item = tuple[ImageRef | None, ImageRef, str]
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def scores_from(sc_pair: Sequence[float] | None,
+                pq_pair: Sequence[float] | None) -> tuple[float | None, float | None, float | None]:
+    """(SC, PQ, overall) from [edit_success, over_editing] and [naturalness, artifacts].
+
+    A missing pair gives None for its score and for the overall; nothing is filled in.
+
+    >>> scores_from((8, 6), (9, 4))
+    (6.0, 4.0, 4.898979485566356)
+    >>> scores_from((8, 6), None)
+    (6.0, None, None)
+    >>> scores_from((11, 6), (9, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: judge scores must be two numbers in [0, 10], got (11, 6)
+    """
+    def least(pair: Sequence[float] | None) -> float | None:
+        if pair is None:
+            return None
+        if (len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not 0 <= v <= 10 for v in pair)):
+            raise ValueError(f"judge scores must be two numbers in [0, 10], got {pair!r}")
+        return float(min(pair))
+
+    sc, pq = least(sc_pair), least(pq_pair)
+    overall = math.sqrt(sc * pq) if sc is not None and pq is not None else None
+    return sc, pq, overall
+
+
+def _score(value: Any, name: str, text: str) -> float:
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ReplyParseError(f"score {name} must be a number from 0 to 10, got {value!r:.40}",
+                              text, "schema")
+    if not 0 <= value <= 10:
+        raise ReplyParseError(f"score {name} is {value}, outside 0-10", text, "schema")
+    return float(value)
+
+
+def parse_scores(text: str) -> tuple[tuple[float, float], str]:
+    """Read a judge reply: ((first score, second score), reasoning). Raises ``ReplyParseError``
+    with a reason code for an unusable reply; a score is never guessed.
+
+    The answer object holds ``"scores"`` (VIEScore's ``"score"`` is read too): a list of two
+    numbers in [0, 10]; a number written as a digit string ("7", "7.5") counts. The reasoning is
+    the object's ``"reasoning"`` text, else the prose before the answer.
+
+    >>> parse_scores('Sharp and clean. <answer>{"scores": [9, "7"], "reasoning": "ok"}</answer>')
+    ((9.0, 7.0), 'ok')
+    >>> parse_scores("<answer>{'scores': [9, 11]}</answer>")
+    Traceback (most recent call last):
+    ...
+    tools.parsing.ReplyParseError: score 2 is 11, outside 0-10
+    """
+    prose, answer = read_answer(text, "scores")
+    values = answer.get("scores", answer.get("score"))
+    if not isinstance(values, (list, tuple)) or len(values) != 2:
+        raise ReplyParseError(f"the answer must hold \"scores\": a list of two numbers, got "
+                              f"{values!r:.60}", text, "schema")
+    pair = (_score(values[0], "1", text), _score(values[1], "2", text))
+    reasoning = answer.get("reasoning")
+    if not isinstance(reasoning, str) or not reasoning.strip():
+        reasoning = prose
+    return pair, reasoning.strip()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """One judged (before, after, instruction). Scores are 0-10 floats, or None when not judged.
+
+    ``error`` is None for a complete judgment; otherwise it says what failed and ``reason`` is a
+    short code (see the module docstring). A half that was judged keeps its scores even when the
+    other half failed; ``overall`` needs both.
+    """
+
+    sc: float | None
+    pq: float | None
+    overall: float | None
+    edit_success: float | None
+    over_editing: float | None
+    naturalness: float | None
+    artifacts: float | None
+    reasoning_sc: str
+    reasoning_pq: str
+    error: str | None
+    reason: str | None
+    cached: bool
+    judge_model: str
+    prompt_version: str
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Half:
+    """One of the two calls: its two scores, or why there are none. Stored in the cache as JSON."""
+
+    scores: list[float] | None = None
+    reasoning: str = ""
+    replies: list[str] = field(default_factory=list)
+    error: str | None = None
+    reason: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.scores is None
+
+    @classmethod
+    def stored(cls, data: dict[str, Any] | None) -> _Half | None:
+        """A half read back from the cache (fields this version does not know are ignored)."""
+        if not data:
+            return None
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def failure(cls, reason: str, error: str, replies: list[str] | None = None) -> _Half:
+        return cls(error=error, reason=reason, replies=replies or [])
+
+
+def _judgment(semantic: _Half, quality: _Half, *, cached: bool, model_name: str,
+              version: str) -> Judgment:
+    sc, pq, overall = scores_from(semantic.scores, quality.scores)
+    failed = [(name, half) for name, half in (("semantic consistency", semantic),
+                                              ("perceptual quality", quality)) if half.failed]
+    return Judgment(
+        sc=sc, pq=pq, overall=overall,
+        edit_success=semantic.scores[0] if semantic.scores else None,
+        over_editing=semantic.scores[1] if semantic.scores else None,
+        naturalness=quality.scores[0] if quality.scores else None,
+        artifacts=quality.scores[1] if quality.scores else None,
+        reasoning_sc=semantic.reasoning, reasoning_pq=quality.reasoning,
+        error="; ".join(f"{name}: [{half.reason}] {half.error}" for name, half in failed) or None,
+        reason=failed[0][1].reason if failed else None,
+        cached=cached, judge_model=model_name, prompt_version=version)
+
+
+# --------------------------------------------------------------------------- the judge
+
+
+def _check_ref(ref: Any, what: str) -> None:
+    keys = ("path", "sha256", "width", "height")
+    if not isinstance(ref, dict) or any(k not in ref for k in keys):
+        raise ValueError(f"{what} must be an ImageRef {{path, sha256, width, height}} from "
+                         f"ImageStore.put, got {ref!r:.80}")
+
+
+def _is_blank(ref: ImageRef) -> bool:
+    """Whether a stored image is the white canvas of its size (the store writes identical bytes)."""
+    return ref["sha256"] == _blank_sha256(ref["width"], ref["height"])
+
+
+def _blank_sha256(width: int, height: int) -> str:
+    return hashlib.sha256(blank_canvas_png(width, height)).hexdigest()
+
+
+class Judge:
+    """Scores (before, after, instruction) with a chat model; see the module docstring.
+
+    ``model`` is any LangChain chat model that takes OpenAI-style image parts (``ChatOpenAI``,
+    ``tools.local_vlm.TransformersChatModel``, ...); ``model_name`` names it in the cache key and
+    in every result, so give each judge (and each fine-tuned version of one) its own name.
+    ``store_root`` is the image store the ``ImageRef``s point into; ``cache_path`` the SQLite file.
+    ``retries`` is how many times an unusable reply is asked again (per half).
+    """
+
+    def __init__(self, model: BaseChatModel, *, model_name: str, store_root: str | Path,
+                 cache_path: str | Path, max_concurrency: int = 8, retries: int = 2,
+                 image_max_pixels: int = 1024 * 1024, image_transport: str = "data",
+                 prompt_version: str = JUDGE_PROMPT_VERSION) -> None:
+        if not isinstance(model, BaseChatModel):
+            raise TypeError(f"the judge model must be a LangChain chat model (BaseChatModel), got "
+                            f"{type(model).__name__}; judge_from_settings builds one for an endpoint")
+        if not isinstance(model_name, str) or not model_name.strip():
+            raise ValueError("model_name must name the judge model (it is part of the cache key)")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency={max_concurrency} must be at least 1")
+        if retries < 0:
+            raise ValueError(f"retries={retries} must be 0 or more")
+        if image_transport not in TRANSPORTS:
+            raise ValueError(f"image_transport={image_transport!r} must be one of "
+                             f"{', '.join(TRANSPORTS)}")
+        self.model = model
+        self.model_name = model_name
+        self.prompt_version = prompt_version
+        self.store = ImageStore(store_root)
+        self.cache = JudgeCache(cache_path)
+        self.max_concurrency = max_concurrency
+        self.retries = retries
+        self.image_max_pixels = image_max_pixels
+        self.image_transport = image_transport
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        # Re-sampling at a higher temperature is possible for the models whose calls take one.
+        self._resample = type(model).__name__ in ("ChatOpenAI", "TransformersChatModel")
+
+    # -- public
+
+    def judge(self, before: ImageRef | None, after: ImageRef, instruction: str, *,
+              retry_failed: bool = False) -> Judgment:
+        """Judge one edit (``before`` None: a generation from scratch). Never raises for a failed
+        judgment; raises ``ValueError`` for inputs that are not images or instructions."""
+        self._check(before, after, instruction, "")
+        return self._judge(before, after, instruction.strip(), retry_failed)
+
+    def judge_many(self, items: Sequence[Item], *, retry_failed: bool = False,
+                   on_done: Callable[[int, int], None] | None = None) -> list[Judgment]:
+        """Judge ``(before, after, instruction)`` items, at most ``max_concurrency`` requests at
+        once; results in the order of ``items``. Every item is checked before any request is
+        sent. ``on_done(done, total)`` is called on the calling thread after each item."""
+        for index, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise ValueError(f"item {index} must be (before, after, instruction), got "
+                                 f"{item!r:.80}")
+            self._check(*item, f"item {index}: ")
+        total = len(items)
+        results: list[Judgment | None] = [None] * total
+        groups: dict[str, list[int]] = {}  # identical items are asked once
+        for index, (before, after, instruction) in enumerate(items):
+            groups.setdefault(self._key(before, after, instruction.strip())[0], []).append(index)
+        done = 0
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(groups))),
+                                thread_name_prefix="judge") as pool:
+            futures = {}
+            for indices in groups.values():
+                before, after, instruction = items[indices[0]]
+                futures[pool.submit(self._judge, before, after, instruction.strip(),
+                                    retry_failed)] = indices
+            for future in as_completed(futures):
+                judgment = future.result()
+                for position, index in enumerate(futures[future]):
+                    # The copies of an item were answered by its first occurrence's request.
+                    copy = judgment if position == 0 else _as_cached(judgment)
+                    results[index] = copy
+                    done += 1
+                    if on_done is not None:
+                        on_done(done, total)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def __enter__(self) -> Judge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- steps
+
+    @staticmethod
+    def _check(before: Any, after: Any, instruction: Any, where: str) -> None:
+        _check_ref(after, f"{where}the after-image")
+        if before is not None:
+            _check_ref(before, f"{where}the before-image (None to judge from scratch)")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"{where}the instruction must be non-empty text, got {instruction!r:.60}")
+
+    def _key(self, before: ImageRef | None, after: ImageRef, instruction: str) -> tuple[str, str, bool]:
+        """(cache key, the before-image's id in it, whether the judgment is from scratch)."""
+        if before is None:
+            before_id, scratch = f"blank:{after['width']}x{after['height']}", True
+        elif _is_blank(before):
+            before_id, scratch = f"blank:{before['width']}x{before['height']}", True
+        else:
+            before_id, scratch = before["sha256"], False
+        key = cache_key(before_id, after["sha256"], instruction, self.model_name, self.prompt_version)
+        return key, before_id, scratch
+
+    def _judge(self, before: ImageRef | None, after: ImageRef, instruction: str,
+               retry_failed: bool) -> Judgment:
+        """1. look the judgment up; 2. ask for the halves still missing; 3. store and return it."""
+        key, before_id, scratch = self._key(before, after, instruction)
+        row = self.cache.get(key)
+        semantic = _Half.stored(row["semantic"]) if row else None
+        quality = _Half.stored(row["quality"]) if row else None
+
+        def missing(half: _Half | None) -> bool:
+            return half is None or (half.failed and (retry_failed
+                                                     or half.reason in TRANSIENT_REASONS))
+
+        if not missing(semantic) and not missing(quality):
+            return _judgment(semantic, quality, cached=True, model_name=self.model_name,
+                             version=self.prompt_version)
+        if missing(semantic):
+            semantic = self._semantic(before, after, instruction, scratch)
+        if missing(quality):
+            quality = (_Half.failure("endpoint", f"not asked: {semantic.error}")
+                       if semantic.reason == "endpoint" else self._quality(after))
+        judgment = _judgment(semantic, quality, cached=False, model_name=self.model_name,
+                             version=self.prompt_version)
+        self.cache.put(key, before=before_id, after=after["sha256"], instruction=instruction,
+                       judge_model=self.model_name, prompt_version=self.prompt_version,
+                       semantic=asdict(semantic), quality=asdict(quality),
+                       overall=judgment.overall, error=judgment.error)
+        if judgment.error:
+            logger.info("judgment of %s failed: %s", after["path"], judgment.error)
+        return judgment
+
+    def _images(self, count: int) -> MessageImages:
+        return MessageImages(self.store, transport=self.image_transport,
+                             max_pixels=self.image_max_pixels, image_count=count)
+
+    def _semantic(self, before: ImageRef | None, after: ImageRef, instruction: str,
+                  scratch: bool) -> _Half:
+        images = self._images(2)
+        try:
+            first = (images.blank(after["width"], after["height"]) if before is None
+                     else images.part(before))
+            second = images.part(after)
+        except (OSError, ValueError) as exc:
+            return _Half.failure("image", f"{exc}")
+        text = semantic_prompt(instruction, from_scratch=scratch)
+        return self._ask([first, second, text_part(text)])
+
+    def _quality(self, after: ImageRef) -> _Half:
+        try:
+            image = self._images(1).part(after)
+        except (OSError, ValueError) as exc:
+            return _Half.failure("image", f"{exc}")
+        return self._ask([image, text_part(quality_prompt())])
+
+    def _ask(self, content: list[dict[str, Any]]) -> _Half:
+        """Ask until a reply parses, at most ``1 + retries`` times; keep every raw reply."""
+        messages = [SystemMessage(JUDGE_SYSTEM), HumanMessage(content=content)]
+        replies: list[str] = []
+        last: ReplyParseError | None = None
+        finish = None
+        for attempt in range(self.retries + 1):
+            call = {"temperature": RETRY_TEMPERATURE} if attempt and self._resample else {}
+            try:
+                with self._slots:
+                    reply, finish = complete(self.model, messages, "judge", **call)
+            except Exception as exc:  # an EndpointError, or anything a passed-in model raises
+                return _Half.failure("endpoint", f"{exc}", replies)
+            replies.append(reply[:KEEP_REPLY_CHARS])
+            try:
+                pair, reasoning = parse_scores(reply)
+            except ReplyParseError as exc:
+                last = exc
+                continue
+            return _Half(scores=list(pair), reasoning=reasoning, replies=replies)
+        assert last is not None
+        cut = " (the reply hit the token limit: raise max_tokens)" if finish == "length" else ""
+        return _Half.failure(last.reason, f"{last}{cut} after {len(replies)} replies", replies)
+
+
+def _as_cached(judgment: Judgment) -> Judgment:
+    return Judgment(**{**asdict(judgment), "cached": True})
+
+
+def judge_from_settings(base_url: str, api_key: str, model: str, *, store_root: str | Path,
+                        cache_path: str | Path, max_concurrency: int = 8, retries: int = 2,
+                        max_tokens: int = 2048, temperature: float = 0.0, timeout_s: float = 120.0,
+                        http_retries: int = 2, image_max_pixels: int = 1024 * 1024,
+                        image_transport: str = "data") -> Judge:
+    """A ``Judge`` on an OpenAI-compatible endpoint (vLLM, or a hosted API) serving ``model``.
+
+    ``retries`` re-asks an unusable reply; ``http_retries`` is the client's own retry of
+    connection errors, 429s and 5xx answers (with backoff); ``timeout_s`` bounds each request.
+    """
+    from tools.chat import openai_model
+
+    chat = openai_model(base_url, api_key, model, max_tokens, temperature, timeout_s, http_retries)
+    return Judge(chat, model_name=model, store_root=store_root, cache_path=cache_path,
+                 max_concurrency=max_concurrency, retries=retries,
+                 image_max_pixels=image_max_pixels, image_transport=image_transport)

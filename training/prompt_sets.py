@@ -1,0 +1,838 @@
+"""Prompt sets: the user requests that teacher trajectories are generated from.
+
+Why this module exists: the planner and critic only learn what the training requests ask for,
+so the requests must cover many kinds of interleaved tasks evenly and must not repeat one
+another. A taxonomy (``training/taxonomy.yaml``: domains -> subcategories) fixes the coverage; a
+teacher chat model writes N requests per subcategory; duplicates are removed; the result is a
+JSONL file that ``datagen run`` reads back through ``read_prompt_file``.
+
+Rules a user can rely on (the CLI's ``--help`` repeats them):
+
+* Teacher replies are parsed leniently (a JSON object ``{"requests": [...]}``, a bare JSON or
+  Python list, a fenced block, or as a last resort a numbered/bulleted list). A reply that still
+  does not parse is asked again, at most ``attempts`` times with a different seed; a subcategory
+  whose replies never parse is reported by id (logged, counted, exit code 1) and gets no rows.
+* De-duplication runs over the whole file, earlier rows first, in taxonomy order: a request is
+  dropped as an *exact* duplicate when it equals a kept one after normalising case, Unicode,
+  punctuation and whitespace, and as a *near* duplicate when the Jaccard similarity of their
+  word-bigram sets is at least ``near_threshold`` (default 0.8: a one-word change in a 20-word
+  request is a near duplicate, a one-word change in a 7-word request is not). Counts are reported.
+* The output is rewritten atomically (temporary file + rename) after every subcategory, so an
+  interrupted run leaves a valid file. A subcategory counts as complete once the file holds a
+  row for it (its rows are written together, only after its reply parsed); re-running with the
+  same ``--out`` asks only for the others and keeps the existing lines byte for byte. To ask for
+  more requests in a complete subcategory, write to another file.
+* ``read_prompt_file`` never drops a line silently: every unusable line comes back as a
+  ``PromptProblem`` with its line number and id, and is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import unicodedata
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+from tools.chat import EndpointError
+from tools.parsing import ReplyParseError, parse_mapping, split_reply
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
+NEAR_THRESHOLD = 0.8
+IMAGE_MARKER = "<image>"
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
+
+_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_LINE = object()  # key under which the YAML loader records the line of each mapping
+
+
+# --------------------------------------------------------------------------- taxonomy
+
+
+@dataclass(frozen=True)
+class Subcategory:
+    """One leaf of the taxonomy, with its domain's name and description copied in."""
+
+    id: str
+    name: str
+    description: str
+    domain: str
+    domain_name: str
+    domain_description: str
+    examples: tuple[str, ...] = ()
+    needs_images: bool = False
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Loader, node: Any) -> dict:
+        value = loader.construct_mapping(node, deep=True)
+        value[_LINE] = node.start_mark.line + 1
+        return value
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _check_entry(entry: Any, where: str, required: dict[str, type], optional: dict[str, type],
+                 errors: list[str]) -> bool:
+    """Append a message per problem of one mapping; True when it can be read further."""
+    if not isinstance(entry, dict):
+        errors.append(f"{where}: expected a mapping with keys {sorted(required)}, "
+                      f"got {type(entry).__name__}")
+        return False
+    where = f"line {entry[_LINE]} ({where})"
+    ok = True
+    for key, kind in {**required, **optional}.items():
+        if key not in entry:
+            if key in required:
+                errors.append(f"{where}: missing '{key}'; add it")
+                ok = False
+            continue
+        value = entry[key]
+        if not isinstance(value, kind) or (kind is str and not value.strip()):
+            errors.append(f"{where}: '{key}' must be a non-empty {kind.__name__}, "
+                          f"got {value!r}")
+            ok = False
+    unknown = sorted(str(k) for k in entry if k is not _LINE and k not in required
+                     and k not in optional)
+    if unknown:
+        errors.append(f"{where}: unknown key(s) {unknown}; allowed: "
+                      f"{sorted([*required, *optional])}")
+    if ok and "id" in required and not _SLUG.match(entry["id"]):
+        errors.append(f"{where}: id {entry['id']!r} is not a slug; use lower-case letters, "
+                      f"digits and single hyphens, e.g. 'paper-crafts'")
+    return ok
+
+
+def load_taxonomy(path: str | os.PathLike) -> list[Subcategory]:
+    """Read and check a taxonomy file (YAML; JSON is YAML too). Raises ``ValueError`` listing
+    every problem with its line and the fix; see ``training/taxonomy.yaml`` for the shape."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        data = _yaml(raw.decode("utf-8"))
+    except Exception as exc:  # yaml.YAMLError or UnicodeDecodeError; both name the position
+        raise ValueError(f"{path}: not a readable YAML file: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("domains"), list) \
+            or not data["domains"]:
+        raise ValueError(f"{path}: expected a top-level 'domains:' list with at least one "
+                         f"domain (see training/taxonomy.yaml)")
+    errors: list[str] = []
+    seen_domains: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    found: list[Subcategory] = []
+    for d, domain in enumerate(data["domains"]):
+        where = f"domains[{d}]"
+        if not _check_entry(domain, where, {"id": str, "name": str, "description": str,
+                                            "subcategories": list}, {}, errors):
+            continue
+        if domain["id"] in seen_domains:
+            errors.append(f"line {domain[_LINE]} ({where}): domain id {domain['id']!r} is also "
+                          f"used at line {seen_domains[domain['id']]}; rename one")
+        seen_domains.setdefault(domain["id"], domain[_LINE])
+        if not domain["subcategories"]:
+            errors.append(f"line {domain[_LINE]} ({where}): 'subcategories' is empty; add one")
+        for s, sub in enumerate(domain["subcategories"]):
+            here = f"{where}.subcategories[{s}]"
+            if not _check_entry(sub, here, {"id": str, "name": str, "description": str},
+                                {"examples": list, "needs_images": bool}, errors):
+                continue
+            examples = sub.get("examples", [])
+            if any(not isinstance(e, str) or not e.strip() for e in examples):
+                errors.append(f"line {sub[_LINE]} ({here}): every example must be a "
+                              f"non-empty string")
+            if sub["id"] in seen:
+                errors.append(f"line {sub[_LINE]} ({here}): subcategory id {sub['id']!r} is "
+                              f"also used at line {seen[sub['id']]}; ids must be unique across "
+                              f"the file (row ids derive from them), rename one")
+                continue
+            seen[sub["id"]] = sub[_LINE]
+            found.append(Subcategory(
+                id=sub["id"], name=sub["name"].strip(), description=sub["description"].strip(),
+                domain=domain["id"], domain_name=domain["name"].strip(),
+                domain_description=domain["description"].strip(),
+                examples=tuple(e.strip() for e in examples if isinstance(e, str)),
+                needs_images=sub.get("needs_images", False)))
+    if errors:
+        raise ValueError(f"{path}: {len(errors)} problem(s) in the taxonomy:\n  "
+                         + "\n  ".join(errors))
+    return found
+
+
+# --------------------------------------------------------------------------- de-duplication
+
+_PUNCT = re.compile(r"[^\w\s]|_")
+
+
+def normalise(text: str) -> str:
+    """The form exact duplicates are compared in: NFKC, case-folded, punctuation removed,
+    whitespace collapsed.
+
+    >>> normalise("  Fold a Paper-Crane,  please! ")
+    'fold a paper crane please'
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_PUNCT.sub(" ", text).split())
+
+
+def shingles(normalised: str, size: int = 2) -> frozenset[str]:
+    """Word ``size``-grams of a normalised text (the whole text when it is shorter)."""
+    words = normalised.split()
+    if len(words) <= size:
+        return frozenset([" ".join(words)]) if words else frozenset()
+    return frozenset(" ".join(words[i:i + size]) for i in range(len(words) - size + 1))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    common = len(a & b)
+    return common / (len(a) + len(b) - common)
+
+
+class Deduplicator:
+    """Remembers kept texts and says whether a new one repeats one of them.
+
+    Near duplicates are found with prefix filtering: two sets with Jaccard >= t must share a
+    token within the first ``n - ceil(t*n) + 1`` tokens of each (one fixed token order), so only
+    texts sharing such a token are compared exactly. Same answers as comparing all pairs.
+
+    >>> d = Deduplicator()
+    >>> d.add("Show how to fold a paper crane."), d.add("show how to fold a paper crane")
+    (None, 'exact')
+    """
+
+    def __init__(self, threshold: float = NEAR_THRESHOLD) -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self._exact: set[str] = set()
+        self._sets: list[frozenset[str]] = []
+        self._index: dict[str, list[int]] = {}
+
+    def _prefix(self, tokens: frozenset[str]) -> list[str]:
+        ordered = sorted(tokens, key=lambda t: (zlib.crc32(t.encode()), t))
+        return ordered[:len(ordered) - math.ceil(self.threshold * len(ordered) - 1e-9) + 1]
+
+    def classify(self, text: str) -> str | None:
+        """``"exact"``, ``"near"`` or None (new), without remembering ``text``."""
+        key = normalise(text)
+        if key in self._exact:
+            return "exact"
+        tokens = shingles(key)
+        candidates = {i for t in self._prefix(tokens) for i in self._index.get(t, ())}
+        if any(jaccard(tokens, self._sets[i]) >= self.threshold - 1e-12 for i in candidates):
+            return "near"
+        return None
+
+    def add(self, text: str) -> str | None:
+        """Remember ``text`` unless it is a duplicate; return why it was refused, else None."""
+        reason = self.classify(text)
+        if reason is None:
+            key = normalise(text)
+            tokens = shingles(key)
+            self._exact.add(key)
+            self._sets.append(tokens)
+            for token in self._prefix(tokens):
+                self._index.setdefault(token, []).append(len(self._sets) - 1)
+        return reason
+
+
+def dedupe(texts: Iterable[str], threshold: float = NEAR_THRESHOLD
+           ) -> tuple[list[str], dict[str, int]]:
+    """Keep the first of each group of duplicates; return (kept, {"exact": n, "near": n})."""
+    seen, kept, dropped = Deduplicator(threshold), [], {"exact": 0, "near": 0}
+    for text in texts:
+        reason = seen.add(text)
+        if reason is None:
+            kept.append(text)
+        else:
+            dropped[reason] += 1
+    return kept, dropped
+
+
+# --------------------------------------------------------------------------- the teacher
+
+SYSTEM_PROMPT = (
+    "You invent realistic requests that people send to an assistant which answers with an "
+    "interleaved sequence of pictures and text: a series of steps, stages or scenes, each shown "
+    "as an image with a short text. The requests are used to test and train that assistant, so "
+    "they must be varied, concrete, and answerable with a sequence of pictures.")
+
+_RULES = (
+    "- Each request is what a user would actually type: one to three sentences, self-contained, "
+    "in English.",
+    "- Each one asks for something best answered as a sequence of pictures with text (steps, "
+    "stages, scenes or states over time).",
+    "- Vary subjects, settings, visual styles, length and tone. Some requests state how many "
+    "steps they want; others leave it open.",
+    "- No two requests may ask for the same thing in different words.",
+    "- Write only the requests: no numbering, titles or comments.",
+)
+_IMAGE_RULE = (
+    f"- The user has attached pictures to each request. Put the marker {IMAGE_MARKER} in the "
+    "text exactly where each picture goes and say in words what the pictures show.")
+
+
+def teacher_messages(sub: Subcategory, count: int) -> list[BaseMessage]:
+    """The messages that ask the teacher for ``count`` requests of one subcategory."""
+    lines = [f"Write {count} different requests for the category below.", "",
+             f"Domain: {sub.domain_name} - {sub.domain_description}",
+             f"Category: {sub.name} - {sub.description}"]
+    if sub.examples:
+        lines += ["Examples of the kind of request wanted (for style only; do not copy or "
+                  "reword them):", *(f"- {e}" for e in sub.examples)]
+    lines += ["", "Rules:", *_RULES, *([_IMAGE_RULE] if sub.needs_images else []), "",
+              "Reply with only a JSON object of this form:",
+              '{"requests": ["first request", "second request"]}']
+    return [SystemMessage(SYSTEM_PROMPT), HumanMessage("\n".join(lines))]
+
+
+_LIST_LINE = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•])\s+(.+?)\s*$")
+_NUMBERING = re.compile(r"^\s*\d{1,3}[.)]\s+")
+_QUOTES = "\"'“”‘’"
+
+
+def _array(text: str) -> list | None:
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end < start:
+        return None
+    body = text[start:end + 1]
+    try:
+        value = json.loads(body, strict=False)
+    except ValueError:
+        try:
+            value = ast.literal_eval(body) if len(body) <= 200_000 else None
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            value = None
+    return value if isinstance(value, list) else None
+
+
+def _json_items(body: str) -> list | None:
+    brace, bracket = body.find("{"), body.find("[")
+    if bracket >= 0 and (brace < 0 or bracket < brace):  # a bare list comes first
+        items = _array(body)
+        if items is not None:
+            return items
+    if brace >= 0:
+        try:
+            mapping = parse_mapping(body)
+        except ReplyParseError:
+            mapping = {}
+        if isinstance(mapping.get("requests"), list):
+            return mapping["requests"]
+        lists = [v for v in mapping.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            return lists[0]
+    return _array(body) if bracket >= 0 else None
+
+
+def _clean(text: str) -> str:
+    text = _NUMBERING.sub("", " ".join(text.split()))
+    if len(text) > 1 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    return text
+
+
+def parse_requests(reply: str) -> tuple[list[str], int]:
+    """(requests, number of unusable list items) from a teacher reply; raises
+    ``ReplyParseError`` when the reply holds no list of requests.
+
+    >>> parse_requests('```json\\n{"requests": ["Draw a frog\\'s life cycle.", 3]}\\n```')
+    (["Draw a frog's life cycle."], 1)
+    """
+    if not isinstance(reply, str):
+        raise ReplyParseError(f"the reply is a {type(reply).__name__}", reply, "not_text")
+    _, body = split_reply(reply)
+    items = _json_items(body)
+    if items is None:
+        lines = [m.group(1) for m in map(_LIST_LINE.match, body.splitlines()) if m]
+        items = lines if len(lines) >= 2 else None
+    if items is None:
+        raise ReplyParseError("no JSON list of requests (and no numbered list) in the reply",
+                              reply, "no_answer")
+    texts, invalid = [], 0
+    for item in items:
+        if isinstance(item, dict):  # [{"request": "..."}] is a common variant
+            item = item.get("request", item.get("text"))
+        text = _clean(item) if isinstance(item, str) else ""
+        if normalise(text):
+            texts.append(text)
+        else:
+            invalid += 1
+    if not texts:
+        raise ReplyParseError(f"the reply's list has no usable request ({len(items)} items)",
+                              reply, "schema")
+    return texts, invalid
+
+
+def _seed(base: int, sub_id: str, attempt: int) -> int:
+    """A per-subcategory seed that does not change when other subcategories are added."""
+    return (base * 1_000_003 + zlib.crc32(sub_id.encode()) + attempt) % 2**31
+
+
+def _invoke(model: BaseChatModel, messages: list[BaseMessage], **call: Any
+            ) -> tuple[str, str | None]:
+    try:
+        reply = model.invoke(messages, **call)
+    except Exception as exc:  # connection, HTTP status, or anything a passed-in model raises
+        where = getattr(model, "openai_api_base", None) or type(model).__name__
+        name = getattr(model, "model_name", None)
+        raise EndpointError(
+            f"the teacher model at {where}{f' ({name!r})' if name else ''} failed: "
+            f"{type(exc).__name__}: {exc}. Check --teacher-base-url and --teacher-model; "
+            f"finished subcategories are saved and running the same command again continues."
+        ) from exc
+    content = reply.content
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content), reply.response_metadata.get("finish_reason")
+
+
+@dataclass
+class _Asked:
+    texts: list[str] | None
+    invalid: int
+    attempts: int
+    failures: list[str]
+
+
+def _ask(model: BaseChatModel, sub: Subcategory, count: int, seed: int,
+         attempts: int) -> _Asked:
+    messages = teacher_messages(sub, count)
+    seeded = hasattr(model, "openai_api_base")  # OpenAI-compatible servers take a seed
+    failures: list[str] = []
+    for attempt in range(attempts):
+        call = {"seed": _seed(seed, sub.id, attempt)} if seeded else {}
+        reply, finish = _invoke(model, messages, **call)
+        try:
+            texts, invalid = parse_requests(reply)
+        except ReplyParseError as exc:
+            hint = " (cut off at the token limit: raise --max-tokens)" if finish == "length" else ""
+            failures.append(f"attempt {attempt + 1}: {exc}{hint}; reply starts {reply[:120]!r}")
+            logger.info("teacher reply for %s did not parse: %s", sub.id, failures[-1])
+            continue
+        return _Asked(texts, invalid, attempt + 1, failures)
+    return _Asked(None, 0, attempts, failures)
+
+
+@dataclass
+class SubcategoryResult:
+    """What one subcategory gave; passed to ``on_progress`` in taxonomy order."""
+
+    subcategory: Subcategory
+    index: int
+    total: int
+    rows: list[dict] = field(default_factory=list)
+    parsed: bool = False
+    attempts: int = 0
+    received: int = 0        # usable requests in the reply, at most the number asked for
+    invalid: int = 0         # list items that were not request text
+    dropped_exact: int = 0
+    dropped_near: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return not self.parsed
+
+
+def _rows(sub: Subcategory, asked: _Asked, count: int, seen: Deduplicator, used: set[str],
+          result: SubcategoryResult) -> None:
+    texts = (asked.texts or [])[:count]
+    result.received, result.invalid = len(texts), asked.invalid
+    number = 0
+    for text in texts:
+        reason = seen.add(text)
+        if reason == "exact":
+            result.dropped_exact += 1
+        elif reason == "near":
+            result.dropped_near += 1
+        if reason is not None:
+            continue
+        number += 1
+        while f"{sub.id}-{number:04d}" in used:
+            number += 1
+        used.add(f"{sub.id}-{number:04d}")
+        result.rows.append({"id": f"{sub.id}-{number:04d}", "request": text, "images": [],
+                            "needs_images": sub.needs_images, "domain": sub.domain,
+                            "subcategory": sub.id})
+
+
+def generate_prompts(taxonomy: Sequence[Subcategory], model: BaseChatModel, *,
+                     per_subcategory: int, seed: int = 0, max_concurrency: int = 4,
+                     on_progress: Callable[[SubcategoryResult], None] | None = None,
+                     existing: Sequence[dict] = (), near_threshold: float = NEAR_THRESHOLD,
+                     attempts: int = 3) -> list[dict]:
+    """Ask ``model`` for ``per_subcategory`` requests per subcategory and return the new,
+    de-duplicated rows (``existing`` rows count for de-duplication and ids but are not returned).
+
+    Up to ``max_concurrency`` subcategories are asked at once; results are de-duplicated and
+    handed to ``on_progress`` in taxonomy order, so the output does not depend on timing. A
+    subcategory whose replies never parse is logged and reported (``result.failed``), and the
+    others go on. ``EndpointError`` (teacher unreachable or refusing) stops everything.
+    """
+    for name, value, low in (("per_subcategory", per_subcategory, 1),
+                             ("max_concurrency", max_concurrency, 1), ("attempts", attempts, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    seen = Deduplicator(near_threshold)
+    for row in existing:
+        seen.add(row["request"])
+    used = {str(row["id"]) for row in existing}
+    rows: list[dict] = []
+    stopped: list[EndpointError] = []
+
+    def ask(sub: Subcategory) -> _Asked:
+        if stopped:  # the teacher already failed: do not queue more requests at it
+            raise stopped[0]
+        try:
+            return _ask(model, sub, per_subcategory, seed, attempts)
+        except EndpointError as exc:
+            stopped.append(exc)
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="teacher")
+    try:
+        futures = [pool.submit(ask, sub) for sub in taxonomy]
+        for index, (sub, future) in enumerate(zip(taxonomy, futures), 1):
+            asked = future.result()
+            result = SubcategoryResult(sub, index, len(taxonomy), parsed=asked.texts is not None,
+                                       attempts=asked.attempts, failures=asked.failures)
+            _rows(sub, asked, per_subcategory, seen, used, result)
+            if result.failed:
+                logger.warning("subcategory %s: no usable teacher reply after %d attempts: %s",
+                               sub.id, asked.attempts, "; ".join(asked.failures))
+            rows.extend(result.rows)
+            if on_progress is not None:
+                on_progress(result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- prompt files
+
+@dataclass(frozen=True)
+class PromptProblem:
+    """One line of a prompt file that was skipped, and why."""
+
+    line: int
+    id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}{f' (id {self.id!r})' if self.id else ''}: {self.message}"
+
+
+def _is_jsonl(path: Path, lines: list[bytes]) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return True
+    if suffix == ".txt":
+        return False
+    first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(b"#")),
+                 b"")
+    return first.startswith(b"{")
+
+
+def _jsonl_row(text: str, base: Path, require_images: bool) -> tuple[dict | None, str | None,
+                                                                      str | None]:
+    """(row, id, problem) of one JSONL line."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return None, None, f"not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, None, f"expected a JSON object, got {type(data).__name__}"
+    row_id = data.get("id")
+    if not isinstance(row_id, str) or not row_id.strip():
+        return None, None, f"'id' must be a non-empty string, got {row_id!r}"
+    request = data.get("request")
+    if not isinstance(request, str) or not request.strip():
+        return None, row_id, f"'request' must be a non-empty string, got {request!r}"
+    images = data.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        return None, row_id, f"'images' must be a list of file paths, got {images!r}"
+    for key, kind in (("domain", str), ("subcategory", str), ("needs_images", bool)):
+        if key in data and not isinstance(data[key], kind):
+            return None, row_id, f"'{key}' must be a {kind.__name__}, got {data[key]!r}"
+    paths = [Path(p).expanduser() for p in images]
+    paths = [p if p.is_absolute() else base / p for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return None, row_id, f"image file(s) not found: {missing} (relative paths are read " \
+                             f"from the prompt file's folder)"
+    markers = request.count(IMAGE_MARKER)
+    if data.get("needs_images") and not images and require_images:
+        return None, row_id, ("needs input images but 'images' is empty; attach one file per "
+                              f"{IMAGE_MARKER} marker")
+    if markers and (images or require_images) and markers != len(images):
+        return None, row_id, (f"the request has {markers} {IMAGE_MARKER} marker(s) but "
+                              f"{len(images)} image(s); give one image per marker")
+    row = {**data, "id": row_id, "request": request, "images": [str(p) for p in paths],
+           "needs_images": data.get("needs_images", False), "domain": data.get("domain", ""),
+           "subcategory": data.get("subcategory", "")}
+    return row, row_id, None
+
+
+def read_prompt_file(path: str | os.PathLike, *, require_images: bool = True
+                     ) -> tuple[list[dict], list[PromptProblem]]:
+    """Read a prompt file as ``datagen run`` does: (usable rows, problems); unusable lines are
+    skipped and each is reported with its line number (and id when it has one).
+
+    JSONL (``.jsonl``/``.ndjson``/``.json``, or any other name whose first line starts with
+    ``{``): one object per line with a non-empty string ``id`` and ``request``; optional
+    ``images`` (existing files; relative paths are resolved against the file's folder and
+    returned absolute), ``domain``, ``subcategory``, ``needs_images``; other keys are kept. A
+    repeated id, a missing image, a ``needs_images`` row without images (unless
+    ``require_images=False``) and a count of ``<image>`` markers that differs from the number of
+    images are problems. Blank lines are ignored.
+
+    Plain text (``.txt``, or a first line not starting with ``{``): one request per line, id
+    ``line-00007`` from the line number; blank lines and lines starting with ``#`` are ignored;
+    a line with ``<image>`` markers is a problem (text files cannot carry images).
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    lines = raw.split(b"\n")
+    jsonl = _is_jsonl(path, lines)
+    rows: list[dict] = []
+    problems: list[PromptProblem] = []
+    first_line: dict[str, int] = {}
+    for number, data in enumerate(lines, 1):
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            problems.append(PromptProblem(number, None, f"not UTF-8 text ({exc.reason})"))
+            continue
+        if not text or (not jsonl and text.startswith("#")):
+            continue
+        if jsonl:
+            row, row_id, problem = _jsonl_row(text, path.parent, require_images)
+        elif IMAGE_MARKER in text:
+            row, row_id = None, f"line-{number:05d}"
+            problem = (f"the request has {IMAGE_MARKER} markers, but a plain-text prompt file "
+                       f"cannot carry images; use JSONL with an 'images' list")
+        else:
+            row_id, problem = f"line-{number:05d}", None
+            row = {"id": row_id, "request": text, "images": [], "needs_images": False,
+                   "domain": "", "subcategory": ""}
+        if row is not None and row_id in first_line:
+            row, problem = None, f"duplicate id; line {first_line[row_id]} already uses it"
+        if row is None:
+            problems.append(PromptProblem(number, row_id, problem or "unusable line"))
+            continue
+        first_line[row_id] = number
+        rows.append(row)
+    return rows, problems
+
+
+# --------------------------------------------------------------------------- writing a file
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class PromptSetSummary:
+    """What ``build_prompt_file`` did."""
+
+    out: Path
+    existing: int = 0            # rows that were already in the file
+    written: int = 0             # rows added by this run
+    skipped: list[str] = field(default_factory=list)   # subcategories already complete
+    failed: list[str] = field(default_factory=list)    # subcategories with no usable reply
+    dropped_exact: int = 0
+    dropped_near: int = 0
+    invalid: int = 0
+
+
+def build_prompt_file(taxonomy: Sequence[Subcategory], model: BaseChatModel,
+                      out: str | os.PathLike, *, per_subcategory: int, seed: int = 0,
+                      max_concurrency: int = 4,
+                      on_progress: Callable[[SubcategoryResult], None] | None = None,
+                      near_threshold: float = NEAR_THRESHOLD, attempts: int = 3
+                      ) -> PromptSetSummary:
+    """Generate into ``out``, resuming: subcategories that already have rows there are skipped,
+    existing lines are kept verbatim, and the file is rewritten atomically after each
+    subcategory. Raises ``ValueError`` when ``out`` exists but has unreadable lines (they would
+    otherwise be lost), ``EndpointError`` when the teacher fails."""
+    out = Path(out)
+    if out.suffix.lower() == ".txt":
+        raise ValueError(f"{out}: the output is JSONL, but a .txt name reads back as a plain "
+                         f"list of requests; name it .jsonl")
+    summary = PromptSetSummary(out)
+    prefix, existing = "", []
+    if out.exists() and out.stat().st_size and not _is_jsonl(out, out.read_bytes().split(b"\n")):
+        raise ValueError(f"{out} exists and is not a JSONL prompt file; choose another --out")
+    if out.exists():
+        existing, problems = read_prompt_file(out, require_images=False)
+        if problems:
+            shown = "\n  ".join(map(str, problems[:10]))
+            raise ValueError(f"{out} exists but {len(problems)} line(s) cannot be read, and "
+                             f"resuming would rewrite the file; fix or move it first:\n  {shown}")
+        prefix = out.read_text(encoding="utf-8")
+        prefix += "\n" if prefix and not prefix.endswith("\n") else ""
+    done = {row["subcategory"] for row in existing}
+    summary.existing = len(existing)
+    summary.skipped = [s.id for s in taxonomy if s.id in done]
+    todo = [s for s in taxonomy if s.id not in done]
+    lines: list[str] = []
+
+    def save(result: SubcategoryResult) -> None:
+        summary.written += len(result.rows)
+        summary.dropped_exact += result.dropped_exact
+        summary.dropped_near += result.dropped_near
+        summary.invalid += result.invalid
+        if result.failed:
+            summary.failed.append(result.subcategory.id)
+        if result.rows:
+            lines.extend(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
+            _write_atomic(out, prefix + "".join(lines))
+        if on_progress is not None:
+            on_progress(result)
+
+    generate_prompts(todo, model, per_subcategory=per_subcategory, seed=seed,
+                     max_concurrency=max_concurrency, on_progress=save, existing=existing,
+                     near_threshold=near_threshold, attempts=attempts)
+    if not out.exists():
+        _write_atomic(out, "")
+    return summary
+
+
+# --------------------------------------------------------------------------- command line
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interleave datagen prompts",
+        description="Ask a teacher LLM for user requests per taxonomy subcategory, remove exact "
+                    "and near duplicates, and write JSONL rows (id, request, images, "
+                    "needs_images, domain, subcategory) for `datagen run`. Re-running with the "
+                    "same --out skips subcategories that already have rows there.",
+        epilog="Exit codes: 0 done; 1 some subcategories got no usable teacher reply (the "
+               "others are written; run again to retry them); 2 bad input (taxonomy, options, "
+               "unreadable existing --out); 4 teacher endpoint unreachable or refusing "
+               "(finished subcategories are saved; run again to continue); 130 interrupted. "
+               "The API key is read from INTERLEAVE_TEACHER_API_KEY when --teacher-api-key is "
+               "not given.")
+    add = parser.add_argument
+    add("--taxonomy", type=Path, default=DEFAULT_TAXONOMY, metavar="FILE",
+        help="taxonomy YAML (domains -> subcategories); default: the shipped "
+             "training/taxonomy.yaml")
+    add("--out", type=Path, required=True, metavar="FILE",
+        help="output JSONL; if it exists, its subcategories are kept and skipped")
+    add("--per-subcategory", type=int, default=20, metavar="N",
+        help="requests to ask for per subcategory, before de-duplication (default 20)")
+    add("--teacher-base-url", required=True, metavar="URL",
+        help="OpenAI-compatible endpoint of the teacher, e.g. http://localhost:8000/v1")
+    add("--teacher-model", required=True, metavar="NAME",
+        help="model name the teacher endpoint serves")
+    add("--teacher-api-key", default=None, metavar="KEY",
+        help="API key (default: $INTERLEAVE_TEACHER_API_KEY, else 'EMPTY')")
+    add("--concurrency", type=int, default=4, metavar="N",
+        help="subcategories asked at the same time (default 4)")
+    add("--seed", type=int, default=0, metavar="N",
+        help="base sampling seed; each subcategory and retry derives its own (default 0)")
+    add("--temperature", type=float, default=1.0, metavar="T",
+        help="teacher sampling temperature; high values give more varied requests (default 1.0)")
+    add("--max-tokens", type=int, default=4096, metavar="N",
+        help="longest teacher reply in tokens (default 4096)")
+    add("--timeout-s", type=float, default=180.0, metavar="S",
+        help="seconds one teacher request may take (default 180)")
+    add("--retries", type=int, default=2, metavar="N",
+        help="HTTP retries on connection errors, 429 and 5xx answers (default 2)")
+    add("--attempts", type=int, default=3, metavar="N",
+        help="times a subcategory is asked again when the reply does not parse (default 3)")
+    add("--near-duplicate-threshold", type=float, default=NEAR_THRESHOLD, metavar="F",
+        help="word-bigram Jaccard similarity at or above which a request counts as a near "
+             f"duplicate of an earlier one (default {NEAR_THRESHOLD})")
+    add("-v", "--verbose", action="store_true", help="log each failed parse")
+    return parser
+
+
+def _progress(result: SubcategoryResult) -> None:
+    sub = result.subcategory
+    if result.failed:
+        note = f"FAILED after {result.attempts} attempt(s): {result.failures[-1]}"
+    else:
+        dropped = result.dropped_exact + result.dropped_near
+        note = f"{len(result.rows)} kept of {result.received}, {dropped} duplicate(s) dropped"
+    print(f"[{result.index}/{result.total}] {sub.id}: {note}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from tools.chat import openai_model
+
+    started = time.monotonic()
+    try:
+        taxonomy = load_taxonomy(args.taxonomy)
+        api_key = args.teacher_api_key or os.environ.get("INTERLEAVE_TEACHER_API_KEY", "EMPTY")
+        model = openai_model(args.teacher_base_url, api_key, args.teacher_model, args.max_tokens,
+                             args.temperature, args.timeout_s, args.retries)
+        summary = build_prompt_file(
+            taxonomy, model, args.out, per_subcategory=args.per_subcategory, seed=args.seed,
+            max_concurrency=args.concurrency, on_progress=_progress,
+            near_threshold=args.near_duplicate_threshold, attempts=args.attempts)
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished subcategories are saved, run again to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except EndpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{summary.out}: {summary.written} new request(s), {summary.existing} already there; "
+          f"{len(summary.skipped)} subcategories skipped as complete; dropped "
+          f"{summary.dropped_exact} exact and {summary.dropped_near} near duplicate(s), "
+          f"{summary.invalid} unusable item(s); {time.monotonic() - started:.1f} s",
+          file=sys.stderr)
+    if summary.failed:
+        print(f"no usable teacher reply for {len(summary.failed)} subcategories "
+              f"({', '.join(summary.failed)}); run the same command again to retry them",
+              file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
