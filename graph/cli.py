@@ -121,6 +121,10 @@ def make_parser() -> argparse.ArgumentParser:
                     "scripted planner/critic replies from a local OpenAI-compatible server. The "
                     "images are noise because the weights are random; see the README for real models.")
     demo.add_argument("--request", default=None, help="the request (default: fold a paper crane)")
+
+    from graph.cli_data import add_commands
+
+    add_commands(commands, _add_settings, setting_names)
     return parser
 
 
@@ -309,11 +313,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _with_context(handler: Any) -> Any:
+    """A command handler that gets the run settings from its flags and the environment."""
+    def call(args: argparse.Namespace) -> int:
+        names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
+        return handler(args, Context(runs_dir=_runs_dir(args), **_settings(args, names)))
+    return call
+
+
+def _data_command(name: str) -> Any:
+    def call(args: argparse.Namespace) -> int:
+        from graph import cli_data
+
+        return _with_context(getattr(cli_data, name))(args)
+    return call
+
+
 COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "show": _cmd_show, "list": _cmd_list,
-            "export": _cmd_export, "demo": _cmd_demo, "history": _cmd_history, "fork": _cmd_fork}
+            "export": _cmd_export, "demo": _cmd_demo, "history": _cmd_history, "fork": _cmd_fork,
+            "batch": _data_command("cmd_batch"), "datagen": _data_command("cmd_datagen")}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from graph.cli_data import pass_through
+
+    delegated = pass_through(argv)
+    if delegated is not None:
+        return delegated
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -777,7 +777,8 @@ def make_parser() -> argparse.ArgumentParser:
     add("--retries", type=int, default=2, metavar="N",
         help="HTTP retries on connection errors, 429 and 5xx answers (default 2)")
     add("--attempts", type=int, default=3, metavar="N",
-        help="times a subcategory is asked again when the reply does not parse (default 3)")
+        help="how many times in all a subcategory is asked when its replies do not parse, "
+             "before it is reported as failed (default 3)")
     add("--near-duplicate-threshold", type=float, default=NEAR_THRESHOLD, metavar="F",
         help="word-bigram Jaccard similarity at or above which a request counts as a near "
              f"duplicate of an earlier one (default {NEAR_THRESHOLD})")

@@ -35,7 +35,7 @@ domains:
 
 KITE_REPLY = json.dumps({"requests": [
     "Show how to build a diamond kite from newspaper, bamboo skewers and tape, in six steps.",
-    "show how to build a DIAMOND kite from newspaper, bamboo skewers & tape in six steps!",
+    "show how to build a DIAMOND kite from newspaper, bamboo skewers and tape in six steps!",
     "Show how to build a diamond kite from newspaper, bamboo skewers and some tape, in six steps.",
     "Illustrate making a box kite for a windy beach day.",
     "Teach a child to decorate a kite tail with ribbons.",
@@ -174,14 +174,14 @@ def test_any_langchain_chat_model_can_be_the_teacher(taxonomy_file):
     subs = [s for s in load_taxonomy(taxonomy_file) if s.id == "kites"]
     model = FakeListChatModel(responses=["no list here", KITE_REPLY])
     seen = []
-    rows = generate_prompts(subs, model, per_subcategory=4, seed=0, max_concurrency=1,
+    rows = generate_prompts(subs, model, per_subcategory=5, seed=0, max_concurrency=1,
                             on_progress=seen.append, existing=[
                                 {"id": "kites-0001", "request": "Teach a child to decorate a "
                                                                 "kite tail with ribbons."}])
-    assert [r["id"] for r in rows] == ["kites-0002"]
+    assert [r["id"] for r in rows] == ["kites-0002", "kites-0003"]  # ids after existing ones
     [result] = seen
     assert (result.attempts, result.received, result.dropped_exact, result.dropped_near) == (
-        2, 4, 1, 1)
+        2, 5, 2, 1)
     assert "attempt 1" in result.failures[0]
 
 
