@@ -15,6 +15,7 @@ Phases, all on the same pipeline object (so every variant sees the same weights)
               channels-last VAE), so each lever's share is visible
   kernels     (--kernels) raw rates: SDPA backends, bf16 and fp8 matmul at the model's shapes
   ablation    (--ablation) compiled transformer/VAE with single levers changed
+  trace       (--trace) GPU kernel time of one optimized transformer forward, by kernel family
   kv          informational: diffusers' Flux2KleinKVPipeline (reference K/V cached after
               step 0) on the same weights - only valid for the "-kv" checkpoints
   optimized   optimize_pipeline(pipe) with its defaults; same measurements, plus the
@@ -23,9 +24,13 @@ Phases, all on the same pipeline object (so every variant sees the same weights)
   cache probe a second process with only the saved compile-cache file: first-call cost with
               a warm cache
 
+"rest" in the profile is the pipeline's median minus its measured parts (text encoder, steps x
+transformer, VAE); it can go negative when consecutive steps overlap CPU and GPU work better
+inside the pipeline than the isolated component calls do.
+
 --tiny runs the same phases on the tiny random klein pipeline on CPU (a smoke test, seconds).
 
-    python -m evals.bench_generator [--runs 7] [--fp8] [--out result.json]
+    python -m evals.bench_generator [--runs 7] [--fp8] [--trace] [--out result.json]
     python -m evals.bench_generator --tiny
 """
 
@@ -418,8 +423,10 @@ def run_trace(bench: Bench, inputs: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     torch, out = bench.torch, {}
-    families = {"matmul": ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "f8f8"),
-                "attention": ("fmha", "flash", "attention", "sdpa", "cudnn"), "triton (fused elementwise)": ("triton",)}
+    # Triton first: inductor names fused kernels after every op they contain, attention included.
+    families = {"triton (fused elementwise)": ("triton",),
+                "matmul": ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "f8f8"),
+                "attention": ("fmha", "flash", "attention", "sdpa", "cudnn")}
     for case in inputs:
         with torch.no_grad():
             bench.pipe.transformer(**inputs[case])

@@ -70,19 +70,10 @@ class GeneratorWorker:
         """Generate one image and wait for it, calling ``on_step(done, total)`` on this thread."""
         progress: queue.SimpleQueue = queue.SimpleQueue()
         future = self.submit({**request, "on_step": lambda done, total: progress.put((done, total))})
-        while True:
-            try:
-                done, total = progress.get(timeout=0.05)
-            except queue.Empty:
-                if future.done():
-                    break
-                continue
+        future.add_done_callback(lambda _: progress.put(None))  # wakes this thread at once
+        while (item := progress.get()) is not None:
             if on_step is not None:
-                on_step(done, total)
-        while not progress.empty():  # steps reported just before the image was ready
-            done, total = progress.get()
-            if on_step is not None:
-                on_step(done, total)
+                on_step(*item)
         return future.result()
 
     def close(self) -> None:

@@ -2,27 +2,36 @@
 
 Why this exists
 ---------------
-Eager diffusers spends 437 ms on a 1024² text-to-image call and 847 ms on an edit with one
-1024² reference on one H200 (random weights, klein-4B shapes, bf16, 4 steps), against a bf16
-compute floor near 180 ms for the transformer alone.  The time splits into four parts, and
-each has its own lever:
+Eager diffusers spends ~466 ms on a 1024² text-to-image call and ~887 ms on an edit with one
+1024² reference on one H200 (klein-4B shapes with random weights, bf16, 4 steps; measured by
+``evals/bench_generator.py``).  The time splits into parts, and each has its own lever
+(eager -> optimized, ms):
 
-* the **transformer** (4 forwards; ~35 TFLOP each at 1024², ~77 TFLOP for an edit, whose
-  reference doubles the image tokens): regional ``torch.compile`` of the two repeated block
-  classes fuses the norms, modulation, RoPE and SwiGLU around the matmuls; the separate
-  q/k/v projections of the double-stream blocks are fused into one matmul; attention goes
-  through cuDNN's fused kernel on Hopper;
-* the **text encoder** (Qwen3, 512 padded tokens): it is launch-bound, not compute-bound
-  (~1,800 small kernels), so it is replayed from a CUDA graph; and the layers after the last
-  hidden state the pipeline reads (27 by default) are dropped, since their output is unused;
-* the **VAE** decode (and encode for edits): channels-last convolutions, cuDNN autotuning and
-  a compiled encoder/decoder (fused GroupNorm + SiLU); and the image <-> tensor conversions
-  around it, which diffusers does in float32 NumPy on the CPU, run on the GPU instead;
+* the **transformer**, 4 forwards (83 -> 62 per text-to-image forward, 173 -> 133 per edit
+  forward, whose reference doubles the image tokens): regional ``torch.compile`` of the two
+  repeated block classes fuses the norms, modulation, RoPE and SwiGLU around the matmuls, and
+  the double-stream q/k/v projections become one matmul (~1% more).  What is left is mostly
+  matmuls at ~750 TFLOP/s and cuDNN attention at ~600 TFLOP/s, near the chip's bf16 rate;
+* the **text encoder** (Qwen3-4B, 512 padded tokens; 36 -> 15): it is launch-bound, so it
+  is replayed from a CUDA graph, and the layers after the last hidden state the pipeline reads
+  (27 by default) are dropped, since their output is unused;
+* the **VAE** (decode 85 -> 38, encode 58 -> 20): compiled encoder and decoder; and the image
+  <-> tensor conversions around them, which diffusers does in float32 NumPy on the CPU
+  (6 + 9 -> 2 + 2), run on the GPU;
 * optional **fp8** matmuls (per-token activation scales, per-channel weight scales, through
-  ``torch._scaled_mm``).  fp8 changes the numbers, so it is off by default; the benchmark
-  reports the image difference it causes.
+  ``torch._scaled_mm`` at ~1,470 TFLOP/s): 296 -> 234 ms text-to-image, 610 -> 468 ms edit.
+  fp8 changes the numbers, so it is off by default; the benchmark reports the difference.
 
-Every default lever keeps the outputs equal to eager diffusers up to bf16 rounding.  Caching
+Whole calls: text-to-image 466 -> 296 ms bf16 (0.64x), 234 ms fp8 (0.50x); edit 887 -> 610 ms
+bf16 (0.69x), 468 ms fp8 (0.53x).  The first call compiles (~25 s, ~16 s more for the first
+edit); with the saved compile cache a fresh process pays ~6 s and ~3 s.
+
+Tried and left off by default: diffusers' cuDNN attention backend (PyTorch already picks cuDNN
+attention on Hopper; no change), channels-last VAE (eager 85 -> 129 ms, compiled no faster).
+
+Every default lever keeps the outputs equal to eager diffusers up to bf16 rounding (the
+text-encoder and image-conversion levers bit for bit; compiled kernels change the transformer
+output by ~0.6% relative, the same order as bf16 noise).  Caching
 the reference image's keys/values across steps is *not* a lever here: diffusers 0.42.1 has it
 (``Flux2KleinKVPipeline``, ``kv_cache_mode``), but only for checkpoints trained with
 reference tokens that attend to themselves alone at a fixed timestep; on the plain klein
@@ -30,8 +39,9 @@ weights the reference tokens attend to the noisy image at every step, so their k
 change and caching them would change the model.
 
 The model code stays diffusers' and transformers' own: levers only call their public switches
-(``compile_repeated_blocks``, ``fuse_qkv_projections``, ``set_attention_backend``), swap
-``nn.Linear`` modules for an fp8 twin, or wrap a forward.  ``optimize_pipeline`` may be called
+(``compile_repeated_blocks``, ``fuse_qkv_projections``, ``set_attention_backend``), drop
+unread text-encoder layers, swap ``nn.Linear`` modules for an fp8 twin, or wrap the text
+encoder's forward and the image processor's two conversions.  ``optimize_pipeline`` may be called
 again (e.g. to add fp8); levers already in effect are not applied twice.  An optimized pipeline
 is for inference only and should not be saved with ``save_pretrained``.
 """
