@@ -121,6 +121,13 @@ class Context:
         "Keep generator weights in CPU memory and move them to the GPU as needed, for small GPUs: "
         "none, model (one component at a time) or sequential (layer by layer; slowest).",
         ("none", "model", "sequential"))
+    generator_speedups: str = _setting(
+        "generator_speedups", "off",
+        "FLUX.2-klein on CUDA only: on = compiled blocks and VAE, fused q/k/v, CUDA-graph text "
+        "encoder (same images up to bf16 rounding; 0.64x the time of a 1024² image, but the first "
+        "call compiles for ~25 s, ~6 s with the compile cache in the runs folder); fp8 = also fp8 "
+        "matmuls (0.50x; changes images slightly); off.",
+        ("off", "on", "fp8"))
     generator_max_batch: int = _setting(
         "generator_max_batch", 4,
         "Most compatible generations (same size, steps, input images) that concurrent runs in this "

@@ -11,6 +11,7 @@ copy of the weights and batch their requests.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from langgraph.runtime import Runtime
 
@@ -98,7 +99,9 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
     store = ImageStore(ctx.runs_dir)
     pipe = diffusion.load_pipeline(ctx.generator_model, ctx.device, ctx.dtype,
                                    lora=ctx.generator_lora or None,
-                                   lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload)
+                                   lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload,
+                                   speedups=ctx.generator_speedups,
+                                   compile_cache=str(Path(ctx.runs_dir) / "_compile_cache"))
     spec = generator_models.spec_for_pipeline(pipe)
     settings = generation_settings(ctx, spec)
     source_ref = previous_image(state)

@@ -82,7 +82,8 @@ def silence_library_progress_bars() -> None:
 
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora: str | None = None,
-                  lora_scale: float = 1.0, offload: str = "none") -> Any:
+                  lora_scale: float = 1.0, offload: str = "none", speedups: str = "off",
+                  compile_cache: str | None = None) -> Any:
     """Return the pipeline for ``model`` on ``device``, loading it on first use only.
 
     ``model`` is a Hub id or a folder written by ``save_pretrained``; it must belong to one of
@@ -100,6 +101,11 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
     "sequential" streams every layer on its own (``enable_sequential_cpu_offload``: very slow,
     least memory). Offload needs an accelerator: asking for it on a CPU device is an error rather
     than a silent no-op, since on CPU the weights already live in CPU memory.
+
+    ``speedups`` ("off", "on", "fp8"): for FLUX.2-klein on a CUDA device without offload, apply
+    ``tools.klein_speed.optimize_pipeline`` (fp8 matmuls too with "fp8"), keeping compiled
+    artifacts in ``compile_cache`` so later processes skip most of the compile time. Ignored
+    (logged) for other families, devices or with offload.
     """
     if offload not in OFFLOAD_MODES:
         raise GeneratorLoadError(f"offload={offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
@@ -109,7 +115,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
             f"offload={offload!r} moves weights between CPU memory and a GPU, but the generator runs "
             f"on the CPU; use offload='none' there, or run on a GPU machine")
     torch_dtype = resolve_dtype(dtype, device)
-    key = (model, device, str(torch_dtype), lora, float(lora_scale), offload)
+    key = (model, device, str(torch_dtype), lora, float(lora_scale), offload, speedups)
     with _load_lock:
         if key in _pipelines:
             return _pipelines[key]
@@ -142,9 +148,23 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
         else:
             pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
+        if speedups != "off":
+            _speed_up(pipe, spec, device, offload, fp8=speedups == "fp8", cache_dir=compile_cache)
         _pipelines[key] = pipe
         _call_locks[id(pipe)] = threading.Lock()
         return pipe
+
+
+def _speed_up(pipe: Any, spec: ModelSpec, device: str, offload: str, *, fp8: bool,
+              cache_dir: str | None) -> None:
+    if not spec.family.startswith("klein") or not device.startswith("cuda") or offload != "none":
+        log.info("generator speedups apply to FLUX.2-klein on CUDA without offload; skipped for "
+                 "%s on %s (offload=%s)", spec.family, device, offload)
+        return
+    from tools.klein_speed import optimize_pipeline
+
+    applied = optimize_pipeline(pipe, fp8=fp8, cache_dir=cache_dir)
+    log.info("generator speedups applied: %s", ", ".join(applied))
 
 
 def _merge_lora(pipe: Any, lora: str, scale: float, spec: ModelSpec) -> None:

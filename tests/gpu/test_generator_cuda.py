@@ -51,3 +51,32 @@ def test_same_seed_same_image_on_cuda(pipe):
     c = generate(pipe, seed=8, source=source)
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     assert np.asarray(a).tobytes() != np.asarray(c).tobytes()
+
+
+def test_speedups_keep_the_images_and_batched_worker_runs_on_cuda(tmp_path_factory):
+    """--generator-speedups on: compiled klein gives the eager images up to bf16 rounding; the
+    shared worker batches concurrent requests on the GPU."""
+    import numpy as np
+
+    from tools import diffusion
+    from tools.generator_worker import GeneratorWorker
+    from tools.tiny_klein import save_tiny_klein
+
+    path = str(save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein-fast"))
+    eager = diffusion.load_pipeline(path, device="cuda", dtype="auto")
+    fast = diffusion.load_pipeline(path, device="cuda", dtype="auto", speedups="on",
+                                   compile_cache=str(tmp_path_factory.mktemp("compile")))
+    assert fast is not eager
+    for source in (None, generate(eager, seed=5)):
+        a = np.asarray(generate(eager, seed=3, source=source), dtype=np.int16)
+        b = np.asarray(generate(fast, seed=3, source=source), dtype=np.int16)
+        assert np.abs(a - b).mean() < 2.0  # bf16 rounding, not a different image
+
+    worker = GeneratorWorker(eager, max_batch=4, gather_s=0.2)
+    try:
+        request = dict(width=128, height=128, steps=4, guidance=1.0)
+        futures = [worker.submit(dict(prompt=f"crane {n}", seed=n, **request)) for n in range(4)]
+        images = [f.result(timeout=120) for f in futures]
+        assert max(worker.batch_sizes) > 1 and len({i.tobytes() for i in images}) == 4
+    finally:
+        worker.close()
