@@ -72,6 +72,8 @@ from diffusers import (
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from tools.model_folders import publish_folder
+
 __all__ = ["build_tiny_klein_pipeline", "save_tiny_klein"]
 
 logger = logging.getLogger(__name__)
@@ -318,22 +320,7 @@ def save_tiny_klein(path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
         index_file.unlink()
         index_file.write_bytes(index_bytes)
 
-        if path.exists() or path.is_symlink():
-            if _is_complete(path):  # another process finished first
-                return path
-            logger.info("Rebuilding incomplete tiny klein folder %s", path)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if _is_complete(path):  # lost a race with a concurrent writer
-                return path
-            raise
-        logger.info("Wrote tiny klein pipeline (seed=%d) to %s", seed, path)
-        return path
+        return publish_folder(tmp, path, _is_complete, "tiny klein pipeline (seed=%d)" % seed)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -36,6 +36,8 @@ import pathlib
 import shutil
 import uuid
 
+from tools.model_folders import publish_folder
+
 __all__ = ["SPECIAL_TOKENS", "build_tiny_qwen3vl", "build_tokenizer", "save_tiny_qwen3vl",
            "tiny_image_processor"]
 
@@ -227,22 +229,7 @@ def save_tiny_qwen3vl(path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
-        if path.exists() or path.is_symlink():
-            if is_complete(path):  # another process finished first
-                return path
-            logger.info("Rebuilding incomplete tiny Qwen3-VL folder %s", path)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if is_complete(path):  # lost a race with a concurrent writer
-                return path
-            raise
-        logger.info("Wrote tiny Qwen3-VL (seed=%d) to %s", seed, path)
-        return path
+        return publish_folder(tmp, path, is_complete, "tiny Qwen3-VL (seed=%d)" % seed)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
