@@ -74,6 +74,16 @@ class Context:
     vlm_device: str = _setting(
         "vlm_device", "auto", "Torch device of in-process (transformers) planner/critic models.")
     vlm_max_tokens: int = _setting("vlm_max_tokens", 4096, "Most new tokens per planner/critic reply.")
+    planner_max_tokens: int = _setting(
+        "planner_max_tokens", 0, "Most new tokens per planner reply; 0 = vlm_max_tokens.")
+    critic_max_tokens: int = _setting(
+        "critic_max_tokens", 0,
+        "Most new tokens per critic reply (its reasoning is the bulk of all VLM tokens); 0 = "
+        "vlm_max_tokens. A reply cut at the budget is parsed like any other (recorded if unusable).")
+    vlm_max_batch: int = _setting(
+        "vlm_max_batch", 8,
+        "In-process (transformers) models: most concurrent planner/critic calls of this process "
+        "answered by one batched generate.")
     vlm_temperature: float = _setting(
         "vlm_temperature", 0.7,
         "Sampling temperature of planner and critic; a retry after an unusable reply samples at "
@@ -184,6 +194,9 @@ class Context:
                                 f"{', '.join(choices)}")
         if self.vlm_max_concurrency < 1 or self.vlm_retry_backoff_s < 0:
             problems.append("vlm_max_concurrency must be >= 1 and vlm_retry_backoff_s >= 0")
+        if self.planner_max_tokens < 0 or self.critic_max_tokens < 0 or self.vlm_max_batch < 1:
+            problems.append("planner_max_tokens and critic_max_tokens must be >= 0 (0 = "
+                            "vlm_max_tokens) and vlm_max_batch >= 1")
         if self.vlm_image_max_pixels < 64 * 64:
             problems.append(f"vlm_image_max_pixels={self.vlm_image_max_pixels} is too small; use at "
                             f"least 4096 (64x64)")

@@ -81,13 +81,22 @@ def model_for(role: str, ctx: Context, injected: ChatModels | None = None) -> Ba
     if chosen is not None:
         return chosen
     name = getattr(ctx, f"{role}_model")
+    budget = max_tokens(ctx, role)
     if getattr(ctx, f"{role}_backend") == "transformers":
         from tools.local_vlm import TransformersChatModel
+        from tools.vlm_batcher import shared_batcher
 
-        return TransformersChatModel(model_path=name, device=ctx.vlm_device,
-                                     max_new_tokens=ctx.vlm_max_tokens, temperature=ctx.vlm_temperature)
+        # Concurrent runs of this process share the model through one batching queue.
+        return shared_batcher(TransformersChatModel(
+            model_path=name, device=ctx.vlm_device, max_new_tokens=budget,
+            temperature=ctx.vlm_temperature), max_batch=ctx.vlm_max_batch)
     return openai_model(getattr(ctx, f"{role}_base_url"), getattr(ctx, f"{role}_api_key"), name,
-                        ctx.vlm_max_tokens, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
+                        budget, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
+
+
+def max_tokens(ctx: Context, role: str) -> int:
+    """The reply budget of a role: its own setting, or ``vlm_max_tokens`` when that is 0."""
+    return getattr(ctx, f"{role}_max_tokens") or ctx.vlm_max_tokens
 
 
 def structured_output(ctx: Context, kind: str) -> dict[str, Any] | None:
@@ -175,7 +184,7 @@ def ask(model: BaseChatModel, messages: list[BaseMessage], role: str,
     ``parse`` raises ``ValueError`` (the typed ``ReplyParseError``s) for an unusable reply. The
     returned ``Answer.value`` is None when every try failed; ``failures`` keeps each raw reply.
     """
-    ours = _is_openai(model) or type(model).__name__ == "TransformersChatModel"
+    ours = _is_openai(model) or type(model).__name__ in ("TransformersChatModel", "BatchingChatModel")
     call = dict(structured or {}) if _is_openai(model) else {}
     failures: list[dict[str, Any]] = []
     reply = ""

@@ -224,3 +224,49 @@ def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_v
 
     finished = resume_run("local-planner", runs_dir, overrides={"planner_backend": "openai", "vlm_max_tokens": 4096})
     assert finished.status == "finished", repr(finished.error)
+
+
+def test_concurrent_calls_share_one_batched_generate_and_match_one_by_one(tiny_vlm):
+    """The batching queue in front of an in-process model: calls from several threads are
+    answered by one batched generate, each with the reply it would get alone (greedy)."""
+    from tools.vlm_batcher import BatchingChatModel
+
+    inner = greedy(tiny_vlm, max_new_tokens=6)
+    batcher = BatchingChatModel(inner=inner, max_batch=4, gather_s=0.3)
+    texts = [f"Original instruction: make the sky colour {n}" for n in range(4)]
+    alone = [inner.invoke(critic_messages(text=t)).content for t in texts]
+    replies = [None] * 4
+
+    def ask(index):
+        replies[index] = batcher.invoke(critic_messages(text=texts[index])).content
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert replies == alone
+    assert max(batcher.batch_sizes) > 1 and sum(batcher.batch_sizes) == 4
+
+
+def test_a_bad_input_fails_only_its_own_caller(tiny_vlm):
+    from tools.vlm_batcher import BatchingChatModel
+
+    batcher = BatchingChatModel(inner=greedy(tiny_vlm, max_new_tokens=4), max_batch=4, gather_s=0.3)
+    results = {}
+
+    def ask(name, messages):
+        try:
+            results[name] = batcher.invoke(messages).content
+        except Exception as exc:  # noqa: BLE001
+            results[name] = exc
+
+    bad = [HumanMessage(content=[image_part("http://example.com/x.png")])]
+    threads = [threading.Thread(target=ask, args=("good", critic_messages())),
+               threading.Thread(target=ask, args=("bad", bad))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results["good"], str)
+    assert isinstance(results["bad"], ValueError)
