@@ -16,52 +16,42 @@ How:
 - ``generate`` runs under a per-model lock (the model keeps multimodal-RoPE state between
   steps), so the chat model may be called from many threads.
 - torch and transformers are imported inside functions: importing this module is cheap.
-
-Qwen-VL processors want a video processor whose class needs torchvision; where torchvision
-is missing (CPU installs) an images-only processor is assembled from the folder's tokenizer
-and image processor instead.
+- Loading and its cache live in ``tools.vlm_loading`` (``load_vlm``, ``register_vlm``,
+  ``load_processor``, ``check_model_folder``, ``ModelLoadError``), and the conversion of
+  LangChain messages into chat-template messages and images in ``tools.vlm_messages``
+  (``to_conversation``, ``load_image``); their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import logging
 import threading
 import time
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManager
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from langchain_core.utils.utils import LC_ID_PREFIX
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
+from tools.vlm_loading import (DTYPES, LoadedVLM, ModelLoadError, check_model_folder,
+                               load_processor, load_vlm, register_vlm)
+from tools.vlm_messages import load_image, to_conversation
+
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
-    from PIL import Image
 
 __all__ = ["LoadedVLM", "ModelLoadError", "TransformersChatModel", "check_model_folder",
            "load_image", "load_processor", "load_vlm", "register_vlm", "to_conversation"]
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 #: Per-call options ``invoke``/``batch`` accept besides ``stop``.
 CALL_OPTIONS = ("max_new_tokens", "min_new_tokens", "temperature")
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-_IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-_ROLES = {"system": "system", "human": "user", "user": "user", "ai": "assistant",
-          "assistant": "assistant"}
 
 
 @dataclass(frozen=True)
@@ -70,285 +60,6 @@ class Prompt:
 
     text: str
     images: list[Any]
-
-
-class ModelLoadError(RuntimeError):
-    """A local VLM could not be loaded (missing or incomplete folder, unknown model id)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading, once per process
-
-
-@dataclass
-class LoadedVLM:
-    """A model and its processor in memory; ``lock`` serialises ``generate`` on it."""
-
-    model: Any
-    processor: Any
-    device: str
-    dtype: str
-    source: str
-    load_s: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-
-_loaded: dict[tuple[str, str, str], LoadedVLM] = {}
-_key_locks: dict[tuple[str, str, str], threading.Lock] = {}
-_registry_lock = threading.Lock()
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...): "
-                         f"{exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this torch sees no CUDA GPU; use device='cpu' "
-                         f"or 'auto'")
-    return str(resolved)
-
-
-def _resolve_dtype(dtype: str, device: str) -> str:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
-    if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return dtype
-
-
-def _source(model_path: str) -> str:
-    """The cache key's name for a model: a resolved folder, or a Hub id as given."""
-    local = Path(model_path).expanduser()
-    return str(local.resolve()) if local.exists() else model_path
-
-
-def _looks_like_hub_id(model_path: str) -> bool:
-    return (model_path.count("/") == 1 and not model_path.startswith((".", "/", "~"))
-            and "\\" not in model_path and not model_path.endswith("/"))
-
-
-def check_model_folder(model_path: str) -> None:
-    """Raise ``ModelLoadError`` naming what is missing unless ``model_path`` is a Hub id or a
-    folder holding a config, weights, a tokenizer and an image processor config."""
-    folder = Path(model_path).expanduser()
-    if not folder.exists():
-        if _looks_like_hub_id(model_path):
-            return  # resolved by from_pretrained (Hub or local HF cache)
-        raise ModelLoadError(
-            f"VLM folder {model_path!r} does not exist. Pass a folder holding a saved model "
-            f"(config.json, weights, tokenizer, preprocessor_config.json), e.g. one made with "
-            f"`hf download Qwen/Qwen3-VL-8B-Instruct --local-dir DIR`, or a Hub model id.")
-    if not folder.is_dir():
-        raise ModelLoadError(f"VLM path {model_path!r} is a file, not a model folder; pass the "
-                             f"folder that holds config.json and the weights.")
-    missing = []
-    for what, names in (("config.json", ("config.json",)), ("weights", _WEIGHT_FILES),
-                        ("tokenizer", _TOKENIZER_FILES), ("image processor config", _IMAGE_PROCESSOR_FILES)):
-        if not any((folder / name).is_file() for name in names):
-            missing.append(f"{what} ({' or '.join(names)})")
-    if missing:
-        raise ModelLoadError(
-            f"VLM folder {model_path!r} is incomplete: missing {'; '.join(missing)}. Download it "
-            f"again (`hf download MODEL_ID --local-dir {model_path}`) or re-save it with "
-            f"model.save_pretrained(...) and processor.save_pretrained(...).")
-
-
-def _images_only_processor(source: str):
-    """The model type's processor without its video processor (which needs torchvision)."""
-    import transformers
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    config = AutoConfig.from_pretrained(source)
-    class_name = PROCESSOR_MAPPING_NAMES.get(config.model_type)
-    base = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
-    if base is None:
-        raise ModelLoadError(f"no multimodal processor is known for model type "
-                             f"{config.model_type!r} of {source!r}")
-
-    class ImagesOnlyProcessor(base):  # the signature decides which components ProcessorMixin wants
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer,
-                             video_processor=None, chat_template=chat_template, **kwargs)
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    return ImagesOnlyProcessor(AutoImageProcessor.from_pretrained(source), tokenizer,
-                               chat_template=tokenizer.chat_template)
-
-
-def load_processor(source: str):
-    """The folder's processor, left-padding; images-only where the full one cannot be built."""
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(source)
-    except Exception as exc:  # noqa: BLE001 - e.g. a video processor that needs torchvision
-        logger.debug("AutoProcessor failed for %s (%s); building an images-only processor", source, exc)
-        processor = None
-    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
-        processor = _images_only_processor(source)
-    if processor.chat_template is None:
-        raise ModelLoadError(f"{source!r} has no chat template (chat_template.jinja or "
-                             f"chat_template.json); save the processor with one.")
-    processor.tokenizer.padding_side = "left"  # batched generation appends on the right
-    return processor
-
-
-def _prepare(model: Any, processor: Any) -> None:
-    """Settings the backend relies on: eval mode, left padding, a pad token for batches."""
-    model.eval()
-    processor.tokenizer.padding_side = "left"
-    generation = model.generation_config
-    if generation.pad_token_id is None:
-        eos = generation.eos_token_id
-        generation.pad_token_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id \
-            is not None else (eos[0] if isinstance(eos, (list, tuple)) else eos)
-
-
-def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> LoadedVLM:
-    """The model and processor for ``model_path`` on ``device`` in ``dtype``, loaded on the
-    first call and shared afterwards (one copy per process and key; concurrent first calls
-    load once)."""
-    device = _resolve_device(device)
-    dtype = _resolve_dtype(dtype, device)
-    key = (_source(model_path), device, dtype)
-    with _registry_lock:
-        if key in _loaded:
-            return _loaded[key]
-        key_lock = _key_locks.setdefault(key, threading.Lock())
-    with key_lock:
-        with _registry_lock:
-            if key in _loaded:
-                return _loaded[key]
-        check_model_folder(model_path)
-        import torch
-        from transformers import AutoModelForImageTextToText
-
-        start = time.perf_counter()
-        try:
-            processor = load_processor(key[0])
-            model = AutoModelForImageTextToText.from_pretrained(
-                key[0], dtype=getattr(torch, dtype), device_map=device)
-        except ModelLoadError:
-            raise
-        except (OSError, ValueError, KeyError, ImportError) as exc:
-            hint = (" Without network access, download it on a connected machine "
-                    "(`hf download MODEL_ID --local-dir DIR`) and pass DIR."
-                    if not Path(model_path).expanduser().exists() else "")
-            raise ModelLoadError(f"could not load VLM {model_path!r}: {type(exc).__name__}: "
-                                 f"{exc}.{hint}") from exc
-        _prepare(model, processor)
-        loaded = LoadedVLM(model, processor, device, dtype, key[0], time.perf_counter() - start)
-        logger.info("Loaded VLM %s on %s (%s) in %.1f s", key[0], device, dtype, loaded.load_s)
-        with _registry_lock:
-            _loaded[key] = loaded
-        return loaded
-
-
-def register_vlm(model_path: str, model: Any, processor: Any, device: str = "auto",
-                 dtype: str = "auto") -> LoadedVLM:
-    """Put a model built in memory under ``model_path`` in the cache, so that
-    ``TransformersChatModel(model_path=model_path, device=..., dtype=...)`` uses it without
-    loading anything (benchmarks on random weights; embedding applications)."""
-    device = _resolve_device(device)
-    dtype = _resolve_dtype(dtype, device)
-    _prepare(model, processor)
-    loaded = LoadedVLM(model, processor, device, dtype, model_path)
-    with _registry_lock:
-        _loaded[(_source(model_path), device, dtype)] = loaded
-    return loaded
-
-
-# ---------------------------------------------------------------------------------------------
-# LangChain messages -> chat-template conversation + images
-
-
-def _short(url: str) -> str:
-    return url if len(url) <= 60 else url[:57] + "..."
-
-
-def load_image(url: str) -> Image.Image:
-    """A data URL (base64 image), a ``file://`` URL or a local path, decoded to an RGB image."""
-    from PIL import Image, UnidentifiedImageError
-
-    if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if not header.startswith("data:image/") or not header.endswith(";base64") or not payload:
-            raise ValueError(f"image data URL {_short(url)!r} is not a base64 image "
-                             f"(expected data:image/png;base64,... or data:image/jpeg;base64,...)")
-        try:
-            source: Any = io.BytesIO(base64.b64decode(payload, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"image data URL {_short(url)!r} holds invalid base64: {exc}") from None
-    elif url.startswith("file://"):
-        parsed = urllib.parse.urlparse(url)
-        source = Path(urllib.request.url2pathname(parsed.path))
-    elif "://" in url:
-        raise ValueError(f"image URL {_short(url)!r} cannot be read in-process: send the image as a "
-                         f"data URL (data:image/png;base64,...), a file:// URL or a local path")
-    else:
-        source = Path(url).expanduser()
-    if isinstance(source, Path) and not source.is_file():
-        raise ValueError(f"image file {str(source)!r} (from {_short(url)!r}) does not exist")
-    try:
-        with Image.open(source) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"image {_short(url)!r} could not be decoded: {exc}") from None
-
-
-def _image_url(part: dict[str, Any]) -> str:
-    """The URL of an OpenAI ``image_url`` part or a LangChain standard ``image`` block."""
-    if part.get("type") == "image_url":
-        value = part.get("image_url")
-        url = value.get("url") if isinstance(value, dict) else value
-    elif part.get("base64"):
-        url = f"data:{part.get('mime_type', 'image/png')};base64,{part['base64']}"
-    else:
-        url = part.get("url")
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"image part {str(part)[:80]!r} has no URL")
-    return url
-
-
-def to_conversation(messages: list[BaseMessage]) -> tuple[list[dict[str, Any]], list[Image.Image]]:
-    """Chat-template messages (``{"role", "content"}``; content a string, or parts ``{"type":
-    "image"}`` / ``{"type": "text", "text"}`` when images are present) and the images in order."""
-    conversation: list[dict[str, Any]] = []
-    images: list[Image.Image] = []
-    for message in messages:
-        role = message.role if isinstance(message, ChatMessage) else message.type
-        if role not in _ROLES:
-            raise ValueError(f"{type(message).__name__} (role {role!r}) is not supported by the "
-                             f"transformers backend; use system, human and ai messages")
-        content = message.content
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        converted: list[dict[str, Any]] = []
-        for part in parts:
-            if isinstance(part, str):
-                converted.append({"type": "text", "text": part})
-            elif isinstance(part, dict) and part.get("type") == "text":
-                converted.append({"type": "text", "text": str(part.get("text", ""))})
-            elif isinstance(part, dict) and part.get("type") in ("image_url", "image"):
-                images.append(load_image(_image_url(part)))
-                converted.append({"type": "image"})
-            else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ValueError(f"message part of type {kind!r} is not supported; use text and "
-                                 f"image_url parts")
-        if all(p["type"] == "text" for p in converted):
-            conversation.append({"role": _ROLES[role], "content": "".join(p["text"] for p in converted)})
-        else:
-            conversation.append({"role": _ROLES[role], "content": converted})
-    if not conversation:
-        raise ValueError("no messages to send")
-    return conversation, images
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ torch, transformers, trl and datasets are imported inside the functions.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: ``--resume_from_checkpoint`` values that mean "the newest checkpoint in output_dir, if any".
 RESUME_LAST = ("last", "true", "True", "yes", "1")
+#: Files of a saved processor (tokenizer, chat template, image processor).
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                   "chat_template.json", "processor_config.json", "preprocessor_config.json")
 
 
 @dataclass
@@ -102,7 +107,7 @@ def load_model_and_processor(model_args: Any, data_args: DataArguments, training
     """The VLM to train (vision frozen if asked) and its processor (no torchvision needed)."""
     import torch
     from transformers import AutoModelForImageTextToText
-    from trl import get_kbit_device_map, get_quantization_config
+    from trl import get_quantization_config
 
     from tools.local_vlm import load_processor
 
@@ -114,8 +119,11 @@ def load_model_and_processor(model_args: Any, data_args: DataArguments, training
     kwargs = dict(revision=model_args.model_revision, dtype=dtype,
                   attn_implementation=model_args.attn_implementation,
                   trust_remote_code=getattr(training_args, "trust_remote_code", False))
-    if quantization is not None:
-        kwargs.update(quantization_config=quantization, device_map=get_kbit_device_map())
+    if quantization is not None:  # QLoRA: each process holds its quantized copy on its own GPU
+        from accelerate import PartialState
+
+        kwargs.update(quantization_config=quantization,
+                      device_map={"": PartialState().local_process_index})
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
     if data_args.freeze_vision:
         logger.info("froze %d vision parameters", freeze_vision_tower(model))
@@ -150,10 +158,11 @@ def resume_point(training_args: Any) -> str | bool | None:
 
 
 def finish(trainer: Any, model_args: Any, data_args: DataArguments) -> Path:
-    """Save the final model (or adapter) and processor; merge a LoRA adapter if asked.
-    Returns the folder a chat model should load."""
+    """Save the final model (or adapter), processor and trainer state (the logged metrics, in
+    trainer_state.json); merge a LoRA adapter if asked. Returns the folder a chat model loads."""
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
+    trainer.save_state()
     if not model_args.use_peft or not data_args.merge_lora:
         return out
     if trainer.accelerator.is_main_process:
@@ -177,8 +186,12 @@ def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "auto") -> Path:
     base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
-    has_processor = any((Path(adapter_dir) / name).is_file()
-                        for name in ("preprocessor_config.json", "processor_config.json"))
-    load_processor(adapter_dir if has_processor else base_path).save_pretrained(out_dir)
+    # The processor the run saved next to the adapter (tokenizer, chat template, image settings):
+    # its files are copied, since building it needs the model's config.json, which is not there.
+    kept = [f for f in Path(adapter_dir).iterdir() if f.is_file() and f.name in PROCESSOR_FILES]
+    for file in kept:
+        shutil.copy2(file, Path(out_dir) / file.name)
+    if not any(f.name.endswith("processor_config.json") for f in kept):
+        load_processor(base_path).save_pretrained(out_dir)
     logger.info("merged %s into %s -> %s", adapter_dir, base_path, out_dir)
     return Path(out_dir)

@@ -24,23 +24,25 @@ Rules a user can rely on (the CLI's ``--help`` repeats them):
   more requests in a complete subcategory, write to another file.
 * ``read_prompt_file`` never drops a line silently: every unusable line comes back as a
   ``PromptProblem`` with its line number and id, and is skipped.
+
+The pieces live in modules of their own, and their public names are importable from here too:
+``training.taxonomy`` (reading and checking the taxonomy), ``training.dedupe`` (exact and near
+duplicates), ``training.teacher_replies`` (reading a teacher's reply) and
+``training.prompt_files`` (reading a prompt file back). This module asks the teacher and writes
+the file, and holds the ``datagen prompts`` command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
-import math
 import os
-import re
 import sys
 import tempfile
 import time
-import unicodedata
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,227 +52,23 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from tools.chat import EndpointError
-from tools.parsing import ReplyParseError, parse_mapping, split_reply
+from tools.parsing import ReplyParseError
+from training.dedupe import NEAR_THRESHOLD, Deduplicator, dedupe, jaccard, normalise, shingles
+from training.prompt_files import IMAGE_MARKER, PromptProblem, _is_jsonl, read_prompt_file
+from training.taxonomy import DEFAULT_TAXONOMY, Subcategory, load_taxonomy
+from training.teacher_replies import parse_requests
+
+__all__ = [
+    "DEFAULT_TAXONOMY", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED",
+    "EXIT_UNREACHABLE", "IMAGE_MARKER", "NEAR_THRESHOLD", "SYSTEM_PROMPT", "Deduplicator",
+    "PromptProblem", "PromptSetSummary", "ReplyParseError", "Subcategory", "SubcategoryResult",
+    "build_prompt_file", "dedupe", "generate_prompts", "jaccard", "load_taxonomy", "main",
+    "make_parser", "normalise", "parse_requests", "read_prompt_file", "shingles",
+    "teacher_messages"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
-NEAR_THRESHOLD = 0.8
-IMAGE_MARKER = "<image>"
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
-
-_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_LINE = object()  # key under which the YAML loader records the line of each mapping
-
-
-# --------------------------------------------------------------------------- taxonomy
-
-
-@dataclass(frozen=True)
-class Subcategory:
-    """One leaf of the taxonomy, with its domain's name and description copied in."""
-
-    id: str
-    name: str
-    description: str
-    domain: str
-    domain_name: str
-    domain_description: str
-    examples: tuple[str, ...] = ()
-    needs_images: bool = False
-
-
-def _yaml(text: str) -> Any:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader: Loader, node: Any) -> dict:
-        value = loader.construct_mapping(node, deep=True)
-        value[_LINE] = node.start_mark.line + 1
-        return value
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def _check_entry(entry: Any, where: str, required: dict[str, type], optional: dict[str, type],
-                 errors: list[str]) -> bool:
-    """Append a message per problem of one mapping; True when it can be read further."""
-    if not isinstance(entry, dict):
-        errors.append(f"{where}: expected a mapping with keys {sorted(required)}, "
-                      f"got {type(entry).__name__}")
-        return False
-    where = f"line {entry[_LINE]} ({where})"
-    ok = True
-    for key, kind in {**required, **optional}.items():
-        if key not in entry:
-            if key in required:
-                errors.append(f"{where}: missing '{key}'; add it")
-                ok = False
-            continue
-        value = entry[key]
-        if not isinstance(value, kind) or (kind is str and not value.strip()):
-            errors.append(f"{where}: '{key}' must be a non-empty {kind.__name__}, "
-                          f"got {value!r}")
-            ok = False
-    unknown = sorted(str(k) for k in entry if k is not _LINE and k not in required
-                     and k not in optional)
-    if unknown:
-        errors.append(f"{where}: unknown key(s) {unknown}; allowed: "
-                      f"{sorted([*required, *optional])}")
-    if ok and "id" in required and not _SLUG.match(entry["id"]):
-        errors.append(f"{where}: id {entry['id']!r} is not a slug; use lower-case letters, "
-                      f"digits and single hyphens, e.g. 'paper-crafts'")
-    return ok
-
-
-def load_taxonomy(path: str | os.PathLike) -> list[Subcategory]:
-    """Read and check a taxonomy file (YAML; JSON is YAML too). Raises ``ValueError`` listing
-    every problem with its line and the fix; see ``training/taxonomy.yaml`` for the shape."""
-    path = Path(path)
-    raw = path.read_bytes()
-    try:
-        data = _yaml(raw.decode("utf-8"))
-    except Exception as exc:  # yaml.YAMLError or UnicodeDecodeError; both name the position
-        raise ValueError(f"{path}: not a readable YAML file: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("domains"), list) \
-            or not data["domains"]:
-        raise ValueError(f"{path}: expected a top-level 'domains:' list with at least one "
-                         f"domain (see training/taxonomy.yaml)")
-    errors: list[str] = []
-    seen_domains: dict[str, int] = {}
-    seen: dict[str, int] = {}
-    found: list[Subcategory] = []
-    for d, domain in enumerate(data["domains"]):
-        where = f"domains[{d}]"
-        if not _check_entry(domain, where, {"id": str, "name": str, "description": str,
-                                            "subcategories": list}, {}, errors):
-            continue
-        if domain["id"] in seen_domains:
-            errors.append(f"line {domain[_LINE]} ({where}): domain id {domain['id']!r} is also "
-                          f"used at line {seen_domains[domain['id']]}; rename one")
-        seen_domains.setdefault(domain["id"], domain[_LINE])
-        if not domain["subcategories"]:
-            errors.append(f"line {domain[_LINE]} ({where}): 'subcategories' is empty; add one")
-        for s, sub in enumerate(domain["subcategories"]):
-            here = f"{where}.subcategories[{s}]"
-            if not _check_entry(sub, here, {"id": str, "name": str, "description": str},
-                                {"examples": list, "needs_images": bool}, errors):
-                continue
-            examples = sub.get("examples", [])
-            if any(not isinstance(e, str) or not e.strip() for e in examples):
-                errors.append(f"line {sub[_LINE]} ({here}): every example must be a "
-                              f"non-empty string")
-            if sub["id"] in seen:
-                errors.append(f"line {sub[_LINE]} ({here}): subcategory id {sub['id']!r} is "
-                              f"also used at line {seen[sub['id']]}; ids must be unique across "
-                              f"the file (row ids derive from them), rename one")
-                continue
-            seen[sub["id"]] = sub[_LINE]
-            found.append(Subcategory(
-                id=sub["id"], name=sub["name"].strip(), description=sub["description"].strip(),
-                domain=domain["id"], domain_name=domain["name"].strip(),
-                domain_description=domain["description"].strip(),
-                examples=tuple(e.strip() for e in examples if isinstance(e, str)),
-                needs_images=sub.get("needs_images", False)))
-    if errors:
-        raise ValueError(f"{path}: {len(errors)} problem(s) in the taxonomy:\n  "
-                         + "\n  ".join(errors))
-    return found
-
-
-# --------------------------------------------------------------------------- de-duplication
-
-_PUNCT = re.compile(r"[^\w\s]|_")
-
-
-def normalise(text: str) -> str:
-    """The form exact duplicates are compared in: NFKC, case-folded, punctuation removed,
-    whitespace collapsed.
-
-    >>> normalise("  Fold a Paper-Crane,  please! ")
-    'fold a paper crane please'
-    """
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_PUNCT.sub(" ", text).split())
-
-
-def shingles(normalised: str, size: int = 2) -> frozenset[str]:
-    """Word ``size``-grams of a normalised text (the whole text when it is shorter)."""
-    words = normalised.split()
-    if len(words) <= size:
-        return frozenset([" ".join(words)]) if words else frozenset()
-    return frozenset(" ".join(words[i:i + size]) for i in range(len(words) - size + 1))
-
-
-def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    if not a and not b:
-        return 1.0
-    common = len(a & b)
-    return common / (len(a) + len(b) - common)
-
-
-class Deduplicator:
-    """Remembers kept texts and says whether a new one repeats one of them.
-
-    Near duplicates are found with prefix filtering: two sets with Jaccard >= t must share a
-    token within the first ``n - ceil(t*n) + 1`` tokens of each (one fixed token order), so only
-    texts sharing such a token are compared exactly. Same answers as comparing all pairs.
-
-    >>> d = Deduplicator()
-    >>> d.add("Show how to fold a paper crane."), d.add("show how to fold a paper crane")
-    (None, 'exact')
-    """
-
-    def __init__(self, threshold: float = NEAR_THRESHOLD) -> None:
-        if not 0 < threshold <= 1:
-            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
-        self.threshold = threshold
-        self._exact: set[str] = set()
-        self._sets: list[frozenset[str]] = []
-        self._index: dict[str, list[int]] = {}
-
-    def _prefix(self, tokens: frozenset[str]) -> list[str]:
-        ordered = sorted(tokens, key=lambda t: (zlib.crc32(t.encode()), t))
-        return ordered[:len(ordered) - math.ceil(self.threshold * len(ordered) - 1e-9) + 1]
-
-    def classify(self, text: str) -> str | None:
-        """``"exact"``, ``"near"`` or None (new), without remembering ``text``."""
-        key = normalise(text)
-        if key in self._exact:
-            return "exact"
-        tokens = shingles(key)
-        candidates = {i for t in self._prefix(tokens) for i in self._index.get(t, ())}
-        if any(jaccard(tokens, self._sets[i]) >= self.threshold - 1e-12 for i in candidates):
-            return "near"
-        return None
-
-    def add(self, text: str) -> str | None:
-        """Remember ``text`` unless it is a duplicate; return why it was refused, else None."""
-        reason = self.classify(text)
-        if reason is None:
-            key = normalise(text)
-            tokens = shingles(key)
-            self._exact.add(key)
-            self._sets.append(tokens)
-            for token in self._prefix(tokens):
-                self._index.setdefault(token, []).append(len(self._sets) - 1)
-        return reason
-
-
-def dedupe(texts: Iterable[str], threshold: float = NEAR_THRESHOLD
-           ) -> tuple[list[str], dict[str, int]]:
-    """Keep the first of each group of duplicates; return (kept, {"exact": n, "near": n})."""
-    seen, kept, dropped = Deduplicator(threshold), [], {"exact": 0, "near": 0}
-    for text in texts:
-        reason = seen.add(text)
-        if reason is None:
-            kept.append(text)
-        else:
-            dropped[reason] += 1
-    return kept, dropped
 
 
 # --------------------------------------------------------------------------- the teacher
@@ -308,84 +106,6 @@ def teacher_messages(sub: Subcategory, count: int) -> list[BaseMessage]:
               "Reply with only a JSON object of this form:",
               '{"requests": ["first request", "second request"]}']
     return [SystemMessage(SYSTEM_PROMPT), HumanMessage("\n".join(lines))]
-
-
-_LIST_LINE = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•])\s+(.+?)\s*$")
-_NUMBERING = re.compile(r"^\s*\d{1,3}[.)]\s+")
-_QUOTES = "\"'“”‘’"
-
-
-def _array(text: str) -> list | None:
-    start, end = text.find("["), text.rfind("]")
-    if start < 0 or end < start:
-        return None
-    body = text[start:end + 1]
-    try:
-        value = json.loads(body, strict=False)
-    except ValueError:
-        try:
-            value = ast.literal_eval(body) if len(body) <= 200_000 else None
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            value = None
-    return value if isinstance(value, list) else None
-
-
-def _json_items(body: str) -> list | None:
-    brace, bracket = body.find("{"), body.find("[")
-    if bracket >= 0 and (brace < 0 or bracket < brace):  # a bare list comes first
-        items = _array(body)
-        if items is not None:
-            return items
-    if brace >= 0:
-        try:
-            mapping = parse_mapping(body)
-        except ReplyParseError:
-            mapping = {}
-        if isinstance(mapping.get("requests"), list):
-            return mapping["requests"]
-        lists = [v for v in mapping.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            return lists[0]
-    return _array(body) if bracket >= 0 else None
-
-
-def _clean(text: str) -> str:
-    text = _NUMBERING.sub("", " ".join(text.split()))
-    if len(text) > 1 and text[0] in _QUOTES and text[-1] in _QUOTES:
-        text = text[1:-1].strip()
-    return text
-
-
-def parse_requests(reply: str) -> tuple[list[str], int]:
-    """(requests, number of unusable list items) from a teacher reply; raises
-    ``ReplyParseError`` when the reply holds no list of requests.
-
-    >>> parse_requests('```json\\n{"requests": ["Draw a frog\\'s life cycle.", 3]}\\n```')
-    (["Draw a frog's life cycle."], 1)
-    """
-    if not isinstance(reply, str):
-        raise ReplyParseError(f"the reply is a {type(reply).__name__}", reply, "not_text")
-    _, body = split_reply(reply)
-    items = _json_items(body)
-    if items is None:
-        lines = [m.group(1) for m in map(_LIST_LINE.match, body.splitlines()) if m]
-        items = lines if len(lines) >= 2 else None
-    if items is None:
-        raise ReplyParseError("no JSON list of requests (and no numbered list) in the reply",
-                              reply, "no_answer")
-    texts, invalid = [], 0
-    for item in items:
-        if isinstance(item, dict):  # [{"request": "..."}] is a common variant
-            item = item.get("request", item.get("text"))
-        text = _clean(item) if isinstance(item, str) else ""
-        if normalise(text):
-            texts.append(text)
-        else:
-            invalid += 1
-    if not texts:
-        raise ReplyParseError(f"the reply's list has no usable request ({len(items)} items)",
-                              reply, "schema")
-    return texts, invalid
 
 
 def _seed(base: int, sub_id: str, attempt: int) -> int:
@@ -531,125 +251,6 @@ def generate_prompts(taxonomy: Sequence[Subcategory], model: BaseChatModel, *,
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return rows
-
-
-# --------------------------------------------------------------------------- prompt files
-
-@dataclass(frozen=True)
-class PromptProblem:
-    """One line of a prompt file that was skipped, and why."""
-
-    line: int
-    id: str | None
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}{f' (id {self.id!r})' if self.id else ''}: {self.message}"
-
-
-def _is_jsonl(path: Path, lines: list[bytes]) -> bool:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return True
-    if suffix == ".txt":
-        return False
-    first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(b"#")),
-                 b"")
-    return first.startswith(b"{")
-
-
-def _jsonl_row(text: str, base: Path, require_images: bool) -> tuple[dict | None, str | None,
-                                                                      str | None]:
-    """(row, id, problem) of one JSONL line."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        return None, None, f"not valid JSON ({exc})"
-    if not isinstance(data, dict):
-        return None, None, f"expected a JSON object, got {type(data).__name__}"
-    row_id = data.get("id")
-    if not isinstance(row_id, str) or not row_id.strip():
-        return None, None, f"'id' must be a non-empty string, got {row_id!r}"
-    request = data.get("request")
-    if not isinstance(request, str) or not request.strip():
-        return None, row_id, f"'request' must be a non-empty string, got {request!r}"
-    images = data.get("images", [])
-    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
-        return None, row_id, f"'images' must be a list of file paths, got {images!r}"
-    for key, kind in (("domain", str), ("subcategory", str), ("needs_images", bool)):
-        if key in data and not isinstance(data[key], kind):
-            return None, row_id, f"'{key}' must be a {kind.__name__}, got {data[key]!r}"
-    paths = [Path(p).expanduser() for p in images]
-    paths = [p if p.is_absolute() else base / p for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        return None, row_id, f"image file(s) not found: {missing} (relative paths are read " \
-                             f"from the prompt file's folder)"
-    markers = request.count(IMAGE_MARKER)
-    if data.get("needs_images") and not images and require_images:
-        return None, row_id, ("needs input images but 'images' is empty; attach one file per "
-                              f"{IMAGE_MARKER} marker")
-    if markers and (images or require_images) and markers != len(images):
-        return None, row_id, (f"the request has {markers} {IMAGE_MARKER} marker(s) but "
-                              f"{len(images)} image(s); give one image per marker")
-    row = {**data, "id": row_id, "request": request, "images": [str(p) for p in paths],
-           "needs_images": data.get("needs_images", False), "domain": data.get("domain", ""),
-           "subcategory": data.get("subcategory", "")}
-    return row, row_id, None
-
-
-def read_prompt_file(path: str | os.PathLike, *, require_images: bool = True
-                     ) -> tuple[list[dict], list[PromptProblem]]:
-    """Read a prompt file as ``datagen run`` does: (usable rows, problems); unusable lines are
-    skipped and each is reported with its line number (and id when it has one).
-
-    JSONL (``.jsonl``/``.ndjson``/``.json``, or any other name whose first line starts with
-    ``{``): one object per line with a non-empty string ``id`` and ``request``; optional
-    ``images`` (existing files; relative paths are resolved against the file's folder and
-    returned absolute), ``domain``, ``subcategory``, ``needs_images``; other keys are kept. A
-    repeated id, a missing image, a ``needs_images`` row without images (unless
-    ``require_images=False``) and a count of ``<image>`` markers that differs from the number of
-    images are problems. Blank lines are ignored.
-
-    Plain text (``.txt``, or a first line not starting with ``{``): one request per line, id
-    ``line-00007`` from the line number; blank lines and lines starting with ``#`` are ignored;
-    a line with ``<image>`` markers is a problem (text files cannot carry images).
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines = raw.split(b"\n")
-    jsonl = _is_jsonl(path, lines)
-    rows: list[dict] = []
-    problems: list[PromptProblem] = []
-    first_line: dict[str, int] = {}
-    for number, data in enumerate(lines, 1):
-        try:
-            text = data.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            problems.append(PromptProblem(number, None, f"not UTF-8 text ({exc.reason})"))
-            continue
-        if not text or (not jsonl and text.startswith("#")):
-            continue
-        if jsonl:
-            row, row_id, problem = _jsonl_row(text, path.parent, require_images)
-        elif IMAGE_MARKER in text:
-            row, row_id = None, f"line-{number:05d}"
-            problem = (f"the request has {IMAGE_MARKER} markers, but a plain-text prompt file "
-                       f"cannot carry images; use JSONL with an 'images' list")
-        else:
-            row_id, problem = f"line-{number:05d}", None
-            row = {"id": row_id, "request": text, "images": [], "needs_images": False,
-                   "domain": "", "subcategory": ""}
-        if row is not None and row_id in first_line:
-            row, problem = None, f"duplicate id; line {first_line[row_id]} already uses it"
-        if row is None:
-            problems.append(PromptProblem(number, row_id, problem or "unusable line"))
-            continue
-        first_line[row_id] = number
-        rows.append(row)
-    return rows, problems
 
 
 # --------------------------------------------------------------------------- writing a file

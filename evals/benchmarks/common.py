@@ -19,7 +19,8 @@ Why it is built this way:
 * Cost is measured, not estimated: generator calls and critic calls come from the run's
   document; VLM requests and tokens from a LangChain callback on per-item planner/critic clients
   (OpenAI-compatible backends; the in-process backend reports neither); judge requests and tokens
-  the same way; wall time is measured around each item.
+  the same way; wall time is measured around each item. A graph run resumed after a crash is
+  measured for its resumed part only; one found already finished has unknown VLM use and time.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _loads(text: str, where: str) -> Any:
         raise DataFormatError(f"{where} is not valid JSON ({exc})") from None
 
 
-def need(record: dict[str, Any], where: str, fields: dict[str, type | tuple[type, ...]],
+def need(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], where: str,
          expected: str) -> None:
     """Raise a DataFormatError naming the item and the fields it lacks or has of a wrong type."""
     problems = [f"{name} is missing" if name not in record else
@@ -406,7 +407,7 @@ class Benchmark:
     request: Callable[[Item], tuple[str, list[str]]]  # graph request text and input image paths
     bare_request: Callable[[Item], tuple[str, str | None]]  # generator prompt, source image path
     pick: Callable[[Item, dict], dict]  # (item, document) -> {text, images, inputs}
-    questions: Callable[[Item, dict], list[Question]]  # (item, output) -> questions
+    questions: Callable[[Item, dict, ImageStore], list[Question]]  # (item, output, store)
     score: Callable[[Item, dict, list[dict]], dict]  # (item, output, answers) -> result
     summarize: Callable[[list[tuple[Item, dict]]], dict]  # scored items -> metrics
     headline: tuple[str, ...]  # metric keys shown side by side in the report
@@ -449,12 +450,15 @@ def _graph_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dic
     folder = Path(ctx.runs_dir) / run_id
     document = json.loads((folder / "document.json").read_text(encoding="utf-8"))
     attempts = [a for step in document["steps"] for a in step["attempts"]]
+    # A run that had finished before this call was not watched: its VLM use and time are unknown.
     vlm = usage.as_dict() if outcome is not None else {
         "requests": None, "input_tokens": None, "output_tokens": None}
     cost = {"generator_calls": len(attempts),
             "critic_calls": sum(a["verdict"] is not None for a in attempts),
             "vlm_requests": vlm["requests"], "vlm_input_tokens": vlm["input_tokens"],
             "vlm_output_tokens": vlm["output_tokens"]}
+    if outcome is None:
+        cost["wall_s"] = None
     return {**bench.pick(item, document), "run_id": run_id,
             "trajectory": str(folder / "document.html"), "cost": cost}
 
@@ -512,7 +516,7 @@ def make_output(bench: Benchmark, item: Item, config: Config, ctx: Context) -> d
     batch = f"{bench.name}-{config.name}"
     started = time.perf_counter()
     made = (_bare_output if config.kind == "bare" else _graph_output)(bench, item, batch, ctx)
-    made["cost"]["wall_s"] = round(time.perf_counter() - started, 3)
+    made["cost"].setdefault("wall_s", round(time.perf_counter() - started, 3))
     return made
 
 
@@ -534,7 +538,7 @@ def judge_item(bench: Benchmark, judge: BenchJudge, item: Item, output: dict[str
     """Ask an item's questions (sequentially; the judge bounds concurrency) and score it."""
     started = time.perf_counter()
     answers = [judge.ask(bench.name, bench.prompt_version, q, retry_failed=retry_failed)
-               for q in bench.questions(item, output)]
+               for q in bench.questions(item, output, judge.store)]
     result = bench.score(item, output, answers)
     known = all(a["input_tokens"] is not None for a in answers if a["requests"])
     result["judge"] = {
@@ -610,8 +614,14 @@ def evaluate(bench: Benchmark, items: list[Item], configs: list[Config], ctx: Co
                            bench.prompt_version, result)
         return result["status"], result.get("error") or ""
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench") as pool:
-        list(pool.map(one, units))
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench")
+    try:
+        for future in [pool.submit(one, unit) for unit in units]:
+            future.result()
+    except BaseException:  # Ctrl-C: drop what has not started; items under way finish
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def relative_link(target: str | None, base: Path) -> str | None:

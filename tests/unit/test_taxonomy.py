@@ -6,8 +6,9 @@ import re
 import pytest
 
 from tools.parsing import ReplyParseError
-from training.prompt_sets import (DEFAULT_TAXONOMY, Deduplicator, dedupe, jaccard, load_taxonomy,
-                                  normalise, parse_requests, shingles)
+from training.dedupe import Deduplicator, dedupe, jaccard, normalise, shingles
+from training.taxonomy import DEFAULT_TAXONOMY, load_taxonomy
+from training.teacher_replies import parse_requests
 
 GOOD_SUB = """      - id: {id}
         name: {name}

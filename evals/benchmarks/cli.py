@@ -1,0 +1,186 @@
+"""``interleave eval ueval|wise|rise``: run a benchmark over one or more configurations, judge it
+with any OpenAI-compatible chat model, and write the report.
+
+Resumable: rerun the same command after a crash or Ctrl-C; finished items are skipped, stored
+judge answers reused. Progress goes to stderr, a partial report is written every
+``--report-every-s`` seconds, and the final one at the end (``<out>/report.md`` and ``.json``).
+
+The judge's API key comes from ``--judge-api-key`` or ``$INTERLEAVE_JUDGE_API_KEY`` (read here,
+at the edge, like the run settings' variables in ``graph.context``).
+
+Exit codes: 0 every item scored; 1 some items failed (see the report; a rerun retries them);
+2 bad input (data file, configuration or settings); 130 interrupted (rerun to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILURES, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from graph.context import Context
+
+    parser = argparse.ArgumentParser(
+        prog="interleave eval",
+        description="Run UEval, WISE or RISEBench over configurations of the graph (or the bare "
+                    "generator), judge the outputs and write a side-by-side report.",
+        epilog="Configurations: full (planner + critic, 3 generations per step), critic-off "
+               "(1 generation, no critic call), bare (the generator alone), or "
+               "NAME:setting=value,... e.g. planner-b:planner_model=my-planner or "
+               "bare-8:kind=bare,num_inference_steps=8. Exit codes: 0 all scored, 1 some items "
+               "failed, 2 bad input, 130 interrupted.")
+    parser.add_argument("benchmark", choices=("ueval", "wise", "rise"))
+    parser.add_argument("--data", required=True, type=Path,
+                        help="benchmark data: a JSON list or JSONL file, or a folder of them "
+                             "(WISE: the repo's data/ folder)")
+    parser.add_argument("--images-root", type=Path, default=None,
+                        help="folder the data's image paths are relative to (RISEBench; default: "
+                             "the data file's folder)")
+    parser.add_argument("--config", action="append", default=None, metavar="SPEC",
+                        help="a configuration to evaluate; repeat for several (default: full)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for results.sqlite, report.md/json and submission files "
+                             "(default: <runs-dir>/evals/<benchmark>)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="runs folder for the graph runs and images (default: "
+                             "$INTERLEAVE_RUNS_DIR or ./runs)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items")
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="items produced and judged at once (default 2)")
+    parser.add_argument("--stage", choices=("all", "generate", "judge"), default="all",
+                        help="generate only, judge stored outputs only, or both (default)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="ask the judge again where a stored reply could not be read")
+    parser.add_argument("--report-every-s", type=float, default=30.0,
+                        help="write the partial report at most this often (default 30)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-item progress lines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    judge = parser.add_argument_group("judge", "any OpenAI-compatible chat endpoint with images")
+    judge.add_argument("--judge", default=None, metavar="MODEL",
+                       help="judge model name as the endpoint serves it (required unless "
+                            "--stage generate)")
+    judge.add_argument("--judge-version", default=None,
+                       help="exact judge version recorded with every score (default: the model "
+                            "name); a new version is judged anew")
+    judge.add_argument("--judge-base-url", default="http://127.0.0.1:8000/v1",
+                       help="judge endpoint (default http://127.0.0.1:8000/v1)")
+    judge.add_argument("--judge-api-key", default=None,
+                       help="judge API key (default: $INTERLEAVE_JUDGE_API_KEY, else EMPTY)")
+    judge.add_argument("--judge-concurrency", type=int, default=8,
+                       help="judge requests in flight at once (default 8)")
+    judge.add_argument("--judge-retries", type=int, default=2,
+                       help="re-asks of an unreadable reply before it is recorded as failed")
+    judge.add_argument("--judge-max-tokens", type=int, default=2048)
+    judge.add_argument("--judge-timeout-s", type=float, default=120.0)
+    settings = parser.add_argument_group(
+        "run settings", "as for `interleave run`; each also reads INTERLEAVE_<NAME> (flag wins)")
+    for field in dataclasses.fields(Context):
+        if field.name in ("runs_dir", "review_plan"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.metadata.get("choices"):
+            settings.add_argument(flag, dest=field.name, choices=field.metadata["choices"],
+                                  default=None, help=field.metadata["description"])
+        else:
+            settings.add_argument(flag, dest=field.name, type=_TYPES[str(field.type)],
+                                  default=None, help=field.metadata["description"])
+    return parser
+
+
+def _progress(quiet: bool) -> Any:
+    def show(event: Any) -> None:
+        if not quiet:
+            detail = f" - {event.detail[:160]}" if event.detail else ""
+            print(f"[{event.done}/{event.total}] {event.config} {event.item}: "
+                  f"{event.status}{detail}", file=sys.stderr, flush=True)
+    return show
+
+
+def _summary(report: dict[str, Any]) -> None:
+    for section in report["configs"]:
+        head = section["metrics"]["headline"]
+        shown = ", ".join(f"{k} {head.get(k):.4g}" if head.get(k) is not None else f"{k} n/a"
+                          for k in report["headline"])
+        counts = section["counts"]
+        print(f"{section['name']}: {shown} ({counts['scored'] + counts['partial']} scored, "
+              f"{counts['judge_failed'] + counts['generation_failed']} failed)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    from evals.benchmarks import common, report, rise, ueval, wise
+    from graph.context import Context, default_runs_dir
+
+    bench = {"ueval": ueval, "wise": wise, "rise": rise}[args.benchmark].BENCHMARK
+    try:
+        if args.stage != "generate" and not args.judge:
+            raise ValueError("--judge MODEL is required to judge; or pass --stage generate")
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit {args.limit} must be at least 1")
+        configs = [common.parse_config(spec) for spec in args.config or ["full"]]
+        items = bench.load(args.data, args.images_root)[:args.limit]
+        runs_dir = args.runs_dir or default_runs_dir()
+        names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
+        ctx = Context(runs_dir=runs_dir, **{n: getattr(args, n) for n in names
+                                            if getattr(args, n, None) is not None})
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out_dir = args.out or Path(runs_dir) / "evals" / bench.name
+    results = common.ResultStore(out_dir / "results.sqlite")
+    judge, judge_info = None, None
+    if args.judge:
+        from tools.chat import openai_model
+
+        key = args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY") or "EMPTY"
+        model = openai_model(args.judge_base_url, key, args.judge, args.judge_max_tokens, 0.0,
+                             args.judge_timeout_s, 2)
+        judge = common.BenchJudge(model, model_name=args.judge,
+                                  version=args.judge_version or args.judge,
+                                  system=bench.judge_system, store_root=runs_dir, results=results,
+                                  max_concurrency=args.judge_concurrency,
+                                  retries=args.judge_retries,
+                                  image_max_pixels=ctx.vlm_image_max_pixels)
+        judge_info = {"model": args.judge, "version": judge.version, "identity": judge.identity,
+                      "base_url": args.judge_base_url}
+
+    def write() -> dict[str, Any]:
+        built = report.build_report(bench, items, configs, results, judge=judge_info,
+                                    out_dir=out_dir, runs_dir=Path(runs_dir), data=str(args.data))
+        report.write_report(built, out_dir)
+        return built
+
+    try:
+        common.evaluate(bench, items, configs, ctx, judge, results, stage=args.stage,
+                        concurrency=args.concurrency, on_progress=_progress(args.quiet),
+                        on_checkpoint=write, checkpoint_every_s=args.report_every_s,
+                        retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        write()
+        print(f"interrupted; partial report in {out_dir / 'report.md'}; rerun the same command "
+              f"to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    final = write()
+    _summary(final)
+    print(f"report: {out_dir / 'report.md'}")
+    results.close()
+    failed = any(s["counts"][k] for s in final["configs"]
+                 for k in ("partial", "judge_failed", "generation_failed"))
+    return EXIT_FAILURES if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

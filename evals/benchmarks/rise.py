@@ -1,0 +1,300 @@
+"""RISEBench (reasoning-informed image editing): one edit per sample, with the critic loop.
+
+What was checked against the public sources, and where (github.com/PhoenixZ810/RISEBench:
+README.md, gpt_eval.py, utils.py; sample record quoted from its data/data_total.json):
+
+* Data: a JSON list (``data/data_total.json`` for RISEBench-64; ``datav2_total_w_subtask.json``
+  and ``data.zip`` of huggingface.co/datasets/PhoenixZ/RISEBench for the 360 samples) whose items
+  hold ``index`` ("temporal_reasoning_1"), ``category`` (temporal_reasoning, causal_reasoning,
+  spatial_reasoning, logical_reasoning), ``subtask``, ``instruction``, ``image`` (path relative to
+  the data folder) and, depending on the sample, ``reference`` (text), ``reference_img``,
+  ``reference_txt``, ``consistency_free``, ``reasoning_img``, ``reasoning_wo_ins``. Image paths
+  are resolved against ``--images-root`` (default: the data file's folder).
+* Judging (gpt_eval.py ``eval_vanilla``): three requests per sample, each ending in a
+  "Final Score": appearance consistency from [input, output] and the instruction (skipped for
+  ``consistency_free`` samples), instruction reasoning from the output (plus the input image when
+  ``reasoning_img``, or the reference image in its place when ``reference_img``) against the
+  reference, and visual plausibility from the output alone (not for logical samples). Scores are
+  1-5; logical samples are judged correct/incorrect and mapped 0 -> 1, 1 -> 5. Official judge:
+  GPT-4.1 (gpt-4.1-2025-04-14) in the current script, GPT-4o in the paper.
+* Score (``calculate_score``): ``0.3 consistency + 0.5 reasoning + 0.2 plausibility``;
+  consistency-free: ``0.2 plausibility + 0.8 reasoning``; logical: ``0.3 consistency +
+  0.7 reasoning``; when reasoning is 1 the score is halved, floored at 1. Percent = 25 (s - 1).
+* Accuracy (``calculate_completion``, the README's headline "Overall (%)", e.g. 28.9 for
+  GPT-4o-Image): a sample counts only when every dimension is full marks (5): consistency,
+  reasoning and plausibility; consistency and reasoning for logical. Verified as believed.
+  Note: in the official script a consistency-free sample has no consistency score (NaN), so it
+  can never count as accurate; ``accuracy`` reproduces that, and ``accuracy_judged`` (every
+  *judged* dimension at 5) is reported beside it.
+
+Our own choices, documented: the prompts are our wording of the official rubrics, with an
+``<answer>{"score": N}</answer>`` reply; a logical sample with ``consistency_free`` (not handled
+by the official script) scores its reasoning alone. The graph gets the input image in guidance
+mode (``<image>`` + the instruction, asking to continue with one edited image); the first
+generated step's image is the answer. The bare generator edits the input image with the
+instruction. A sample whose run produced no image, or with a dimension the judge could not be
+read on after the retries, is a judge failure: excluded from every mean, counted in the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from evals.benchmarks.common import (Benchmark, DataFormatError, Item, Question, need, read_records,
+                                     unique_ids)
+from tools.image_store import ImageStore
+from tools.parsing import ReplyParseError, read_answer
+
+PROMPT_VERSION = "rise-v1"
+CATEGORIES = ("temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning")
+DIMENSIONS = ("consistency", "reasoning", "plausibility")
+EXPECTED = ("index, category (temporal_reasoning, causal_reasoning, spatial_reasoning or "
+            "logical_reasoning), instruction and image (a path under --images-root), plus "
+            "reference, reference_img or reference_txt, as in RISEBench's data_total.json")
+
+SYSTEM = ("You evaluate images produced by AI image-editing models. You follow the scoring rules "
+          "you are given to the letter and answer in the exact format you are asked for.")
+
+_SCALE = ("\nExplain your reasoning step by step, then end your reply with exactly one answer "
+          'block:\n<answer>{{"score": N}}</answer>\nwith N a whole number {scale}.')
+_FIVE, _BINARY = "from 1 to 5", "0 or 1"
+
+_CONSISTENCY = """The first image is the original; the second was made from it by an edit \
+following this instruction:
+<instruction>
+{instruction}
+</instruction>
+Rate how well the second image keeps everything the instruction did NOT ask to change \
+(identity and appearance of people and objects, clothing, background, layout, colours, \
+positions, style). Changes the instruction asks for are not inconsistencies.
+5 = apart from the requested change, identical; 4 = one minor unrequested difference (a small \
+accessory or detail); 3 = one significant unrequested difference (e.g. hair colour, or the \
+background); 2 = two or more significant differences; 1 = nearly everything unrelated to the \
+instruction differs (another person, another scene)."""
+
+_CONSISTENCY_LOGIC = """The first image shows a puzzle or problem; the second is a model's answer \
+drawn onto it, following this instruction:
+<instruction>
+{instruction}
+</instruction>
+{answer}Answer 1 if the second image keeps the first image's content, layout and style unchanged \
+apart from what solving the task requires, else 0."""
+
+_REASONING = """{instruction}The expected result of the edit, described in words:
+<expected>
+{reference}
+</expected>
+{shown} Rate how closely the output matches the expected result, in every detail and degree.
+5 = matches completely; 4 = matches with minor discrepancies; 3 = partly matches, some details \
+differ or are missing; 2 = important details missing or clearly wrong; 1 = does not follow the \
+instruction, unrelated to the expected result."""
+
+_REASONING_IMAGE = """{instruction}The first image is the expected result; the second is a \
+model's output. Rate how closely the output reaches the same result (objects, arrangement, \
+viewpoint, solution) as the expected image; style differences do not matter.
+5 = the same result; 4 = minor discrepancies; 3 = partly the same; 2 = mostly different; \
+1 = unrelated."""
+
+_REASONING_LOGIC = """{instruction}The correct answer:
+<expected>
+{reference}
+</expected>
+The image is a model's answer. Answer 1 if the image shows exactly this answer, clearly and \
+unambiguously, else 0."""
+
+_REASONING_LOGIC_IMAGE = """{instruction}The first image is the correct solution; the second is a \
+model's answer. Answer 1 if the answer is the same solution (the same marks in the same \
+places), else 0."""
+
+_PLAUSIBILITY = """The image was made by an AI image-editing model. Rate its realism and \
+generation quality: sharpness, coherence, natural appearance and physical plausibility.
+5 = sharp, coherent, every element realistic and physically plausible; 4 = clear, mostly \
+realistic, minor unreal details; 3 = mostly clear, some significant elements unrealistic or \
+implausible; 2 = noticeably blurry or with major distortions; 1 = extremely blurry, \
+incoherent or unrealistic."""
+
+
+def _score_reader(binary: bool):
+    def parse(text: str) -> int:
+        """1-5 (a 0/1 verdict mapped to 1/5); anything else raises ReplyParseError."""
+        _, answer = read_answer(text, "score")
+        value = answer.get("score")
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        allowed = (0, 1) if binary else (1, 2, 3, 4, 5)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in allowed:
+            raise ReplyParseError(f"score must be one of {allowed}, got {value!r:.30}", text,
+                                  "schema")
+        return 4 * int(value) + 1 if binary else int(value)
+    return parse
+
+
+read_five, read_binary = _score_reader(False), _score_reader(True)
+
+
+def weighted_score(category: str, consistency: int | None, reasoning: int,
+                   plausibility: int | None) -> float:
+    """The official per-sample score (1-5).
+
+    >>> weighted_score("causal_reasoning", 4, 5, 3), weighted_score("causal_reasoning", None, 1, 5)
+    (4.3, 1.0)
+    """
+    if category == "logical_reasoning":
+        score = reasoning if consistency is None else 0.3 * consistency + 0.7 * reasoning
+    elif consistency is None:
+        score = 0.2 * plausibility + 0.8 * reasoning
+    else:
+        score = 0.3 * consistency + 0.5 * reasoning + 0.2 * plausibility
+    if reasoning == 1:
+        score = max(1.0, score * 0.5)
+    return round(score, 10)
+
+
+def _flag(record: dict[str, Any], key: str) -> Any:
+    value = record.get(key)
+    return None if value in (None, "", False) or value != value else value  # NaN != NaN
+
+
+def _path(root: Path, value: Any, where: str, key: str) -> str:
+    path = root / str(value)
+    if not path.is_file():
+        raise DataFormatError(f"{where}: {key} {path} does not exist; point --images-root at the "
+                              f"folder the data file's image paths are relative to")
+    return str(path)
+
+
+def load(path: Path, images_root: Path | None = None) -> list[Item]:
+    root = Path(images_root) if images_root else (path if path.is_dir() else path.parent)
+    items = []
+    for where, record in read_records(path):
+        need(record, {"index": (str, int), "category": str, "instruction": str, "image": str},
+             where, EXPECTED)
+        kind = record["category"]
+        if kind not in CATEGORIES:
+            raise DataFormatError(f"{where}: category {kind!r} is not one of "
+                                  f"{', '.join(CATEGORIES)}")
+        reference_img = _flag(record, "reference_img")
+        reference = _flag(record, "reference_txt" if kind == "logical_reasoning" else "reference")
+        if reference is None and reference_img is None:
+            wanted = "reference_txt" if kind == "logical_reasoning" else "reference"
+            raise DataFormatError(f"{where}: a {kind} sample needs {wanted} or reference_img. "
+                                  f"Expected items with {EXPECTED}")
+        items.append(Item(str(record["index"]), kind, {
+            "instruction": record["instruction"], "image": _path(root, record["image"], where, "image"),
+            "reference": reference, "subtask": record.get("subtask"),
+            "reference_img": _path(root, reference_img, where, "reference_img") if reference_img
+            else None,
+            "consistency_free": bool(_flag(record, "consistency_free")),
+            "reasoning_img": bool(_flag(record, "reasoning_img")),
+            "reasoning_wo_ins": bool(_flag(record, "reasoning_wo_ins"))}))
+    return unique_ids(items)
+
+
+def request(item: Item) -> tuple[str, list[str]]:
+    return ("<image> Continue from this image with exactly one new image, edited from it as "
+            "follows: " + item.record["instruction"]), [item.record["image"]]
+
+
+def bare_request(item: Item) -> tuple[str, str | None]:
+    return item.record["instruction"], item.record["image"]
+
+
+def pick(item: Item, document: dict[str, Any]) -> dict[str, Any]:
+    made = [s["image"] for s in document["steps"] if s["image"] and s["attempts"]]
+    return {"text": "", "images": made[:1], "inputs": document["input_images"][:1]}
+
+
+def questions(item: Item, output: dict[str, Any], store: ImageStore) -> list[Question]:
+    """consistency (unless consistency-free), reasoning, plausibility (not for logical)."""
+    if not output["images"] or not output["inputs"]:
+        return []
+    rec, after, before = item.record, output["images"][0], output["inputs"][0]
+    logical = item.category == "logical_reasoning"
+    reference_ref = store.import_file(rec["reference_img"]) if rec["reference_img"] else None
+    instruction = rec["instruction"]
+    asked = []
+    if not rec["consistency_free"]:
+        if logical:
+            answer = (f"The correct answer: {rec['reference']}\n" if rec["reference"] else "")
+            text = _CONSISTENCY_LOGIC.format(instruction=instruction, answer=answer)
+            first = reference_ref or before
+        else:
+            text, first = _CONSISTENCY.format(instruction=instruction), before
+        asked.append(Question("consistency", text + _SCALE.format(scale=_BINARY if logical else _FIVE),
+                              (first, after), read_binary if logical else read_five))
+    told = "" if rec["reasoning_wo_ins"] else f"The edit instruction was:\n<instruction>\n{instruction}\n</instruction>\n"
+    if reference_ref is not None:
+        body = (_REASONING_LOGIC_IMAGE if logical else _REASONING_IMAGE).format(instruction=told)
+        shown = (reference_ref, after)
+    elif logical:
+        body, shown = _REASONING_LOGIC.format(instruction=told, reference=rec["reference"]), (after,)
+    else:
+        with_input = rec["reasoning_img"]
+        body = _REASONING.format(
+            instruction=told, reference=rec["reference"],
+            shown="The first image is the input and the second the model's output." if with_input
+            else "The image is the model's output.")
+        shown = (before, after) if with_input else (after,)
+    asked.append(Question("reasoning", body + _SCALE.format(scale=_BINARY if logical else _FIVE),
+                          shown, read_binary if logical else read_five))
+    if not logical:
+        asked.append(Question("plausibility", _PLAUSIBILITY + _SCALE.format(scale=_FIVE),
+                              (after,), read_five))
+    return asked
+
+
+def score(item: Item, output: dict[str, Any], answers: list[dict[str, Any]]) -> dict[str, Any]:
+    if not answers:
+        return {"status": "judge_failed", "scores": {}, "failures": [],
+                "error": "the run produced no edited image"}
+    labels = [d for d in DIMENSIONS if not (d == "consistency" and item.record["consistency_free"])
+              and not (d == "plausibility" and item.category == "logical_reasoning")]
+    failures = [{"question": label, "reason": a["reason"], "error": a["error"]}
+                for label, a in zip(labels, answers) if a["error"] is not None]
+    if failures:
+        return {"status": "judge_failed", "scores": {}, "failures": failures,
+                "error": "; ".join(f"{f['question']}: [{f['reason']}] {f['error']}"
+                                   for f in failures)}
+    dims = {d: None for d in DIMENSIONS} | {label: a["value"] for label, a in zip(labels, answers)}
+    needed = ("consistency", "reasoning") if item.category == "logical_reasoning" else DIMENSIONS
+    value = weighted_score(item.category, dims["consistency"], dims["reasoning"],
+                           dims["plausibility"])
+    return {"status": "scored", "failures": [], "error": None, "scores": {
+        **dims, "score": value,
+        "accurate": all(dims[d] == 5 for d in needed),  # None (not judged) is never 5
+        "accurate_judged": all(dims[d] == 5 for d in labels)}}
+
+
+def _pct(mean: float | None) -> float | None:
+    return None if mean is None else 25 * (mean - 1)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _block(results: list[dict[str, Any]]) -> dict[str, Any]:
+    dims = {f"{d}_pct": _pct(_mean([r[d] for r in results if r[d] is not None]))
+            for d in DIMENSIONS}
+    return {"accuracy": _mean([100.0 * r["accurate"] for r in results]),
+            "accuracy_judged": _mean([100.0 * r["accurate_judged"] for r in results]),
+            "score_pct": _pct(_mean([r["score"] for r in results])), **dims,
+            "items": len(results)}
+
+
+def summarize(scored: list[tuple[Item, dict[str, Any]]]) -> dict[str, Any]:
+    """Accuracy and score (percent) overall and per reasoning category."""
+    by_category = {kind: _block([r["scores"] for item, r in scored if item.category == kind])
+                   for kind in CATEGORIES if any(item.category == kind for item, _ in scored)}
+    overall = _block([r["scores"] for _, r in scored])
+    headline = {**overall, **{kind.split("_")[0]: by_category.get(kind, {}).get("accuracy")
+                              for kind in CATEGORIES}}
+    return {"headline": headline, "by_category": by_category}
+
+
+BENCHMARK = Benchmark(
+    name="rise", prompt_version=PROMPT_VERSION, judge_system=SYSTEM, load=load, request=request,
+    bare_request=bare_request, pick=pick, questions=questions, score=score, summarize=summarize,
+    headline=("accuracy", "temporal", "causal", "spatial", "logical", "score_pct",
+              "accuracy_judged"))

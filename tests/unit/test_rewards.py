@@ -1,0 +1,226 @@
+"""The critic's GRPO rewards, case by case, with a fake generator and a fake judge: what each
+kind of reply earns, what is regenerated (and how batched), and how failures are counted."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import hashlib
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from tools.parsing import parse_verdict
+from training import rewards
+from training.rewards import (REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, format_reward,
+                              score_change)
+
+PLAN = "a cat sits on a blue chair"
+USED = "a cat on a chair"  # the prompt that made the judged image
+
+
+def reply(success, refine: str, json_bool: bool = True) -> str:
+    verdict = json.dumps(success) if json_bool else f'"{str(success).lower()}"'
+    return (f'<think>checking</think><answer>{{"previous_step_success": {verdict}, '
+            f'"refine_prompt": {json.dumps(refine)}}}</answer>')
+
+
+class FakeStore:
+    def put(self, image):
+        digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
+        return {"path": digest, "sha256": digest, "width": image.width, "height": image.height}
+
+
+class FakeGenerator:
+    """Paints each prompt its own colour; fails a call holding a prompt with GENFAIL."""
+
+    def __init__(self):
+        self.calls: list[list[dict]] = []
+        self.by_colour: dict[tuple, str] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, requests):
+        with self.lock:
+            self.calls.append(requests)
+        if any("GENFAIL" in r["prompt"] for r in requests):
+            raise RuntimeError("CUDA out of memory")
+        images = []
+        for r in requests:
+            colour = tuple(hashlib.sha256(r["prompt"].encode()).digest()[:3])
+            self.by_colour[colour] = r["prompt"]
+            images.append(Image.new("RGB", (r["width"], r["height"]), colour))
+        return images
+
+
+class FakeJudge:
+    """Scores by the prompt that painted the after-image: SCORES[prompt] = (sc, pq), None = failed."""
+
+    def __init__(self, generator: FakeGenerator, scores: dict[str, tuple]):
+        self.store = FakeStore()
+        self.generator = generator
+        self.scores = scores
+        self.calls: list[list[tuple]] = []
+
+    def judge_many(self, items):
+        self.calls.append(items)
+        out = []
+        for before, after, instruction in items:
+            assert instruction == PLAN
+            prompt = self.prompt_of(after)
+            sc, pq = self.scores.get(prompt, (5.0, 5.0))
+            out.append(SimpleNamespace(sc=sc, pq=pq, ok=sc is not None and pq is not None))
+        return out
+
+    def prompt_of(self, ref):
+        for colour, prompt in self.generator.by_colour.items():
+            image = Image.new("RGB", (ref["width"], ref["height"]), colour)
+            if self.store.put(image)["sha256"] == ref["sha256"]:
+                return prompt
+        raise AssertionError("unknown image")
+
+
+def columns(n: int, *, success=False, semantics=4.0, quality=5.0, scratch=False, seed=7,
+            colour=(10, 20, 30)):
+    before = Image.new("RGB", (32, 32), (255, 255, 255) if scratch else colour)
+    after = Image.new("RGB", (32, 32), (1, 2, 3))
+    return {"success": [success] * n, "semantics": [semantics] * n, "quality": [quality] * n,
+            "origin_prompt": [PLAN] * n, "rewritten_prompt": [USED] * n,
+            "from_scratch": [scratch] * n, "seed": [seed] * n, "width": [32] * n,
+            "height": [32] * n, "images": [[before, after] for _ in range(n)]}
+
+
+def concat(*parts):
+    merged = {}
+    for part in parts:
+        for key, values in part.items():
+            merged.setdefault(key, []).extend(values)
+    return merged
+
+
+def run_both(stepwise, completions, cols):
+    async def both():
+        return await asyncio.gather(stepwise.semantics_reward(completions, **cols),
+                                    stepwise.quality_reward(completions, **cols))
+    return asyncio.run(both())
+
+
+CASES = [
+    # name, reply, ground-truth success, judge (sc, pq) of the refined image -> F, A, S, Q, status
+    ("no answer at all", "the image looks fine", False, None, 0, 0, 0.0, 0.0, "unparsed"),
+    ("verdict as a string", reply(False, "a tabby cat on a blue chair", json_bool=False), False,
+     (8.0, 9.0), 0, 1, 0.7, 0.7, "regenerated"),
+    ("wrong verdict keeps the prompt", reply(True, USED), False, None, 1, 0, 0.5, 0.5, "unchanged"),
+    ("wrong verdict on a success", reply(False, "a dog"), True, None, 1, 0, 0.5, 0.5, "gt_success"),
+    ("right verdict on a success", reply(True, USED), True, None, 1, 1, 0.5, 0.5, "gt_success"),
+    ("unreadable reply on a success", "<answer>{", True, None, 0, 0, 0.5, 0.5, "gt_success"),
+    ("improved regeneration", reply(False, "a grey cat on a blue wooden chair"), False, (8.0, 9.0),
+     1, 1, 0.7, 0.7, "regenerated"),
+    ("worse regeneration", reply(False, "an abstract blur"), False, (2.0, 3.0), 1, 1, 0.4, 0.4,
+     "regenerated"),
+    ("generator failure", reply(False, "GENFAIL a cat"), False, None, 1, 1, 0.5, 0.5,
+     "generator_failed"),
+    ("judge failure", reply(False, "a cat, judge breaks"), False, (None, None), 1, 1, 0.5, 0.5,
+     "judge_failed"),
+    ("judge half failure", reply(False, "a cat, quality breaks"), False, (8.0, None), 1, 1, 0.7, 0.5,
+     "judge_failed"),
+    ("empty refine on a failure verdict", '<answer>{"previous_step_success": false, '
+     '"refine_prompt": ""}</answer>', False, None, 0, 0, 0.0, 0.0, "unparsed"),
+]
+
+
+@pytest.mark.parametrize("name,text,success,judged,f,a,s,q,status", CASES, ids=[c[0] for c in CASES])
+def test_each_kind_of_reply_gets_its_rewards(name, text, success, judged, f, a, s, q, status):
+    generator = FakeGenerator()
+    judge = FakeJudge(generator, {parse_verdict(text)[2]: judged} if judged else {})
+    stepwise = StepwiseRewards(generator, judge)
+    cols = columns(1, success=success)
+    logged_extra = {}
+    cols["log_extra"] = lambda column, values: logged_extra.setdefault(column, []).extend(values)
+
+    assert format_reward([text], **cols) == [f]
+    assert accuracy_reward([text], **cols) == [a]
+    semantics, quality = run_both(stepwise, [text], cols)
+    assert semantics == pytest.approx([s]) and quality == pytest.approx([q])
+    assert logged_extra == {"stepwise": [status]}
+    regenerated = status in ("regenerated", "judge_failed", "generator_failed")
+    assert len(generator.calls) == int(regenerated)
+    assert len(judge.calls) == int(regenerated and status != "generator_failed")
+
+
+def test_the_weights_reproduce_the_papers_mix():
+    for f, a, s, q in [(1, 1, 0.7, 0.6), (0, 1, 0.2, 0.9), (1, 0, 0.5, 0.5)]:
+        weighted = sum(w * x for w, x in zip(REWARD_WEIGHTS, (f, a, s, q)))
+        assert weighted == pytest.approx(0.5 * f + 0.5 * (0.2 * a + 0.6 * s + 0.2 * q))
+
+
+def test_a_group_is_regenerated_in_one_call_with_one_seed_and_judged_at_once():
+    generator = FakeGenerator()
+    judge = FakeJudge(generator, {"a red cat": (9.0, 6.0), "a blue cat": (3.0, 4.0)})
+    stepwise = StepwiseRewards(generator, judge)
+    texts = [reply(False, "a red cat"), reply(False, "a blue cat"), reply(False, "a red cat"),
+             reply(True, USED), "garbage", reply(False, "a blue cat"), reply(False, "a red cat"),
+             reply(False, "a green cat")]
+    metrics = {}
+    cols = {**columns(8), "log_metric": lambda name, value: metrics.setdefault(name, value)}
+
+    semantics, quality = run_both(stepwise, texts, cols)
+
+    assert len(generator.calls) == 1  # the whole group, one backend call, once for S and Q
+    prompts = sorted(r["prompt"] for r in generator.calls[0])
+    assert prompts == ["a blue cat", "a green cat", "a red cat"]  # duplicates asked once
+    assert {r["seed"] for r in generator.calls[0]} == {7}
+    assert all(r["source"] is cols["images"][0][0] for r in generator.calls[0])
+    assert all((r["steps"], r["guidance"]) == (4, 1.0) for r in generator.calls[0])
+    assert len(judge.calls) == 1 and len(judge.calls[0]) == 3
+    assert semantics == pytest.approx([0.75, 0.45, 0.75, 0.5, 0.0, 0.45, 0.75, 0.55])
+    assert quality == pytest.approx([0.55, 0.45, 0.55, 0.5, 0.0, 0.45, 0.55, 0.5])
+    assert metrics["stepwise/regenerations"] == 3 and metrics["stepwise/regenerated"] == 6
+    assert metrics["stepwise/unparsed"] == 1 and metrics["stepwise/unchanged"] == 1
+    assert metrics["stepwise/generator_failed"] == 0 and metrics["stepwise/judge_failed"] == 0
+    assert metrics["stepwise/total_s"] >= metrics["stepwise/regenerate_s"] >= 0
+
+
+def test_groups_split_by_origin_and_batch_limit_and_failures_are_counted():
+    generator = FakeGenerator()
+    judge = FakeJudge(generator, {"p1": (6.0, 6.0), "broken": (None, None)})
+    stepwise = StepwiseRewards(generator, judge, max_batch=2)
+    first = columns(3, colour=(1, 1, 1))
+    second = columns(2, colour=(2, 2, 2), seed=11)
+    scratch = columns(1, scratch=True)
+    texts = ([reply(False, p) for p in ("p1", "p2", "p3")]
+             + [reply(False, p) for p in ("GENFAIL", "broken")] + [reply(False, "p4")])
+    metrics = {}
+    cols = {**concat(first, second, scratch), "log_metric": lambda n, v: metrics.setdefault(n, v)}
+
+    semantics, _ = run_both(stepwise, texts, cols)
+
+    sizes = sorted(len(call) for call in generator.calls)
+    assert sizes == [1, 1, 2, 2]  # 3 prompts of origin 1 in calls of 2 + 1, origin 2 fails, scratch
+    scratch_call = next(c for c in generator.calls if c[0]["prompt"] == "p4")
+    assert scratch_call[0]["source"] is None
+    scratch_items = next(items for items in judge.calls if len(items) == 1 and items[0][0] is None)
+    assert scratch_items[0][2] == PLAN
+    assert semantics[0] == pytest.approx(0.6)
+    assert semantics[3:5] == [0.5, 0.5]
+    assert metrics["stepwise/generator_failed"] == 2  # both rollouts of the failed call
+    assert metrics["stepwise/judge_failed"] == 0
+    assert stepwise.totals["generator_failed"] == 2 and stepwise.totals["regenerations"] == 4
+
+
+def test_a_failed_judgment_is_counted_in_the_totals():
+    generator = FakeGenerator()
+    stepwise = StepwiseRewards(generator, FakeJudge(generator, {"x": (None, 7.0)}))
+    semantics, quality = run_both(stepwise, [reply(False, "x")], columns(1))
+    assert (semantics, quality) == ([0.5], [0.6])
+    assert stepwise.totals["judge_failed"] == 1
+
+
+def test_score_change_maps_the_whole_scale():
+    assert (score_change(10, 0), score_change(0, 10), score_change(7, 7)) == (1.0, 0.0, 0.5)
+
+
+def test_doctests():
+    assert doctest.testmod(rewards).failed == 0
