@@ -2,6 +2,7 @@
 
     python -m evals.bench_worker            # full FLUX.2-klein-4B architecture, random weights, CUDA
     python -m evals.bench_worker --tiny     # tiny pipeline on CPU (smoke test)
+    python -m evals.bench_worker --devices cuda:0,cuda:1   # scaling over GPUs (issue #9)
 
 ``concurrency`` threads each ask for ``--per-thread`` text-to-image generations through
 ``tools.generator_worker`` (as concurrent graph runs do), all with the same size and steps, so
@@ -29,18 +30,21 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-thread", type=int, default=4, help="images each thread asks for")
     parser.add_argument("--max-batch", type=int, default=4, help="worker's largest batch")
     parser.add_argument("--levels", default="1,4,8", help="concurrency levels (default 1,4,8)")
+    parser.add_argument("--devices", default=None,
+                        help="comma-separated GPUs: also measure a pool with one pipeline per GPU "
+                             "(least-loaded dispatch) at each level, against one GPU")
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     return parser
 
 
-def build(tiny: bool):
+def build(tiny: bool, device: str = "cuda"):
     if tiny:
         from tools.tiny_klein import build_tiny_klein_pipeline
 
         return build_tiny_klein_pipeline()
     from evals.bench_generator import build_full_klein_pipeline
 
-    return build_full_klein_pipeline("cuda")
+    return build_full_klein_pipeline(device)
 
 
 def _sync() -> None:
@@ -70,8 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     baseline = count / (time.perf_counter() - started)
     rows = [{"concurrency": "direct, 1 thread", "images_per_s": baseline, "ratio": 1.0, "batches": None}]
 
-    for level in [int(x) for x in args.levels.split(",")]:
-        worker = GeneratorWorker(pipe, max_batch=args.max_batch)
+    pools = [("1 pipeline", lambda: GeneratorWorker(pipe, max_batch=args.max_batch))]
+    if args.devices:
+        from tools.generator_worker import GeneratorPool
+
+        others = [build(args.tiny, d) for d in args.devices.split(",")[1:]]
+        for other in others:
+            other.set_progress_bar_config(disable=True)
+            diffusion.generate(other, prompt="warm-up", seed=0, **request)
+        pools.append((f"{1 + len(others)} pipelines", lambda: GeneratorPool(
+            [GeneratorWorker(p, max_batch=args.max_batch) for p in [pipe, *others]])))
+    for (label, make), level in [(p, lv) for p in pools for lv in map(int, args.levels.split(","))]:
+        worker = make()
 
         def client(index: int) -> None:
             for k in range(args.per_thread):
@@ -86,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             t.join()
         _sync()
         rate = level * args.per_thread / (time.perf_counter() - started)
-        rows.append({"concurrency": level, "images_per_s": rate, "ratio": rate / baseline,
-                     "batches": sorted(set(worker.batch_sizes))})
-        worker.close()
+        workers = getattr(worker, "workers", [worker])
+        rows.append({"concurrency": f"{level} ({label})", "images_per_s": rate,
+                     "ratio": rate / baseline,
+                     "batches": sorted({b for w in workers for b in w.batch_sizes})})
+        for w in workers:
+            w.close()
 
     print(f"{'tiny CPU' if args.tiny else 'FLUX.2-klein-4B random weights, CUDA'}: {size}², "
           f"{args.steps} steps, max batch {args.max_batch}, {args.per_thread} images per thread")

@@ -119,7 +119,10 @@ class Context:
     generator_model: str = _setting(
         "generator_model", "black-forest-labs/FLUX.2-klein-4B",
         "Diffusers model id or local folder of the image generator (text-to-image + editing).")
-    device: str = _setting("device", "auto", "Torch device of the generator: auto, cuda, cuda:1, cpu.")
+    device: str = _setting(
+        "device", "auto", "Torch device of the generator: auto, cuda, cuda:1, cpu; all (one pipeline "
+                          "per visible GPU) or a list such as cuda:0,cuda:1, with each image going to "
+                          "the least busy GPU.")
     dtype: str = _setting("dtype", "auto", "Generator dtype: auto (bfloat16 on CUDA, float32 on CPU), "
                                            "bfloat16, float16, float32.")
     generator_lora: str = _setting(

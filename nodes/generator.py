@@ -20,7 +20,7 @@ from graph.state import Attempt, ImageRef, State, attempts_for, current_step, pr
 from nodes import events
 from tools import diffusion, generator_models
 from tools.generator_models import ModelSpec
-from tools.generator_worker import worker_for
+from tools.generator_worker import generator_devices, pool_for
 from tools.image_store import ImageStore
 
 
@@ -97,11 +97,12 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
     prompt = next_prompt(step["prompt"], earlier)
     seed = diffusion.derive_seed(ctx.seed, number, attempt)
     store = ImageStore(ctx.runs_dir)
-    pipe = diffusion.load_pipeline(ctx.generator_model, ctx.device, ctx.dtype,
-                                   lora=ctx.generator_lora or None,
-                                   lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload,
-                                   speedups=ctx.generator_speedups,
-                                   compile_cache=str(Path(ctx.runs_dir) / "_compile_cache"))
+    pool = pool_for([diffusion.load_pipeline(
+        ctx.generator_model, device, ctx.dtype, lora=ctx.generator_lora or None,
+        lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload,
+        speedups=ctx.generator_speedups, compile_cache=str(Path(ctx.runs_dir) / "_compile_cache"))
+        for device in generator_devices(ctx.device)], ctx.generator_max_batch)
+    pipe = pool.pipe
     spec = generator_models.spec_for_pipeline(pipe)
     settings = generation_settings(ctx, spec)
     source_ref = previous_image(state)
@@ -114,7 +115,7 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
                 prompt=prompt, seed=seed, mode="edit" if source_ref else "text-to-image",
                 references=len(references))
     started = time.perf_counter()
-    image = worker_for(pipe, ctx.generator_max_batch).run(
+    image = pool.run(
         request, on_step=lambda done, total: events.emit(
             runtime, events.DENOISE_PROGRESS, run_id, step_number=number, attempt=attempt,
             done=done, total=total))

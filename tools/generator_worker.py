@@ -42,6 +42,18 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
+def run_with_progress(submit: Callable[[dict[str, Any]], Future], request: dict[str, Any],
+                      on_step: Callable[[int, int], None] | None) -> Image.Image:
+    """Submit a request, relay its per-step progress to this thread, and return its image."""
+    progress: queue.SimpleQueue = queue.SimpleQueue()
+    future = submit({**request, "on_step": lambda done, total: progress.put((done, total))})
+    future.add_done_callback(lambda _: progress.put(None))  # wakes this thread at once
+    while (item := progress.get()) is not None:
+        if on_step is not None:
+            on_step(*item)
+    return future.result()
+
+
 class GeneratorWorker:
     """Runs every generation for one pipeline on one thread, batching what is queued."""
 
@@ -54,6 +66,8 @@ class GeneratorWorker:
         self.calls = 0  # pipeline batches run (for benchmarks and tests)
         self.batch_sizes: list[int] = []
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._outstanding = 0
+        self._load_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="generator-worker", daemon=True)
         self._thread.start()
 
@@ -62,19 +76,26 @@ class GeneratorWorker:
         if not self._thread.is_alive():
             raise RuntimeError("the generator worker was closed")
         job = _Job(dict(request))
+        with self._load_lock:
+            self._outstanding += 1
+        job.future.add_done_callback(self._finished)
         self._jobs.put(job)
         return job.future
+
+    def _finished(self, _future: Future) -> None:
+        with self._load_lock:
+            self._outstanding -= 1
 
     def run(self, request: dict[str, Any],
             on_step: Callable[[int, int], None] | None = None) -> Image.Image:
         """Generate one image and wait for it, calling ``on_step(done, total)`` on this thread."""
-        progress: queue.SimpleQueue = queue.SimpleQueue()
-        future = self.submit({**request, "on_step": lambda done, total: progress.put((done, total))})
-        future.add_done_callback(lambda _: progress.put(None))  # wakes this thread at once
-        while (item := progress.get()) is not None:
-            if on_step is not None:
-                on_step(*item)
-        return future.result()
+        return run_with_progress(self.submit, request, on_step)
+
+    @property
+    def load(self) -> int:
+        """Requests submitted and not finished yet (queued or running)."""
+        with self._load_lock:
+            return self._outstanding
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -141,3 +162,53 @@ def worker_for(pipe: Any, max_batch: int = 4) -> GeneratorWorker:
         if worker is None or not worker._thread.is_alive():
             worker = _workers[id(pipe)] = GeneratorWorker(pipe, max_batch=max_batch)
         return worker
+
+
+class GeneratorPool:
+    """One worker per GPU behind one entry point: each request goes to the least-loaded worker.
+
+    Concurrent runs and reward regenerations use it exactly like a single worker; with one
+    pipeline it is that pipeline's worker and nothing more.
+    """
+
+    def __init__(self, workers: list[GeneratorWorker]) -> None:
+        if not workers:
+            raise ValueError("a generator pool needs at least one worker")
+        self.workers = workers
+        self._choose = threading.Lock()
+
+    @property
+    def pipe(self) -> Any:
+        return self.workers[0].pipe
+
+    def submit(self, request: dict[str, Any]) -> Future:
+        with self._choose:  # pick and enqueue together, so two callers never both see "idle"
+            worker = min(self.workers, key=lambda w: w.load)
+            return worker.submit(request)
+
+    def run(self, request: dict[str, Any],
+            on_step: Callable[[int, int], None] | None = None) -> Image.Image:
+        return run_with_progress(self.submit, request, on_step)
+
+
+def pool_for(pipes: list[Any], max_batch: int = 4) -> GeneratorPool:
+    """The pool over the shared workers of these pipelines (one pipeline per device)."""
+    return GeneratorPool([worker_for(pipe, max_batch) for pipe in pipes])
+
+
+def generator_devices(device: str) -> list[str]:
+    """The devices a ``device`` setting names: one device, ``all`` (every visible GPU, else the
+    CPU) or a comma-separated list such as ``cuda:0,cuda:1``.
+
+    >>> generator_devices("cuda:0, cuda:1"), generator_devices("cpu")
+    (['cuda:0', 'cuda:1'], ['cpu'])
+    """
+    if device == "all":
+        import torch
+
+        count = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+    names = [part.strip() for part in device.split(",") if part.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"device={device!r} names a device twice; list each GPU once")
+    return names

@@ -109,3 +109,30 @@ def test_same_seed_same_images_different_seed_different_images(make_context, run
     other = start_run(REQUEST, make_context(seed=8), run_id="seed-c")
     assert images(first) == images(again)
     assert not set(images(first)) & set(images(other))
+
+
+def test_a_pool_sends_each_request_to_the_least_busy_pipeline():
+    """Several pipelines (one per GPU on a multi-GPU machine; two CPU copies here) behind one
+    entry point: concurrent requests spread over them, and each image is the one its pipeline
+    makes for that seed."""
+    from tools.generator_worker import GeneratorPool, generator_devices
+    from tools.tiny_klein import build_tiny_klein_pipeline
+
+    pipes = [build_tiny_klein_pipeline(), build_tiny_klein_pipeline()]
+    for p in pipes:
+        p.set_progress_bar_config(disable=True)
+    workers = [GeneratorWorker(p, max_batch=1) for p in pipes]
+    pool = GeneratorPool(workers)
+    try:
+        futures = [pool.submit(request(f"kite {n}", seed=n)) for n in range(6)]
+        images = [f.result(timeout=120) for f in futures]
+        assert [len(w.batch_sizes) for w in workers] == [3, 3]  # spread evenly
+        alone = diffusion.generate(pipes[0], **request("kite 4", seed=4))
+        assert np.abs(pixels(images[4]) - pixels(alone)).max() <= 2
+        assert all(w.load == 0 for w in workers)
+    finally:
+        for w in workers:
+            w.close()
+    assert generator_devices("cuda:0,cuda:1") == ["cuda:0", "cuda:1"]
+    with pytest.raises(ValueError, match="names a device twice"):
+        generator_devices("cuda:0,cuda:0")
