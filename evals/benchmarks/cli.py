@@ -79,20 +79,29 @@ def make_parser() -> argparse.ArgumentParser:
                        help="judge requests in flight at once (default 8)")
     judge.add_argument("--judge-retries", type=int, default=2,
                        help="re-asks of an unreadable reply before it is recorded as failed")
-    judge.add_argument("--judge-max-tokens", type=int, default=2048)
-    judge.add_argument("--judge-timeout-s", type=float, default=120.0)
+    judge.add_argument("--judge-max-tokens", type=int, default=2048,
+                       help="most tokens per judge reply (default 2048)")
+    judge.add_argument("--judge-timeout-s", type=float, default=120.0,
+                       help="seconds to wait for one judge reply (default 120)")
+    judge.add_argument("--judge-image-max-pixels", type=int, default=1024 * 1024,
+                       help="larger images are downscaled (aspect kept) before the judge sees "
+                            "them (default 1048576 = 1024x1024)")
     settings = parser.add_argument_group(
         "run settings", "as for `interleave run`; each also reads INTERLEAVE_<NAME> (flag wins)")
     for field in dataclasses.fields(Context):
         if field.name in ("runs_dir", "review_plan"):
             continue
         flag = "--" + field.name.replace("_", "-")
-        if field.metadata.get("choices"):
+        described = field.metadata.get("description")
+        if str(field.type) == "bool":
+            settings.add_argument(flag, dest=field.name, action="store_true", default=None,
+                                  help=described)
+        elif field.metadata.get("choices"):
             settings.add_argument(flag, dest=field.name, choices=field.metadata["choices"],
-                                  default=None, help=field.metadata["description"])
+                                  default=None, help=described)
         else:
-            settings.add_argument(flag, dest=field.name, type=_TYPES[str(field.type)],
-                                  default=None, help=field.metadata["description"])
+            settings.add_argument(flag, dest=field.name, type=_TYPES.get(str(field.type), str),
+                                  default=None, help=described)
     return parser
 
 
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                                   system=bench.judge_system, store_root=runs_dir, results=results,
                                   max_concurrency=args.judge_concurrency,
                                   retries=args.judge_retries,
-                                  image_max_pixels=ctx.vlm_image_max_pixels)
+                                  image_max_pixels=args.judge_image_max_pixels)
         judge_info = {"model": args.judge, "version": judge.version, "identity": judge.identity,
                       "base_url": args.judge_base_url}
 

@@ -335,6 +335,10 @@ class BenchJudge:
         self.retries = retries
         self.image_max_pixels, self.image_transport = image_max_pixels, image_transport
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        # One asker per key, so an identical question (two configurations that made the same
+        # image) is asked once; a lock per question asked, kept for the judge's lifetime.
+        self._asking: dict[str, threading.Lock] = {}
+        self._asking_lock = threading.Lock()
         self._resample = type(model).__name__ in ("ChatOpenAI", "TransformersChatModel")
 
     def key(self, benchmark: str, prompt_version: str, question: Question) -> str:
@@ -346,13 +350,16 @@ class BenchJudge:
             retry_failed: bool = False) -> dict[str, Any]:
         """The stored answer, or a new one: {value, error, reason, replies, requests, tokens}."""
         key = self.key(benchmark, prompt_version, question)
-        stored = self.results.answer(key)
-        if stored is not None and (stored["error"] is None or not (
-                retry_failed or stored["reason"] in TRANSIENT_REASONS)):
-            return {**stored, "cached": True}
-        answer = self._ask(question)
-        self.results.put_answer(key, benchmark, question.label, self.identity, prompt_version,
-                                answer)
+        with self._asking_lock:
+            asking = self._asking.setdefault(key, threading.Lock())
+        with asking:
+            stored = self.results.answer(key)
+            if stored is not None and (stored["error"] is None or not (
+                    retry_failed or stored["reason"] in TRANSIENT_REASONS)):
+                return {**stored, "cached": True}
+            answer = self._ask(question)
+            self.results.put_answer(key, benchmark, question.label, self.identity,
+                                    prompt_version, answer)
         return {**answer, "cached": False}
 
     def _ask(self, question: Question) -> dict[str, Any]:
@@ -364,8 +371,10 @@ class BenchJudge:
                     **usage.as_dict()}
 
         try:
+            # Every image within the judge's own pixel budget; unlike the planner's messages, no
+            # extra shrinking of crowded messages (the official judges see full images).
             images = MessageImages(self.store, transport=self.image_transport,
-                                   max_pixels=self.image_max_pixels, image_count=len(question.images))
+                                   max_pixels=self.image_max_pixels, image_count=1)
             parts = [images.part(ref) for ref in question.images]
         except (OSError, ValueError) as exc:
             return done(None, f"{exc}", "image")
@@ -525,6 +534,8 @@ def make_output(bench: Benchmark, item: Item, config: Config, ctx: Context) -> d
 
 @dataclass
 class Progress:
+    """One finished (configuration, item) unit, for a progress display."""
+
     done: int
     total: int
     config: str

@@ -213,6 +213,7 @@ def questions(item: Item, output: dict[str, Any], store: ImageStore) -> list[Que
     logical = item.category == "logical_reasoning"
     reference_ref = store.import_file(rec["reference_img"]) if rec["reference_img"] else None
     instruction = rec["instruction"]
+    scale, read = (_BINARY, read_binary) if logical else (_FIVE, read_five)
     asked = []
     if not rec["consistency_free"]:
         if logical:
@@ -221,9 +222,10 @@ def questions(item: Item, output: dict[str, Any], store: ImageStore) -> list[Que
             first = reference_ref or before
         else:
             text, first = _CONSISTENCY.format(instruction=instruction), before
-        asked.append(Question("consistency", text + _SCALE.format(scale=_BINARY if logical else _FIVE),
-                              (first, after), read_binary if logical else read_five))
-    told = "" if rec["reasoning_wo_ins"] else f"The edit instruction was:\n<instruction>\n{instruction}\n</instruction>\n"
+        asked.append(Question("consistency", text + _SCALE.format(scale=scale), (first, after),
+                              read))
+    told = ("" if rec["reasoning_wo_ins"] else
+            f"The edit instruction was:\n<instruction>\n{instruction}\n</instruction>\n")
     if reference_ref is not None:
         body = (_REASONING_LOGIC_IMAGE if logical else _REASONING_IMAGE).format(instruction=told)
         shown = (reference_ref, after)
@@ -236,8 +238,7 @@ def questions(item: Item, output: dict[str, Any], store: ImageStore) -> list[Que
             shown="The first image is the input and the second the model's output." if with_input
             else "The image is the model's output.")
         shown = (before, after) if with_input else (after,)
-    asked.append(Question("reasoning", body + _SCALE.format(scale=_BINARY if logical else _FIVE),
-                          shown, read_binary if logical else read_five))
+    asked.append(Question("reasoning", body + _SCALE.format(scale=scale), shown, read))
     if not logical:
         asked.append(Question("plausibility", _PLAUSIBILITY + _SCALE.format(scale=_FIVE),
                               (after,), read_five))

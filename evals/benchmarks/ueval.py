@@ -3,8 +3,9 @@
 What was checked against the public sources, and where:
 
 * Submission format ``[{"id", "text_answer", "image_answer": [paths]}]``, ids matched as
-  strings: the README and ``ueval_eval.py`` of github.com/zlab-princeton/UEval (README mirrored
-  in the stored repo zlab-princeton/UEval_Benchmark; the script read as a stored copy).
+  strings: the README of the official code (read in the repo zlab-princeton/UEval_Benchmark,
+  which links the paper arXiv 2601.22155 and huggingface.co/datasets/zlab-princeton/UEval) and
+  a public copy of its ``ueval_eval.py`` (the search index did not name the copy's repository).
 * Items: ``id``, ``prompt``, ``task`` (``ueval_eval.py`` reads ``task``; the dataset card of
   huggingface.co/datasets/primerL/UEval names it ``task_type`` and adds ``question_type``),
   ``text_rubrics`` / ``image_rubrics`` as lists of ``{"criterion", "tags"[, "type"]}``. Both task
@@ -21,7 +22,8 @@ What was checked against the public sources, and where:
   its results table's "Avg" column equals the mean of the eight per-task columns (checked on
   GPT-5-Thinking and Gemini-2.5-Flash rows). NOT verified: how a per-task column combines text
   and image rates; here a task's score is the mean of its text and image averages, like the
-  overall. The report gives ``overall`` (mean of the two averages over all items) and
+  overall (an lmms-eval port of UEval likewise scores an item as (text + image) / 2 and
+  macro-averages over tasks, but it is not the authors' code). The report gives ``overall`` (mean of the two averages over all items) and
   ``task_avg`` (mean of per-task scores, the paper's "Avg"), in percent.
 
 Our own choices, documented: the judge prompts are our wording of the protocol and ask for an

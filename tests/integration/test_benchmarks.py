@@ -220,7 +220,8 @@ def test_an_evaluation_killed_mid_way_resumes_without_asking_again(tmp_path, tin
         assert not judge_requests(server)
         child = subprocess.Popen(
             [sys.executable, "-c", "import sys; from evals.benchmarks.cli import main; "
-                                   "sys.exit(main(sys.argv[1:]))", *args, "--stage", "judge"],
+                                   "sys.exit(main(sys.argv[1:]))", *args, "--stage", "judge",
+             "--report-every-s", "0"],
             cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -233,6 +234,9 @@ def test_an_evaluation_killed_mid_way_resumes_without_asking_again(tmp_path, tin
         done_at_kill = result_rows(out / "results.sqlite")
         asked_before = len(judge_requests(server))
         assert 2 <= done_at_kill < 7 and asked_before < 8
+        partial = load_report(out)  # written while it ran
+        assert not partial["complete"]
+        assert sum(r["status"] == "generated" for r in section(partial, "bare")["items"]) >= 1
 
         assert main(args) == 1  # the rerun finishes the rest (item 2 stays a judge failure)
         report = load_report(out)
