@@ -11,9 +11,10 @@ each rollout's refined prompt (the row's seed for the whole group, so the images
 prompt), the judge scores the new image against the plan's prompt, and the change against the
 judged image's scores is mapped to [0, 1] (``score_change``). S and Q come from one regeneration
 and one judgment, so ``StepwiseRewards`` computes both once per batch and its two methods hand
-out their half. All regenerations of a batch go to the generator at once (one call per origin
-image and up to ``max_batch`` prompts, the most a klein edit call can share), and each call's
-images are judged while the next call generates, all judgments concurrently.
+out their half. All regenerations of a batch go to the generator together: one call for each
+source image and size, up to ``max_batch`` requests (a klein call can share prompts and seeds,
+not source images), and each call's images are judged while the next call generates, all
+judgments concurrently.
 
 Failure policy. The reference gave 0.5 whenever the generator or judge failed. We keep 0.5 (the
 value that means "no change", so an infrastructure failure neither rewards nor punishes the
@@ -129,6 +130,12 @@ def score_change(new: float, old: float) -> float:
     return ((new - old) / 10 + 1) / 2
 
 
+def _retrieved(future: asyncio.Future) -> None:
+    """Mark a future's error as seen (asyncio warns about errors nobody retrieved)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _pixels_key(image: Any) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest() + f"{image.size}{image.mode}"
 
@@ -182,7 +189,9 @@ class StepwiseRewards:
         texts = [completion_text(c) for c in completions]
         scores: list[tuple[float, float]] = [(NEUTRAL, NEUTRAL)] * len(texts)
         status = [""] * len(texts)
-        groups: dict[tuple, dict[str, list[int]]] = {}  # origin -> prompt -> rollouts
+        # One generator call serves requests that share the source image and size (seeds may
+        # differ); identical (prompt, seed, plan prompt) requests are made once.
+        groups: dict[tuple, dict[tuple, list[int]]] = {}  # (source, size) -> request -> rollouts
         for i, text in enumerate(texts):
             if columns["success"][i]:
                 status[i] = "gt_success"
@@ -198,38 +207,47 @@ class StepwiseRewards:
                 continue
             scratch = bool(columns["from_scratch"][i])
             origin = (None if scratch else _pixels_key(columns["images"][i][0]),
-                      int(columns["seed"][i]), int(columns["width"][i]), int(columns["height"][i]))
-            groups.setdefault(origin, {}).setdefault(prompt, []).append(i)
+                      int(columns["width"][i]), int(columns["height"][i]))
+            request = (prompt, int(columns["seed"][i]), columns["origin_prompt"][i])
+            groups.setdefault(origin, {}).setdefault(request, []).append(i)
 
         judging: list[tuple[asyncio.Future, list[list[int]]]] = []
         regenerations, regenerate_s, judge_start = 0, 0.0, None
-        for (source_key, seed, width, height), by_prompt in groups.items():
-            first = next(iter(by_prompt.values()))[0]
+        for (source_key, width, height), by_request in groups.items():
+            first = next(iter(by_request.values()))[0]
             source = None if source_key is None else columns["images"][first][0]
-            prompts, before = list(by_prompt), []
-            for chunk_start in range(0, len(prompts), self.max_batch):
-                chunk = prompts[chunk_start:chunk_start + self.max_batch]
-                requests = [dict(prompt=p, seed=seed, width=width, height=height, steps=self.steps,
-                                 guidance=self.guidance, source=source) for p in chunk]
+            before = asyncio.ensure_future(self._store(source))  # while the generator runs
+            before.add_done_callback(_retrieved)  # its error is reported by the judge tasks
+            keys = list(by_request)
+            for chunk_start in range(0, len(keys), self.max_batch):
+                chunk = keys[chunk_start:chunk_start + self.max_batch]
+                requests = [dict(prompt=prompt, seed=seed, width=width, height=height, steps=self.steps,
+                                 guidance=self.guidance, source=source) for prompt, seed, _ in chunk]
                 began = time.perf_counter()
                 try:
-                    afters = await asyncio.to_thread(self._generate, requests, before)
+                    afters = await asyncio.to_thread(self._generate, requests)
                 except Exception as exc:  # noqa: BLE001 - any backend error is counted, not raised
                     logger.warning("regeneration of %d image(s) failed: %s: %s", len(chunk),
                                    type(exc).__name__, exc)
-                    for i in (i for p in chunk for i in by_prompt[p]):
+                    for i in (i for key in chunk for i in by_request[key]):
                         status[i] = "generator_failed"
                     continue
                 finally:
                     regenerate_s += time.perf_counter() - began
                 regenerations += len(chunk)
-                items = [(before[0], after, columns["origin_prompt"][first]) for after in afters]
                 judge_start = judge_start or time.perf_counter()
-                task = asyncio.ensure_future(asyncio.to_thread(self.judge.judge_many, items))
-                judging.append((task, [by_prompt[p] for p in chunk]))
+                task = asyncio.ensure_future(self._judge(before, afters, [plan for _, _, plan in chunk]))
+                judging.append((task, [by_request[key] for key in chunk]))
         generated = time.perf_counter()
         for task, rollouts in judging:
-            for indices, judgment in zip(rollouts, await task):
+            try:
+                judgments = await task
+            except Exception as exc:  # noqa: BLE001 - e.g. the image store's disk is full
+                logger.warning("judging %d image(s) failed: %s: %s", len(rollouts), type(exc).__name__, exc)
+                for i in (i for indices in rollouts for i in indices):
+                    status[i] = "judge_failed"
+                continue
+            for indices, judgment in zip(rollouts, judgments):
                 for i in indices:
                     s = NEUTRAL if judgment.sc is None else score_change(judgment.sc, columns["semantics"][i])
                     q = NEUTRAL if judgment.pq is None else score_change(judgment.pq, columns["quality"][i])
@@ -244,19 +262,29 @@ class StepwiseRewards:
         self._report(counts, timings, status, columns)
         return scores
 
-    def _generate(self, requests: list[dict], before: list) -> list[Any]:
-        """Runs on a worker thread: one backend call, then the images into the judge's store.
-        ``before`` caches the origin image's reference (None: from scratch) for the group."""
+    def _generate(self, requests: list[dict]) -> list[Any]:
+        """One backend call (on a worker thread)."""
         if self.regenerate is None:
             raise RuntimeError("no generator backend was given to StepwiseRewards")
         images = self.regenerate(requests)
         if len(images) != len(requests):
             raise RuntimeError(f"the generator returned {len(images)} images for {len(requests)} "
                                f"requests")
-        if not before:
-            source = requests[0]["source"]
-            before.append(None if source is None else self.judge.store.put(source))
-        return [self.judge.store.put(image) for image in images]
+        return images
+
+    async def _store(self, image: Any) -> Any:
+        """The image's reference in the judge's store (None for None); PNG encoding on a thread."""
+        return None if image is None else await asyncio.to_thread(self.judge.store.put, image)
+
+    async def _judge(self, before: asyncio.Future, afters: list[Any], plans: list[str]) -> list[Any]:
+        """Store one call's images (in parallel) and judge them against their plan prompts."""
+        stored = await asyncio.gather(before, *(self._store(image) for image in afters),
+                                      return_exceptions=True)
+        failed = next((r for r in stored if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        items = [(stored[0], ref, plan) for ref, plan in zip(stored[1:], plans)]
+        return await asyncio.to_thread(self.judge.judge_many, items)
 
     def _report(self, counts: Counter, timings: dict[str, float], status: list[str],
                 columns: dict) -> None:

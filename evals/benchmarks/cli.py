@@ -38,7 +38,9 @@ def make_parser() -> argparse.ArgumentParser:
                "NAME:setting=value,... e.g. planner-b:planner_model=my-planner or "
                "bare-8:kind=bare,num_inference_steps=8. Exit codes: 0 all scored, 1 some items "
                "failed, 2 bad input, 130 interrupted.")
-    parser.add_argument("benchmark", choices=("ueval", "wise", "rise"))
+    parser.add_argument("benchmark", choices=("ueval", "wise", "rise"),
+                        help="UEval (interleaved answers, rubric judge), WISE (world-knowledge "
+                             "text-to-image, WiScore) or RISEBench (reasoning-informed editing)")
     parser.add_argument("--data", required=True, type=Path,
                         help="benchmark data: a JSON list or JSONL file, or a folder of them "
                              "(WISE: the repo's data/ folder)")

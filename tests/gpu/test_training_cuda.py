@@ -4,7 +4,8 @@ regenerates), the tiny klein generator on the GPU and a scripted judge on 127.0.
 
 Prints where a step's time goes: rollout generation, reward regeneration, judging (from the
 reward's own ``stepwise/*`` metrics), the rest of scoring, and the update (TRL's ``step_time``
-minus generation and scoring). Run on the GPU machine: ``pytest -m gpu tests/gpu``.
+minus generation and scoring). Run on the GPU machine: ``pytest -m gpu tests/gpu`` (it needs no
+fixture from conftest, so ``--noconftest`` works where langgraph is not installed).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "critic_grpo.yaml"
-SIZE = 256
+SIZE = 128
+ROWS = 4
 CRITIC_TEXT = ("Original instruction: a cat sits on a blue chair\nRewritten prompt: a cat\n"
                "The first image is BEFORE, the second is AFTER.")
 REPLIES = ['<answer>{"previous_step_success": false, "refine_prompt": "a red cat on a chair"}</answer>',
@@ -43,8 +45,17 @@ def prompt() -> list[dict]:
                                          {"type": "text", "text": CRITIC_TEXT}]}]
 
 
+def rows() -> list[dict]:
+    return [{"prompt": prompt(), "images": [picture(10 + i), picture(20 + i)],
+             "origin_prompt": "a cat sits on a blue chair", "rewritten_prompt": "a cat",
+             "from_scratch": False, "success": False, "semantics": 4.0, "quality": 5.0,
+             "seed": 100 + i, "width": SIZE, "height": SIZE, "run_id": f"r{i}", "step_number": 2,
+             "attempt": 1} for i in range(ROWS)]
+
+
 def taught_critic(folder) -> str:
-    """The tiny Qwen3-VL after a few plain optimizer steps on ``REPLIES`` (on the GPU)."""
+    """The tiny Qwen3-VL after plain optimizer steps on ``REPLIES`` for every row's images, so
+    that its sampled replies are mostly well formed (a random tiny model's never are)."""
     from transformers import AutoModelForImageTextToText
 
     from tools.local_vlm import load_processor
@@ -55,19 +66,22 @@ def taught_critic(folder) -> str:
     processor.tokenizer.padding_side = "right"
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32).cuda()
     text = processor.apply_chat_template(prompt(), tokenize=False, add_generation_prompt=True)
-    images = [picture(1), picture(2)]
-    batch = processor(text=[text + r + "<|im_end|>" for r in REPLIES], images=images * len(REPLIES),
+    images = [image for row in rows() for image in row["images"]]
+    batch = processor(text=[text + r + "<|im_end|>" for _ in range(ROWS) for r in REPLIES],
+                      images=[image for i in range(ROWS) for _ in REPLIES for image in images[2 * i:2 * i + 2]],
                       padding=True, return_tensors="pt").to("cuda")
-    prompt_len = len(processor(text=[text], images=images, return_tensors="pt")["input_ids"][0])
+    prompt_len = len(processor(text=[text], images=images[:2], return_tensors="pt")["input_ids"][0])
     labels = batch["input_ids"].clone()
     labels[:, :prompt_len] = -100
     labels[batch["attention_mask"] == 0] = -100
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     torch.manual_seed(0)
-    for _ in range(60):
-        model(**batch, labels=labels).loss.backward()
+    for _ in range(80):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    print(f"taught critic: final loss {loss.item():.3f}")
     out = folder / "taught-critic"
     model.save_pretrained(out)
     load_processor(base).save_pretrained(out)
@@ -77,12 +91,7 @@ def taught_critic(folder) -> str:
 def rl_dataset(folder) -> str:
     import datasets
 
-    rows = [{"prompt": prompt(), "images": [picture(10 + i), picture(20 + i)],
-             "origin_prompt": "a cat sits on a blue chair", "rewritten_prompt": "a cat",
-             "from_scratch": False, "success": False, "semantics": 4.0, "quality": 5.0,
-             "seed": 100 + i, "width": SIZE, "height": SIZE, "run_id": f"r{i}", "step_number": 2,
-             "attempt": 1} for i in range(8)]
-    datasets.Dataset.from_list(rows).save_to_disk(str(folder / "critic_rl"))
+    datasets.Dataset.from_list(rows()).save_to_disk(str(folder / "critic_rl"))
     return str(folder / "critic_rl")
 
 
@@ -92,6 +101,13 @@ def judge_reply(body: dict) -> str:
     if count_images(body) == 2:
         return '<answer>{"scores": [8, 9], "reasoning": "done"}</answer>'
     return '<answer>{"scores": [6, 7], "reasoning": "clean"}</answer>'
+
+
+@pytest.fixture
+def tiny_klein(tmp_path) -> str:
+    from tools.tiny_klein import save_tiny_klein
+
+    return str(save_tiny_klein(tmp_path / "tiny-klein"))
 
 
 def timed(monkeypatch, cls, name: str, record: dict) -> None:
@@ -110,7 +126,7 @@ def timed(monkeypatch, cls, name: str, record: dict) -> None:
     monkeypatch.setattr(cls, name, wrapper)
 
 
-def test_grpo_steps_in_bf16_on_cuda_with_a_time_breakdown(tmp_path, tiny_pipeline, monkeypatch):
+def test_grpo_steps_in_bf16_on_cuda_with_a_time_breakdown(tmp_path, tiny_klein, monkeypatch):
     from trl import GRPOTrainer
 
     from tools.scripted_chat import ScriptedChatServer
@@ -128,7 +144,7 @@ def test_grpo_steps_in_bf16_on_cuda_with_a_time_breakdown(tmp_path, tiny_pipelin
             "--num_generations", "8", "--per_device_train_batch_size", "8",
             "--gradient_accumulation_steps", "1", "--max_completion_length", "48",
             "--bf16", "true", "--dtype", "bfloat16", "--report_to", "none", "--save_strategy", "no",
-            "--log_completions", "false", "--logging_steps", "1", "--generator_model", str(tiny_pipeline),
+            "--log_completions", "false", "--logging_steps", "1", "--generator_model", tiny_klein,
             "--generator_device", "cuda", "--generator_dtype", "bfloat16",
             "--judge_base_url", judge.base_url, "--judge_model", "scripted-judge"]) == 0
 

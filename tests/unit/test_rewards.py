@@ -68,7 +68,7 @@ class FakeJudge:
         self.calls.append(items)
         out = []
         for before, after, instruction in items:
-            assert instruction == PLAN
+            assert instruction.startswith(PLAN)
             prompt = self.prompt_of(after)
             sc, pq = self.scores.get(prompt, (5.0, 5.0))
             out.append(SimpleNamespace(sc=sc, pq=pq, ok=sc is not None and pq is not None))
@@ -210,12 +210,44 @@ def test_groups_split_by_origin_and_batch_limit_and_failures_are_counted():
     assert stepwise.totals["generator_failed"] == 2 and stepwise.totals["regenerations"] == 4
 
 
+def test_attempts_of_one_source_and_scratch_rows_share_calls_with_their_own_seeds_and_plans():
+    generator = FakeGenerator()
+    judge = FakeJudge(generator, {})
+    stepwise = StepwiseRewards(generator, judge)
+    first, second = columns(1, seed=1), columns(1, seed=2)  # two attempts of one step
+    scratch = [columns(1, scratch=True, seed=5), columns(1, scratch=True, seed=6)]
+    scratch[1]["origin_prompt"] = [PLAN + " at night"]
+    texts = [reply(False, "p"), reply(False, "p"), reply(False, "q"), reply(False, "q")]
+
+    run_both(stepwise, texts, concat(first, second, *scratch))
+
+    assert len(generator.calls) == 2
+    edit, fresh = sorted(generator.calls, key=lambda call: call[0]["source"] is None)
+    assert [(r["prompt"], r["seed"]) for r in edit] == [("p", 1), ("p", 2)]
+    assert [(r["prompt"], r["seed"], r["source"]) for r in fresh] == [("q", 5, None), ("q", 6, None)]
+    plans = sorted(item[2] for items in judge.calls for item in items if item[0] is None)
+    assert plans == [PLAN, PLAN + " at night"]
+
+
 def test_a_failed_judgment_is_counted_in_the_totals():
     generator = FakeGenerator()
     stepwise = StepwiseRewards(generator, FakeJudge(generator, {"x": (None, 7.0)}))
     semantics, quality = run_both(stepwise, [reply(False, "x")], columns(1))
     assert (semantics, quality) == ([0.5], [0.6])
     assert stepwise.totals["judge_failed"] == 1
+
+
+def test_a_store_that_cannot_write_counts_as_a_judge_failure():
+    generator = FakeGenerator()
+    judge = FakeJudge(generator, {})
+
+    def full_disk(image):
+        raise OSError("No space left on device")
+
+    judge.store.put = full_disk
+    stepwise = StepwiseRewards(generator, judge)
+    assert run_both(stepwise, [reply(False, "x")], columns(1)) == [[0.5], [0.5]]
+    assert stepwise.totals["judge_failed"] == 1 and not judge.calls
 
 
 def test_score_change_maps_the_whole_scale():
