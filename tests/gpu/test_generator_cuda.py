@@ -70,7 +70,11 @@ def test_speedups_keep_the_images_and_batched_worker_runs_on_cuda(tmp_path_facto
     for source in (None, generate(eager, seed=5)):
         a = np.asarray(generate(eager, seed=3, source=source), dtype=np.int16)
         b = np.asarray(generate(fast, seed=3, source=source), dtype=np.int16)
-        assert np.abs(a - b).mean() < 2.0  # bf16 rounding, not a different image
+        other = np.asarray(generate(eager, seed=4, source=source), dtype=np.int16)
+        same_seed, other_seed = np.abs(a - b).mean(), np.abs(a - other).mean()
+        # Compiled kernels round differently (measured 2.7 grey levels on average on the tiny
+        # random model); another seed is a different image altogether.
+        assert same_seed < 4.0 and other_seed > 3 * same_seed, (same_seed, other_seed)
 
     worker = GeneratorWorker(eager, max_batch=4, gather_s=0.2)
     try:
