@@ -113,13 +113,25 @@ def test_run_list_show_export(capsys, runs_dir, chat_server, tiny_pipeline, tmp_
     assert code == EXIT_OK
 
 
-def test_failed_run_exits_1_and_says_how_to_resume(capsys, runs_dir, tiny_pipeline, chat_server):
+def test_failed_run_exits_1_and_says_how_to_resume(capsys, runs_dir, tiny_pipeline, chat_server, tmp_path):
+    # A folder that claims to be a klein pipeline but holds no weights: accepted up front (its
+    # model index names a supported class), it fails when the generator loads it, mid-run.
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "Flux2KleinPipeline", "is_distilled": true}')
     code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--run-id", "broken",
                        "--planner-base-url", chat_server.base_url, "--critic-base-url", chat_server.base_url,
                        "--planner-model", "demo-planner", "--critic-model", "demo-critic",
-                       "--generator-model", str(Path(runs_dir).parent / "no-such-model"), "--device", "cpu")
+                       "--generator-model", str(broken), "--device", "cpu")
     assert code == EXIT_RUN_FAILED
     assert "could not be loaded" in err and "interleave resume broken" in err
+
+
+def test_a_generator_model_that_does_not_exist_is_refused_before_the_run(capsys, runs_dir):
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--no-preflight",
+                       "--generator-model", str(Path(runs_dir).parent / "no-such-model"))
+    assert code == EXIT_BAD_INPUT
+    assert "no-such-model" in err and not Path(runs_dir).exists()
 
 
 def test_demo_console_script_writes_a_document(tmp_path):

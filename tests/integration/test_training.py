@@ -106,10 +106,11 @@ def taught_critic(tiny_vlm, tmp_path_factory) -> str:
     model = AutoModelForImageTextToText.from_pretrained(tiny_vlm, dtype=torch.float32)
     conversation = [{"role": m["role"], "content": m["content"]} for m in critic_prompt()]
     prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    images = [picture(1), picture(2)]
-    batch = processor(text=[prompt + r + "<|im_end|>" for r in REPLIES], images=images * len(REPLIES),
+    pairs = [[picture(10 + i), picture(20 + i)] for i in range(4)]  # the critic_rl rows' images
+    batch = processor(text=[prompt + r + "<|im_end|>" for _ in pairs for r in REPLIES],
+                      images=[image for pair in pairs for _ in REPLIES for image in pair],
                       padding=True, return_tensors="pt")
-    prompt_len = len(processor(text=[prompt], images=images, return_tensors="pt")["input_ids"][0])
+    prompt_len = len(processor(text=[prompt], images=pairs[0], return_tensors="pt")["input_ids"][0])
     labels = batch["input_ids"].clone()
     labels[:, :prompt_len] = -100
     labels[batch["attention_mask"] == 0] = -100
