@@ -53,6 +53,9 @@ def _add_batch_options(parser: argparse.ArgumentParser, default_name: str | None
     parser.add_argument("--concurrency", type=int, default=4,
                         help="runs at once in this process; they share one generator pipeline and "
                              "batch their generations (default 4)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse the whole prompt file if any line is malformed (default: report "
+                             "each bad line with its number and skip it)")
 
 
 def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser, list[str]], None],
@@ -91,6 +94,11 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
     export.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
     export.add_argument("--out", required=True, help="folder for the three datasets")
     export.add_argument("--judge-model", required=True, help="whose scores to use (as in `score`)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace datasets already in --out (default: refuse, nothing is written)")
+    export.add_argument("--strict", action="store_true",
+                        help="fail if any run of the batch is unfinished or unreadable, or any "
+                             "attempt is unscored (default: leave them out and count them)")
     from training.export import ExportOptions
 
     for item in dataclasses.fields(ExportOptions):
@@ -116,12 +124,15 @@ def _add_judge_options(parser: argparse.ArgumentParser) -> None:
                         help="API key (default: $INTERLEAVE_JUDGE_API_KEY or EMPTY)")
 
 
-def _prompt_items(path: str) -> list[dict]:
+def _prompt_items(path: str, strict: bool = False) -> list[dict]:
     from training.prompt_sets import read_prompt_file
 
     rows, problems = read_prompt_file(path)
     for problem in problems:
-        print(f"skipped: {path} {problem}", file=sys.stderr)
+        print(f"{'bad' if strict else 'skipped'}: {path} {problem}", file=sys.stderr)
+    if problems and strict:
+        raise ValueError(f"{path} has {len(problems)} malformed line(s) (listed above); fix them or "
+                         f"drop --strict to skip them")
     if not rows:
         raise ValueError(f"{path} holds no usable request ({len(problems)} problem(s) above)")
     return rows
@@ -130,7 +141,7 @@ def _prompt_items(path: str) -> list[dict]:
 def cmd_batch(args: argparse.Namespace, context: Context) -> int:
     from graph.batch import run_batch
 
-    items = _prompt_items(args.prompts)
+    items = _prompt_items(args.prompts, args.strict)
     name = args.name or Path(args.prompts).stem
 
     def progress(done: int, total: int, run_id: str, outcome: str) -> None:
@@ -173,7 +184,8 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
 
     options = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
     report = export(context.runs_dir, args.out, judge_model=args.judge_model,
-                    judge_prompt_version=JUDGE_PROMPT_VERSION, batch=args.batch, options=options)
+                    judge_prompt_version=JUDGE_PROMPT_VERSION, batch=args.batch, options=options,
+                    overwrite=args.overwrite, strict=args.strict)
     print("\n".join(report.lines()))
     print(f"datasets written under {args.out}")
     return EXIT_OK

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,15 +215,33 @@ def critic_samples(documents: list[dict], scores: dict, store: ImageStore, optio
     return sft, rl
 
 
+DATASETS = ("planner_sft", "critic_sft", "critic_rl")
+
+
 def export(runs_dir: str, out: str | Path, *, judge_model: str, judge_prompt_version: str,
-           batch: str | None = None, options: ExportOptions | None = None) -> ExportReport:
-    """Write ``planner_sft``, ``critic_sft`` and ``critic_rl`` under ``out``; return the counts."""
+           batch: str | None = None, options: ExportOptions | None = None,
+           overwrite: bool = False, strict: bool = False) -> ExportReport:
+    """Write ``planner_sft``, ``critic_sft`` and ``critic_rl`` under ``out``; return the counts.
+
+    Datasets already in ``out`` are never replaced unless ``overwrite``; the check comes before
+    anything is written. With ``strict``, an unfinished run or an unscored attempt is an error
+    instead of being left out and counted.
+    """
     import datasets
 
     options = options or ExportOptions()
+    out = Path(out)
+    existing = [name for name in DATASETS if (out / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{out} already holds {', '.join(existing)}; choose another --out or pass "
+                         f"--overwrite to replace them")
     rng = random.Random(options.seed)
     documents, skipped = finished_documents(runs_dir, batch)
     report = ExportReport(runs=len(documents), skipped_runs=skipped)
+    if strict and skipped:
+        listed = "; ".join(f"{run}: {why}" for run, why in sorted(skipped.items())[:10])
+        raise ValueError(f"{len(skipped)} run(s) cannot be exported ({listed}); finish them "
+                         f"(`interleave datagen run` again resumes them) or drop --strict")
     if not documents:
         raise ValueError(f"no finished runs{f' of batch {batch!r}' if batch else ''} in {runs_dir}; "
                          f"run `interleave datagen run` first")
@@ -231,16 +250,27 @@ def export(runs_dir: str, out: str | Path, *, judge_model: str, judge_prompt_ver
     planner = [s for d in documents for s in planner_samples(d, store, options, rng)]
     report.add("planner_sft", "samples (full)", sum(s["kind"] == "full" for s in planner))
     report.add("planner_sft", "samples (truncated)", sum(s["kind"] == "truncated" for s in planner))
+    if strict:
+        unscored = [(d["run_id"], s["step_number"], a["attempt"]) for d in documents
+                    for s in d["steps"] for a in s["attempts"]
+                    if (d["run_id"], s["step_number"], a["attempt"]) not in scores]
+        if unscored:
+            raise ValueError(f"{len(unscored)} attempt(s) have no score from {judge_model} (first: "
+                             f"{unscored[0]}); run `interleave datagen score` or drop --strict")
     critic_sft, critic_rl = critic_samples(documents, scores, store, options, report, rng)
     report.add("critic_sft", "samples", len(critic_sft))
     report.add("critic_rl", "samples", len(critic_rl))
     features = {"images": datasets.Sequence(datasets.Image())}
-    out = Path(out)
     for name, rows in (("planner_sft", planner), ("critic_sft", critic_sft), ("critic_rl", critic_rl)):
         if not rows:
             report.add(name, "empty: not written")
             continue
         table = datasets.Dataset.from_list(rows)
         table = table.cast_column("images", features["images"])
-        table.save_to_disk(str(out / name))
+        staging = out / f".{name}.writing"
+        shutil.rmtree(staging, ignore_errors=True)
+        table.save_to_disk(str(staging))  # complete before the old one (with --overwrite) goes
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        staging.rename(out / name)
     return report

@@ -107,3 +107,83 @@ def test_export_without_finished_runs_says_what_to_do(tmp_path, runs_dir, capsys
                  "--judge-model", "j"])
     assert code == 2
     assert "run `interleave datagen run` first" in capsys.readouterr()[1]
+
+
+def test_export_refuses_to_replace_datasets_and_strict_mode_names_what_is_missing(
+        tmp_path, runs_dir, teacher_settings, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "request": REQUESTS[0]}) + "\n")
+    assert main(["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--name", "s",
+                 *teacher_settings]) == 0
+    target = tmp_path / "out"
+    (target / "critic_sft").mkdir(parents=True)
+    (target / "critic_sft" / "mine.txt").write_text("keep me")
+    export = ["--runs-dir", runs_dir, "datagen", "export", "--batch", "s", "--out", str(target),
+              "--judge-model", "nobody"]
+    assert main(export) == 2
+    assert "already holds critic_sft" in capsys.readouterr()[1]
+    assert (target / "critic_sft" / "mine.txt").read_text() == "keep me"
+    assert main(export + ["--overwrite", "--strict"]) == 2  # nothing was scored by "nobody"
+    assert "have no score from nobody" in capsys.readouterr()[1]
+    assert (target / "critic_sft" / "mine.txt").exists()  # refused before writing anything
+
+
+def test_a_strict_batch_refuses_a_prompt_file_with_a_bad_line(tmp_path, runs_dir, teacher_settings,
+                                                              capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "request": "x"}) + "\n" + "{not json\n")
+    code = main(["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--strict",
+                 *teacher_settings])
+    assert code == 2
+    err = capsys.readouterr()[1]
+    assert "bad:" in err and "line 2" in err and "drop --strict" in err
+    assert not (Path(runs_dir) / "interleave.sqlite").exists()
+
+
+def test_a_datagen_run_killed_midway_resumes_without_redoing_finished_requests(
+        tmp_path, runs_dir, teacher_settings, chat_server, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"k{n}", "request": f"How do I make a thing {n}?"})
+                               + "\n" for n in range(4)))
+    command = ["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--name", "k",
+               "--concurrency", "1", *teacher_settings]
+    child = subprocess.Popen([str(Path(sys.executable).with_name("interleave")), *command],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def finished():
+        if not (Path(runs_dir) / "interleave.sqlite").exists():
+            return []
+        conn = connect(runs_dir)
+        try:
+            return [r["run_id"] for r in RunRegistry(conn).list(100) if r["status"] == "finished"]
+        finally:
+            conn.close()
+
+    deadline = time.time() + 240
+    while len(finished()) < 1 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done_before = finished()
+    assert 1 <= len(done_before) < 4, done_before
+
+    def planner_calls_for(run_text):
+        return sum(r["model"] == demo_script.PLANNER_MODEL and run_text in str(r["messages"])
+                   for r in chat_server.requests)
+
+    before = {run: planner_calls_for(f"thing {run[-1]}?") for run in done_before}
+    assert main(command) == 0
+    out = capsys.readouterr()[0]
+    assert f"{len(done_before)} already finished" in out
+    assert sorted(finished()) == [f"k-k{n}" for n in range(4)]
+    assert {run: planner_calls_for(f"thing {run[-1]}?") for run in done_before} == before
