@@ -42,7 +42,8 @@ class RewardArguments:
     generator_model: str = field(default="black-forest-labs/FLUX.2-klein-4B", metadata={
         "help": "Diffusers model id or folder of the image generator used to regenerate steps."})
     generator_device: str = field(default="auto", metadata={
-        "help": "Torch device of the generator: auto, cuda, cuda:1, cpu."})
+        "help": "Torch device of the generator: auto (under `accelerate launch`: this process's own "
+                "GPU, so each rank regenerates beside its policy), cuda, cuda:1, cpu."})
     generator_dtype: str = field(default="auto", metadata={
         "help": "Generator dtype: auto (bf16 on CUDA), bfloat16, float16, float32."})
     generator_steps: int = field(default=4, metadata={"help": "Denoising steps (klein: 4)."})
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         training_args.reward_weights = list(REWARD_WEIGHTS)
 
     model, processor = load_model_and_processor(model_args, data_args, training_args)
-    pipe = diffusion.load_pipeline(reward_args.generator_model, reward_args.generator_device,
+    pipe = diffusion.load_pipeline(reward_args.generator_model,
+                                   reward_generator_device(reward_args.generator_device),
                                    reward_args.generator_dtype)
     reward_dir = Path(reward_args.reward_dir or Path(training_args.output_dir) / "rewards")
     key = reward_args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY", "EMPTY")
@@ -115,6 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("%d rollout(s) got the neutral step-wise reward because the generator or the "
                        "judge failed (see stepwise/* in the logs)", failed)
     return 0
+
+
+def reward_generator_device(setting: str, environ: dict | None = None) -> str:
+    """Where this process's reward generator runs. Under ``accelerate launch`` / torchrun every
+    rank is its own process, so "auto" means the rank's own GPU (``LOCAL_RANK``), never all of
+    them on GPU 0.
+
+    >>> reward_generator_device("auto", {"LOCAL_RANK": "3"}), reward_generator_device("auto", {})
+    ('cuda:3', 'auto')
+    >>> reward_generator_device("cuda:7", {"LOCAL_RANK": "3"})
+    'cuda:7'
+    """
+    environ = os.environ if environ is None else environ
+    if setting == "auto" and "LOCAL_RANK" in environ:
+        return f"cuda:{int(environ['LOCAL_RANK'])}"
+    return setting
 
 
 if __name__ == "__main__":
