@@ -20,7 +20,7 @@ from graph.state import Attempt, ImageRef, State, attempts_for, current_step, pr
 from nodes import events
 from tools import diffusion, generator_models
 from tools.generator_models import ModelSpec
-from tools.generator_worker import generator_devices, pool_for
+from tools.generator_worker import GeneratorPool, generator_devices, pool_for
 from tools.image_store import ImageStore
 
 
@@ -78,6 +78,16 @@ def generation_settings(ctx: Context, spec: ModelSpec) -> dict:
             "guidance": spec.guidance if ctx.guidance_scale < 0 else ctx.guidance_scale}
 
 
+def generator_pool(ctx: Context) -> GeneratorPool:
+    """The run's generator: one shared pipeline (and batching worker) per device it names,
+    loaded on first use with the run's model, LoRA, offload and speedup settings."""
+    return pool_for([diffusion.load_pipeline(
+        ctx.generator_model, device, ctx.dtype, lora=ctx.generator_lora or None,
+        lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload,
+        speedups=ctx.generator_speedups, compile_cache=str(Path(ctx.runs_dir) / "_compile_cache"))
+        for device in generator_devices(ctx.device)], ctx.generator_max_batch)
+
+
 def check_generator_settings(ctx: Context) -> None:
     """Refuse, before a run is created, a generator model we cannot run or settings it cannot serve
     (offline and cheap: reads only the model's ``model_index.json`` or its known id)."""
@@ -97,11 +107,7 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
     prompt = next_prompt(step["prompt"], earlier)
     seed = diffusion.derive_seed(ctx.seed, number, attempt)
     store = ImageStore(ctx.runs_dir)
-    pool = pool_for([diffusion.load_pipeline(
-        ctx.generator_model, device, ctx.dtype, lora=ctx.generator_lora or None,
-        lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload,
-        speedups=ctx.generator_speedups, compile_cache=str(Path(ctx.runs_dir) / "_compile_cache"))
-        for device in generator_devices(ctx.device)], ctx.generator_max_batch)
+    pool = generator_pool(ctx)
     pipe = pool.pipe
     spec = generator_models.spec_for_pipeline(pipe)
     settings = generation_settings(ctx, spec)

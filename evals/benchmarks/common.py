@@ -476,22 +476,19 @@ def _bare_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dict
     """One generation from the benchmark prompt (an edit of the source image when there is one),
     written as a one-step document so it has a trajectory page like a graph run."""
     from graph.batch import batch_run_id
-    from nodes.generator import check_generator_settings, generation_settings
+    from nodes.generator import check_generator_settings, generation_settings, generator_pool
     from nodes.prompts import PROMPT_VERSION
     from tools import diffusion, documents, generator_models
-    from tools.generator_worker import worker_for
 
     check_generator_settings(ctx)
     prompt, source_path = bench.bare_request(item)
     store = ImageStore(ctx.runs_dir)
     source = store.import_file(source_path) if source_path else None
-    pipe = diffusion.load_pipeline(ctx.generator_model, ctx.device, ctx.dtype,
-                                   lora=ctx.generator_lora or None,
-                                   lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload)
-    settings = generation_settings(ctx, generator_models.spec_for_pipeline(pipe))
+    pool = generator_pool(ctx)
+    settings = generation_settings(ctx, generator_models.spec_for_pipeline(pool.pipe))
     seed = diffusion.derive_seed(ctx.seed, 1, 1)
     started = time.perf_counter()
-    image = worker_for(pipe, ctx.generator_max_batch).run(dict(
+    image = pool.run(dict(
         prompt=prompt, seed=seed, **settings, source=store.load(source) if source else None,
         references=[]))
     seconds = round(time.perf_counter() - started, 3)
