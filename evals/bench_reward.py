@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from types import SimpleNamespace
+from evals.bench_generator import reference_image  # the same origin image as the generator benchmark
 
 log = logging.getLogger("bench_reward")
 
@@ -78,48 +79,10 @@ def build_pipeline(tiny: bool, seed: int):
 
 
 def full_klein_pipeline(seed: int):
-    """The generator benchmark's klein-4B builder; our own copy if that module has none."""
-    try:
-        from evals.bench_generator import build_full_klein_pipeline
-    except ImportError:
-        build_full_klein_pipeline = None
-    if build_full_klein_pipeline is not None:
-        return build_full_klein_pipeline("cuda", seed)
-    import torch
-    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
-                           Flux2Transformer2DModel)
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    """The full klein-4B architecture with random weights, as the generator benchmark builds it."""
+    from evals.bench_generator import build_full_klein_pipeline
 
-    from tools.tiny_klein import _build_tokenizer
-
-    tokenizer = _build_tokenizer()
-    torch.manual_seed(seed)
-    with torch.device("cuda"):  # shapes of klein-4B and its Qwen3-4B text encoder (ENVIRONMENT.md)
-        transformer = Flux2Transformer2DModel(
-            patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=7680, mlp_ratio=3.0,
-            axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False)
-        text_encoder = Qwen3ForCausalLM(Qwen3Config(
-            vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-            num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-            bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id))
-        vae = AutoencoderKLFlux2()
-    parts = [m.to(torch.bfloat16).eval() for m in (transformer, text_encoder, vae)]
-    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
-                              vae=parts[2], text_encoder=parts[1], tokenizer=tokenizer,
-                              transformer=parts[0], is_distilled=True)
-
-
-def reference_image(size: int, seed: int):
-    """A smooth gradient with noise: a non-trivial origin image to edit."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    pixels = np.stack([x, y, (x + y) / 2], axis=-1) * 200 + rng.normal(0, 25, (size, size, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype("uint8"))
+    return build_full_klein_pipeline("cuda", seed)
 
 
 class InstantJudge:
