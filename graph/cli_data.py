@@ -112,9 +112,18 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
             export.add_argument(flag, dest=item.name, type=kind, default=item.default,
                                 help=f"{item.metadata['help']} (default {item.default})")
 
-    commands.add_parser("train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
-                        add_help=False)
+    train = commands.add_parser(
+        "train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
+        description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
+                    "sft --help` and training/recipes/.")
+    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
     commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
+
+
+def cmd_train(args: argparse.Namespace, context: Context) -> int:
+    """Reached only when options came before ``train``: the trainers read their own command line."""
+    raise ValueError("start the command with `train`: interleave train sft|grpo --config RECIPE "
+                     "[flags] (the trainers take --output_dir, not --runs-dir)")
 
 
 def _add_judge_options(parser: argparse.ArgumentParser) -> None:
