@@ -331,8 +331,7 @@ def _data_command(name: str) -> Any:
 
 COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "show": _cmd_show, "list": _cmd_list,
             "export": _cmd_export, "demo": _cmd_demo, "history": _cmd_history, "fork": _cmd_fork,
-            "batch": _data_command("cmd_batch"), "datagen": _data_command("cmd_datagen"),
-            "train": _data_command("cmd_train")}
+            "batch": _data_command("cmd_batch"), "datagen": _data_command("cmd_datagen")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,13 +31,37 @@ PASS_THROUGH = {
 }
 
 
+def _split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(leading ``--runs-dir``/``-v`` options, the rest of the command line)."""
+    leading, index = [], 0
+    while index < len(argv):
+        if argv[index] in ("-v", "--verbose") or argv[index].startswith("--runs-dir="):
+            leading.append(argv[index])
+            index += 1
+        elif argv[index] == "--runs-dir" and index + 1 < len(argv):
+            leading += argv[index:index + 2]
+            index += 2
+        else:
+            break
+    return leading, argv[index:]
+
+
 def pass_through(argv: list[str]) -> int | None:
-    """Run a delegated command if ``argv`` names one; None otherwise."""
+    """Run a delegated command if ``argv`` names one; None otherwise. Global options given
+    before the command (``--runs-dir``, ``-v``) are passed on after it."""
+    leading, rest = _split_global_options(argv)
     for prefix, (module, function) in PASS_THROUGH.items():
-        if tuple(argv[:len(prefix)]) == prefix:
+        if tuple(rest[:len(prefix)]) == prefix:
             import importlib
 
-            return getattr(importlib.import_module(module), function)(argv[len(prefix):])
+            command = getattr(importlib.import_module(module), function)
+            try:
+                return command(rest[len(prefix):] + leading)
+            except ValueError as exc:  # bad settings: the message says what; no traceback
+                hint = (" (start from a recipe: --config training/recipes/…yaml; on a machine "
+                        "without a GPU add --use_cpu true --bf16 false)" if prefix[0] == "train" else "")
+                print(f"error: {exc}{hint}", file=sys.stderr)
+                return 2
     return None
 
 
@@ -118,12 +142,6 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
                     "sft --help` and training/recipes/.")
     train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
     commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
-
-
-def cmd_train(args: argparse.Namespace, context: Context) -> int:
-    """Reached only when options came before ``train``: the trainers read their own command line."""
-    raise ValueError("start the command with `train`: interleave train sft|grpo --config RECIPE "
-                     "[flags] (the trainers take --output_dir, not --runs-dir)")
 
 
 def _add_judge_options(parser: argparse.ArgumentParser) -> None:
