@@ -29,12 +29,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
+def add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """One flag per run setting named (from the Context dataclass: its type, choices, help)."""
     group = parser.add_argument_group(
         "run settings", "each also reads INTERLEAVE_<NAME> from the environment (flag wins)")
     for field in dataclasses.fields(Context):
         if field.name in names and str(field.type) == "bool":
-            group.add_argument(_flag(field.name), dest=field.name, action="store_true", default=None,
+            group.add_argument(_flag(field.name), dest=field.name,
+                               action=argparse.BooleanOptionalAction, default=None,
                                help=field.metadata["description"])
         elif field.name in names and field.metadata.get("choices"):
             group.add_argument(_flag(field.name), dest=field.name, choices=field.metadata["choices"],
@@ -72,7 +74,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", default=None, help="id for the new run (default: time + random)")
     run.add_argument("--no-preflight", action="store_true",
                      help="skip checking that the planner and critic endpoints answer before starting")
-    _add_settings(run, setting_names)
+    add_settings(run, setting_names)
 
     resume = commands.add_parser("resume", help="continue an interrupted or failed run",
                                  description="Continue a run from its last checkpoint with its "
@@ -84,7 +86,7 @@ def make_parser() -> argparse.ArgumentParser:
     answer.add_argument("--plan-file", metavar="JSON",
                         help='for a run paused for plan review: use this plan instead (a JSON list of '
                              'steps, or {"execution_plan": [...]}, as `interleave show RUN_ID --json` prints)')
-    _add_settings(resume, list(RESUME_OVERRIDES))
+    add_settings(resume, list(RESUME_OVERRIDES))
 
     history = commands.add_parser("history", help="list a run's checkpoints, oldest first",
                                   description="Every checkpoint of a run: which node produced it, "
@@ -100,7 +102,7 @@ def make_parser() -> argparse.ArgumentParser:
     fork.add_argument("--at", type=int, required=True, metavar="STEP", help="the step to redo (1-based)")
     fork.add_argument("--prompt", default=None, help="new generator prompt for that step")
     fork.add_argument("--run-id", dest="new_run_id", default=None, help="id for the new run")
-    _add_settings(fork, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
+    add_settings(fork, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
 
     show = commands.add_parser("show", help="show one run's status, plan and attempts")
     show.add_argument("run_id")
@@ -124,7 +126,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     from graph.cli_data import add_commands
 
-    add_commands(commands, _add_settings, setting_names)
+    add_commands(commands, add_settings, setting_names)
     return parser
 
 

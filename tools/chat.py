@@ -89,7 +89,8 @@ def model_for(role: str, ctx: Context, injected: ChatModels | None = None) -> Ba
         # Concurrent runs of this process share the model through one batching queue.
         return shared_batcher(TransformersChatModel(
             model_path=name, device=ctx.vlm_device, max_new_tokens=budget,
-            temperature=ctx.vlm_temperature), max_batch=ctx.vlm_max_batch)
+            temperature=ctx.vlm_temperature, fast_decode=ctx.vlm_fast_decode),
+            max_batch=ctx.vlm_max_batch)
     return openai_model(getattr(ctx, f"{role}_base_url"), getattr(ctx, f"{role}_api_key"), name,
                         budget, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
 

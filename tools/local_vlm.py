@@ -86,6 +86,10 @@ class TransformersChatModel(BaseChatModel):
     max_new_tokens: int = Field(4096, ge=1, description="Most new tokens per reply.")
     temperature: float = Field(0.7, ge=0.0, description="0 = greedy decoding.")
     seed: int | None = Field(None, description="Seed of sampling; None = torch's global RNG.")
+    fast_decode: bool = Field(False, description="Decode with tools.fast_decode (static KV cache, "
+                                                 "one CUDA graph per token step) instead of "
+                                                 "generate where the model supports it (Qwen3-VL); "
+                                                 "other models use generate.")
 
     _calls: int = PrivateAttr(default=0)
     _calls_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -240,7 +244,12 @@ class TransformersChatModel(BaseChatModel):
             if seed is not None:
                 torch.manual_seed(seed)
             start = time.perf_counter()
-            sequences = model.generate(**inputs, **options)
+            from tools.fast_decode import fast_generate, supports_fast_decode
+
+            if self.fast_decode and supports_fast_decode(model):
+                sequences = fast_generate(model, inputs, **options)
+            else:
+                sequences = model.generate(**inputs, **options)
             seconds = time.perf_counter() - start
 
         prompt_len = inputs["input_ids"].shape[1]

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILURES, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-_TYPES = {"str": str, "int": int, "float": float}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -88,22 +87,10 @@ def make_parser() -> argparse.ArgumentParser:
     judge.add_argument("--judge-image-max-pixels", type=int, default=1024 * 1024,
                        help="larger images are downscaled (aspect kept) before the judge sees "
                             "them (default 1048576 = 1024x1024)")
-    settings = parser.add_argument_group(
-        "run settings", "as for `interleave run`; each also reads INTERLEAVE_<NAME> (flag wins)")
-    for field in dataclasses.fields(Context):
-        if field.name in ("runs_dir", "review_plan"):
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        described = field.metadata.get("description")
-        if str(field.type) == "bool":
-            settings.add_argument(flag, dest=field.name, action="store_true", default=None,
-                                  help=described)
-        elif field.metadata.get("choices"):
-            settings.add_argument(flag, dest=field.name, choices=field.metadata["choices"],
-                                  default=None, help=described)
-        else:
-            settings.add_argument(flag, dest=field.name, type=_TYPES.get(str(field.type), str),
-                                  default=None, help=described)
+    from graph.cli import add_settings
+
+    add_settings(parser, [f.name for f in dataclasses.fields(Context)
+                          if f.name not in ("runs_dir", "review_plan")])
     return parser
 
 
