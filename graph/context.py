@@ -83,7 +83,7 @@ class Context:
     vlm_fast_decode: bool = _setting(
         "vlm_fast_decode", True,
         "In-process Qwen3-VL models: decode with a static KV cache replayed from a CUDA graph "
-        "(103 vs 13 tokens/s at batch 1 for an 8B model on an H200); off = transformers generate.")
+        "(85 vs 13 tokens/s at batch 1 for an 8B model on an H200); off = transformers generate.")
     vlm_max_batch: int = _setting(
         "vlm_max_batch", 8,
         "In-process (transformers) models: most concurrent planner/critic calls of this process "

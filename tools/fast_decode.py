@@ -6,9 +6,10 @@ checks), so an 8B model decodes at ~10 tokens/s at batch 1 on an H200 whose memo
 allows ~270. Users with a vLLM server keep using it; this path serves everyone else (the
 in-process critic and planner, the training loop, our GPU tests). Measured on one H200
 (evals.bench_vlm_decode: Qwen3-VL-8B-sized, random bf16 weights, 3.6k-token prompt with two
-images, 128 new tokens, one run): 103 tokens/s at batch 1 and 702 at batch 8 in decode
-(81 and 595 end to end through the chat model with the slower sdpa attention, graph capture
-included), against 13 and 116 for ``generate`` and 38 and 244 for a plain loop of forward calls.
+images, 128 new tokens, one run): 85 tokens/s at batch 1 and 644 at batch 8 in decode with the
+default sdpa attention (81 and 595 end to end through the chat model, graph capture included;
+103 and 702 with ``attention="matmul"``), against 13 and 116 for ``generate`` and 38 and 244 for
+a plain loop of forward calls.
 
 How (``fast_generate``, a drop-in for ``model.generate(**inputs, **options)`` that returns the
 same ``sequences`` tensor):
@@ -44,10 +45,11 @@ from typing import Any
 
 __all__ = ["ATTENTION", "fast_generate", "supports_fast_decode"]
 
-#: How decode attention is computed: ``matmul`` (two matrix products and a float32 softmax, as
-#: transformers' eager attention; the default, it measured faster on an H200: 103 against 85
-#: tokens/s at batch 1, 702 against 644 at batch 8) or ``sdpa`` (torch's fused kernels, which
-#: with a mask and four query rows per KV head run on few thread blocks).
+#: How decode attention is computed: ``sdpa`` (torch's fused kernels; the default) or ``matmul``
+#: (two matrix products and a float32 softmax, as transformers' eager attention). matmul measured
+#: faster on an H200 (103 against 85 tokens/s at batch 1, 702 against 644 at batch 8), but in bf16
+#: its left-padded rows part from ``generate``'s greedy tokens sooner (after 13-18 tokens against
+#: 26-27 on the tiny model; both are exact in float32), so it is opt-in.
 ATTENTION = ("matmul", "sdpa")
 
 
@@ -279,7 +281,7 @@ def fast_generate(model: Any, inputs: Any, *, max_new_tokens: int, min_new_token
                   do_sample: bool = False, temperature: float | None = None,
                   top_k: int | None = None, top_p: float | None = None,
                   stop_strings: list[str] | None = None, tokenizer: Any = None,
-                  cuda_graph: bool | None = None, attention: str = "matmul", check_every: int = 16,
+                  cuda_graph: bool | None = None, attention: str = "sdpa", check_every: int = 16,
                   stats: dict | None = None):
     """Generate like ``model.generate(**inputs, ...)`` with the same options, faster.
 
