@@ -7,11 +7,11 @@ Fixtures live here so the file also runs with ``--noconftest``.
 
 from __future__ import annotations
 
-import base64
-import io
 
 import pytest
 import torch
+
+from vlm_inputs import critic_messages  # noqa: E402  (beside this file)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -24,23 +24,6 @@ def tiny_vlm(tmp_path_factory) -> str:
     return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
 
 
-def data_url(seed: int, size: int = 96) -> str:
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def critic_messages(before: int, after: int, text: str = "Original instruction: add a red kite"):
-    from langchain_core.messages import HumanMessage, SystemMessage
-
-    return [SystemMessage("You judge one editing step."),
-            HumanMessage([{"type": "image_url", "image_url": {"url": data_url(before)}},
-                          {"type": "image_url", "image_url": {"url": data_url(after)}},
-                          {"type": "text", "text": text}])]
 
 
 def greedy(path: str, max_new_tokens: int = 16):
