@@ -220,7 +220,10 @@ def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_v
     assert "no usable plan in 2 tries" in str(outcome.error)
     saved = list((Path(runs_dir) / "local-planner").glob("planner-failures-*.json"))
     failures = json.loads(saved[0].read_text())
-    assert len(failures) == 2 and all(f["finish_reason"] == "length" for f in failures)
+    # Each try is kept with why it failed; a random model's sampled reply may stop early (EOS)
+    # or run to the 8-token budget.
+    assert len(failures) == 2
+    assert all(f["reason"] and f["finish_reason"] in ("length", "stop") for f in failures)
 
     finished = resume_run("local-planner", runs_dir, overrides={"planner_backend": "openai", "vlm_max_tokens": 4096})
     assert finished.status == "finished", repr(finished.error)
