@@ -282,7 +282,11 @@ def _run(pipe: Any, spec: ModelSpec, batch: list[dict[str, Any]],
         width=first["width"], height=first["height"], steps=steps, guidance=first["guidance"],
         images=images, generator=generators[0] if single else generators)
     call["callback_on_step_end"] = callback
-    with _call_locks.setdefault(id(pipe), threading.Lock()), torch.inference_mode():
+    from tools.cuda_capture import capture_lock
+
+    # A VLM's CUDA-graph capture on this GPU (another thread) must not overlap this call.
+    with _call_locks.setdefault(id(pipe), threading.Lock()), capture_lock(device), \
+            torch.inference_mode():
         result = pipe(**call)
     return list(result.images)
 

@@ -391,11 +391,15 @@ def _capture(decoder: _Decoder, stats: dict):
     """Record ``decoder.step`` into a CUDA graph (nothing runs while recording)."""
     import torch
 
+    from tools.cuda_capture import capture_lock
+
     start = time.perf_counter()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=decoder.side_stream):
-        decoder.step()
-    torch.cuda.synchronize(decoder.tokens.device)
+    with capture_lock(decoder.tokens.device):  # no other GPU work here while this records
+        torch.cuda.synchronize(decoder.tokens.device)
+        with torch.cuda.graph(graph, stream=decoder.side_stream, capture_error_mode="thread_local"):
+            decoder.step()
+        torch.cuda.synchronize(decoder.tokens.device)
     stats["capture_s"] = time.perf_counter() - start
     return graph
 
