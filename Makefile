@@ -24,4 +24,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python -m evals.bench_orchestration
+	$(BIN)/python -m evals.perf.orchestration

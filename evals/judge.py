@@ -26,7 +26,7 @@ Why it is built this way:
 A before-image that is a stored white canvas (the critic's step-1 source) counts as "no source
 image", exactly like None.
 
-Reason codes of a failure: those of ``tools.parsing.REASONS`` (``no_answer``, ``truncated``,
+Reason codes of a failure: those of ``tools.replies.parsing.REASONS`` (``no_answer``, ``truncated``,
 ``syntax``, ``schema``, ...) for a reply that was unusable, plus ``endpoint`` (the model could not
 answer) and ``image`` (a stored image is missing or altered).
 """
@@ -50,10 +50,10 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from evals.judge_cache import JudgeCache, cache_key
 from evals.judge_prompts import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, quality_prompt, semantic_prompt
 from graph.state import ImageRef
-from tools.chat import complete, text_part
-from tools.image_store import ImageStore, blank_canvas_png
-from tools.parsing import ReplyParseError, read_answer
-from tools.vlm_images import TRANSPORTS, MessageImages
+from tools.llm.chat import complete, text_part
+from tools.store.images import ImageStore, blank_canvas_png
+from tools.replies.parsing import ReplyParseError, read_answer
+from tools.llm.images import TRANSPORTS, MessageImages
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def parse_scores(text: str) -> tuple[tuple[float, float], str]:
     >>> parse_scores("<answer>{'scores': [9, 11]}</answer>")
     Traceback (most recent call last):
     ...
-    tools.parsing.ReplyParseError: score 2 is 11, outside 0-10
+    tools.replies.parsing.ReplyParseError: score 2 is 11, outside 0-10
     """
     prose, answer = read_answer(text, "scores")
     values = answer.get("scores", answer.get("score"))
@@ -236,7 +236,7 @@ class Judge:
     """Scores (before, after, instruction) with a chat model; see the module docstring.
 
     ``model`` is any LangChain chat model that takes OpenAI-style image parts (``ChatOpenAI``,
-    ``tools.local_vlm.TransformersChatModel``, ...); ``model_name`` names it in the cache key and
+    ``tools.llm.local.TransformersChatModel``, ...); ``model_name`` names it in the cache key and
     in every result, so give each judge (and each fine-tuned version of one) its own name.
     ``store_root`` is the image store the ``ImageRef``s point into; ``cache_path`` the SQLite file.
     ``retries`` is how many times an unusable reply is asked again (per half).
@@ -436,7 +436,7 @@ def judge_from_settings(base_url: str, api_key: str, model: str, *, store_root: 
     ``retries`` re-asks an unusable reply; ``http_retries`` is the client's own retry of
     connection errors, 429s and 5xx answers (with backoff); ``timeout_s`` bounds each request.
     """
-    from tools.chat import openai_model
+    from tools.llm.chat import openai_model
 
     chat = openai_model(base_url, api_key, model, max_tokens, temperature, timeout_s, http_retries)
     return Judge(chat, model_name=model, store_root=store_root, cache_path=cache_path,

@@ -25,7 +25,7 @@ from nodes.critic import critique
 from nodes.generator import generate
 from nodes.planner import plan
 from nodes.review import review
-from tools.chat import ChatModels
+from tools.llm.chat import ChatModels
 
 
 def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None) -> Any:
@@ -34,7 +34,7 @@ def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None) -
     builder = StateGraph(State, context_schema=Context, input_schema=InputState,
                          output_schema=OutputState)
     if models is not None and not isinstance(models, ChatModels):
-        raise TypeError("models must be tools.chat.ChatModels(planner=..., critic=...)")
+        raise TypeError("models must be tools.llm.chat.ChatModels(planner=..., critic=...)")
     builder.add_node("plan", functools.partial(plan, models=models) if models else plan)
     builder.add_node("review", review)
     builder.add_node("generate", generate)

@@ -18,8 +18,8 @@ from langchain_core.tools import BaseTool, StructuredTool
 
 from graph.builder import build_graph
 from graph.context import Context
-from graph.runner import new_run_id
-from tools.chat import ChatModels
+from graph.runs.runner import new_run_id
+from tools.llm.chat import ChatModels
 
 TOOL_DESCRIPTION = (
     "Create an illustrated, step-by-step answer (text with one image per step) for a request such "

@@ -10,7 +10,7 @@ from graph.context import Context, context_of
 from graph.state import AcceptedStep, DocumentEntry, State, attempts_for, current_step
 from nodes import events
 from nodes.prompts import PROMPT_VERSION
-from tools import documents
+from tools.store import documents
 
 
 def accept(state: State, runtime: Runtime[Context]) -> dict:

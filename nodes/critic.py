@@ -19,10 +19,10 @@ from graph.context import Context, context_of
 from graph.state import State, Verdict, attempts_for, current_step
 from nodes import events
 from nodes.prompts import CRITIC_SYSTEM, critic_user
-from tools.chat import ChatModels, ask, model_for, structured_output, text_part
-from tools.image_store import ImageStore
-from tools.parsing import parse_verdict
-from tools.vlm_images import MessageImages
+from tools.llm.chat import ChatModels, ask, model_for, structured_output, text_part
+from tools.store.images import ImageStore
+from tools.replies.parsing import parse_verdict
+from tools.llm.images import MessageImages
 
 # How much of an unusable reply to keep in the state for inspection.
 KEEP_UNPARSED_CHARS = 2000

@@ -4,7 +4,7 @@ The first attempt uses the plan's prompt; a regeneration uses the critic's refin
 the same prompt again when the critic's reply was unusable (a new seed then gives a new image).
 Step 1 is text-to-image; later steps edit the image accepted for the step before (in guidance
 mode, the first new step edits the user's last image). The generation goes through the shared
-worker of the pipeline (``tools.generator_worker``), so concurrent runs in one process share one
+worker of the pipeline (``tools.generator.worker``), so concurrent runs in one process share one
 copy of the weights and batch their requests.
 """
 
@@ -18,10 +18,11 @@ from langgraph.runtime import Runtime
 from graph.context import Context, context_of
 from graph.state import Attempt, ImageRef, State, attempts_for, current_step, previous_image
 from nodes import events
-from tools import diffusion, generator_models
-from tools.generator_models import ModelSpec
-from tools.generator_worker import GeneratorPool, generator_devices, pool_for
-from tools.image_store import ImageStore
+from tools.generator import diffusion
+from tools.generator import models as generator_models
+from tools.generator.models import ModelSpec
+from tools.generator.worker import GeneratorPool, generator_devices, pool_for
+from tools.store.images import ImageStore
 
 
 def next_prompt(plan_prompt: str, earlier: list[Attempt]) -> str:

@@ -16,7 +16,7 @@ A plan may answer about some images and then continue ("answer+continue"); text 
 from __future__ import annotations
 
 from graph.state import PlanStep
-from tools.parsing import check_narrative
+from tools.replies.parsing import check_narrative
 
 IMAGE_MARKER = "<image>"
 MODES = ("narrative", "answer", "continue", "answer+continue")

@@ -16,10 +16,10 @@ from graph.state import ImageRef, PlanStep, State
 from nodes import events
 from nodes.guidance import check_plan, request_segments
 from nodes.prompts import planner_system, planner_user
-from tools.chat import ChatModels, ask, model_for, structured_output, text_part
-from tools.image_store import ImageStore
-from tools.parsing import PlanParseError, parse_plan
-from tools.vlm_images import MessageImages
+from tools.llm.chat import ChatModels, ask, model_for, structured_output, text_part
+from tools.store.images import ImageStore
+from tools.replies.parsing import PlanParseError, parse_plan
+from tools.llm.images import MessageImages
 
 
 class EmptyRequestError(ValueError):

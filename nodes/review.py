@@ -17,7 +17,7 @@ from langgraph.types import interrupt
 from graph.context import Context, context_of
 from graph.state import PlanStep, State
 from nodes.guidance import check_plan
-from tools.parsing import plan_steps
+from tools.replies.parsing import plan_steps
 
 PLAN_REVIEW = "plan_review"
 

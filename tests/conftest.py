@@ -16,9 +16,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from graph.context import Context  # noqa: E402
-from graph.demo import demo_context  # noqa: E402
-from tools import demo_script  # noqa: E402
-from tools.scripted_chat import ScriptedChatServer  # noqa: E402
+from graph.runs.demo import demo_context  # noqa: E402
+from tools.doubles import demo_script  # noqa: E402
+from tools.doubles.scripted_chat import ScriptedChatServer  # noqa: E402
 
 REQUEST = "How do I fold a paper crane?"
 
@@ -26,7 +26,7 @@ REQUEST = "How do I fold a paper crane?"
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory) -> Path:
     """A tiny random-weight FLUX.2-klein pipeline saved once per session."""
-    from tools.tiny_klein import save_tiny_klein
+    from tools.doubles.tiny_klein import save_tiny_klein
 
     return save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein")
 

@@ -3,8 +3,8 @@ saving, and merging a LoRA adapter into a full model folder.
 
 Why a module: both scripts parse ``--config RECIPE.yaml`` plus flags into TRL's own dataclasses
 (defaults < YAML < flags, TRL's ``TrlParser``), load a Qwen-VL model with its vision tower
-frozen and a processor that needs no torchvision (``tools.local_vlm.load_processor``), and leave
-a folder that ``tools.local_vlm.TransformersChatModel(model_path=...)`` and ``vllm serve`` load.
+frozen and a processor that needs no torchvision (``tools.llm.local.load_processor``), and leave
+a folder that ``tools.llm.local.TransformersChatModel(model_path=...)`` and ``vllm serve`` load.
 Doing that once keeps the two scripts to their trainer.
 
 A LoRA run saves the adapter in ``output_dir`` and, with ``merge_lora`` (default), a merged full
@@ -109,7 +109,7 @@ def load_model_and_processor(model_args: Any, data_args: DataArguments, training
     from transformers import AutoModelForImageTextToText
     from trl import get_quantization_config
 
-    from tools.local_vlm import load_processor
+    from tools.llm.local import load_processor
 
     if not model_args.model_name_or_path:
         raise ValueError("no model: pass --model_name_or_path (a Hub id such as "
@@ -178,7 +178,7 @@ def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "auto") -> Path:
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from tools.local_vlm import load_processor
+    from tools.llm.local import load_processor
 
     config = PeftConfig.from_pretrained(adapter_dir)
     base_path = config.base_model_name_or_path

@@ -35,7 +35,7 @@ from typing import Any
 from PIL import Image
 
 from nodes.prompts import CRITIC_SYSTEM, critic_user, planner_system, planner_user
-from tools.image_store import ImageStore, blank_canvas
+from tools.store.images import ImageStore, blank_canvas
 from training.scoring import finished_documents, load_scores
 
 IMAGE = {"type": "image"}

@@ -51,8 +51,8 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from tools.chat import EndpointError
-from tools.parsing import ReplyParseError
+from tools.llm.chat import EndpointError
+from tools.replies.parsing import ReplyParseError
 from training.dedupe import NEAR_THRESHOLD, Deduplicator, dedupe, jaccard, normalise, shingles
 from training.prompt_files import IMAGE_MARKER, PromptProblem, _is_jsonl, read_prompt_file
 from training.taxonomy import DEFAULT_TAXONOMY, Subcategory, load_taxonomy
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from tools.chat import openai_model
+    from tools.llm.chat import openai_model
 
     started = time.monotonic()
     try:

@@ -30,7 +30,7 @@ functions counts as 0 and would punish a rollout for our outage. Other cases:
   regenerating (same prompt, same seed, same source: it would be the judged image again).
 
 Generator backend: any ``regenerate(requests) -> images`` callable taking the request dicts of
-``tools.diffusion.generate_batch`` (in-process: ``functools.partial(generate_batch, pipe)``). A
+``tools.generator.diffusion.generate_batch`` (in-process: ``functools.partial(generate_batch, pipe)``). A
 remote backend needs an endpoint that takes a list of such requests with the source image sent as
 PNG bytes and returns the images in order (an error fails the whole call, which is counted as
 generator failures of its rollouts), and a client callable with the same signature.
@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tools.parsing import ReplyParseError, VerdictParseError, parse_verdict, read_answer
+from tools.replies.parsing import ReplyParseError, VerdictParseError, parse_verdict, read_answer
 
 logger = logging.getLogger(__name__)
 

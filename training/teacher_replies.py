@@ -12,7 +12,7 @@ import ast
 import json
 import re
 
-from tools.parsing import ReplyParseError, parse_mapping, split_reply
+from tools.replies.parsing import ReplyParseError, parse_mapping, split_reply
 from training.dedupe import normalise
 
 _LIST_LINE = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•])\s+(.+?)\s*$")

@@ -87,7 +87,7 @@ def make_parser() -> argparse.ArgumentParser:
     judge.add_argument("--judge-image-max-pixels", type=int, default=1024 * 1024,
                        help="larger images are downscaled (aspect kept) before the judge sees "
                             "them (default 1048576 = 1024x1024)")
-    from graph.cli import add_settings
+    from graph.cli.main import add_settings
 
     add_settings(parser, [f.name for f in dataclasses.fields(Context)
                           if f.name not in ("runs_dir", "review_plan")])
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     results = common.ResultStore(out_dir / "results.sqlite")
     judge, judge_info = None, None
     if args.judge:
-        from tools.chat import openai_model
+        from tools.llm.chat import openai_model
 
         key = args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY") or "EMPTY"
         model = openai_model(args.judge_base_url, key, args.judge, args.judge_max_tokens, 0.0,

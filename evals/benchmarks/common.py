@@ -5,7 +5,7 @@ each item's output (the full graph or the bare generator) and the concurrent dri
 Why it is built this way:
 
 * Resumable per item, at two grains. An item's output (images, text, trajectory, cost) is stored
-  once it exists; a graph run interrupted half-way is resumed by ``graph.batch.run_one``. Every
+  once it exists; a graph run interrupted half-way is resumed by ``graph.runs.batch.run_one``. Every
   judge question (one rubric item, one score request) is stored under a key made of the
   benchmark, the question's text, the sha256 of every image it shows, the judge model and the
   prompt version; an item's scores are stored once all its questions are answered. A rerun skips
@@ -45,10 +45,10 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 from checkpoints.saver import BUSY_TIMEOUT_MS, retry_locked
 from graph.context import Context
-from tools.chat import complete, text_part
-from tools.image_store import ImageStore
-from tools.parsing import ReplyParseError
-from tools.vlm_images import MessageImages
+from tools.llm.chat import complete, text_part
+from tools.store.images import ImageStore
+from tools.replies.parsing import ReplyParseError
+from tools.llm.images import MessageImages
 
 logger = logging.getLogger(__name__)
 
@@ -434,7 +434,7 @@ def _counted_models(ctx: Context, usage: Usage) -> Any:
     """Planner and critic clients of this item that report to ``usage`` (openai backend only)."""
     from langchain_openai import ChatOpenAI
 
-    from tools.chat import ChatModels
+    from tools.llm.chat import ChatModels
 
     def make(role: str) -> Any:
         if getattr(ctx, f"{role}_backend") != "openai":
@@ -447,7 +447,7 @@ def _counted_models(ctx: Context, usage: Usage) -> Any:
 
 
 def _graph_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dict[str, Any]:
-    from graph.batch import run_one
+    from graph.runs.batch import run_one
 
     request, images = bench.request(item)
     usage = Usage()
@@ -475,10 +475,12 @@ def _graph_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dic
 def _bare_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dict[str, Any]:
     """One generation from the benchmark prompt (an edit of the source image when there is one),
     written as a one-step document so it has a trajectory page like a graph run."""
-    from graph.batch import batch_run_id
+    from graph.runs.batch import batch_run_id
     from nodes.generator import check_generator_settings, generation_settings, generator_pool
     from nodes.prompts import PROMPT_VERSION
-    from tools import diffusion, documents, generator_models
+    from tools.generator import diffusion
+    from tools.store import documents
+    from tools.generator import models as generator_models
 
     check_generator_settings(ctx)
     prompt, source_path = bench.bare_request(item)

@@ -43,8 +43,8 @@ from typing import Any
 
 from evals.benchmarks.common import (Benchmark, DataFormatError, Item, Question, need, read_records,
                                      unique_ids)
-from tools.image_store import ImageStore
-from tools.parsing import ReplyParseError, read_answer
+from tools.store.images import ImageStore
+from tools.replies.parsing import ReplyParseError, read_answer
 
 PROMPT_VERSION = "rise-v1"
 CATEGORIES = ("temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning")

@@ -43,7 +43,7 @@ from typing import Any
 
 from evals.benchmarks.common import (Benchmark, DataFormatError, Item, Question, image_path, need,
                                      read_records, unique_ids)
-from tools.parsing import ReplyParseError, read_answer
+from tools.replies.parsing import ReplyParseError, read_answer
 
 PROMPT_VERSION = "ueval-v1"
 OPEN_TASKS = ("art", "life", "tech", "exercise")

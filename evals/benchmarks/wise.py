@@ -31,7 +31,7 @@ from typing import Any
 
 from evals.benchmarks.common import (Benchmark, DataFormatError, Item, Question, need, read_records,
                                      unique_ids)
-from tools.parsing import ReplyParseError, read_answer
+from tools.replies.parsing import ReplyParseError, read_answer
 
 PROMPT_VERSION = "wise-v1"
 CATEGORIES = (("CULTURE", 1, 400, 0.4), ("TIME", 401, 567, 0.167), ("SPACE", 568, 700, 0.133),

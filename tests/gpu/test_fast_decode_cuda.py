@@ -3,7 +3,7 @@ pytest -m gpu -s tests/gpu/test_fast_decode_cuda.py).
 
 Greedy tokens are compared with transformers' generate on the tiny random Qwen3-VL; the
 graph-replayed step must equal the same step run eagerly bit for bit. Tokens/s of both paths
-are printed (the tiny model measures launch overhead, not bandwidth; evals.bench_vlm_decode
+are printed (the tiny model measures launch overhead, not bandwidth; evals.perf.vlm_decode
 measures the 8B-sized model). Fixtures live here so the file also runs with ``--noconftest``.
 
 Why only a prefix must agree with generate in bf16: both paths do the same arithmetic, but
@@ -36,8 +36,8 @@ AGREE = 16
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
-    from tools.local_vlm import TransformersChatModel
-    from tools.tiny_qwen3vl import save_tiny_qwen3vl
+    from tools.llm.local import TransformersChatModel
+    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
 
     path = str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
     model = TransformersChatModel(model_path=path, device="cuda", temperature=0.0, max_new_tokens=48)
@@ -81,7 +81,7 @@ def agreement(reference, fast, prompt_len: int) -> str:
 @pytest.mark.parametrize("attention", ["matmul", "sdpa"])
 @pytest.mark.parametrize("conversations", ["two images", "batch of 3"])
 def test_greedy_tokens_agree_with_generate_in_bf16_with_graphs(chat, conversations, attention):
-    from tools.fast_decode import fast_generate
+    from tools.llm.fast_decode import fast_generate
 
     inputs = encode(chat, [critic_messages(1, 2)] if conversations == "two images" else batch_messages())
     model = chat.loaded.model
@@ -105,7 +105,7 @@ def test_greedy_tokens_agree_with_generate_in_bf16_with_graphs(chat, conversatio
 
 
 def test_graph_replay_equals_eager_steps_bit_for_bit(chat):
-    from tools.fast_decode import fast_generate
+    from tools.llm.fast_decode import fast_generate
 
     inputs = encode(chat, batch_messages())
     model = chat.loaded.model
@@ -123,7 +123,7 @@ def test_graph_replay_equals_eager_steps_bit_for_bit(chat):
 
 
 def test_eos_and_length_stops_on_cuda(chat, monkeypatch):
-    from tools.fast_decode import fast_generate
+    from tools.llm.fast_decode import fast_generate
 
     inputs = encode(chat, batch_messages())
     model = chat.loaded.model
@@ -148,7 +148,7 @@ def test_tokens_per_second_printed(chat):
     """Forced 128-token replies at batch 1 and 8: generate against the fast path."""
     from langchain_core.messages import HumanMessage
 
-    from tools.fast_decode import fast_generate
+    from tools.llm.fast_decode import fast_generate
 
     model = chat.loaded.model
     lines = []

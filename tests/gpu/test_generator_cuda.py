@@ -1,6 +1,6 @@
 """The generator path on a CUDA GPU in bf16 (run on the GPU machine: pytest -m gpu tests/gpu).
 
-Uses only tools.diffusion and the tiny random-weight klein pipeline, loaded through the same
+Uses only tools.generator.diffusion and the tiny random-weight klein pipeline, loaded through the same
 ``load_pipeline`` / ``from_pretrained`` path as real weights.
 """
 
@@ -13,15 +13,15 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    from tools import diffusion
-    from tools.tiny_klein import save_tiny_klein
+    from tools.generator import diffusion
+    from tools.doubles.tiny_klein import save_tiny_klein
 
     path = save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein")
     return diffusion.load_pipeline(str(path), device="cuda", dtype="auto")
 
 
 def generate(pipe, seed, source=None, size=128):
-    from tools import diffusion
+    from tools.generator import diffusion
 
     return diffusion.generate(pipe, prompt="a paper crane on a table", seed=seed, width=size,
                               height=size, steps=4, guidance=1.0, source=source)
@@ -58,9 +58,9 @@ def test_speedups_keep_the_images_and_batched_worker_runs_on_cuda(tmp_path_facto
     shared worker batches concurrent requests on the GPU."""
     import numpy as np
 
-    from tools import diffusion
-    from tools.generator_worker import GeneratorWorker
-    from tools.tiny_klein import save_tiny_klein
+    from tools.generator import diffusion
+    from tools.generator.worker import GeneratorWorker
+    from tools.doubles.tiny_klein import save_tiny_klein
 
     path = str(save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein-fast"))
     eager = diffusion.load_pipeline(path, device="cuda", dtype="auto")

@@ -1,7 +1,7 @@
 """The in-process planner/critic backend on a CUDA GPU in bf16 (run on the GPU machine:
 pytest -m gpu tests/gpu/test_local_vlm_cuda.py).
 
-Loads the tiny random Qwen3-VL by path through ``tools.local_vlm``, as a real checkpoint.
+Loads the tiny random Qwen3-VL by path through ``tools.llm.local``, as a real checkpoint.
 Fixtures live here so the file also runs with ``--noconftest``.
 """
 
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory) -> str:
-    from tools.tiny_qwen3vl import save_tiny_qwen3vl
+    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
 
     return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
 
@@ -27,7 +27,7 @@ def tiny_vlm(tmp_path_factory) -> str:
 
 
 def greedy(path: str, max_new_tokens: int = 16):
-    from tools.local_vlm import TransformersChatModel
+    from tools.llm.local import TransformersChatModel
 
     return TransformersChatModel(model_path=path, device="cuda", temperature=0.0,
                                  max_new_tokens=max_new_tokens)

@@ -58,8 +58,8 @@ def taught_critic(folder) -> str:
     that its sampled replies are mostly well formed (a random tiny model's never are)."""
     from transformers import AutoModelForImageTextToText
 
-    from tools.local_vlm import load_processor
-    from tools.tiny_qwen3vl import save_tiny_qwen3vl
+    from tools.llm.local import load_processor
+    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
 
     base = str(save_tiny_qwen3vl(folder / "tiny-qwen3vl"))
     processor = load_processor(base)
@@ -96,7 +96,7 @@ def rl_dataset(folder) -> str:
 
 
 def judge_reply(body: dict) -> str:
-    from tools.scripted_chat import count_images
+    from tools.doubles.scripted_chat import count_images
 
     if count_images(body) == 2:
         return '<answer>{"scores": [8, 9], "reasoning": "done"}</answer>'
@@ -105,7 +105,7 @@ def judge_reply(body: dict) -> str:
 
 @pytest.fixture
 def tiny_klein(tmp_path) -> str:
-    from tools.tiny_klein import save_tiny_klein
+    from tools.doubles.tiny_klein import save_tiny_klein
 
     return str(save_tiny_klein(tmp_path / "tiny-klein"))
 
@@ -129,7 +129,7 @@ def timed(monkeypatch, cls, name: str, record: dict) -> None:
 def test_grpo_steps_in_bf16_on_cuda_with_a_time_breakdown(tmp_path, tiny_klein, monkeypatch):
     from trl import GRPOTrainer
 
-    from tools.scripted_chat import ScriptedChatServer
+    from tools.doubles.scripted_chat import ScriptedChatServer
     from training import grpo
 
     record: dict = {}

@@ -5,7 +5,7 @@ import json
 import sys
 
 from graph.context import Context
-from graph.runner import start_run
+from graph.runs.runner import start_run
 
 if __name__ == "__main__":
     settings, request, run_id = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]

@@ -12,7 +12,7 @@ import json
 import sys
 
 from graph.context import Context
-from graph.runner import resume_run, start_run
+from graph.runs.runner import resume_run, start_run
 
 
 def show(event):

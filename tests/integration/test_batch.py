@@ -5,9 +5,9 @@ import pytest
 
 from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect
-from graph.batch import batch_run_id, run_batch
-from tools import demo_script
-from tools.scripted_chat import ScriptedChatServer
+from graph.runs.batch import batch_run_id, run_batch
+from tools.doubles import demo_script
+from tools.doubles.scripted_chat import ScriptedChatServer
 
 ITEMS = [{"id": f"p{n}", "request": f"How do I make thing number {n}?"} for n in range(5)]
 
@@ -22,7 +22,7 @@ def statuses(runs_dir):
 
 def test_a_batch_runs_every_request_and_a_rerun_resumes_only_what_did_not_finish(
         runs_dir, tiny_pipeline):
-    from graph.demo import demo_context
+    from graph.runs.demo import demo_context
 
     broken = {"p2"}  # the planner fails for one request the first time
 
@@ -53,7 +53,7 @@ def test_a_batch_runs_every_request_and_a_rerun_resumes_only_what_did_not_finish
 
 def test_bad_requests_are_reported_with_their_id_and_the_rest_run(runs_dir, tiny_pipeline,
                                                                     chat_server):
-    from graph.demo import demo_context
+    from graph.runs.demo import demo_context
 
     items = [{"id": "ok", "request": "How do I tie a knot?"},
              {"id": "empty", "request": "   "},

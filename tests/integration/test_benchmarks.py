@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from evals.benchmarks.cli import main
-from tools import demo_script
-from tools.scripted_chat import ScriptedChatServer, count_images, message_text
+from tools.doubles import demo_script
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 REPO = Path(__file__).resolve().parents[2]

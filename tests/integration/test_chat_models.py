@@ -10,12 +10,12 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from conftest import REQUEST
-from graph.demo import demo_context
-from graph.runner import start_run
-from tools import demo_script
-from tools.chat import ChatModels, EndpointError, ask, openai_model
-from tools.parsing import parse_verdict
-from tools.scripted_chat import ScriptedChatServer
+from graph.runs.demo import demo_context
+from graph.runs.runner import start_run
+from tools.doubles import demo_script
+from tools.llm.chat import ChatModels, EndpointError, ask, openai_model
+from tools.replies.parsing import parse_verdict
+from tools.doubles.scripted_chat import ScriptedChatServer
 
 GOOD_VERDICT = '<think>fine</think><answer>{"previous_step_success": true, "refine_prompt": "p"}</answer>'
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REQUEST
-from graph.cli import (EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE,
+from graph.cli.main import (EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE,
                        main)
-from graph.runner import start_run
+from graph.runs.runner import start_run
 
 
 def files_under(folder):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from graph.cli import main
-from tools import demo_script
-from tools.parsing import parse_verdict
-from tools.scripted_chat import ScriptedChatServer, count_images
+from graph.cli.main import main
+from tools.doubles import demo_script
+from tools.replies.parsing import parse_verdict
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images
 
 REQUESTS = ["How do I fold a paper boat?", "How do I plant a tulip bulb?", "How do I wrap a gift?"]
 

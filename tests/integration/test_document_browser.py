@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import REQUEST
-from graph.runner import start_run
+from graph.runs.runner import start_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(

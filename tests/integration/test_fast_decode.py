@@ -1,4 +1,4 @@
-"""The fast decode path (tools.fast_decode) against transformers' generate on the tiny random
+"""The fast decode path (tools.llm.fast_decode) against transformers' generate on the tiny random
 Qwen3-VL (CPU, float32): same greedy tokens for images, left-padded batches, length and EOS
 stops; reproducible sampling; the chat model's ``fast_decode`` switch gives the same replies."""
 
@@ -9,15 +9,15 @@ import torch
 from langchain_core.messages import HumanMessage
 
 from tests.integration.test_local_vlm import critic_messages
-from tools.fast_decode import fast_generate
-from tools.local_vlm import TransformersChatModel
+from tools.llm.fast_decode import fast_generate
+from tools.llm.local import TransformersChatModel
 
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory) -> str:
-    from tools.tiny_qwen3vl import save_tiny_qwen3vl
+    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
 
     return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
 

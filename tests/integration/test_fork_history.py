@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REQUEST, without_timings
-from graph.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from graph.runner import start_run
-from graph.timetravel import fork_run, run_history
+from graph.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from graph.runs.runner import start_run
+from graph.runs.history import fork_run, run_history
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Each generator family, loaded from a saved folder by the real loader and run on CPU.
 
-Tiny random-weight pipelines of the real diffusers classes (klein from ``tools.tiny_klein``,
-Kontext and Qwen-Image-Edit-Plus from ``tools.tiny_editors``) go through
-``tools.diffusion.load_pipeline`` / ``generate`` / ``generate_batch`` exactly as real weights
+Tiny random-weight pipelines of the real diffusers classes (klein from ``tools.doubles.tiny_klein``,
+Kontext and Qwen-Image-Edit-Plus from ``tools.doubles.tiny_editors``) go through
+``tools.generator.diffusion.load_pipeline`` / ``generate`` / ``generate_batch`` exactly as real weights
 would, so the family-specific arguments (reference lists, ``max_area``, true CFG with a negative
 prompt, the white canvas for step 1) reach the real ``__call__``.
 """
@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import diffusion
-from tools.diffusion import GeneratorLoadError
+from tools.generator import diffusion
+from tools.generator.diffusion import GeneratorLoadError
 
 KW = dict(width=64, height=64, steps=2, guidance=1.0)
 
@@ -130,7 +130,7 @@ def lora_dir(tmp_path_factory):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from tools.tiny_klein import build_tiny_klein_pipeline
+    from tools.doubles.tiny_klein import build_tiny_klein_pipeline
 
     transformer = build_tiny_klein_pipeline().transformer
     transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
@@ -149,7 +149,7 @@ def lora_dir(tmp_path_factory):
 def own_klein(tmp_path_factory):
     """A private copy of the tiny klein folder, so the LoRA variants cached by these tests are
     not counted as copies of the shared session model by other tests."""
-    from tools.tiny_klein import save_tiny_klein
+    from tools.doubles.tiny_klein import save_tiny_klein
 
     return str(save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein-lora"))
 
@@ -177,7 +177,7 @@ def test_bad_lora_is_a_load_error(own_klein, tmp_path):
 
 @pytest.fixture(scope="module")
 def kontext(tmp_path_factory):
-    from tools.tiny_editors import save_tiny_kontext
+    from tools.doubles.tiny_editors import save_tiny_kontext
 
     path = save_tiny_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
     return diffusion.load_pipeline(str(path), "cpu", "float32")
@@ -209,7 +209,7 @@ def test_kontext_batch_matches_one_by_one(kontext):
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
-    from tools.tiny_editors import save_tiny_qwen_edit
+    from tools.doubles.tiny_editors import save_tiny_qwen_edit
 
     path = save_tiny_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-edit")
     return diffusion.load_pipeline(str(path), "cpu", "float32")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REQUEST
-from graph.runner import start_run
-from tools import diffusion
-from tools.generator_worker import GeneratorWorker, worker_for
+from graph.runs.runner import start_run
+from tools.generator import diffusion
+from tools.generator.worker import GeneratorWorker, worker_for
 
 
 def request(prompt="a red kite", seed=1, size=64, **extra):
@@ -115,8 +115,8 @@ def test_a_pool_sends_each_request_to_the_least_busy_pipeline():
     """Several pipelines (one per GPU on a multi-GPU machine; two CPU copies here) behind one
     entry point: concurrent requests spread over them, and each image is the one its pipeline
     makes for that seed."""
-    from tools.generator_worker import GeneratorPool, generator_devices
-    from tools.tiny_klein import build_tiny_klein_pipeline
+    from tools.generator.worker import GeneratorPool, generator_devices
+    from tools.doubles.tiny_klein import build_tiny_klein_pipeline
 
     pipes = [build_tiny_klein_pipeline(), build_tiny_klein_pipeline()]
     for p in pipes:

@@ -6,10 +6,10 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import REQUEST
-from graph.runner import start_run
-from tools import demo_script
-from tools.image_store import ImageStore
-from tools.scripted_chat import ScriptedChatServer, count_images, message_text
+from graph.runs.runner import start_run
+from tools.doubles import demo_script
+from tools.store.images import ImageStore
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 
 def critic_requests(server):
@@ -74,7 +74,7 @@ def test_critic_that_always_rejects_gets_three_generations_and_two_critic_calls(
         return demo_script.respond(body)
 
     with ScriptedChatServer(always_reject) as server:
-        from graph.demo import demo_context
+        from graph.runs.demo import demo_context
         outcome = start_run(REQUEST, demo_context(runs_dir, server.base_url, tiny_pipeline))
         assert outcome.status == "finished", outcome.error
         assert len(critic_requests(server)) == 3 * 2  # 3 steps x (attempts 1 and 2 only)
@@ -97,7 +97,7 @@ def test_unusable_critic_reply_regenerates_with_same_prompt_and_new_seed(runs_di
         return demo_script.respond(body)
 
     with ScriptedChatServer(garbled_once) as server:
-        from graph.demo import demo_context
+        from graph.runs.demo import demo_context
         context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_retries=1)
         outcome = start_run(REQUEST, context)
     assert outcome.status == "finished", outcome.error

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from graph.runner import start_run
+from graph.runs.runner import start_run
 from nodes.guidance import ImageMarkerError
-from tools import demo_script
-from tools.image_store import ImageStore
-from tools.scripted_chat import count_images
+from tools.doubles import demo_script
+from tools.store.images import ImageStore
+from tools.doubles.scripted_chat import count_images
 
 
 def image_file(folder: Path, name: str, colour: tuple[int, int, int], size=(96, 64)) -> str:

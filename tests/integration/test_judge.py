@@ -13,9 +13,9 @@ from PIL import Image
 
 from evals.judge import Judge, judge_from_settings
 from evals.judge_cache import JudgeCache
-from tools.chat import openai_model
-from tools.image_store import ImageStore, blank_canvas
-from tools.scripted_chat import ScriptedChatServer, count_images, message_text
+from tools.llm.chat import openai_model
+from tools.store.images import ImageStore, blank_canvas
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 SC_REPLY = 'Mostly done.\n<answer>{"scores": [8, 6], "reasoning": "the hat is there"}</answer>'
 PQ_REPLY = "<answer>{'scores': [9, 4], 'reasoning': 'some blur'}</answer>"

@@ -15,13 +15,13 @@ import threading
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from tools.chat import complete
-from tools.local_vlm import ModelLoadError, TransformersChatModel, load_vlm
+from tools.llm.chat import complete
+from tools.llm.local import ModelLoadError, TransformersChatModel, load_vlm
 
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory) -> str:
-    from tools.tiny_qwen3vl import save_tiny_qwen3vl
+    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
 
     return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
 
@@ -211,7 +211,7 @@ def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_v
     import json
     from pathlib import Path
 
-    from graph.runner import resume_run, start_run
+    from graph.runs.runner import resume_run, start_run
 
     context = make_context(planner_backend="transformers", planner_model=tiny_vlm,
                            vlm_max_tokens=8, vlm_retries=1, vlm_retry_backoff_s=0)
@@ -232,7 +232,7 @@ def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_v
 def test_concurrent_calls_share_one_batched_generate_and_match_one_by_one(tiny_vlm):
     """The batching queue in front of an in-process model: calls from several threads are
     answered by one batched generate, each with the reply it would get alone (greedy)."""
-    from tools.vlm_batcher import BatchingChatModel
+    from tools.llm.batcher import BatchingChatModel
 
     inner = greedy(tiny_vlm, max_new_tokens=6)
     batcher = BatchingChatModel(inner=inner, max_batch=4, gather_s=0.3)
@@ -253,7 +253,7 @@ def test_concurrent_calls_share_one_batched_generate_and_match_one_by_one(tiny_v
 
 
 def test_a_bad_input_fails_only_its_own_caller(tiny_vlm):
-    from tools.vlm_batcher import BatchingChatModel
+    from tools.llm.batcher import BatchingChatModel
 
     batcher = BatchingChatModel(inner=greedy(tiny_vlm, max_new_tokens=4), max_batch=4, gather_s=0.3)
     results = {}

@@ -27,12 +27,12 @@ from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect, open_checkpointer
 from conftest import without_timings
 from graph.builder import build_graph
-from graph.demo import demo_context
-from graph.runner import resume_run, start_run
-from graph.timetravel import fork_run
-from tools import demo_script
-from tools.image_store import ImageStore
-from tools.scripted_chat import ScriptedChatServer, message_text
+from graph.runs.demo import demo_context
+from graph.runs.runner import resume_run, start_run
+from graph.runs.history import fork_run
+from tools.doubles import demo_script
+from tools.store.images import ImageStore
+from tools.doubles.scripted_chat import ScriptedChatServer, message_text
 
 CHILD = Path(__file__).with_name("long_child.py")
 STEPS = 30

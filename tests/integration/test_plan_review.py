@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REQUEST, without_timings
-from graph.cli import EXIT_AWAITING_REVIEW, EXIT_BAD_INPUT, EXIT_OK, main
-from graph.runner import resume_run, start_run
+from graph.cli.main import EXIT_AWAITING_REVIEW, EXIT_BAD_INPUT, EXIT_OK, main
+from graph.runs.runner import resume_run, start_run
 
 
 def record(outcome):

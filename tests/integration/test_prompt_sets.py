@@ -6,7 +6,7 @@ import json
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from tools.scripted_chat import ScriptedChatServer, message_text
+from tools.doubles.scripted_chat import ScriptedChatServer, message_text
 from training.prompt_sets import (PromptProblem, build_prompt_file, generate_prompts,
                                   load_taxonomy, main, make_parser, read_prompt_file)
 
@@ -194,7 +194,7 @@ def test_help_explains_every_option():
 
 
 def _model(server):
-    from tools.chat import openai_model
+    from tools.llm.chat import openai_model
 
     return openai_model(server.base_url, "EMPTY", "teacher", 1024, 1.0, 10.0, 0)
 

@@ -15,9 +15,10 @@ import pytest
 from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect
 from conftest import REQUEST, without_timings
-from graph.runner import resume_run, start_run
-from tools import demo_script, diffusion
-from tools.scripted_chat import ScriptedChatServer
+from graph.runs.runner import resume_run, start_run
+from tools.doubles import demo_script
+from tools.generator import diffusion
+from tools.doubles.scripted_chat import ScriptedChatServer
 
 CHILD = Path(__file__).with_name("child_run.py")
 
@@ -122,7 +123,7 @@ def test_resume_after_sigkill(make_context, chat_server, reference, runs_dir, ki
 
 def test_endpoint_dying_mid_run_leaves_the_run_resumable(runs_dir, tiny_pipeline, reference):
     expected, _ = reference
-    from graph.demo import demo_context
+    from graph.runs.demo import demo_context
 
     server = ScriptedChatServer(demo_script.respond).start()
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REQUEST
-from tools import demo_script
-from tools.scripted_chat import ScriptedChatServer
+from tools.doubles import demo_script
+from tools.doubles.scripted_chat import ScriptedChatServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LANGGRAPH = Path(sys.executable).with_name("langgraph")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tools.scripted_chat import ScriptedChatServer, count_images, message_text
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
 CPU = ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32", "--report_to", "none",
@@ -51,7 +51,7 @@ def save(rows: list[dict], folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory) -> str:
-    from tools.tiny_qwen3vl import save_tiny_qwen3vl
+    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
 
     return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
 
@@ -99,7 +99,7 @@ def taught_critic(tiny_vlm, tmp_path_factory) -> str:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from tools.local_vlm import load_processor
+    from tools.llm.local import load_processor
 
     processor = load_processor(tiny_vlm)
     processor.tokenizer.padding_side = "right"
@@ -141,7 +141,7 @@ def reply_of(model_path: str, images: int = 2) -> str:
 
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    from tools.local_vlm import TransformersChatModel
+    from tools.llm.local import TransformersChatModel
 
     def url(seed: int) -> str:
         buffer = io.BytesIO()

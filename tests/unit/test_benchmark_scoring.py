@@ -8,7 +8,7 @@ import pytest
 
 from evals.benchmarks import common, rise, ueval, wise
 from evals.benchmarks.common import DataFormatError, Item, parse_config
-from tools.parsing import ReplyParseError
+from tools.replies.parsing import ReplyParseError
 
 
 def answer(value=None, error=None, reason=None):

@@ -51,7 +51,7 @@ def test_a_transformers_backend_needs_no_http_endpoint():
 
 def test_model_defaults_are_the_default_for_size_steps_and_guidance():
     from nodes.generator import generation_settings
-    from tools.generator_models import FAMILIES
+    from tools.generator.models import FAMILIES
 
     assert generation_settings(Context(), FAMILIES["klein"]) == {
         "width": 1024, "height": 1024, "steps": 4, "guidance": 1.0}

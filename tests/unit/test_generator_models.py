@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from tools import diffusion
-from tools.generator_models import (
+from tools.generator import diffusion
+from tools.generator.models import (
     FAMILIES,
     UnsupportedModelError,
     call_kwargs,

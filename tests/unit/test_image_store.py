@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from tools.image_store import ImageInputError, ImageStore, load_input_image
+from tools.store.images import ImageInputError, ImageStore, load_input_image
 
 
 def test_same_pixels_share_one_file_and_load_back(tmp_path):
@@ -44,7 +44,7 @@ def test_truncated_input_file(tmp_path):
 
 
 def test_oversized_input_is_refused_before_decoding(tmp_path, monkeypatch):
-    import tools.image_store as module
+    import tools.store.images as module
 
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 300)).save(path)
@@ -82,7 +82,7 @@ def test_data_url_inputs_are_accepted_and_bad_ones_named(tmp_path):
         load_input_image("data:image/png,rawbytes")
 
 
-# --- every input mode becomes RGB by the rule documented in tools.image_store.to_rgb ---
+# --- every input mode becomes RGB by the rule documented in tools.store.images.to_rgb ---
 
 def _saved(tmp_path, image, name="in.png", **params):
     path = tmp_path / name
@@ -107,7 +107,7 @@ def _greys(image):
 def test_32_bit_integer_and_float_grey_follow_the_documented_scaling():
     import numpy as np
 
-    from tools.image_store import to_rgb
+    from tools.store.images import to_rgb
 
     eight_bit_range = Image.fromarray(np.array([[0, 100, 255]], dtype=np.int32))
     sixteen_bit_range = Image.fromarray(np.array([[0, 65535, 70000]], dtype=np.int32))

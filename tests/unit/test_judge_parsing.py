@@ -6,7 +6,7 @@ import pytest
 
 from evals.judge import _Half, _judgment, parse_scores, scores_from
 from evals.judge_prompts import JUDGE_PROMPT_VERSION, quality_prompt, semantic_prompt
-from tools.parsing import ReplyParseError
+from tools.replies.parsing import ReplyParseError
 
 GOOD = [
     ("tagged JSON", 'The edit is clean.\n<answer>{"scores": [8, 6], "reasoning": "sky changed"}</answer>',

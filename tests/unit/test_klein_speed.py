@@ -1,9 +1,9 @@
-"""tools.klein_speed on the tiny klein pipeline (CPU): the levers must not change the pictures.
+"""tools.generator.klein_speed on the tiny klein pipeline (CPU): the levers must not change the pictures.
 
 Compilation, cuDNN attention, the text-encoder CUDA graph and fp8 need a GPU; here they must be
 skipped with a logged reason, and every lever that does apply on CPU must keep text-to-image and
 edit outputs equal to the unoptimized pipeline at the same seed.  The GPU numbers come from
-``python -m evals.bench_generator`` on the device machine.
+``python -m evals.perf.generator`` on the device machine.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tools.klein_speed import Fp8Linear, optimize_pipeline
-from tools.tiny_klein import build_tiny_klein_pipeline
+from tools.generator.klein_speed import Fp8Linear, optimize_pipeline
+from tools.doubles.tiny_klein import build_tiny_klein_pipeline
 
 SIZE = 64
 LAYERS = (3, 6, 9)  # fewer than the tiny text encoder's 28, so trimming has something to drop
@@ -71,7 +71,7 @@ def test_applied_levers_on_cpu(outputs_before_and_after):
 
 def test_gpu_only_levers_are_skipped_with_a_reason_on_cpu(caplog):
     pipe = build_tiny_klein_pipeline()
-    with caplog.at_level(logging.INFO, logger="tools.klein_speed"):
+    with caplog.at_level(logging.INFO, logger="tools.generator.klein_speed"):
         applied = optimize_pipeline(pipe, fp8=True, attention_backend="_native_cudnn", cache_dir=None)
     assert "image_io_on_device" not in applied
     assert not {"compile_blocks", "compile_vae", "fp8", "text_encoder_cuda_graph"} & set(applied)
@@ -111,7 +111,7 @@ def test_device_image_conversion_is_bit_identical_to_diffusers():
     from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
     from PIL import Image
 
-    from tools.klein_speed import _install_image_io
+    from tools.generator.klein_speed import _install_image_io
 
     reference, fast = Flux2ImageProcessor(vae_scale_factor=16), Flux2ImageProcessor(vae_scale_factor=16)
     _install_image_io(fast, torch.device("cpu"))

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from evals.parse_corpus import check, load_corpus
-from tools.parsing import REASONS, PlanParseError, VerdictParseError, parse_plan, parse_verdict
-from tools.reply_schemas import (PLAN_REGEX, PLAN_SCHEMA, VERDICT_REGEX, VERDICT_SCHEMA,
+from evals.perf.parse_corpus import check, load_corpus
+from tools.replies.parsing import REASONS, PlanParseError, VerdictParseError, parse_plan, parse_verdict
+from tools.replies.schemas import (PLAN_REGEX, PLAN_SCHEMA, VERDICT_REGEX, VERDICT_SCHEMA,
                                  structured_output_kwargs)
 
 STEP = ('{"step_number": 1, "step_name": "Start", "instruction": "A sheet", "prompt": "a sheet", '
@@ -156,7 +156,7 @@ def test_structured_output_kwargs_reach_the_server():
     from langchain_core.messages import HumanMessage
     from langchain_openai import ChatOpenAI
 
-    from tools.scripted_chat import ScriptedChatServer
+    from tools.doubles.scripted_chat import ScriptedChatServer
 
     bodies = []
 

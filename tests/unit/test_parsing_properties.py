@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tools.parsing import (MAX_REPLY_CHARS, REASONS, PlanParseError, VerdictParseError,
+from tools.replies.parsing import (MAX_REPLY_CHARS, REASONS, PlanParseError, VerdictParseError,
                            parse_plan, parse_verdict)
-from tools.reply_schemas import PLAN_REGEX, VERDICT_REGEX
+from tools.replies.schemas import PLAN_REGEX, VERDICT_REGEX
 
 FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

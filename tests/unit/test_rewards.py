@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from tools.parsing import parse_verdict
+from tools.replies.parsing import parse_verdict
 from training import rewards
 from training.rewards import (REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, format_reward,
                               score_change)

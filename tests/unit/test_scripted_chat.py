@@ -1,4 +1,4 @@
-"""Tests for tools.scripted_chat: the OpenAI-compatible test double at the model boundary.
+"""Tests for tools.doubles.scripted_chat: the OpenAI-compatible test double at the model boundary.
 
 They drive the server with the real clients the product uses (openai, langchain-openai).
 """
@@ -14,7 +14,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
-from tools.scripted_chat import ScriptedChatServer, count_images, message_text
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 PNG_DATA_URL = (
     "data:image/png;base64,"
@@ -138,7 +138,7 @@ def test_responder_error_becomes_internal_server_error(caplog):
 
     with ScriptedChatServer(responder) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
-        with caplog.at_level("ERROR", logger="tools.scripted_chat"):
+        with caplog.at_level("ERROR", logger="tools.doubles.scripted_chat"):
             with pytest.raises(openai.InternalServerError) as info:
                 client.chat.completions.create(
                     model="m", messages=[{"role": "user", "content": "go"}]

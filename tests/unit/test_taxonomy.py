@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tools.parsing import ReplyParseError
+from tools.replies.parsing import ReplyParseError
 from training.dedupe import Deduplicator, dedupe, jaccard, normalise, shingles
 from training.taxonomy import DEFAULT_TAXONOMY, load_taxonomy
 from training.teacher_replies import parse_requests

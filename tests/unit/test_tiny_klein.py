@@ -15,7 +15,7 @@ import torch
 from diffusers import DiffusionPipeline, Flux2KleinPipeline
 from PIL import Image
 
-from tools.tiny_klein import build_tiny_klein_pipeline, save_tiny_klein
+from tools.doubles.tiny_klein import build_tiny_klein_pipeline, save_tiny_klein
 
 PROMPT = "a red bicycle leaning against a brick wall"
 

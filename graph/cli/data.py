@@ -1,0 +1,218 @@
+"""The ``interleave`` commands for many runs and for training data: ``batch`` and ``datagen``,
+plus the commands whose scripts own their arguments (``datagen prompts``, ``train``, ``eval``),
+which are handed their command line as it is.
+
+    interleave batch --prompts FILE [--name NAME] [--concurrency N] [run settings]
+    interleave datagen prompts --out FILE --teacher-base-url URL --teacher-model NAME ...
+    interleave datagen run --prompts FILE [--name NAME] [--concurrency N] [run settings]
+    interleave datagen score --batch NAME --judge-base-url URL --judge-model NAME
+    interleave datagen export --batch NAME --out DIR --judge-model NAME [thresholds]
+    interleave train sft|grpo --config RECIPE [overrides]
+    interleave eval ueval|wise|rise --data PATH --judge-... [options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from graph.context import Context
+
+EXIT_OK, EXIT_SOME_FAILED = 0, 1
+# Commands whose own scripts parse everything after the command name.
+PASS_THROUGH = {
+    ("datagen", "prompts"): ("training.prompt_sets", "main"),
+    ("train", "sft"): ("training.sft", "main"),
+    ("train", "grpo"): ("training.grpo", "main"),
+    ("eval",): ("evals.benchmarks.cli", "main"),
+}
+
+
+def _split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(leading ``--runs-dir``/``-v`` options, the rest of the command line)."""
+    leading, index = [], 0
+    while index < len(argv):
+        if argv[index] in ("-v", "--verbose") or argv[index].startswith("--runs-dir="):
+            leading.append(argv[index])
+            index += 1
+        elif argv[index] == "--runs-dir" and index + 1 < len(argv):
+            leading += argv[index:index + 2]
+            index += 2
+        else:
+            break
+    return leading, argv[index:]
+
+
+def pass_through(argv: list[str]) -> int | None:
+    """Run a delegated command if ``argv`` names one; None otherwise. Global options given
+    before the command (``--runs-dir``, ``-v``) are passed on after it."""
+    leading, rest = _split_global_options(argv)
+    for prefix, (module, function) in PASS_THROUGH.items():
+        if tuple(rest[:len(prefix)]) == prefix:
+            import importlib
+
+            command = getattr(importlib.import_module(module), function)
+            try:
+                return command(rest[len(prefix):] + leading)
+            except ValueError as exc:  # bad settings: the message says what; no traceback
+                hint = (" (start from a recipe: --config training/recipes/…yaml; on a machine "
+                        "without a GPU add --use_cpu true --bf16 false)" if prefix[0] == "train" else "")
+                print(f"error: {exc}{hint}", file=sys.stderr)
+                return 2
+    return None
+
+
+def _add_batch_options(parser: argparse.ArgumentParser, default_name: str | None) -> None:
+    parser.add_argument("--prompts", required=True, metavar="FILE",
+                        help="JSONL with one request per line ({id, request, images?}) or plain text "
+                             "(one request per line); malformed lines are reported and skipped")
+    parser.add_argument("--name", default=default_name,
+                        help="batch name: run ids are NAME-<request id>; running the same batch again "
+                             "skips finished requests and resumes the others"
+                             + (" (default: the prompt file's name)" if default_name is None else
+                                f" (default: {default_name})"))
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="runs at once in this process; they share one generator pipeline and "
+                             "batch their generations (default 4)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse the whole prompt file if any line is malformed (default: report "
+                             "each bad line with its number and skip it)")
+
+
+def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser, list[str]], None],
+                 setting_names: list[str]) -> None:
+    batch = commands.add_parser(
+        "batch", help="run many requests at once, resumably",
+        description="Runs every request of a prompt file through the graph, several at once. Each "
+                    "request is an ordinary run (see `interleave list`); running the same batch again "
+                    "skips finished requests and resumes failed or interrupted ones.")
+    _add_batch_options(batch, None)
+    add_settings(batch, setting_names)
+
+    datagen = commands.add_parser(
+        "datagen", help="build training data: prompts, teacher runs, scores, datasets",
+        description="The data pipeline of SPEC §5: `prompts` asks a teacher LLM for requests per "
+                    "taxonomy subcategory; `run` runs them with teacher planner/critic endpoints; "
+                    "`score` judges every attempt; `export` writes planner SFT, critic SFT and critic "
+                    "RL datasets. `interleave datagen prompts --help` lists its own options.")
+    steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP")
+    steps.add_parser("prompts", help="ask a teacher LLM for requests per subcategory (own --help)",
+                     add_help=False)
+    run = steps.add_parser("run", help="run a prompt set with the teacher models (a resumable batch)")
+    _add_batch_options(run, "datagen")
+    add_settings(run, setting_names)
+
+    score = steps.add_parser("score", help="judge every attempt of a batch's finished runs",
+                             description="Scores each attempt (SC, PQ, overall) with a judge model "
+                                         "against the step's plan prompt. Resumable; cached.")
+    score.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
+    _add_judge_options(score)
+    score.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+
+    export = steps.add_parser("export", help="write the SFT and RL datasets of a scored batch",
+                              description="Writes planner_sft, critic_sft and critic_rl (Hugging Face "
+                                          "datasets with images) and prints what each filter kept.")
+    export.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
+    export.add_argument("--out", required=True, help="folder for the three datasets")
+    export.add_argument("--judge-model", required=True, help="whose scores to use (as in `score`)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace datasets already in --out (default: refuse, nothing is written)")
+    export.add_argument("--strict", action="store_true",
+                        help="fail if any run of the batch is unfinished or unreadable, or any "
+                             "attempt is unscored (default: leave them out and count them)")
+    from training.export import ExportOptions
+
+    for item in dataclasses.fields(ExportOptions):
+        flag = "--" + item.name.replace("_", "-")
+        if item.type == "bool":
+            export.add_argument("--no-" + item.name.replace("_", "-"), dest=item.name,
+                                action="store_false", default=True,
+                                help="do not: " + item.metadata["help"])
+        else:
+            kind = float if item.type == "float" else int
+            export.add_argument(flag, dest=item.name, type=kind, default=item.default,
+                                help=f"{item.metadata['help']} (default {item.default})")
+
+    train = commands.add_parser(
+        "train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
+        description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
+                    "sft --help` and training/recipes/.")
+    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
+    commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
+
+
+def _add_judge_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--judge-base-url", required=True, help="OpenAI-compatible judge endpoint")
+    parser.add_argument("--judge-model", required=True, help="judge model name")
+    parser.add_argument("--judge-api-key", default=None,
+                        help="API key (default: $INTERLEAVE_JUDGE_API_KEY or EMPTY)")
+
+
+def _prompt_items(path: str, strict: bool = False) -> list[dict]:
+    from training.prompt_sets import read_prompt_file
+
+    rows, problems = read_prompt_file(path)
+    for problem in problems:
+        print(f"{'bad' if strict else 'skipped'}: {path} {problem}", file=sys.stderr)
+    if problems and strict:
+        raise ValueError(f"{path} has {len(problems)} malformed line(s) (listed above); fix them or "
+                         f"drop --strict to skip them")
+    if not rows:
+        raise ValueError(f"{path} holds no usable request ({len(problems)} problem(s) above)")
+    return rows
+
+
+def cmd_batch(args: argparse.Namespace, context: Context) -> int:
+    from graph.runs.batch import run_batch
+
+    items = _prompt_items(args.prompts, args.strict)
+    name = args.name or Path(args.prompts).stem
+
+    def progress(done: int, total: int, run_id: str, outcome: str) -> None:
+        print(f"[{done}/{total}] {run_id}: {outcome}", file=sys.stderr, flush=True)
+
+    report = run_batch(items, context, batch=name, concurrency=args.concurrency, on_progress=progress)
+    print(f"batch {name}: {len(report.finished)} finished, {len(report.skipped)} already finished, "
+          f"{len(report.failed)} failed, {len(report.waiting)} waiting for plan review")
+    for run_id, error in report.failed.items():
+        print(f"  failed {run_id}: {error}")
+    if report.failed:
+        print(f"run the same command again to resume them (interleave {args.command} --prompts "
+              f"{args.prompts} --name {name})")
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
+    import os
+
+    if args.datagen_command == "run":
+        return cmd_batch(args, context)
+    if args.datagen_command == "score":
+        from evals.judge import judge_from_settings
+        from training.scoring import score_runs
+
+        key = args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY", "EMPTY")
+        runs_dir = context.runs_dir
+        with judge_from_settings(args.judge_base_url, key, args.judge_model, store_root=runs_dir,
+                                 cache_path=Path(runs_dir) / "judge-cache.sqlite",
+                                 max_concurrency=args.concurrency) as judge:
+            report = score_runs(runs_dir, judge, batch=args.batch, on_progress=lambda d, t: print(
+                f"\rjudged {d}/{t}", end="", file=sys.stderr, flush=True))
+        print(f"\nruns {report.runs}, attempts {report.attempts}: {report.already_scored} scored "
+              f"before, {report.scored} scored now, failed {report.failed or 0}")
+        for run_id, why in report.skipped_runs.items():
+            print(f"  left out {run_id}: {why}")
+        return EXIT_SOME_FAILED if report.failed else EXIT_OK
+    from evals.judge_prompts import JUDGE_PROMPT_VERSION
+    from training.export import ExportOptions, export
+
+    options = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
+    report = export(context.runs_dir, args.out, judge_model=args.judge_model,
+                    judge_prompt_version=JUDGE_PROMPT_VERSION, batch=args.batch, options=options,
+                    overwrite=args.overwrite, strict=args.strict)
+    print("\n".join(report.lines()))
+    print(f"datasets written under {args.out}")
+    return EXIT_OK

@@ -1,0 +1,51 @@
+"""The offline demo: the whole product with random-weight models, no downloads, no GPU.
+
+It builds a tiny random-weight FLUX.2 [klein] pipeline once (cached in the runs directory),
+loads it through the same ``from_pretrained`` path as real weights, and serves scripted planner
+and critic replies from an OpenAI-compatible server on 127.0.0.1 for the length of the run.
+The images are noise: the models have random weights. Everything else (planning, the critic's
+rejection and regeneration, checkpoints, documents) is the real thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graph.context import Context
+from graph.runs.runner import EventHandler, RunOutcome, start_run
+
+DEFAULT_REQUEST = "How do I fold a paper crane?"
+DEMO_SIZE = 128
+DEMO_STEPS = 2
+
+
+def demo_pipeline_path(runs_dir: str) -> Path:
+    """Build (first time only) and return the tiny klein pipeline folder in the runs directory."""
+    from tools.generator.diffusion import silence_library_progress_bars
+    from tools.doubles.tiny_klein import save_tiny_klein
+
+    silence_library_progress_bars()
+    return save_tiny_klein(Path(runs_dir) / "_demo" / "tiny-flux2-klein")
+
+
+def demo_context(runs_dir: str, server_url: str, pipeline_path: Path, **overrides) -> Context:
+    from tools.doubles.demo_script import CRITIC_MODEL, PLANNER_MODEL
+
+    settings = dict(
+        planner_base_url=server_url, planner_model=PLANNER_MODEL, planner_api_key="demo",
+        critic_base_url=server_url, critic_model=CRITIC_MODEL, critic_api_key="demo",
+        generator_model=str(pipeline_path), device="cpu", dtype="float32", width=DEMO_SIZE,
+        height=DEMO_SIZE, num_inference_steps=DEMO_STEPS, runs_dir=runs_dir)
+    settings.update(overrides)
+    return Context(**settings)
+
+
+def run_demo(runs_dir: str, request: str = DEFAULT_REQUEST, *,
+             on_event: EventHandler | None = None) -> RunOutcome:
+    from tools.doubles import demo_script
+    from tools.doubles.scripted_chat import ScriptedChatServer
+
+    pipeline = demo_pipeline_path(runs_dir)
+    with ScriptedChatServer(demo_script.respond) as server:
+        context = demo_context(runs_dir, server.base_url, pipeline)
+        return start_run(request, context, on_event=on_event)

@@ -1,0 +1,161 @@
+"""Start and resume checkpointed runs: the layer the CLI, the demo and batch jobs share.
+
+A run is one LangGraph thread (thread id = run id) in the runs directory's SQLite database, plus
+a registry row. Every node's result is checkpointed before the next node starts
+(``durability="sync"``), so a run killed at any point continues from its last completed node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.types import Command
+
+from graph.builder import build_graph
+from graph.context import Context
+from checkpoints.registry import RunRegistry
+from checkpoints.saver import connect, open_checkpointer
+from nodes.generator import check_generator_settings
+from nodes.guidance import request_segments
+from nodes.review import reviewed_plan
+from tools.llm.chat import ChatModels
+from tools.store.images import DATA_URL_PREFIX, ImageStore, load_input_image
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # "finished", "failed" or "awaiting_review"
+    document_dir: str | None = None
+    error: BaseException | None = None
+    review: dict[str, Any] | None = None  # what the paused run asks about (the plan)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def validate_request(request: str, images: list[str]) -> str:
+    """Check the user's input before anything is written; return the cleaned request."""
+    request = (request or "").strip()
+    if not request:
+        raise ValueError("the request is empty; say what the sequence should show, "
+                         "e.g. interleave run \"How do I fold a paper crane?\"")
+    request_segments(request, len(images))  # <image> markers must match the images given
+    for path in images:
+        load_input_image(path)  # raises ImageInputError naming the file and the fix
+    return request
+
+
+def start_run(request: str, context: Context, *, images: list[str] | None = None,
+              run_id: str | None = None, preflight: bool = False,
+              on_event: EventHandler | None = None, models: ChatModels | None = None) -> RunOutcome:
+    """Validate the input, register the run and drive it to its end (or first failure/pause).
+
+    Nothing is written when the input is bad, the run id is taken, or (with ``preflight``) a model
+    endpoint does not answer.
+    """
+    images = [str(p) for p in images or []]
+    request = validate_request(request, images)
+    check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
+    run_id = run_id or new_run_id()
+    if preflight:
+        from graph.runs.preflight import check_endpoints  # imports openai: only when asked for
+
+        check_endpoints(context)
+    with closing(connect(context.runs_dir)) as conn:
+        registry = RunRegistry(conn)
+        registry.ensure_new(run_id)
+        store = ImageStore(context.runs_dir)  # data URLs become files: no state or row holds pixels
+        images = [str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX)
+                  else p for p in images]
+        registry.create(run_id, request, images, context.to_record())
+    graph_input = {"request": request, "images": images, "run_id": run_id}
+    return drive(run_id, graph_input, context, on_event, models)
+
+
+def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None = None,
+               review: Any = None, on_event: EventHandler | None = None,
+               models: ChatModels | None = None) -> RunOutcome:
+    """Continue a run from its last checkpoint with its stored settings (``overrides`` may change
+    endpoints or devices, e.g. when the old server moved). A run paused for plan review continues
+    only with a ``review`` answer (``{"approve": True}`` or ``{"plan": [...]}``)."""
+    with closing(connect(runs_dir, create=False)) as conn:
+        record = RunRegistry(conn).get(run_id)
+    if review is not None:  # a bad edit is refused before anything changes
+        reviewed_plan(review, len(record["images"]))
+    context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
+    if overrides:  # remember where the models are now, for the next resume too
+        with closing(connect(runs_dir)) as conn:
+            RunRegistry(conn).update(run_id, settings=json.dumps(context.to_record()))
+    with open_checkpointer(runs_dir) as saver:
+        snapshot = build_graph(saver).get_state({"configurable": {"thread_id": run_id}})
+    # Finished means the document was composed. An empty ``snapshot.next`` is not enough: when a
+    # process dies after a node's writes were saved but before the checkpoint that follows them,
+    # ``next`` is empty too, and streaming from the checkpoint applies those writes and goes on.
+    if snapshot.values.get("document_dir"):
+        # It may have been killed after its last checkpoint but before the registry heard of it.
+        with closing(connect(runs_dir)) as conn:
+            RunRegistry(conn).update(run_id, status="finished", error=None,
+                                     document_dir=snapshot.values["document_dir"],
+                                     **counters(snapshot.values))
+        return RunOutcome(run_id, "finished", snapshot.values["document_dir"])
+    if snapshot.interrupts and review is None:
+        return RunOutcome(run_id, "awaiting_review", review=snapshot.interrupts[0].value)
+    if review is not None:
+        if not snapshot.interrupts:
+            raise ValueError(f"run {run_id} is not waiting for a plan review; resume it without "
+                             f"--approve-plan/--plan-file")
+        return drive(run_id, Command(resume=review), context, on_event, models)
+    # No checkpoint at all means it died before the first one: start it again from its input.
+    graph_input = None if snapshot.values else {
+        "request": record["request"], "images": record["images"], "run_id": run_id}
+    return drive(run_id, graph_input, context, on_event, models)
+
+
+def counters(values: dict[str, Any]) -> dict[str, int]:
+    """Registry counters read off the state itself, so a node re-run after a crash is not counted twice."""
+    attempts = values.get("attempts", [])
+    judged = [a for a in attempts if a["verdict"] is not None]
+    return {"steps_total": len(values.get("plan", [])), "steps_done": len(values.get("accepted", [])),
+            "generations": len(attempts), "critic_calls": len(judged),
+            "rejections": sum(a["verdict"]["success"] is not True for a in judged)}
+
+
+def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Context,
+          on_event: EventHandler | None, models: ChatModels | None = None) -> RunOutcome:
+    config = {"configurable": {"thread_id": run_id}}
+    with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
+        registry = RunRegistry(conn)
+        registry.update(run_id, status="running", error=None, pid=os.getpid())
+        graph = build_graph(saver, models=models)
+        try:
+            for mode, chunk in graph.stream(graph_input, config, context=context,
+                                            stream_mode=["values", "custom"], durability="sync"):
+                if mode == "custom":
+                    if on_event is not None:
+                        on_event(chunk)
+                else:  # the full state after each step
+                    registry.update(run_id, **counters(chunk))
+        except KeyboardInterrupt:
+            registry.update(run_id, status="interrupted", error="interrupted by the user")
+            raise
+        except Exception as exc:  # the run is saved at its last checkpoint: record and report
+            registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            return RunOutcome(run_id, "failed", error=exc)
+        snapshot = graph.get_state(config)
+        if snapshot.interrupts:  # paused for plan review; resumable with an answer
+            registry.update(run_id, status="awaiting_review")
+            return RunOutcome(run_id, "awaiting_review", review=snapshot.interrupts[0].value)
+        document_dir = snapshot.values.get("document_dir")
+        registry.update(run_id, status="finished", document_dir=document_dir)
+        return RunOutcome(run_id, "finished", document_dir)

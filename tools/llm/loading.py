@@ -1,0 +1,221 @@
+"""Loading a local VLM and its processor once per process, and checking its folder first.
+
+Why this module exists: loading an 8B vision-language model takes tens of seconds and gigabytes
+of memory, so it must happen once per process for each (path, device, dtype), however many
+``TransformersChatModel`` instances (planner, critic) and threads ask for it; and a missing or
+incomplete model folder should fail at once with a ``ModelLoadError`` that names what is missing
+and how to get it, not deep inside ``from_pretrained``. ``tools.llm.local`` runs the loaded
+model; ``register_vlm`` lets a model built in memory stand in for a folder.
+
+Qwen-VL processors want a video processor whose class needs torchvision; where torchvision
+is missing (CPU installs) an images-only processor is assembled from the folder's tokenizer
+and image processor instead.
+
+torch and transformers are imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+class ModelLoadError(RuntimeError):
+    """A local VLM could not be loaded (missing or incomplete folder, unknown model id)."""
+
+
+@dataclass
+class LoadedVLM:
+    """A model and its processor in memory; ``lock`` serialises ``generate`` on it."""
+
+    model: Any
+    processor: Any
+    device: str
+    dtype: str
+    source: str
+    load_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+_loaded: dict[tuple[str, str, str], LoadedVLM] = {}
+_key_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_registry_lock = threading.Lock()
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...): "
+                         f"{exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this torch sees no CUDA GPU; use device='cpu' "
+                         f"or 'auto'")
+    return str(resolved)
+
+
+def _resolve_dtype(dtype: str, device: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def _source(model_path: str) -> str:
+    """The cache key's name for a model: a resolved folder, or a Hub id as given."""
+    local = Path(model_path).expanduser()
+    return str(local.resolve()) if local.exists() else model_path
+
+
+def _looks_like_hub_id(model_path: str) -> bool:
+    return (model_path.count("/") == 1 and not model_path.startswith((".", "/", "~"))
+            and "\\" not in model_path and not model_path.endswith("/"))
+
+
+def check_model_folder(model_path: str) -> None:
+    """Raise ``ModelLoadError`` naming what is missing unless ``model_path`` is a Hub id or a
+    folder holding a config, weights, a tokenizer and an image processor config."""
+    folder = Path(model_path).expanduser()
+    if not folder.exists():
+        if _looks_like_hub_id(model_path):
+            return  # resolved by from_pretrained (Hub or local HF cache)
+        raise ModelLoadError(
+            f"VLM folder {model_path!r} does not exist. Pass a folder holding a saved model "
+            f"(config.json, weights, tokenizer, preprocessor_config.json), e.g. one made with "
+            f"`hf download Qwen/Qwen3-VL-8B-Instruct --local-dir DIR`, or a Hub model id.")
+    if not folder.is_dir():
+        raise ModelLoadError(f"VLM path {model_path!r} is a file, not a model folder; pass the "
+                             f"folder that holds config.json and the weights.")
+    missing = []
+    for what, names in (("config.json", ("config.json",)), ("weights", _WEIGHT_FILES),
+                        ("tokenizer", _TOKENIZER_FILES), ("image processor config", _IMAGE_PROCESSOR_FILES)):
+        if not any((folder / name).is_file() for name in names):
+            missing.append(f"{what} ({' or '.join(names)})")
+    if missing:
+        raise ModelLoadError(
+            f"VLM folder {model_path!r} is incomplete: missing {'; '.join(missing)}. Download it "
+            f"again (`hf download MODEL_ID --local-dir {model_path}`) or re-save it with "
+            f"model.save_pretrained(...) and processor.save_pretrained(...).")
+
+
+def _images_only_processor(source: str):
+    """The model type's processor without its video processor (which needs torchvision)."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(source)
+    class_name = PROCESSOR_MAPPING_NAMES.get(config.model_type)
+    base = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
+    if base is None:
+        raise ModelLoadError(f"no multimodal processor is known for model type "
+                             f"{config.model_type!r} of {source!r}")
+
+    class ImagesOnlyProcessor(base):  # the signature decides which components ProcessorMixin wants
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer,
+                             video_processor=None, chat_template=chat_template, **kwargs)
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return ImagesOnlyProcessor(AutoImageProcessor.from_pretrained(source), tokenizer,
+                               chat_template=tokenizer.chat_template)
+
+
+def load_processor(source: str):
+    """The folder's processor, left-padding; images-only where the full one cannot be built."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - e.g. a video processor that needs torchvision
+        logger.debug("AutoProcessor failed for %s (%s); building an images-only processor", source, exc)
+        processor = None
+    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+        processor = _images_only_processor(source)
+    if processor.chat_template is None:
+        raise ModelLoadError(f"{source!r} has no chat template (chat_template.jinja or "
+                             f"chat_template.json); save the processor with one.")
+    processor.tokenizer.padding_side = "left"  # batched generation appends on the right
+    return processor
+
+
+def _prepare(model: Any, processor: Any) -> None:
+    """Settings the backend relies on: eval mode, left padding, a pad token for batches."""
+    model.eval()
+    processor.tokenizer.padding_side = "left"
+    generation = model.generation_config
+    if generation.pad_token_id is None:
+        eos = generation.eos_token_id
+        generation.pad_token_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id \
+            is not None else (eos[0] if isinstance(eos, (list, tuple)) else eos)
+
+
+def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> LoadedVLM:
+    """The model and processor for ``model_path`` on ``device`` in ``dtype``, loaded on the
+    first call and shared afterwards (one copy per process and key; concurrent first calls
+    load once)."""
+    device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype, device)
+    key = (_source(model_path), device, dtype)
+    with _registry_lock:
+        if key in _loaded:
+            return _loaded[key]
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    with key_lock:
+        with _registry_lock:
+            if key in _loaded:
+                return _loaded[key]
+        check_model_folder(model_path)
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        start = time.perf_counter()
+        try:
+            processor = load_processor(key[0])
+            model = AutoModelForImageTextToText.from_pretrained(
+                key[0], dtype=getattr(torch, dtype), device_map=device)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            hint = (" Without network access, download it on a connected machine "
+                    "(`hf download MODEL_ID --local-dir DIR`) and pass DIR."
+                    if not Path(model_path).expanduser().exists() else "")
+            raise ModelLoadError(f"could not load VLM {model_path!r}: {type(exc).__name__}: "
+                                 f"{exc}.{hint}") from exc
+        _prepare(model, processor)
+        loaded = LoadedVLM(model, processor, device, dtype, key[0], time.perf_counter() - start)
+        logger.info("Loaded VLM %s on %s (%s) in %.1f s", key[0], device, dtype, loaded.load_s)
+        with _registry_lock:
+            _loaded[key] = loaded
+        return loaded
+
+
+def register_vlm(model_path: str, model: Any, processor: Any, device: str = "auto",
+                 dtype: str = "auto") -> LoadedVLM:
+    """Put a model built in memory under ``model_path`` in the cache, so that
+    ``TransformersChatModel(model_path=model_path, device=..., dtype=...)`` uses it without
+    loading anything (benchmarks on random weights; embedding applications)."""
+    device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype, device)
+    _prepare(model, processor)
+    loaded = LoadedVLM(model, processor, device, dtype, model_path)
+    with _registry_lock:
+        _loaded[(_source(model_path), device, dtype)] = loaded
+    return loaded
