@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlite_utils
 
-from checkpoints.saver import retry_locked
+from checkpoints.sqlite import retry_locked
 
 TABLE = "runs"
 STATUSES = ("running", "awaiting_review", "failed", "interrupted", "finished")

@@ -8,20 +8,18 @@ share the file without "database is locked" errors.
 from __future__ import annotations
 
 import sqlite3
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-T = TypeVar("T")
+from checkpoints.sqlite import connect_file, retry_locked
 
 DATABASE_NAME = "interleave.sqlite"
-BUSY_TIMEOUT_MS = 30_000
 
 
 COMPRESSED_SUFFIX = "+zlib"
@@ -54,26 +52,6 @@ def database_path(runs_dir: str | Path) -> Path:
     return Path(runs_dir) / DATABASE_NAME
 
 
-def retry_locked(action: Callable[[], T]) -> T:
-    """Run ``action``, retrying while SQLite says the database is locked, up to the busy timeout.
-
-    The busy timeout covers ordinary writes, but SQLite answers "database is locked" at once,
-    without waiting, in two cases that concurrent runs on a fresh runs folder hit: switching the
-    file to WAL while another connection opens it, and creating the schema while another
-    connection's snapshot is older than the newest write. Both pass on a retry.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    pause = 0.005
-    while True:
-        try:
-            return action()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.25)
-
-
 def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open the run database; with ``create=False`` a missing database is an error that says so."""
     path = database_path(runs_dir)
@@ -83,13 +61,8 @@ def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
                 f"no run database at {path}; start a run with `interleave run` or `interleave demo`, "
                 f"or pass --runs-dir pointing at an existing runs folder")
         path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-    # NORMAL is durable against a killed process in WAL mode; only a power cut can drop the newest
-    # transactions.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
+    return connect_file(path, what="run database",
+                        fix="pass --runs-dir pointing at a runs folder of this tool")
 
 
 @contextmanager

@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.devices import DTYPES
+
 ENV_PREFIX = "INTERLEAVE_"
 SECRET_FIELDS = ("planner_api_key", "critic_api_key")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 BACKENDS = ("openai", "transformers")
 # Settings that may be changed when resuming (where the models are, which device); the rest
 # stay as the run started, so a resumed run produces what the uninterrupted one would have.

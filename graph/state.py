@@ -14,41 +14,8 @@ from typing import Annotated
 # Studio's input and output forms) only accepts typing_extensions.TypedDict.
 from typing_extensions import NotRequired, TypedDict
 
-
-class ImageRef(TypedDict):
-    """An image in the store: ``path`` is relative to the runs directory."""
-
-    path: str
-    sha256: str
-    width: int
-    height: int
-
-
-class PlanStep(TypedDict):
-    """One step of the planner's plan (SPEC §2)."""
-
-    step_number: int
-    step_name: str
-    instruction: str | None
-    prompt: str | None
-    auxiliary_text: str | None
-
-
-class Verdict(TypedDict):
-    """What the critic said of one attempt.
-
-    ``success`` is None when the critic's reply could not be used (``error`` says why); such
-    an attempt is regenerated with the same prompt and a new seed, never judged by an older
-    verdict.
-    """
-
-    success: bool | None
-    refine_prompt: str | None
-    reasoning: str
-    error: str | None
-    # For an unusable reply: the policy that applied ("regenerate" or "accept", the run's
-    # ``critic_unparsed`` setting). Absent in runs made before it existed: they regenerate.
-    fallback: NotRequired[str | None]
+from tools.replies.contracts import PlanStep, Verdict
+from tools.store.images import ImageRef
 
 
 class Attempt(TypedDict):

@@ -89,13 +89,23 @@ def generator_pool(ctx: Context) -> GeneratorPool:
         for device in generator_devices(ctx.device)], ctx.generator_max_batch)
 
 
+#: Request keys (``tools.generator``) and the run settings they come from, for error messages.
+_SETTING_NAMES = {"steps": "num_inference_steps", "guidance": "guidance_scale"}
+
+
 def check_generator_settings(ctx: Context) -> None:
     """Refuse, before a run is created, a generator model we cannot run or settings it cannot serve
     (offline and cheap: reads only the model's ``model_index.json`` or its known id)."""
     spec = generator_models.model_spec(ctx.generator_model)
     settings = generation_settings(ctx, spec)
-    generator_models.check_request(spec, width=settings["width"], height=settings["height"],
-                                   steps=settings["steps"], guidance=settings["guidance"])
+    try:
+        generator_models.check_request(spec, width=settings["width"], height=settings["height"],
+                                       steps=settings["steps"], guidance=settings["guidance"])
+    except ValueError as exc:  # name the setting the user typed, not the request key
+        message = str(exc)
+        for key, setting in _SETTING_NAMES.items():
+            message = message.replace(f"{key}=", f"{setting}=", 1)
+        raise ValueError(message) from None
 
 
 def generate(state: State, runtime: Runtime[Context]) -> dict:

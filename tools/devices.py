@@ -1,10 +1,15 @@
-"""One lock between CUDA-graph capture and the other GPU work of this process.
+"""Devices and dtypes, resolved one way for every model this project loads (VLMs and generators),
+and the per-GPU lock between CUDA-graph capture and other GPU work.
 
-While a stream records a CUDA graph, a kernel that another thread launches on the default
-stream invalidates the recording (``cudaErrorStreamCaptureInvalidated``), and the failure then
-surfaces in whichever call touches the GPU next. Concurrent runs hit exactly that: the critic's
-fast decode captures its step graph while the shared generator worker denoises an image for
-another run (found by ``evals.perf.trajectories`` on the H200). Capture takes a few
+``"auto"`` means the GPU when torch sees one, else the CPU; bf16 on a GPU, fp32 on the CPU (the
+CPU has no fast bf16 matmul and fp32 keeps CPU tests exact). A device the machine lacks is
+refused with a ``ValueError`` that names the value and what to use instead.
+
+Capture lock. While a stream records a CUDA graph, a kernel that another thread launches on the
+default stream invalidates the recording (``cudaErrorStreamCaptureInvalidated``), and the failure
+then surfaces in whichever call touches the GPU next. Concurrent runs hit exactly that: the
+critic's fast decode captures its step graph while the shared generator worker denoises an image
+for another run (found by ``evals.perf.trajectories`` on the H200). Capture takes a few
 milliseconds, so it holds the lock of its GPU, and so does every pipeline call of the generator
 on that GPU (pipelines on other GPUs go on); replaying a captured graph needs no lock.
 """
@@ -14,8 +19,44 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+#: The dtype names a user may ask for.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
 _locks: dict[str, threading.Lock] = {}
 _guard = threading.Lock()
+
+
+def resolve_device(device: str) -> str:
+    """A concrete torch device name for ``device`` ("auto", "cpu", "cuda", "cuda:1", ...)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...): "
+                         f"{exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but this torch sees no CUDA GPU; use "
+                         f"device 'cpu' (slow) or 'auto', or run on a GPU machine")
+    return str(resolved)
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype name to load with on ``device`` (already resolved)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype object of a resolved dtype name."""
+    import torch
+
+    return getattr(torch, name)
 
 
 def capture_lock(device: Any) -> threading.Lock:

@@ -35,6 +35,7 @@ from typing import Any
 from PIL import Image
 
 from nodes.prompts import CRITIC_SYSTEM, critic_user, planner_system, planner_user
+from tools.replies.contracts import verdict_answer
 from tools.store.images import ImageStore, blank_canvas
 from training.scoring import finished_documents, load_scores
 
@@ -180,8 +181,7 @@ def critic_samples(documents: list[dict], scores: dict, store: ImageStore, optio
             if rules:
                 for attempt, _ in judged:
                     verdict = attempt["verdict"]
-                    answer = {"previous_step_success": verdict["success"],
-                              "refine_prompt": verdict["refine_prompt"] or attempt["prompt"]}
+                    answer = verdict_answer(verdict["success"], verdict["refine_prompt"] or attempt["prompt"])
                     sft.append({"prompt": critic_prompt(step, attempt),
                                 "completion": _reply(verdict["reasoning"], answer),
                                 "images": [_before_image(attempt, store), store.load(attempt["image"])],

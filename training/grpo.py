@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trl import GRPOTrainer, get_peft_config
 
-    from evals.judge import judge_from_settings
+    from tools.judge.judge import judge_from_settings
     from tools.generator import diffusion
     from training.rewards import REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, format_reward
 

@@ -144,7 +144,7 @@ class StepwiseRewards:
     """S and Q as two async TRL reward functions sharing one regeneration and judgment per batch.
 
     ``regenerate``: a batched generator backend (see the module docstring). ``judge``: an
-    ``evals.judge.Judge`` (used for ``judge.store.put`` and ``judge.judge_many``). ``steps`` and
+    ``tools.judge.judge.Judge`` (used for ``judge.store.put`` and ``judge.judge_many``). ``steps`` and
     ``guidance`` are the generator settings (klein: 4 and 1.0). ``totals`` counts outcomes over
     the whole run.
 

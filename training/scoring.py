@@ -2,7 +2,7 @@
 
 Each attempt is scored against the step's plan prompt (what the step was meant to show), with
 its own source image as the before-image (a white canvas, i.e. "from scratch", for a first step),
-by ``evals.judge.Judge``. Results go to an ``attempt_scores`` table in the runs database, one row
+by ``tools.judge.judge.Judge``. Results go to an ``attempt_scores`` table in the runs database, one row
 per (run, step, attempt, judge model, judge prompt version), which the export reads. Re-running
 skips attempts already scored (a failed judgment is asked again), and the judge's own cache
 makes repeated questions free, so the command can be stopped and started at will.
@@ -20,7 +20,8 @@ from typing import Any
 import sqlite_utils
 
 from checkpoints.registry import RunRegistry
-from checkpoints.saver import connect, retry_locked
+from checkpoints.saver import connect
+from checkpoints.sqlite import retry_locked
 
 TABLE = "attempt_scores"
 COLUMNS = {"run_id": str, "step_number": int, "attempt": int, "judge_model": str,

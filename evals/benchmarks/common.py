@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from checkpoints.saver import BUSY_TIMEOUT_MS, retry_locked
+from checkpoints.sqlite import connect_file, retry_locked
 from graph.context import Context
 from tools.llm.chat import complete, text_part
 from tools.store.images import ImageStore
@@ -207,24 +206,18 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        try:
-            conn = sqlite3.connect(self.path, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-            for ddl in (
-                "CREATE TABLE IF NOT EXISTS outputs (benchmark TEXT, config TEXT, item TEXT, "
-                "status TEXT, data TEXT, error TEXT, updated_at REAL, "
-                "PRIMARY KEY (benchmark, config, item))",
-                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, benchmark TEXT, "
-                "label TEXT, judge_model TEXT, prompt_version TEXT, data TEXT, updated_at REAL)",
-                "CREATE TABLE IF NOT EXISTS results (benchmark TEXT, config TEXT, item TEXT, "
-                "judge_model TEXT, prompt_version TEXT, status TEXT, data TEXT, updated_at REAL, "
-                "PRIMARY KEY (benchmark, config, item, judge_model, prompt_version))"):
-                retry_locked(lambda ddl=ddl: conn.execute(ddl))
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"the results file {self.path} cannot be opened as SQLite ({exc}); "
-                             f"pass another --out folder or delete the file") from exc
+        conn = connect_file(self.path, what="results file", fix="pass another --out folder",
+                            autocommit=True)
+        for ddl in (
+            "CREATE TABLE IF NOT EXISTS outputs (benchmark TEXT, config TEXT, item TEXT, "
+            "status TEXT, data TEXT, error TEXT, updated_at REAL, "
+            "PRIMARY KEY (benchmark, config, item))",
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, benchmark TEXT, "
+            "label TEXT, judge_model TEXT, prompt_version TEXT, data TEXT, updated_at REAL)",
+            "CREATE TABLE IF NOT EXISTS results (benchmark TEXT, config TEXT, item TEXT, "
+            "judge_model TEXT, prompt_version TEXT, status TEXT, data TEXT, updated_at REAL, "
+            "PRIMARY KEY (benchmark, config, item, judge_model, prompt_version))"):
+            retry_locked(lambda ddl=ddl: conn.execute(ddl))
         self._conn = conn
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:

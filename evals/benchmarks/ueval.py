@@ -23,8 +23,8 @@ What was checked against the public sources, and where:
   GPT-5-Thinking and Gemini-2.5-Flash rows). NOT verified: how a per-task column combines text
   and image rates; here a task's score is the mean of its text and image averages, like the
   overall (an lmms-eval port of UEval likewise scores an item as (text + image) / 2 and
-  macro-averages over tasks, but it is not the authors' code). The report gives ``overall`` (mean of the two averages over all items) and
-  ``task_avg`` (mean of per-task scores, the paper's "Avg"), in percent.
+  macro-averages over tasks, but it is not the authors' code). The report gives ``overall``
+  (mean of the two averages over all items) and ``task_avg`` (mean of per-task scores, the paper's "Avg"), in percent.
 
 Our own choices, documented: the judge prompts are our wording of the protocol and ask for an
 ``<answer>{...}</answer>`` object; the text answer of a graph run is its steps' texts in order

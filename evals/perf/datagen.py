@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     args = parser.parse_args(argv)
 
-    from evals.judge import judge_from_settings
+    from tools.judge.judge import judge_from_settings
     from graph.runs.batch import run_batch
     from graph.runs.demo import demo_context
     from tools.doubles import demo_script

@@ -74,7 +74,8 @@ log = logging.getLogger("bench_generator")
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evals.perf.generator",
-        description="Time eager diffusers FLUX.2 [klein] (baseline) against tools.generator.klein_speed.optimize_pipeline "
+        description="Time eager diffusers FLUX.2 [klein] (baseline) against "
+                    "tools.generator.klein_speed.optimize_pipeline "
                     "in one process: 1024² text-to-image and 1024² edit with one reference, ms per image "
                     "(median), peak GPU memory, first-call (warm-up) cost, ratio optimized/baseline, where the "
                     "time goes, and optional fp8 with its image difference. Builds the full klein-4B "
@@ -113,7 +114,8 @@ def make_parser() -> argparse.ArgumentParser:
 def build_full_klein_pipeline(device: str = "cuda", seed: int = 0):
     """The klein-4B architecture with random weights, built on ``device`` in bf16 (no I/O)."""
     import torch
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from tools.doubles.tiny_klein import _build_tokenizer
@@ -322,7 +324,8 @@ def run_study(bench: Bench, inputs: dict) -> dict:
         study["vae_decode channels_last"] = {"ms": bench.median_ms(lambda: pipe.vae.decode(z), runs=5)}
         benchmark_before = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = True
-        study["vae_decode channels_last + cudnn.benchmark"] = {"ms": bench.median_ms(lambda: pipe.vae.decode(z), runs=5)}
+        study["vae_decode channels_last + cudnn.benchmark"] = {
+            "ms": bench.median_ms(lambda: pipe.vae.decode(z), runs=5)}
         torch.backends.cudnn.benchmark = benchmark_before
         pipe.vae.to(memory_format=torch.contiguous_format)
     return study
@@ -540,7 +543,8 @@ def print_report(results: dict) -> None:
                 p["rest_edit_ms"] = (phase["edit"]["median_ms"] - p["text_encoder_ms"]
                                      - steps * p["transformer_edit_ms"] - p["vae_decode_ms"] - p["vae_encode_ms"])
         for key in prof.get("baseline", {}):
-            lines.append(f"  {key:<34}{_fmt(prof['baseline'].get(key)):>9}{_fmt(prof.get('optimized', {}).get(key)):>12}")
+            optimized = _fmt(prof.get('optimized', {}).get(key))
+            lines.append(f"  {key:<34}{_fmt(prof['baseline'].get(key)):>9}{optimized:>12}")
     if "study" in results:
         lines += ["", "single levers on eager components (ms, median)"]
         for lever, r in results["study"].items():

@@ -86,7 +86,7 @@ def full_klein_pipeline(seed: int):
 
 
 class InstantJudge:
-    """Stands in for ``evals.judge.Judge``: stores images like it, answers at once."""
+    """Stands in for ``tools.judge.judge.Judge``: stores images like it, answers at once."""
 
     def __init__(self, root: str) -> None:
         from tools.store.images import ImageStore

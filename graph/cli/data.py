@@ -191,7 +191,7 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
     if args.datagen_command == "run":
         return cmd_batch(args, context)
     if args.datagen_command == "score":
-        from evals.judge import judge_from_settings
+        from tools.judge.judge import judge_from_settings
         from training.scoring import score_runs
 
         key = args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY", "EMPTY")
@@ -206,7 +206,7 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
         for run_id, why in report.skipped_runs.items():
             print(f"  left out {run_id}: {why}")
         return EXIT_SOME_FAILED if report.failed else EXIT_OK
-    from evals.judge_prompts import JUDGE_PROMPT_VERSION
+    from tools.judge.prompts import JUDGE_PROMPT_VERSION
     from training.export import ExportOptions, export
 
     options = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})

@@ -272,7 +272,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet")
     for row in rows:
-        origin = f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})" if row.get("parent_run_id") else ""
+        origin = (f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})"
+                  if row.get("parent_run_id") else "")
         print(f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/{row['steps_total']} steps  "
               f"{row['generations']} images  {row['created_at']}  {row['request'][:60]}{origin}")
     return EXIT_OK

@@ -41,11 +41,12 @@ ONE_PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1Pe
     (["run", REQUEST, "--image", "missing.png"], "does not exist"),
     (["run", REQUEST, "--width", "1000"], "multiple of 16"),
     (["run", REQUEST, "--run-id", "done", "--no-preflight",
-      "--image", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"],
+      "--image", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQ"
+                 "DJ/pLvAAAAAElFTkSuQmCC"],
      "a run with id 'done' already exists"),
     (["run", REQUEST, "--generator-model", "acme/unknown-model", "--no-preflight"],
      "neither a local diffusers folder nor a known model id"),
-    (["run", REQUEST, "--num-inference-steps", "80", "--no-preflight"], "steps=80 is outside 1..50"),
+    (["run", REQUEST, "--num-inference-steps", "80", "--no-preflight"], "num_inference_steps=80 is outside 1..50"),
     (["run", "Just one <image> marker", "--no-preflight"] + ["--image", ONE_PIXEL] * 2,
      "1 <image> marker(s) but 2 image(s)"),
 ])

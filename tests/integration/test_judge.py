@@ -11,8 +11,8 @@ import time
 import pytest
 from PIL import Image
 
-from evals.judge import Judge, judge_from_settings
-from evals.judge_cache import JudgeCache
+from tools.judge.judge import Judge, judge_from_settings
+from tools.judge.cache import JudgeCache
 from tools.llm.chat import openai_model
 from tools.store.images import ImageStore, blank_canvas
 from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text

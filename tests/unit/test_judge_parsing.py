@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from evals.judge import _Half, _judgment, parse_scores, scores_from
-from evals.judge_prompts import JUDGE_PROMPT_VERSION, quality_prompt, semantic_prompt
+from tools.judge.judge import _Half, _judgment, parse_scores, scores_from
+from tools.judge.prompts import JUDGE_PROMPT_VERSION, quality_prompt, semantic_prompt
 from tools.replies.parsing import ReplyParseError
 
 GOOD = [

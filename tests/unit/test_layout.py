@@ -31,9 +31,8 @@ def test_graph_topology_matches_snapshot():
     from graph.builder import graph
 
     drawing = graph.get_graph().draw_mermaid()
-    if not SNAPSHOT.exists():  # first run writes it; review and commit it
-        SNAPSHOT.parent.mkdir(exist_ok=True)
-        SNAPSHOT.write_text(drawing)
+    assert SNAPSHOT.exists(), (f"the topology snapshot {SNAPSHOT} is missing; write it with "
+                               f"graph.get_graph().draw_mermaid(), review it and commit it")
     assert drawing == SNAPSHOT.read_text()
     for edge in ("generate -.-> critique;", "critique -.-> generate;", "generate -.-> accept;",
                  "accept -.-> generate;", "accept -.-> compose;", "accept -.-> accept;",

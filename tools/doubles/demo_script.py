@@ -12,6 +12,7 @@ import json
 import re
 
 from tools.doubles.scripted_chat import count_images, message_text
+from tools.replies.contracts import verdict_answer
 
 PLANNER_MODEL = "demo-planner"
 CRITIC_MODEL = "demo-critic"
@@ -74,10 +75,10 @@ def planner_reply(request: str, image_count: int = 0) -> str:
 
 def critic_reply(original: str, used: str) -> str:
     if original == SECOND_STEP_PROMPT and used == original:
-        verdict = {"previous_step_success": False, "refine_prompt": REFINED_SECOND_STEP_PROMPT}
+        verdict = verdict_answer(False, REFINED_SECOND_STEP_PROMPT)
         thought = "The edit barely shows progress and the object is off-centre."
     else:
-        verdict = {"previous_step_success": True, "refine_prompt": used}
+        verdict = verdict_answer(True, used)
         thought = "The change matches the instruction; no anatomy errors or collateral damage."
     return f"<think>{thought}</think><answer>{json.dumps(verdict)}</answer>"
 

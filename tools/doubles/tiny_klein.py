@@ -100,7 +100,8 @@ _SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # behaves identically before saving and after ``from_pretrained`` (which rebuilds
 # the backend from vocab + merges with Qwen2Tokenizer's own pipeline).
 _QWEN_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # A minimal Qwen3-style chat template.  It accepts (and, like Qwen3 with
@@ -185,7 +186,8 @@ def _sharpen_transformer_init(transformer: Flux2Transformer2DModel) -> None:
     alone: changing the prompt or the edit input moved pixels by ~0.01 grey levels.
     A slightly expanding init (std ``LINEAR_GAIN / sqrt(fan_in)``) and larger QK-norm
     scales (sharper attention) make prompt, seed and input image each change the
-    picture by about 20-45 grey levels (mean absolute difference, 128x128).  Uses the global torch RNG (seeded by the caller).
+    picture by about 20-45 grey levels (mean absolute difference, 128x128).  Uses the global torch RNG
+    (seeded by the caller).
     """
     with torch.no_grad():
         for module in transformer.modules():

@@ -37,6 +37,8 @@ import shutil
 import uuid
 
 from tools.doubles.model_folders import publish_folder
+# Qwen2's pre-tokenisation regex, shared with the tiny klein text encoder's tokenizer.
+from tools.doubles.tiny_klein import _QWEN_PRETOKENIZE_REGEX
 
 __all__ = ["SPECIAL_TOKENS", "build_tiny_qwen3vl", "build_tokenizer", "save_tiny_qwen3vl",
            "tiny_image_processor"]
@@ -50,11 +52,6 @@ BPE_VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 
-# Qwen2's pre-tokenisation regex: keeping it means the tokenizer splits text the same way
-# before saving and after from_pretrained rebuilds it as a Qwen2 tokenizer.
-_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 
 # A compact ChatML template in the shape of Qwen3-VL's: message content is either a string
 # or a list of parts; an image part becomes one <|image_pad|> between vision markers, which
@@ -121,7 +118,7 @@ def build_tokenizer():
     backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(_QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()

@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image
 
+from tools import devices
 from tools.generator import models as generator_models
 from tools.generator.models import ModelSpec
 
@@ -53,23 +54,13 @@ def derive_seed(run_seed: int, step_number: int, attempt: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GeneratorLoadError(f"device {device!r} was asked for but CUDA is not available; "
-                                 f"use --device cpu (slow) or run on a GPU machine")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> Any:
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
+def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """Resolved device and dtype names (``tools.devices``), refusals as a GeneratorLoadError."""
+    try:
+        resolved = devices.resolve_device(device)
+        return resolved, devices.resolve_dtype(dtype, resolved)
+    except ValueError as exc:
+        raise GeneratorLoadError(f"{exc} (--device / --dtype)") from None
 
 
 def silence_library_progress_bars() -> None:
@@ -109,13 +100,13 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
     """
     if offload not in OFFLOAD_MODES:
         raise GeneratorLoadError(f"offload={offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
-    device = resolve_device(device)
+    device, dtype_name = _device_and_dtype(device, dtype)
     if offload != "none" and device == "cpu":
         raise GeneratorLoadError(
             f"offload={offload!r} moves weights between CPU memory and a GPU, but the generator runs "
             f"on the CPU; use offload='none' there, or run on a GPU machine")
-    torch_dtype = resolve_dtype(dtype, device)
-    key = (model, device, str(torch_dtype), lora, float(lora_scale), offload, speedups)
+    torch_dtype = devices.torch_dtype(dtype_name)
+    key = (model, device, dtype_name, lora, float(lora_scale), offload, speedups)
     with _load_lock:
         if key in _pipelines:
             return _pipelines[key]
@@ -158,8 +149,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
 def register_pipeline(model: str, pipe: Any, device: str = "auto", dtype: str = "auto") -> Any:
     """Put a pipeline built in memory under ``model`` in the cache, so runs whose generator model
     is ``model`` use it without loading anything (benchmarks on random weights at full size)."""
-    device = resolve_device(device)
-    key = (model, device, str(resolve_dtype(dtype, device)), None, 1.0, "none", "off")
+    device, dtype_name = _device_and_dtype(device, dtype)
+    key = (model, device, dtype_name, None, 1.0, "none", "off")
     with _load_lock:
         pipe.set_progress_bar_config(disable=True)
         _pipelines[key] = pipe

@@ -396,7 +396,8 @@ def _install_image_io(processor: Any, device: torch.device) -> None:
 
     diffusers turns a 1024² reference image into a tensor with float32 NumPy arithmetic on the
     CPU (~10 ms before the GPU can start the VAE encode) and the decoded image back through a
-    float32 NumPy array that PIL then gathers from a strided layout (~9 ms).  Here the uint8 pixels travel as they are and the arithmetic
+    float32 NumPy array that PIL then gathers from a strided layout (~9 ms).  Here the uint8 pixels travel
+    as they are and the arithmetic
     runs on ``device``: normalisation through a 256-entry table computed with diffusers' own
     expression, so every value is bit-identical; denormalisation with diffusers' own method,
     then the same float32 multiply, round-half-even and uint8 cast.  Anything else (other

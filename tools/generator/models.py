@@ -42,6 +42,8 @@ from typing import Any
 
 from PIL import Image
 
+from tools.store.images import blank_canvas
+
 MODEL_INDEX = "model_index.json"
 
 
@@ -252,5 +254,5 @@ def call_kwargs(spec: ModelSpec, *, prompt: str | list[str], width: int, height:
     if images:
         kwargs["image"] = images[0] if spec.max_images == 1 else list(images)
     elif spec.text_to_image == "blank-canvas":
-        kwargs["image"] = [Image.new("RGB", (width, height), (255, 255, 255))]
+        kwargs["image"] = [blank_canvas(width, height)]
     return kwargs

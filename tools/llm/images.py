@@ -24,8 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from graph.state import ImageRef
-from tools.store.images import ImageStore, blank_canvas, blank_canvas_png
+from tools.store.images import ImageRef, ImageStore, blank_canvas, blank_canvas_png
 
 CROWDED_AT = 5
 CROWDED_MAX_PIXELS = 384 * 384

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.devices import resolve_device, resolve_dtype
+
 logger = logging.getLogger(__name__)
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -52,30 +53,6 @@ class LoadedVLM:
 _loaded: dict[tuple[str, str, str], LoadedVLM] = {}
 _key_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _registry_lock = threading.Lock()
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...): "
-                         f"{exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this torch sees no CUDA GPU; use device='cpu' "
-                         f"or 'auto'")
-    return str(resolved)
-
-
-def _resolve_dtype(dtype: str, device: str) -> str:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
-    if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return dtype
 
 
 def _source(model_path: str) -> str:
@@ -171,8 +148,8 @@ def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> Load
     """The model and processor for ``model_path`` on ``device`` in ``dtype``, loaded on the
     first call and shared afterwards (one copy per process and key; concurrent first calls
     load once)."""
-    device = _resolve_device(device)
-    dtype = _resolve_dtype(dtype, device)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     key = (_source(model_path), device, dtype)
     with _registry_lock:
         if key in _loaded:
@@ -212,8 +189,8 @@ def register_vlm(model_path: str, model: Any, processor: Any, device: str = "aut
     """Put a model built in memory under ``model_path`` in the cache, so that
     ``TransformersChatModel(model_path=model_path, device=..., dtype=...)`` uses it without
     loading anything (benchmarks on random weights; embedding applications)."""
-    device = _resolve_device(device)
-    dtype = _resolve_dtype(dtype, device)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     _prepare(model, processor)
     loaded = LoadedVLM(model, processor, device, dtype, model_path)
     with _registry_lock:

@@ -38,7 +38,8 @@ from langchain_core.runnables.config import get_config_list, run_in_executor
 from langchain_core.utils.utils import LC_ID_PREFIX
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from tools.llm.loading import (DTYPES, LoadedVLM, ModelLoadError, check_model_folder,
+from tools.devices import DTYPES
+from tools.llm.loading import (LoadedVLM, ModelLoadError, check_model_folder,
                                load_processor, load_vlm, register_vlm)
 from tools.llm.messages import load_image, to_conversation
 

@@ -26,7 +26,7 @@ import logging
 import re
 from typing import Any, Callable, TypeVar
 
-from graph.state import PlanStep
+from tools.replies.contracts import REFINE_KEY, SUCCESS_KEY, PlanStep
 from tools.replies.json_repair import (LITERAL_EVAL_CHARS, MAX_CANDIDATES, MAX_DEPTH, MAX_OBJECT_CHARS,
                                _Failure, _read_answer_text, _trailing_object)
 
@@ -273,12 +273,12 @@ def verdict_fields(answer: dict[str, Any]) -> tuple[bool, str]:
     needs a non-empty one; a successful verdict may leave it empty (the caller then keeps the
     prompt it used).
     """
-    if "previous_step_success" not in answer:
-        raise ValueError("missing 'previous_step_success'")
-    success = _as_bool(answer["previous_step_success"])
-    refine = answer.get("refine_prompt")
+    if SUCCESS_KEY not in answer:
+        raise ValueError(f"missing '{SUCCESS_KEY}'")
+    success = _as_bool(answer[SUCCESS_KEY])
+    refine = answer.get(REFINE_KEY)
     if refine is not None and not isinstance(refine, str):
-        raise ValueError(f"'refine_prompt' must be a string, got {type(refine).__name__}")
+        raise ValueError(f"'{REFINE_KEY}' must be a string, got {type(refine).__name__}")
     refine = (refine or "").strip()
     if not success and not refine:
         raise ValueError("a failed verdict needs a non-empty 'refine_prompt'")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+from tools.replies.contracts import REFINE_KEY, SUCCESS_KEY
+
 # --------------------------------------------------------------------------- JSON schemas
 
 _NULLABLE_TEXT = {"type": ["string", "null"]}
@@ -49,10 +51,10 @@ PLAN_SCHEMA: dict[str, Any] = {
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "previous_step_success": {"type": "boolean"},
-        "refine_prompt": {"type": "string"},
+        SUCCESS_KEY: {"type": "boolean"},
+        REFINE_KEY: {"type": "string"},
     },
-    "required": ["previous_step_success", "refine_prompt"],
+    "required": [SUCCESS_KEY, REFINE_KEY],
     "additionalProperties": False,
 }
 
@@ -66,8 +68,8 @@ _VISIBLE = r'[^"\\\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\
 _TEXT = rf'"{_VISIBLE}({_CHAR}|{_ESCAPE})*"'  # starts with a visible character
 _NULLABLE = rf"(null|{_STRING})"
 
-_VERDICT = (r'\{"previous_step_success": '
-            rf'(true, "refine_prompt": {_STRING}|false, "refine_prompt": {_TEXT})\}}')
+_VERDICT = (rf'\{{"{SUCCESS_KEY}": '
+            rf'(true, "{REFINE_KEY}": {_STRING}|false, "{REFINE_KEY}": {_TEXT})\}}')
 _STEP = (r'\{"step_number": [1-9][0-9]{0,2}, '
          rf'"step_name": {_TEXT}, "instruction": {_NULLABLE}, "prompt": {_NULLABLE}, '
          rf'"auxiliary_text": {_NULLABLE}\}}')

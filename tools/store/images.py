@@ -19,11 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-
-from graph.state import ImageRef
+from typing_extensions import TypedDict
 
 # Input images over this many pixels are refused before decoding (PIL's bomb guard, made an error).
 MAX_INPUT_PIXELS = 64 * 1024 * 1024
+
+
+class ImageRef(TypedDict):
+    """An image in the store: ``path`` is relative to the runs directory."""
+
+    path: str
+    sha256: str
+    width: int
+    height: int
 
 
 class ImageInputError(ValueError):

@@ -8,7 +8,7 @@ the instruction, the judge model and the prompt texts, so those five things make
 One row per key holds both halves of a judgment (semantic consistency and perceptual quality) as
 JSON: scores, reasoning, every raw reply, and the error and reason of a failed half. Failures are
 stored too; whether a stored failure is served or asked again is the judge's policy
-(``evals.judge``), not this module's.
+(``tools.judge.judge``), not this module's.
 
 The file is shared safely: WAL and a busy timeout for other processes, ``retry_locked`` for the
 schema creation race, and one lock around this object's connection for the threads of one process
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import sqlite_utils
 
-from checkpoints.saver import BUSY_TIMEOUT_MS, retry_locked
+from checkpoints.sqlite import connect_file, retry_locked
 
 TABLE = "judgments"
 COLUMNS = {
@@ -61,15 +60,7 @@ class JudgeCache:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        try:
-            conn = sqlite3.connect(self.path, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"the judge cache {self.path} cannot be opened as SQLite ({exc}); "
-                             f"pass another cache path or delete the file") from exc
+        conn = connect_file(self.path, what="judge cache", fix="pass another cache path")
         self._conn = conn
         self._db = sqlite_utils.Database(conn)
         self._table = self._db[TABLE]

@@ -1,7 +1,7 @@
 """The judge: one scoring function for data scores, the RL step-wise reward and benchmarks (SPEC §5).
 
 Given a before-image (or None: judge from scratch), an after-image and the instruction, a chat
-model answers two questions in two calls (texts in ``evals.judge_prompts``):
+model answers two questions in two calls (texts in ``tools.judge.prompts``):
 
 * semantic consistency ``SC = min(edit_success, over_editing)`` from [before, after] + instruction;
 * perceptual quality ``PQ = min(naturalness, artifacts)`` from the after-image alone;
@@ -15,7 +15,7 @@ Why it is built this way:
   ``reason`` code and a message; the scores of that half stay None, and ``overall`` is None unless
   both halves were judged. An unreachable endpoint is a failure with reason ``endpoint``, not an
   exception, so one bad request does not end a batch of thousands.
-* Asked once. Every judgment, failed ones too, is stored in SQLite (``evals.judge_cache``) under
+* Asked once. Every judgment, failed ones too, is stored in SQLite (``tools.judge.cache``) under
   (before sha256 or ``blank:WxH``, after sha256, instruction, judge model, prompt version).
   A stored failure is served as it is unless ``retry_failed=True``; then only its failed half is
   asked again. A failure of reason ``endpoint`` or ``image`` says nothing about the images and is
@@ -47,9 +47,9 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from evals.judge_cache import JudgeCache, cache_key
-from evals.judge_prompts import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, quality_prompt, semantic_prompt
-from graph.state import ImageRef
+from tools.judge.cache import JudgeCache, cache_key
+from tools.judge.prompts import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, quality_prompt, semantic_prompt
+from tools.store.images import ImageRef
 from tools.llm.chat import complete, text_part
 from tools.store.images import ImageStore, blank_canvas_png
 from tools.replies.parsing import ReplyParseError, read_answer

@@ -1,7 +1,7 @@
 """The judge's prompt texts (SPEC §5 "Judge"), kept apart so that a change to them is one visible
 diff and one bump of ``JUDGE_PROMPT_VERSION``.
 
-The version is part of every cache key (``evals.judge_cache``): scores obtained with older texts
+The version is part of every cache key (``tools.judge.cache``): scores obtained with older texts
 are never served for the new ones. Bump it whenever any text below changes, even a word.
 
 Two questions, asked in two separate calls so that one cannot colour the other:
@@ -19,7 +19,7 @@ Reply format, the same for both: free reasoning, then one answer block
     <answer>{"scores": [FIRST, SECOND], "reasoning": "one or two sentences"}</answer>
 
 with integer scores 0-10 in the order the prompt lists them ([edit_success, over_editing] or
-[naturalness, artifacts]). ``evals.judge.parse_scores`` reads it tolerantly (a missing tag, a
+[naturalness, artifacts]). ``tools.judge.judge.parse_scores`` reads it tolerantly (a missing tag, a
 Python dict, numbers written as strings) but never guesses a score that is not there.
 """
 
