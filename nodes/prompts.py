@@ -3,6 +3,9 @@ recorded with each run so that data and scores can be traced to the prompts that
 
 from __future__ import annotations
 
+import re
+import string
+
 PROMPT_VERSION = "2026-11-23.2"
 
 PLANNER_SYSTEM = """\
@@ -87,6 +90,36 @@ Rewritten prompt: {rewritten}
 The first image is BEFORE, the second is AFTER."""
 
 
+def template_reader(template: str):
+    """A function that reads back the fields ``template.format(...)`` wrote into a text.
+
+    The literal parts of the template become the anchors of a regular expression, each field a
+    lazy group, so the reader follows the template's wording wherever it changes. Scripted models
+    (the demo, the tests) read our messages with it instead of keeping their own copy of the text.
+    """
+    pattern, names = [], []
+    for literal, field, _spec, _conversion in string.Formatter().parse(template):
+        pattern.append(re.escape(literal))
+        if field is not None:
+            names.append(field)
+            pattern.append(f"(?P<{field}>.*?)")
+    regex = re.compile("".join(pattern) + r"\Z", re.S)
+
+    def read(text: str) -> dict[str, str]:
+        match = regex.search(text)
+        if match is None:
+            raise ValueError(f"the text does not follow the template (fields {names}): {text[:200]!r}")
+        return match.groupdict()
+
+    return read
+
+
+def read_critic_user(text: str) -> tuple[str, str]:
+    """(original instruction, rewritten prompt) from a critic message written by ``critic_user``."""
+    fields = _CRITIC_READER(text)
+    return fields["original"], fields["rewritten"]
+
+
 def planner_user(request: str) -> str:
     return PLANNER_USER.format(request=request.strip())
 
@@ -103,3 +136,6 @@ def critic_user(original: str, rewritten: str) -> str:
     time exactly what it sees at inference (the reference left the slot empty in its data but
     filled it at inference)."""
     return CRITIC_USER.format(original=original, rewritten=rewritten or original)
+
+
+_CRITIC_READER = template_reader(CRITIC_USER)

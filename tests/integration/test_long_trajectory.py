@@ -13,7 +13,6 @@ starts NUM_KILLS + 1 of them.
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from graph.builder import build_graph
 from graph.runs.demo import demo_context
 from graph.runs.runner import resume_run, start_run
 from graph.runs.history import fork_run
+from nodes.prompts import read_critic_user
 from tools.doubles import demo_script
 from tools.store.images import ImageStore
 from tools.doubles.scripted_chat import ScriptedChatServer, message_text
@@ -42,7 +42,6 @@ REQUEST = "Show how to build a wooden birdhouse in thirty steps"
 SEED = int(os.environ.get("LONG_TRAJECTORY_SEED", "75"))
 NUM_KILLS = 5  # kill points per trajectory; the loop never kills more often than this
 CHILD_TIMEOUT_S = 180
-CRITIC_LINES = re.compile(r"Original instruction:\s*(.*?)\s*\nRewritten prompt:\s*(.*?)\s*\n", re.S)
 COUNTERS = ("steps_total", "steps_done", "generations", "critic_calls", "rejections")
 
 
@@ -74,9 +73,7 @@ def respond(body: dict) -> str:
     """The planner returns the 30-step plan; the critic (demo_script's reply format) rejects the
     first attempt of every 7th step once, with a refined prompt, and passes everything else."""
     if body.get("model") == demo_script.CRITIC_MODEL:
-        text = message_text(body["messages"][-1]) + "\n"
-        match = CRITIC_LINES.search(text)
-        original, used = match.group(1), match.group(2)
+        original, used = read_critic_user(message_text(body["messages"][-1]))
         if original in REJECTED_PROMPTS and used == original:
             verdict = {"previous_step_success": False, "refine_prompt": REJECTED_PROMPTS[original]}
             return f"<think>The stage is hard to see.</think><answer>{json.dumps(verdict)}</answer>"

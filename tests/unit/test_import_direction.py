@@ -35,6 +35,13 @@ RULES = [
      "training builds on the shared judge in tools, not on the benchmark harnesses"),
 ]
 
+#: Imports a rule above would forbid but that are right by design, each with its reason.
+PERMITTED = {
+    ("tools.doubles", "nodes.prompts"): "a scripted model reads the prompts the product writes, "
+                                        "through the product's own reader, so editing a prompt "
+                                        "cannot break the demo",
+}
+
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(REPO).with_suffix("").parts
@@ -74,6 +81,8 @@ def _violations() -> list[str]:
                 if not _within(module, importer):
                     continue
                 for name in sorted(_imports(path)):
+                    if any(_within(module, a) and _within(name, b) for a, b in PERMITTED):
+                        continue
                     if any(_within(name, bad) for bad in forbidden) and not _within(name, importer):
                         found.append(f"{module} imports {name}")
     return sorted(set(found))

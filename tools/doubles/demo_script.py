@@ -9,8 +9,8 @@ attempt of the middle step once, with a refined prompt, so the regeneration loop
 from __future__ import annotations
 
 import json
-import re
 
+from nodes.prompts import read_critic_user
 from tools.doubles.scripted_chat import count_images, message_text
 from tools.replies.contracts import verdict_answer
 
@@ -22,9 +22,6 @@ SECOND_STEP_PROMPT = ("Show the work about halfway done; keep the same table, li
 REFINED_SECOND_STEP_PROMPT = ("Show the work clearly halfway done, with the half-finished object "
                               "centred in the foreground; keep the same table, lighting and camera "
                               "angle unchanged")
-
-_ORIGINAL = re.compile(r"Original instruction:\s*(.*?)\s*\nRewritten prompt:\s*(.*?)\s*\n", re.S)
-
 
 def demo_plan(request: str) -> list[dict]:
     topic = request.strip().rstrip("?.!")
@@ -87,9 +84,6 @@ def respond(body: dict) -> str:
     """Responder for ``ScriptedChatServer``: dispatches on the model name."""
     text = message_text(body["messages"][-1])
     if body.get("model") == CRITIC_MODEL:
-        match = _ORIGINAL.search(text + "\n")
-        if not match:
-            raise ValueError("critic message has no 'Original instruction:/Rewritten prompt:' lines")
-        return critic_reply(match.group(1), match.group(2))
+        return critic_reply(*read_critic_user(text))
     request = text.split("Request:", 1)[-1]
     return planner_reply(request, count_images(body))
