@@ -31,6 +31,15 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     return save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein")
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory) -> str:
+    """A tiny random-weight Qwen3-VL folder (model, processor, chat template) saved once per session;
+    tests only read it."""
+    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
+
+    return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
+
+
 @pytest.fixture
 def chat_server():
     """Scripted planner + critic following the contracts (rejects step 2's first attempt once)."""

@@ -17,15 +17,6 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory) -> str:
-    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
-
-    return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
-
-
-
-
 def greedy(path: str, max_new_tokens: int = 16):
     from tools.llm.local import TransformersChatModel
 

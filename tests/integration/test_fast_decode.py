@@ -16,13 +16,6 @@ GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
 
 @pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory) -> str:
-    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
-
-    return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
-
-
-@pytest.fixture(scope="module")
 def chat(tiny_vlm) -> TransformersChatModel:
     return TransformersChatModel(model_path=tiny_vlm, device="cpu", temperature=0.0, max_new_tokens=24)
 

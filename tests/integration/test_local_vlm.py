@@ -19,13 +19,6 @@ from tools.llm.chat import complete
 from tools.llm.local import ModelLoadError, TransformersChatModel, load_vlm
 
 
-@pytest.fixture(scope="session")
-def tiny_vlm(tmp_path_factory) -> str:
-    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
-
-    return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
-
-
 def png_bytes(seed: int, size: int = 64) -> bytes:
     import numpy as np
     from PIL import Image

@@ -50,13 +50,6 @@ def save(rows: list[dict], folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory) -> str:
-    from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
-
-    return str(save_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl"))
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("export")
     planner = []
