@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.generator.diffusion import silence_library_progress_bars
     from tools.doubles.scripted_chat import ScriptedChatServer
     from tools.doubles.tiny_klein import save_tiny_klein
-    from training.scoring import score_runs
+    from training.data.scoring import score_runs
 
     silence_library_progress_bars()
     with tempfile.TemporaryDirectory() as root, \

@@ -24,7 +24,7 @@ from graph.context import Context
 EXIT_OK, EXIT_SOME_FAILED = 0, 1
 # Commands whose own scripts parse everything after the command name.
 PASS_THROUGH = {
-    ("datagen", "prompts"): ("training.prompt_sets", "main"),
+    ("datagen", "prompts"): ("training.data.prompt_sets", "main"),
     ("train", "sft"): ("training.sft", "main"),
     ("train", "grpo"): ("training.grpo", "main"),
     ("eval",): ("evals.benchmarks.cli", "main"),
@@ -123,7 +123,7 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
     export.add_argument("--strict", action="store_true",
                         help="fail if any run of the batch is unfinished or unreadable, or any "
                              "attempt is unscored (default: leave them out and count them)")
-    from training.export import ExportOptions
+    from training.data.export import ExportOptions
 
     for item in dataclasses.fields(ExportOptions):
         flag = "--" + item.name.replace("_", "-")
@@ -152,7 +152,7 @@ def _add_judge_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _prompt_items(path: str, strict: bool = False) -> list[dict]:
-    from training.prompt_sets import read_prompt_file
+    from training.data.prompt_sets import read_prompt_file
 
     rows, problems = read_prompt_file(path)
     for problem in problems:
@@ -192,7 +192,7 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
         return cmd_batch(args, context)
     if args.datagen_command == "score":
         from tools.judge.judge import judge_from_settings
-        from training.scoring import score_runs
+        from training.data.scoring import score_runs
 
         key = args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY", "EMPTY")
         runs_dir = context.runs_dir
@@ -207,7 +207,7 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
             print(f"  left out {run_id}: {why}")
         return EXIT_SOME_FAILED if report.failed else EXIT_OK
     from tools.judge.prompts import JUDGE_PROMPT_VERSION
-    from training.export import ExportOptions, export
+    from training.data.export import ExportOptions, export
 
     options = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
     report = export(context.runs_dir, args.out, judge_model=args.judge_model,

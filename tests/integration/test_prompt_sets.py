@@ -7,7 +7,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from tools.doubles.scripted_chat import ScriptedChatServer, message_text
-from training.prompt_sets import (PromptProblem, build_prompt_file, generate_prompts,
+from training.data.prompt_sets import (PromptProblem, build_prompt_file, generate_prompts,
                                   load_taxonomy, main, make_parser, read_prompt_file)
 
 TAXONOMY = """\

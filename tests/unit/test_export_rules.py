@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.export import ExportOptions, step_rules
+from training.data.export import ExportOptions, step_rules
 
 
 @pytest.mark.parametrize("scores, accepted_by_pass, expected", [

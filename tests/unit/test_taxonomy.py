@@ -6,9 +6,9 @@ import re
 import pytest
 
 from tools.replies.parsing import ReplyParseError
-from training.dedupe import Deduplicator, dedupe, jaccard, normalise, shingles
-from training.taxonomy import DEFAULT_TAXONOMY, load_taxonomy
-from training.teacher_replies import parse_requests
+from training.data.dedupe import Deduplicator, dedupe, jaccard, normalise, shingles
+from training.data.taxonomy import DEFAULT_TAXONOMY, load_taxonomy
+from training.data.teacher_replies import parse_requests
 
 GOOD_SUB = """      - id: {id}
         name: {name}

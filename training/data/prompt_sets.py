@@ -2,7 +2,7 @@
 
 Why this module exists: the planner and critic only learn what the training requests ask for,
 so the requests must cover many kinds of interleaved tasks evenly and must not repeat one
-another. A taxonomy (``training/taxonomy.yaml``: domains -> subcategories) fixes the coverage; a
+another. A taxonomy (``training/data/taxonomy.yaml``: domains -> subcategories) fixes the coverage; a
 teacher chat model writes N requests per subcategory; duplicates are removed; the result is a
 JSONL file that ``datagen run`` reads back through ``read_prompt_file``.
 
@@ -26,9 +26,9 @@ Rules a user can rely on (the CLI's ``--help`` repeats them):
   ``PromptProblem`` with its line number and id, and is skipped.
 
 The pieces live in modules of their own, and their public names are importable from here too:
-``training.taxonomy`` (reading and checking the taxonomy), ``training.dedupe`` (exact and near
-duplicates), ``training.teacher_replies`` (reading a teacher's reply) and
-``training.prompt_files`` (reading a prompt file back). This module asks the teacher and writes
+``training.data.taxonomy`` (reading and checking the taxonomy), ``training.data.dedupe`` (exact and near
+duplicates), ``training.data.teacher_replies`` (reading a teacher's reply) and
+``training.data.prompt_files`` (reading a prompt file back). This module asks the teacher and writes
 the file, and holds the ``datagen prompts`` command line.
 """
 
@@ -53,10 +53,10 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from tools.llm.chat import EndpointError
 from tools.replies.parsing import ReplyParseError
-from training.dedupe import NEAR_THRESHOLD, Deduplicator, dedupe, jaccard, normalise, shingles
-from training.prompt_files import IMAGE_MARKER, PromptProblem, _is_jsonl, read_prompt_file
-from training.taxonomy import DEFAULT_TAXONOMY, Subcategory, load_taxonomy
-from training.teacher_replies import parse_requests
+from training.data.dedupe import NEAR_THRESHOLD, Deduplicator, dedupe, jaccard, normalise, shingles
+from training.data.prompt_files import IMAGE_MARKER, PromptProblem, _is_jsonl, read_prompt_file
+from training.data.taxonomy import DEFAULT_TAXONOMY, Subcategory, load_taxonomy
+from training.data.teacher_replies import parse_requests
 
 __all__ = [
     "DEFAULT_TAXONOMY", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED",
@@ -354,7 +354,7 @@ def make_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--taxonomy", type=Path, default=DEFAULT_TAXONOMY, metavar="FILE",
         help="taxonomy YAML (domains -> subcategories); default: the shipped "
-             "training/taxonomy.yaml")
+             "training/data/taxonomy.yaml")
     add("--out", type=Path, required=True, metavar="FILE",
         help="output JSONL; if it exists, its subcategories are kept and skipped")
     add("--per-subcategory", type=int, default=20, metavar="N",

@@ -1,6 +1,6 @@
 """The taxonomy of prompt sets: domains -> subcategories, read from YAML and checked.
 
-Why this module exists: the taxonomy (``training/taxonomy.yaml``) fixes which kinds of
+Why this module exists: the taxonomy (``training/data/taxonomy.yaml``) fixes which kinds of
 interleaved tasks the training requests cover, and every row id derives from a subcategory id.
 A slip in the file (a repeated id, a missing or misspelt key) would silently skew or break a
 whole prompt set, so reading it is one job on its own: every problem is reported with its line
@@ -83,7 +83,7 @@ def _check_entry(entry: Any, where: str, required: dict[str, type], optional: di
 
 def load_taxonomy(path: str | os.PathLike) -> list[Subcategory]:
     """Read and check a taxonomy file (YAML; JSON is YAML too). Raises ``ValueError`` listing
-    every problem with its line and the fix; see ``training/taxonomy.yaml`` for the shape."""
+    every problem with its line and the fix; see ``training/data/taxonomy.yaml`` for the shape."""
     path = Path(path)
     raw = path.read_bytes()
     try:
@@ -93,7 +93,7 @@ def load_taxonomy(path: str | os.PathLike) -> list[Subcategory]:
     if not isinstance(data, dict) or not isinstance(data.get("domains"), list) \
             or not data["domains"]:
         raise ValueError(f"{path}: expected a top-level 'domains:' list with at least one "
-                         f"domain (see training/taxonomy.yaml)")
+                         f"domain (see training/data/taxonomy.yaml)")
     errors: list[str] = []
     seen_domains: dict[str, int] = {}
     seen: dict[str, int] = {}

@@ -13,7 +13,7 @@ import json
 import re
 
 from tools.replies.parsing import ReplyParseError, parse_mapping, split_reply
-from training.dedupe import normalise
+from training.data.dedupe import normalise
 
 _LIST_LINE = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•])\s+(.+?)\s*$")
 _NUMBERING = re.compile(r"^\s*\d{1,3}[.)]\s+")

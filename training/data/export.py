@@ -1,7 +1,7 @@
 """Teacher trajectories → training datasets: ``interleave datagen export`` (SPEC §5).
 
 Reads the finished runs of a batch (their ``document.json``) and the judge's scores of every
-attempt (``training.scoring``), and writes three Hugging Face datasets with their images
+attempt (``training.data.scoring``), and writes three Hugging Face datasets with their images
 (``datasets.save_to_disk``), in TRL's conversational prompt/completion shape:
 
 - ``planner_sft``: request [+ input images] → ``<think>`` reasoning + plan. Plus the truncation
@@ -37,7 +37,7 @@ from PIL import Image
 from nodes.prompts import CRITIC_SYSTEM, critic_user, planner_system, planner_user
 from tools.replies.contracts import verdict_answer
 from tools.store.images import ImageStore, blank_canvas
-from training.scoring import finished_documents, load_scores
+from training.data.scoring import finished_documents, load_scores
 
 IMAGE = {"type": "image"}
 
