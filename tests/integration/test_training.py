@@ -181,6 +181,7 @@ def test_recipe_values_sit_between_defaults_and_flags():
     assert (training.beta, training.epsilon, training.epsilon_high, training.delta) == (0.0, 0.2, 0.3, 3.0)
     assert (training.weight_decay, training.loss_type, training.lr_scheduler_type) == (0.01, "dapo", "constant")
     assert training.steps_per_generation // training.gradient_accumulation_steps == 2  # updates per rollout batch
+    assert training.delta > 1 + training.epsilon_high  # where TRL's two-sided clip equals EasyR1's dual clip
     assert training.reward_weights == [0.5, 0.1, 0.3, 0.1] and training.max_completion_length == 4096
     assert not data.freeze_vision and rewards.generator_steps == 4
     assert (rewards.regen_seed, rewards.skip_unchanged_prompt, rewards.malformed_reply) == ("0", False, "regenerate")
