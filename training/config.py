@@ -7,6 +7,12 @@ frozen and a processor that needs no torchvision (``tools.llm.local.load_process
 a folder that ``tools.llm.local.TransformersChatModel(model_path=...)`` and ``vllm serve`` load.
 Doing that once keeps the two scripts to their trainer.
 
+Which settings are the reference's (zhengdian1/InterleaveThinker at commit
+94c7593ad600748444e4b2d5efd888a72a93a6bd: LLaMA-Factory ``train/LLaMA-Factory/examples/train_full/
+sft_*.yaml`` for SFT, EasyR1 ``train/EasyR1/examples/interleave_thinker_config.yaml`` and
+``local_scripts/run_interleave_thinker_rl.sh`` for GRPO) is said value by value in the recipes,
+``training/recipes/*.yaml``; the options here default to what the SFT stage does.
+
 A LoRA run saves the adapter in ``output_dir`` and, with ``merge_lora`` (default), a merged full
 model in ``output_dir/merged``. To merge a checkpoint by hand::
 
@@ -47,8 +53,10 @@ class DataArguments:
     dataset_test_split: str = field(default="test", metadata={
         "help": "Split to evaluate on when eval_strategy is not 'no'."})
     freeze_vision: bool = field(default=True, metadata={
-        "help": "Freeze the vision tower and its projector (merger) as the paper does; only the "
-                "language model trains."})
+        "help": "Freeze the vision tower and its projector (merger); only the language model trains. "
+                "The reference freezes them for SFT (LLaMA-Factory freeze_vision_tower and "
+                "freeze_multi_modal_projector) and trains them in GRPO (EasyR1 freeze_vision_tower: "
+                "false); the recipes set it so."})
     image_max_pixels: int = field(default=1024 * 1024, metadata={
         "help": "Images larger than this many pixels are downscaled by the processor (paper: 1024x1024)."})
     merge_lora: bool = field(default=True, metadata={

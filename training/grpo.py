@@ -6,6 +6,13 @@ step-wise S and Q, which regenerate the step with each rollout's refined prompt 
 image generator and score it with the judge. The mix is ``GRPOConfig.reward_weights`` (default
 ``training.rewards.REWARD_WEIGHTS``, the paper's ``0.5·F + 0.5·(0.2·A + 0.6·S + 0.2·Q)``).
 
+The reference trains with EasyR1: zhengdian1/InterleaveThinker at commit
+94c7593ad600748444e4b2d5efd888a72a93a6bd, ``train/EasyR1/examples/interleave_thinker_config.yaml``
+with the overrides of ``train/EasyR1/local_scripts/run_interleave_thinker_rl.sh``. The recipes
+(``training/recipes/critic_grpo*.yaml``) translate its settings into TRL's and mark each value as
+the reference's or ours; the step-wise reward's policies (``--regen_seed``,
+``--skip_unchanged_prompt``, ``--malformed_reply``) default to the reference's behaviour.
+
     interleave train grpo --config training/recipes/critic_grpo.yaml \
         --model_name_or_path runs/critic-sft --dataset_name runs/export/critic_rl \
         --judge_base_url http://HOST:8000/v1 --judge_model JUDGE
@@ -50,6 +57,18 @@ class RewardArguments:
     generator_guidance: float = field(default=1.0, metadata={"help": "Guidance scale (klein: 1.0)."})
     regen_batch_size: int = field(default=8, metadata={
         "help": "Most regenerations of one origin image per generator call."})
+    regen_seed: str = field(default="0", metadata={
+        "help": "Seed of every regeneration: an integer (reference: 0 for all rollouts) or 'row' "
+                "(ours: each row's own seed, the one that made the judged image, so the new image "
+                "differs from it only by the prompt)."})
+    skip_unchanged_prompt: bool = field(default=False, metadata={
+        "help": "Give 0.5 without regenerating when the refined prompt equals the one that made the "
+                "judged image (ours; needs --regen_seed row, where regenerating would reproduce that "
+                "image). Reference: false, it regenerates."})
+    malformed_reply: str = field(default="regenerate", metadata={
+        "help": "Step-wise reward of a reply that fails the format check, on a failed step: "
+                "'regenerate' (reference: regenerate with the rewritten prompt when the reply has no "
+                "usable refined one) or 'zero' (ours: S = Q = 0, it proposed nothing)."})
     judge_base_url: str | None = field(default=None, metadata={
         "help": "OpenAI-compatible endpoint of the judge VLM (e.g. http://HOST:8000/v1)."})
     judge_model: str | None = field(default=None, metadata={"help": "Model name the judge endpoint serves."})
@@ -79,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from tools.judge.judge import judge_from_settings
     from tools.generator import diffusion
-    from training.rewards import REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, format_reward
+    from training.rewards import (REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, check_policies,
+                                  format_reward)
 
     data_args, reward_args, training_args, model_args = parse(make_parser(), argv)
     if not reward_args.judge_base_url or not reward_args.judge_model:
         raise ValueError("the step-wise reward needs a judge: pass --judge_base_url and --judge_model")
+    check_policies(reward_args.regen_seed, reward_args.skip_unchanged_prompt, reward_args.malformed_reply)
     train, evaluation = load_splits(data_args, training_args.eval_strategy)
     check_columns(train, RL_COLUMNS, "critic RL")
     if training_args.reward_weights is None:
@@ -102,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     stepwise = StepwiseRewards(functools.partial(diffusion.generate_batch, pipe), judge,
                                steps=reward_args.generator_steps,
                                guidance=reward_args.generator_guidance,
-                               max_batch=reward_args.regen_batch_size)
+                               max_batch=reward_args.regen_batch_size, seed=reward_args.regen_seed,
+                               skip_unchanged_prompt=reward_args.skip_unchanged_prompt,
+                               malformed_reply=reward_args.malformed_reply)
     trainer = GRPOTrainer(
         model=model, args=training_args, processing_class=processor,
         reward_funcs=[format_reward, accuracy_reward, stepwise.semantics_reward, stepwise.quality_reward],

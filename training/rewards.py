@@ -1,39 +1,57 @@
 """Rewards for the critic's GRPO stage (SPEC §5): format F, accuracy A, step-wise S and Q.
 
-The paper's mix ``0.5·F + 0.5·(0.2·A + 0.6·S + 0.2·Q)`` equals ``0.5·F + 0.1·A + 0.3·S + 0.1·Q``.
+Followed: zhengdian1/InterleaveThinker at commit 94c7593ad600748444e4b2d5efd888a72a93a6bd,
+``train/EasyR1/verl/reward_function/interleave_thinker_reward.py`` (``compute_score`` and the
+functions it calls). How a reply is read (pre-processing, answer block, JSON repair, the checks)
+is ``training.reward_reader``; this module turns readings into rewards.
+
+The reference's mix ``0.5·F + 0.5·(0.2·A + 0.6·S + 0.2·Q)`` equals ``0.5·F + 0.1·A + 0.3·S + 0.1·Q``.
 We hand TRL four reward functions and those four numbers as ``GRPOConfig.reward_weights``
 (``REWARD_WEIGHTS``), so the mix is an ordinary config field and TRL logs every component's mean
 and spread on its own (``rewards/<name>/mean``).
 
-F and A are plain functions of the reply. S and Q measure what the critic's refined prompt does:
-for a step the ground truth marks as failed, the step is regenerated from its origin image with
-each rollout's refined prompt (the row's seed for the whole group, so the images differ only by
-prompt), the judge scores the new image against the plan's prompt, and the change against the
-judged image's scores is mapped to [0, 1] (``score_change``). S and Q come from one regeneration
-and one judgment, so ``StepwiseRewards`` computes both once per batch and its two methods hand
-out their half. All regenerations of a batch go to the generator together: one call for each
-source image and size, up to ``max_batch`` requests (a klein call can share prompts and seeds,
-not source images), and each call's images are judged while the next call generates, all
-judgments concurrently.
+S and Q, as the reference computes them: for a step the ground truth marks as failed, the step is
+regenerated from its origin image (from scratch for a step-1 row) with the rollout's refined
+prompt, or with the prompt that made the judged image (``rewritten_prompt``) when the reply's
+``refine_prompt`` is empty or missing, with one fixed seed (0) for every rollout; the judge scores
+the new image against the plan's prompt (``origin_prompt``) and each score's change against the
+judged image's is mapped to [0, 1] (``score_change``). A step the ground truth marks as
+successful gets S = Q = 0.5 without regenerating; so does a rollout whose regeneration fails
+(the reference's edit-API failure or 70 s timeout).
 
-Failure policy. The reference gave 0.5 whenever the generator or judge failed. We keep 0.5 (the
-value that means "no change", so an infrastructure failure neither rewards nor punishes the
-rollout) but count every such case in the logged metrics (``stepwise/generator_failed``,
-``stepwise/judge_failed``) and in the completions table, instead of hiding it. We do not return
+Our policies, each a named option (``StepwiseRewards`` arguments, ``--regen_seed``,
+``--skip_unchanged_prompt``, ``--malformed_reply`` of ``interleave train grpo``), reference
+behaviour by default:
+
+* ``seed``: an int (reference: 0) or ``"row"``: the row's own seed, the one that made the judged
+  image, so the new image differs from the judged one only by its prompt.
+* ``skip_unchanged_prompt``: a prompt equal to the one that made the judged image gets 0.5
+  without regenerating. Only with ``seed="row"``: then the regeneration would reproduce the judged
+  image, and asking the generator and judge again only adds the judge's noise.
+* ``malformed_reply``: ``"regenerate"`` (reference: a reply that fails the format check is
+  regenerated like any other, with the rewritten prompt when it has no usable refined one) or
+  ``"zero"``: S = Q = 0 for it on a failed step (it proposed nothing, so it should not collect a
+  step-wise reward for the data's own prompt; F already says why).
+
+Failures. A generator failure gives 0.5 as in the reference. A judge failure also gives 0.5 for
+the half it failed (the reference would raise a KeyError on a failed Gemini call; only its timeout
+path gives 0.5). Every such case is counted in the logged metrics (``stepwise/generator_failed``,
+``stepwise/judge_failed``) and the completions table instead of being hidden. We do not return
 None: TRL 1.16 adds the weighted rewards with ``nansum``, so a None from one of several reward
-functions counts as 0 and would punish a rollout for our outage. Other cases:
+functions counts as 0 and would punish a rollout for our outage.
 
-* ground truth "success": S = Q = 0.5 (neutral, as in the paper), nothing is regenerated;
-* a reply without a readable verdict, for a failed step: S = Q = 0 (there is no prompt to try;
-  F already says why);
-* a refined prompt equal to the prompt that made the judged image: S = Q = 0.5 without
-  regenerating (same prompt, same seed, same source: it would be the judged image again).
+Batching (ours; the results do not depend on it): ``StepwiseRewards`` computes S and Q once per
+batch and its two methods hand out their half; identical requests (prompt, seed, plan) are made
+once; regenerations go to the generator in one call per source image and size, up to
+``max_batch`` requests (a klein call can share prompts and seeds, not source images), and each
+call's images are judged while the next call generates.
 
 Generator backend: any ``regenerate(requests) -> images`` callable taking the request dicts of
-``tools.generator.diffusion.generate_batch`` (in-process: ``functools.partial(generate_batch, pipe)``). A
-remote backend needs an endpoint that takes a list of such requests with the source image sent as
-PNG bytes and returns the images in order (an error fails the whole call, which is counted as
-generator failures of its rollouts), and a client callable with the same signature.
+``tools.generator.diffusion.generate_batch`` (in-process: ``functools.partial(generate_batch, pipe)``),
+called only from ``StepwiseRewards._generate``. A remote backend needs an endpoint that takes a
+list of such requests with the source image sent as PNG bytes and returns the images in order (an
+error fails the whole call, which is counted as generator failures of its rollouts), and a client
+callable with the same signature.
 """
 
 from __future__ import annotations
@@ -41,13 +59,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tools.replies.parsing import ReplyParseError, VerdictParseError, parse_verdict, read_answer
+from training.reward_reader import read
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +72,15 @@ logger = logging.getLogger(__name__)
 #: 0.5·F + 0.5·(0.2·A + 0.6·S + 0.2·Q).
 REWARD_WEIGHTS = (0.5, 0.5 * 0.2, 0.5 * 0.6, 0.5 * 0.2)
 NEUTRAL = 0.5
-_ANSWER_TAG = re.compile(r"<answer>", re.I)
+#: The reference's regeneration seed (``"seed": 0`` for every rollout in ``compute_score``).
+REFERENCE_SEED = 0
+#: ``malformed_reply`` policies: the reference's, and ours.
+MALFORMED_POLICIES = ("regenerate", "zero")
+#: Every status a rollout's step-wise reward can end in (logged as ``stepwise/<status>``).
+STATUSES = ("regenerated", "generator_failed", "judge_failed", "malformed", "unchanged", "gt_success")
+#: Columns whose values change S and Q (the batch cache keys on all of them).
+RESULT_COLUMNS = ("success", "semantics", "quality", "origin_prompt", "rewritten_prompt",
+                  "from_scratch", "seed", "width", "height")
 
 
 def completion_text(completion: Any) -> str:
@@ -73,21 +98,8 @@ def completion_text(completion: Any) -> str:
     return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
 
 
-def _format_ok(text: str) -> bool:
-    if not _ANSWER_TAG.search(text):
-        return False
-    try:
-        parse_verdict(text)
-        _, answer = read_answer(text, "previous_step_success")
-    except ReplyParseError:
-        return False
-    return (isinstance(answer.get("previous_step_success"), bool)
-            and isinstance(answer.get("refine_prompt"), str))
-
-
 def format_reward(completions: list, **columns: Any) -> list[float]:
-    """F: 1 when the reply has an ``<answer>`` whose object holds a real boolean
-    ``previous_step_success`` and a string ``refine_prompt`` (and reads as a verdict), else 0.
+    """F: 1 when the reply passes the reference's format check (``reward_reader``, step 3), else 0.
 
     >>> format_reward(['<think>ok</think><answer>{"previous_step_success": false, '
     ...                '"refine_prompt": "a red cup"}</answer>',
@@ -95,29 +107,22 @@ def format_reward(completions: list, **columns: Any) -> list[float]:
     ...                '{"previous_step_success": true, "refine_prompt": ""}'])
     [1.0, 0.0, 0.0]
     """
-    return [float(_format_ok(completion_text(c))) for c in completions]
-
-
-def _verdict(text: str) -> tuple[bool, str] | None:
-    try:
-        _, success, refine = parse_verdict(text)
-    except VerdictParseError:
-        return None
-    return success, refine
+    return [float(read(completion_text(c)).format_ok) for c in completions]
 
 
 def accuracy_reward(completions: list, success: Sequence[bool], **columns: Any) -> list[float]:
-    """A: 1 when the verdict, read as the graph reads it, equals the ground truth ``success``.
+    """A: 1 when the answer's boolean ``previous_step_success`` equals the ground truth
+    ``success`` (``reward_reader``, step 4; no ``<answer>`` tags, no A).
 
-    >>> accuracy_reward(['<answer>{"previous_step_success": true, "refine_prompt": ""}</answer>',
+    >>> accuracy_reward(['<answer>{"previous_step_success": true}</answer>',
     ...                  '<answer>{"previous_step_success": true, "refine_prompt": ""}</answer>',
-    ...                  'no verdict'], success=[True, False, False])
+    ...                  '{"previous_step_success": false}'], success=[True, False, False])
     [1.0, 0.0, 0.0]
     """
     rewards = []
     for completion, truth in zip(completions, success, strict=True):
-        verdict = _verdict(completion_text(completion))
-        rewards.append(float(verdict is not None and verdict[0] == bool(truth)))
+        verdict = read(completion_text(completion)).success
+        rewards.append(float(verdict is not None and verdict == bool(truth)))
     return rewards
 
 
@@ -140,13 +145,52 @@ def _pixels_key(image: Any) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest() + f"{image.size}{image.mode}"
 
 
+def parse_seed(value: int | str) -> int | str:
+    """A regeneration seed setting: an int (the reference: 0) or "row" (the row's own seed).
+
+    >>> parse_seed("0"), parse_seed(42), parse_seed("row")
+    (0, 42, 'row')
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text == "row":
+        return "row"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"regeneration seed {value!r}: pass an integer (the reference uses "
+                         f"{REFERENCE_SEED}) or 'row' (each row's own seed)") from None
+
+
+def check_policies(seed: int | str, skip_unchanged_prompt: bool, malformed_reply: str) -> int | str:
+    """Check the step-wise policies together (before any model is loaded); returns the seed.
+
+    >>> check_policies("row", True, "zero")
+    'row'
+    >>> check_policies(0, True, "regenerate")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: skip_unchanged_prompt needs the row's seed (got seed 0): ...
+    """
+    seed = parse_seed(seed)
+    if malformed_reply not in MALFORMED_POLICIES:
+        raise ValueError(f"malformed_reply {malformed_reply!r}: choose one of {', '.join(MALFORMED_POLICIES)}")
+    if skip_unchanged_prompt and seed != "row":
+        raise ValueError(f"skip_unchanged_prompt needs the row's seed (got seed {seed!r}): only with the "
+                         f"judged image's own seed would an unchanged prompt reproduce that image; "
+                         f"pass --regen_seed row, or --skip_unchanged_prompt false")
+    return seed
+
+
 class StepwiseRewards:
     """S and Q as two async TRL reward functions sharing one regeneration and judgment per batch.
 
     ``regenerate``: a batched generator backend (see the module docstring). ``judge``: an
     ``tools.judge.judge.Judge`` (used for ``judge.store.put`` and ``judge.judge_many``). ``steps`` and
-    ``guidance`` are the generator settings (klein: 4 and 1.0). ``totals`` counts outcomes over
-    the whole run.
+    ``guidance`` are the generator settings (klein: 4 and 1.0, the reference's ``get_model_config``).
+    ``seed``, ``skip_unchanged_prompt`` and ``malformed_reply``: the policies of the module
+    docstring (defaults: the reference's). ``totals`` counts outcomes over the whole run.
 
     >>> rewards = StepwiseRewards(regenerate=None, judge=None)
     >>> asyncio.run(rewards.semantics_reward(["anything"], success=[True]))
@@ -154,16 +198,21 @@ class StepwiseRewards:
     """
 
     def __init__(self, regenerate: Callable[[list[dict]], list[Any]] | None, judge: Any, *,
-                 steps: int = 4, guidance: float = 1.0, max_batch: int = 8) -> None:
+                 steps: int = 4, guidance: float = 1.0, max_batch: int = 8,
+                 seed: int | str = REFERENCE_SEED, skip_unchanged_prompt: bool = False,
+                 malformed_reply: str = "regenerate") -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
+        self.seed = check_policies(seed, skip_unchanged_prompt, malformed_reply)
         self.regenerate = regenerate
         self.judge = judge
         self.steps = steps
         self.guidance = guidance
         self.max_batch = max_batch
+        self.skip_unchanged_prompt = skip_unchanged_prompt
+        self.malformed_reply = malformed_reply
         self.totals: Counter[str] = Counter()
-        self._batch: tuple[Any, asyncio.Future] | None = None
+        self._batch: tuple[tuple, list, asyncio.Future] | None = None
 
     async def semantics_reward(self, completions: list, **columns: Any) -> list[float]:
         """S: the semantic-consistency change of the regenerated step, in [0, 1]."""
@@ -174,13 +223,25 @@ class StepwiseRewards:
         return [q for _, q in await self._scores(completions, columns)]
 
     async def _scores(self, completions: list, columns: dict) -> list[tuple[float, float]]:
-        """Both rewards of a batch, computed once: the second caller awaits the first's task."""
+        """Both rewards of a batch, computed once: the second caller awaits the first's task.
+
+        The batch is recognised by everything that changes its result: the step, the replies,
+        every column of ``RESULT_COLUMNS`` (ground truth and judged scores included) and the
+        origin images. Images are compared by identity (TRL hands the same objects to every
+        reward function of a batch); the previous batch's images are held with its key, so an
+        identity cannot be reused by a new image while it is compared against.
+        """
         state = columns.get("trainer_state")
+        sources = [row[0] if row else None for row in columns.get("images") or ()]
         key = (getattr(state, "global_step", None), tuple(completion_text(c) for c in completions),
-               tuple(columns.get("origin_prompt") or ()), tuple(columns.get("seed") or ()))
+               *(tuple(columns.get(name) or ()) for name in RESULT_COLUMNS),
+               tuple(id(image) for image in sources))
         if self._batch is None or self._batch[0] != key:
-            self._batch = (key, asyncio.ensure_future(self._compute(completions, columns)))
-        return await self._batch[1]
+            self._batch = (key, sources, asyncio.ensure_future(self._compute(completions, columns)))
+        return await self._batch[2]
+
+    def _seed(self, row_seed: Any) -> int:
+        return int(row_seed) if self.seed == "row" else self.seed
 
     async def _compute(self, completions: list, columns: dict) -> list[tuple[float, float]]:
         """1. decide per rollout; 2. regenerate per origin image, batched; 3. judge concurrently,
@@ -196,19 +257,21 @@ class StepwiseRewards:
             if columns["success"][i]:
                 status[i] = "gt_success"
                 continue
-            verdict = _verdict(text)
-            if verdict is None:
-                scores[i], status[i] = (0.0, 0.0), "unparsed"
+            reading = read(text)
+            if not reading.format_ok and self.malformed_reply == "zero":
+                scores[i], status[i] = (0.0, 0.0), "malformed"
                 continue
-            rewritten = (columns["rewritten_prompt"][i] or columns["origin_prompt"][i]).strip()
-            prompt = verdict[1] or rewritten
-            if prompt == rewritten:
+            # The reference's previous_prompt is the row's rewritten prompt; ours falls back to
+            # the plan prompt for a row that has none.
+            rewritten = columns["rewritten_prompt"][i] or columns["origin_prompt"][i]
+            prompt = reading.regeneration_prompt(rewritten)
+            if self.skip_unchanged_prompt and prompt.strip() == rewritten.strip():
                 status[i] = "unchanged"
                 continue
             scratch = bool(columns["from_scratch"][i])
             origin = (None if scratch else _pixels_key(columns["images"][i][0]),
                       int(columns["width"][i]), int(columns["height"][i]))
-            request = (prompt, int(columns["seed"][i]), columns["origin_prompt"][i])
+            request = (prompt, self._seed(columns["seed"][i]), columns["origin_prompt"][i])
             groups.setdefault(origin, {}).setdefault(request, []).append(i)
 
         judging: list[tuple[asyncio.Future, list[list[int]]]] = []
@@ -263,7 +326,8 @@ class StepwiseRewards:
         return scores
 
     def _generate(self, requests: list[dict]) -> list[Any]:
-        """One backend call (on a worker thread)."""
+        """One backend call (on a worker thread). The only place the generator is called: another
+        backend (e.g. a remote one) is another ``regenerate`` callable, or an override of this."""
         if self.regenerate is None:
             raise RuntimeError("no generator backend was given to StepwiseRewards")
         images = self.regenerate(requests)
@@ -293,8 +357,7 @@ class StepwiseRewards:
             self.totals[name] += seconds
         log_metric = columns.get("log_metric")
         if log_metric is not None:
-            for name in ("regenerations", "regenerated", "generator_failed", "judge_failed",
-                         "unparsed", "unchanged", "gt_success"):
+            for name in ("regenerations", *STATUSES):
                 log_metric(f"stepwise/{name}", float(counts[name]))
             for name, seconds in timings.items():
                 log_metric(f"stepwise/{name}", seconds)

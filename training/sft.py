@@ -4,7 +4,12 @@ Both datasets written by ``interleave datagen export`` (``planner_sft``, ``criti
 TRL's conversational prompt/completion shape with an ``images`` column, so one script trains
 either; the recipe says which (``training/recipes/planner_sft.yaml``, ``critic_sft.yaml`` and
 their ``*_lora.yaml`` single-GPU variants). Loss is on the completion only (TRL's default for
-prompt/completion data). The vision tower and projector stay frozen.
+prompt/completion data; LLaMA-Factory's too). The vision tower and projector stay frozen.
+
+The full-fine-tune recipes follow the reference's LLaMA-Factory files
+(zhengdian1/InterleaveThinker at commit 94c7593ad600748444e4b2d5efd888a72a93a6bd,
+``train/LLaMA-Factory/examples/train_full/sft_planner.yaml`` and ``sft_critic.yaml``): batch per
+device, accumulation, lr, schedule, weight decay, epochs, lengths; each value is marked there.
 
     interleave train sft --config training/recipes/critic_sft.yaml --dataset_name runs/export/critic_sft
     python -m training.sft --config training/recipes/planner_sft_lora.yaml --max_steps 10

@@ -164,12 +164,23 @@ def test_recipe_values_sit_between_defaults_and_flags():
     assert training.learning_rate == 3e-5  # flag over YAML
     assert training.num_train_epochs == 3 and training.warmup_steps == 0.1  # YAML over defaults
     assert training.lr_scheduler_type == "cosine" and model.model_name_or_path == "Qwen/Qwen3-VL-8B-Instruct"
-    assert training.weight_decay == 0.0  # untouched default
+    # the reference's LLaMA-Factory sft_planner.yaml
+    assert (training.weight_decay, training.per_device_train_batch_size, training.gradient_accumulation_steps) \
+        == (1e-6, 2, 1)
+    assert training.adam_epsilon == 1e-8  # untouched default
     data, rewards, training, _ = parse(grpo.make_parser(), ["--config", str(RECIPES / "critic_grpo.yaml"), *CPU])
+    # the reference's EasyR1 config and run script
     assert (training.num_generations, training.temperature, training.learning_rate) == (8, 1.0, 2e-6)
-    assert (training.beta, training.epsilon, training.epsilon_high) == (0.0, 0.2, 0.3)
+    assert (training.beta, training.epsilon, training.epsilon_high, training.delta) == (0.0, 0.2, 0.3, 3.0)
+    assert (training.weight_decay, training.loss_type, training.lr_scheduler_type) == (0.01, "dapo", "constant")
+    assert training.steps_per_generation // training.gradient_accumulation_steps == 2  # updates per rollout batch
+    assert training.delta > 1 + training.epsilon_high  # where TRL's two-sided clip equals EasyR1's dual clip
     assert training.reward_weights == [0.5, 0.1, 0.3, 0.1] and training.max_completion_length == 4096
-    assert data.freeze_vision and rewards.generator_steps == 4
+    assert not data.freeze_vision and rewards.generator_steps == 4
+    assert (rewards.regen_seed, rewards.skip_unchanged_prompt, rewards.malformed_reply) == ("0", False, "regenerate")
+    shown = grpo.make_parser().format_help()  # what `interleave train grpo --help` prints
+    assert all(flag in shown for flag in ("--regen_seed", "--skip_unchanged_prompt", "--malformed_reply",
+                                          "--delta", "--steps_per_generation", "--freeze_vision"))
 
 
 def test_planner_sft_two_steps_with_the_vision_tower_frozen(tiny_vlm, data, tmp_path):
@@ -234,7 +245,7 @@ def test_critic_grpo_two_steps_regenerate_and_judge(taught_critic, data, tiny_pi
                           "--model_name_or_path", taught_critic, "--dataset_name", data["rl"],
                           "--output_dir", str(out), "--max_steps", "2", "--num_generations", "4",
                           "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-                          "--max_completion_length", "40", "--save_strategy", "no",
+                          "--steps_per_generation", "1", "--max_completion_length", "40", "--save_strategy", "no",
                           "--log_completions", "false", "--generator_model", str(tiny_pipeline),
                           "--generator_device", "cpu", "--generator_steps", "2",
                           "--judge_base_url", judge.base_url, "--judge_model", "scripted-judge"]) == 0

@@ -1,5 +1,7 @@
 """The critic's GRPO rewards, case by case, with a fake generator and a fake judge: what each
-kind of reply earns, what is regenerated (and how batched), and how failures are counted."""
+kind of reply earns under the reference's policy and under ours, what is regenerated (and how
+batched), how failures are counted, and when the batch cache may serve a result.
+(The hand-derived comparison with the official code is tests/unit/test_reward_parity.py.)"""
 
 from __future__ import annotations
 
@@ -13,10 +15,9 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from tools.replies.parsing import parse_verdict
 from training import rewards
-from training.rewards import (REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, format_reward,
-                              score_change)
+from training.rewards import (REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, check_policies,
+                              format_reward, score_change)
 
 PLAN = "a cat sits on a blue chair"
 USED = "a cat on a chair"  # the prompt that made the judged image
@@ -107,35 +108,52 @@ def run_both(stepwise, completions, cols):
     return asyncio.run(both())
 
 
+REFERENCE = {}  # StepwiseRewards' defaults: the reference's policy
+OURS = dict(seed="row", skip_unchanged_prompt=True, malformed_reply="zero")
+
 CASES = [
-    # name, reply, ground-truth success, judge (sc, pq) of the refined image -> F, A, S, Q, status
-    ("no answer at all", "the image looks fine", False, None, 0, 0, 0.0, 0.0, "unparsed"),
-    ("verdict as a string", reply(False, "a tabby cat on a blue chair", json_bool=False), False,
-     (8.0, 9.0), 0, 1, 0.7, 0.7, "regenerated"),
-    ("wrong verdict keeps the prompt", reply(True, USED), False, None, 1, 0, 0.5, 0.5, "unchanged"),
-    ("wrong verdict on a success", reply(False, "a dog"), True, None, 1, 0, 0.5, 0.5, "gt_success"),
-    ("right verdict on a success", reply(True, USED), True, None, 1, 1, 0.5, 0.5, "gt_success"),
-    ("unreadable reply on a success", "<answer>{", True, None, 0, 0, 0.5, 0.5, "gt_success"),
-    ("improved regeneration", reply(False, "a grey cat on a blue wooden chair"), False, (8.0, 9.0),
-     1, 1, 0.7, 0.7, "regenerated"),
-    ("worse regeneration", reply(False, "an abstract blur"), False, (2.0, 3.0), 1, 1, 0.4, 0.4,
-     "regenerated"),
-    ("generator failure", reply(False, "GENFAIL a cat"), False, None, 1, 1, 0.5, 0.5,
-     "generator_failed"),
-    ("judge failure", reply(False, "a cat, judge breaks"), False, (None, None), 1, 1, 0.5, 0.5,
-     "judge_failed"),
-    ("judge half failure", reply(False, "a cat, quality breaks"), False, (8.0, None), 1, 1, 0.7, 0.5,
-     "judge_failed"),
-    ("empty refine on a failure verdict", '<answer>{"previous_step_success": false, '
-     '"refine_prompt": ""}</answer>', False, None, 0, 0, 0.0, 0.0, "unparsed"),
+    # name, policy, reply, ground-truth success, prompt regenerated (None: none), judge (sc, pq)
+    # of that image -> F, A, S, Q, status. The judged image scored (4, 5) (see ``columns``).
+    ("no answer at all", REFERENCE, "the image looks fine", False, USED, (6.0, 5.0),
+     0, 0, 0.6, 0.5, "regenerated"),
+    ("no answer at all, ours", OURS, "the image looks fine", False, None, None,
+     0, 0, 0.0, 0.0, "malformed"),
+    ("verdict as a string", REFERENCE, reply(False, "a tabby cat on a blue chair", json_bool=False),
+     False, "a tabby cat on a blue chair", (8.0, 9.0), 0, 0, 0.7, 0.7, "regenerated"),
+    ("verdict as a string, ours", OURS, reply(False, "a tabby cat", json_bool=False), False, None,
+     None, 0, 0, 0.0, 0.0, "malformed"),
+    ("wrong verdict keeps the prompt", REFERENCE, reply(True, USED), False, USED, (4.0, 7.0),
+     1, 0, 0.5, 0.6, "regenerated"),
+    ("wrong verdict keeps the prompt, ours", OURS, reply(True, USED), False, None, None,
+     1, 0, 0.5, 0.5, "unchanged"),
+    ("wrong verdict on a success", REFERENCE, reply(False, "a dog"), True, None, None,
+     1, 0, 0.5, 0.5, "gt_success"),
+    ("right verdict on a success", REFERENCE, reply(True, USED), True, None, None,
+     1, 1, 0.5, 0.5, "gt_success"),
+    ("unreadable reply on a success, ours", OURS, "<answer>{", True, None, None,
+     0, 0, 0.5, 0.5, "gt_success"),
+    ("improved regeneration", REFERENCE, reply(False, "a grey cat on a blue wooden chair"), False,
+     "a grey cat on a blue wooden chair", (8.0, 9.0), 1, 1, 0.7, 0.7, "regenerated"),
+    ("worse regeneration", OURS, reply(False, "an abstract blur"), False, "an abstract blur",
+     (2.0, 3.0), 1, 1, 0.4, 0.4, "regenerated"),
+    ("generator failure", REFERENCE, reply(False, "GENFAIL a cat"), False, "GENFAIL a cat", None,
+     1, 1, 0.5, 0.5, "generator_failed"),
+    ("judge failure", REFERENCE, reply(False, "a cat, judge breaks"), False, "a cat, judge breaks",
+     (None, None), 1, 1, 0.5, 0.5, "judge_failed"),
+    ("judge half failure", REFERENCE, reply(False, "a cat, quality breaks"), False,
+     "a cat, quality breaks", (8.0, None), 1, 1, 0.7, 0.5, "judge_failed"),
+    ("empty refine on a failure verdict", REFERENCE, '<answer>{"previous_step_success": false, '
+     '"refine_prompt": ""}</answer>', False, USED, (5.0, 5.0), 1, 1, 0.55, 0.5, "regenerated"),
 ]
 
 
-@pytest.mark.parametrize("name,text,success,judged,f,a,s,q,status", CASES, ids=[c[0] for c in CASES])
-def test_each_kind_of_reply_gets_its_rewards(name, text, success, judged, f, a, s, q, status):
+@pytest.mark.parametrize("name,policy,text,success,regenerated,judged,f,a,s,q,status", CASES,
+                         ids=[c[0] for c in CASES])
+def test_each_kind_of_reply_gets_its_rewards(name, policy, text, success, regenerated, judged, f, a,
+                                             s, q, status):
     generator = FakeGenerator()
-    judge = FakeJudge(generator, {parse_verdict(text)[2]: judged} if judged else {})
-    stepwise = StepwiseRewards(generator, judge)
+    judge = FakeJudge(generator, {regenerated: judged} if judged else {})
+    stepwise = StepwiseRewards(generator, judge, **policy)
     cols = columns(1, success=success)
     logged_extra = {}
     cols["log_extra"] = lambda column, values: logged_extra.setdefault(column, []).extend(values)
@@ -145,9 +163,9 @@ def test_each_kind_of_reply_gets_its_rewards(name, text, success, judged, f, a, 
     semantics, quality = run_both(stepwise, [text], cols)
     assert semantics == pytest.approx([s]) and quality == pytest.approx([q])
     assert logged_extra == {"stepwise": [status]}
-    regenerated = status in ("regenerated", "judge_failed", "generator_failed")
-    assert len(generator.calls) == int(regenerated)
-    assert len(judge.calls) == int(regenerated and status != "generator_failed")
+    assert [r["prompt"] for call in generator.calls for r in call] == ([regenerated] if regenerated else [])
+    assert all(r["seed"] == (7 if policy else 0) for call in generator.calls for r in call)
+    assert len(judge.calls) == int(bool(regenerated) and status != "generator_failed")
 
 
 def test_the_weights_reproduce_the_papers_mix():
@@ -159,7 +177,7 @@ def test_the_weights_reproduce_the_papers_mix():
 def test_a_group_is_regenerated_in_one_call_with_one_seed_and_judged_at_once():
     generator = FakeGenerator()
     judge = FakeJudge(generator, {"a red cat": (9.0, 6.0), "a blue cat": (3.0, 4.0)})
-    stepwise = StepwiseRewards(generator, judge)
+    stepwise = StepwiseRewards(generator, judge, **OURS)
     texts = [reply(False, "a red cat"), reply(False, "a blue cat"), reply(False, "a red cat"),
              reply(True, USED), "garbage", reply(False, "a blue cat"), reply(False, "a red cat"),
              reply(False, "a green cat")]
@@ -178,7 +196,7 @@ def test_a_group_is_regenerated_in_one_call_with_one_seed_and_judged_at_once():
     assert semantics == pytest.approx([0.75, 0.45, 0.75, 0.5, 0.0, 0.45, 0.75, 0.55])
     assert quality == pytest.approx([0.55, 0.45, 0.55, 0.5, 0.0, 0.45, 0.55, 0.5])
     assert metrics["stepwise/regenerations"] == 3 and metrics["stepwise/regenerated"] == 6
-    assert metrics["stepwise/unparsed"] == 1 and metrics["stepwise/unchanged"] == 1
+    assert metrics["stepwise/malformed"] == 1 and metrics["stepwise/unchanged"] == 1
     assert metrics["stepwise/generator_failed"] == 0 and metrics["stepwise/judge_failed"] == 0
     assert metrics["stepwise/total_s"] >= metrics["stepwise/regenerate_s"] >= 0
 
@@ -213,7 +231,7 @@ def test_groups_split_by_origin_and_batch_limit_and_failures_are_counted():
 def test_attempts_of_one_source_and_scratch_rows_share_calls_with_their_own_seeds_and_plans():
     generator = FakeGenerator()
     judge = FakeJudge(generator, {})
-    stepwise = StepwiseRewards(generator, judge)
+    stepwise = StepwiseRewards(generator, judge, seed="row")
     first, second = columns(1, seed=1), columns(1, seed=2)  # two attempts of one step
     scratch = [columns(1, scratch=True, seed=5), columns(1, scratch=True, seed=6)]
     scratch[1]["origin_prompt"] = [PLAN + " at night"]
@@ -256,3 +274,50 @@ def test_score_change_maps_the_whole_scale():
 
 def test_doctests():
     assert doctest.testmod(rewards).failed == 0
+
+
+def test_the_batch_cache_serves_a_result_only_for_the_same_columns():
+    """Two calls with the same replies, plan prompt, seed and images but another ground truth
+    (or other judged scores, or another origin image) are other batches: no stale score."""
+    generator = FakeGenerator()
+    judge = FakeJudge(generator, {"a red cat": (9.0, 8.0)})
+    stepwise = StepwiseRewards(generator, judge)
+    texts = [reply(False, "a red cat")]
+    failed = columns(1, success=False)
+
+    assert run_both(stepwise, texts, failed) == [[pytest.approx(0.75)], [pytest.approx(0.65)]]
+    assert len(generator.calls) == 1  # S and Q of one batch share one regeneration
+    assert run_both(stepwise, texts, {**failed, "success": [True]}) == [[0.5], [0.5]]  # not 0.75
+    assert run_both(stepwise, texts, {**failed, "semantics": [8.0]}) == [[pytest.approx(0.55)],
+                                                                         [pytest.approx(0.65)]]
+    assert len(generator.calls) == 2
+    other = Image.new("RGB", (32, 32), (99, 99, 99))
+    run_both(stepwise, texts, {**failed, "images": [[other, failed["images"][0][1]]]})
+    assert len(generator.calls) == 3 and generator.calls[-1][0]["source"] is other
+
+
+def test_the_reference_policy_uses_seed_zero_for_every_row_and_regenerates_everything():
+    generator = FakeGenerator()
+    judge = FakeJudge(generator, {})
+    stepwise = StepwiseRewards(generator, judge)
+    cols = concat(columns(2, seed=7), columns(2, seed=11, colour=(3, 3, 3)))
+    texts = [reply(True, USED), "garbage", reply(False, ""), reply(False, "a red cat")]
+
+    run_both(stepwise, texts, cols)
+
+    requests = [r for call in generator.calls for r in call]
+    assert {r["seed"] for r in requests} == {0}
+    assert sorted(r["prompt"] for r in requests) == sorted([USED, USED, "a red cat"])  # per origin
+    assert stepwise.totals["regenerated"] == 4 and stepwise.totals["unchanged"] == 0
+
+
+@pytest.mark.parametrize("seed,skip,malformed,message", [
+    (0, True, "regenerate", "--regen_seed row"),
+    ("row", False, "ignore", "choose one of regenerate, zero"),
+    ("seven", False, "zero", "pass an integer"),
+])
+def test_inconsistent_policies_are_refused_with_the_fix(seed, skip, malformed, message):
+    with pytest.raises(ValueError, match=message):
+        check_policies(seed, skip, malformed)
+    with pytest.raises(ValueError, match=message):
+        StepwiseRewards(None, None, seed=seed, skip_unchanged_prompt=skip, malformed_reply=malformed)
