@@ -67,3 +67,10 @@ def without_timings(value):
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
+
+
+# Property tests run on shared, busy CI cores: a slow example is not a failure.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("interleave", deadline=None)
+_hypothesis_settings.load_profile("interleave")
