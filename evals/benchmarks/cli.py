@@ -40,12 +40,28 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("benchmark", choices=("ueval", "wise", "rise"),
                         help="UEval (interleaved answers, rubric judge), WISE (world-knowledge "
                              "text-to-image, WiScore) or RISEBench (reasoning-informed editing)")
-    parser.add_argument("--data", required=True, type=Path,
+    parser.add_argument("--data", type=Path, default=None,
                         help="benchmark data: a JSON list or JSONL file, or a folder of them "
-                             "(WISE: the repo's data/ folder)")
+                             "(required, except for WISE_Verified, whose default is the three "
+                             "data_verified/*_verified.json files of --wise-repo)")
     parser.add_argument("--images-root", type=Path, default=None,
                         help="folder the data's image paths are relative to (RISEBench; default: "
                              "the data file's folder)")
+    protocol = parser.add_argument_group("protocols", "which official scoring to follow")
+    protocol.add_argument("--rise-rule", default="2026-04", choices=("2026-04", "pre-2026-04"),
+                          help="RISEBench accuracy rule: 2026-04 (gpt_eval.py since commit "
+                               "ce8cba3: consistency-free samples judged on reasoning and "
+                               "plausibility; default) or pre-2026-04 (the paper's numbers)")
+    protocol.add_argument("--wise-protocol", default="verified", choices=("verified", "legacy"),
+                          help="WISE_Verified (binary score, the official default since "
+                               "2026-04-19; needs --wise-repo) or legacy WISE (three 0-2 scores)")
+    protocol.add_argument("--wise-repo", type=Path, default=None,
+                          help="your local clone of github.com/PKU-YuanGroup/WISE: the judge "
+                               "prompt is read from its vllm_eval.py (verified) or "
+                               "WISE_legacy/gpt_eval.py (legacy)")
+    protocol.add_argument("--ueval-repo", type=Path, default=None,
+                          help="your local clone of github.com/zlab-princeton/UEval: the judge "
+                               "prompts are read from its ueval_eval.py (default: ours)")
     parser.add_argument("--config", action="append", default=None, metavar="SPEC",
                         help="a configuration to evaluate; repeat for several (default: full)")
     parser.add_argument("--out", type=Path, default=None,
@@ -116,16 +132,23 @@ def _summary(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    from evals.benchmarks import common, report, rise, ueval, wise
+    from evals.benchmarks import report, rise, ueval, wise
+    from evals.benchmarks.configs import parse_config
+    from evals.benchmarks.driver import evaluate
+    from evals.benchmarks.store import ResultStore
     from graph.context import Context, default_runs_dir
 
-    bench = {"ueval": ueval, "wise": wise, "rise": rise}[args.benchmark].BENCHMARK
     try:
+        bench = {"ueval": lambda: ueval.benchmark(args.ueval_repo),
+                 "wise": lambda: wise.benchmark(args.wise_protocol, args.wise_repo),
+                 "rise": lambda: rise.benchmark(args.rise_rule)}[args.benchmark]()
+        if args.data is None and not (args.benchmark == "wise" and args.wise_protocol == "verified"):
+            raise ValueError("--data PATH is required (the benchmark's data file or folder)")
         if args.stage != "generate" and not args.judge:
             raise ValueError("--judge MODEL is required to judge; or pass --stage generate")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit {args.limit} must be at least 1")
-        configs = [common.parse_config(spec) for spec in args.config or ["full"]]
+        configs = [parse_config(spec) for spec in args.config or ["full"]]
         items = bench.load(args.data, args.images_root)[:args.limit]
         runs_dir = args.runs_dir or default_runs_dir()
         names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
@@ -135,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out_dir = args.out or Path(runs_dir) / "evals" / bench.name
-    results = common.ResultStore(out_dir / "results.sqlite")
+    results = ResultStore(out_dir / "results.sqlite")
     judge, judge_info = None, None
     if args.judge:
         from tools.llm.chat import openai_model
@@ -143,23 +166,25 @@ def main(argv: list[str] | None = None) -> int:
         key = args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY") or "EMPTY"
         model = openai_model(args.judge_base_url, key, args.judge, args.judge_max_tokens, 0.0,
                              args.judge_timeout_s, 2)
-        judge = common.BenchJudge(model, model_name=args.judge,
-                                  version=args.judge_version or args.judge,
-                                  system=bench.judge_system, store_root=runs_dir, results=results,
-                                  max_concurrency=args.judge_concurrency,
-                                  retries=args.judge_retries,
-                                  image_max_pixels=args.judge_image_max_pixels)
+        from tools.judge.judge import Judge
+
+        # The judge's answers are cached in the results file, beside the outputs and scores.
+        judge = Judge(model, model_name=args.judge, version=args.judge_version or args.judge,
+                      store_root=runs_dir, cache_path=results.path,
+                      max_concurrency=args.judge_concurrency, retries=args.judge_retries,
+                      image_max_pixels=args.judge_image_max_pixels)
         judge_info = {"model": args.judge, "version": judge.version, "identity": judge.identity,
                       "base_url": args.judge_base_url}
 
     def write() -> dict[str, Any]:
         built = report.build_report(bench, items, configs, results, judge=judge_info,
-                                    out_dir=out_dir, runs_dir=Path(runs_dir), data=str(args.data))
+                                    out_dir=out_dir, runs_dir=Path(runs_dir),
+                                    data=str(args.data or "data_verified/ of --wise-repo"))
         report.write_report(built, out_dir)
         return built
 
     try:
-        common.evaluate(bench, items, configs, ctx, judge, results, stage=args.stage,
+        evaluate(bench, items, configs, ctx, judge, results, stage=args.stage,
                         concurrency=args.concurrency, on_progress=_progress(args.quiet),
                         on_checkpoint=write, checkpoint_every_s=args.report_every_s,
                         retry_failed=args.retry_failed)
@@ -175,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     _summary(final)
     print(f"report: {out_dir / 'report.md'}")
     results.close()
+    if judge is not None:
+        judge.close()
     failed = any(s["counts"][k] for s in final["configs"]
                  for k in ("partial", "judge_failed", "generation_failed"))
     return EXIT_FAILURES if failed else EXIT_OK

@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evals.benchmarks.common import Benchmark, Config, Item, ResultStore, relative_link
+from evals.benchmarks.benchmark import Benchmark, relative_link
+from evals.benchmarks.configs import Config
+from evals.benchmarks.data import Item
+from evals.benchmarks.store import ResultStore
 
 FINAL = ("scored", "partial", "judge_failed", "generation_failed")
 COST_KEYS = ("generator_calls", "critic_calls", "vlm_requests", "vlm_tokens", "judge_requests",
@@ -73,7 +76,7 @@ def build_report(bench: Benchmark, items: list[Item], configs: list[Config],
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     for config in configs:
-        rows, scored, outputs = [], [], []
+        rows, scored, unscorable, outputs = [], [], [], []
         for item in items:
             row, output, result = _item_row(bench, item, config, results, judge, out_dir)
             rows.append(row)
@@ -81,19 +84,21 @@ def build_report(bench: Benchmark, items: list[Item], configs: list[Config],
                 outputs.append((item, output))
             if row["status"] in ("scored", "partial"):
                 scored.append((item, result))
+            elif row["status"] == "judge_failed":
+                unscorable.append((item, result))
         counts = {status: sum(r["status"] == status for r in rows)
                   for status in ("scored", "partial", "judge_failed", "generation_failed",
                                  "generated", "pending")}
         exported = (bench.export(out_dir, config.name, outputs, runs_dir)
                     if bench.export is not None and outputs else None)
         sections.append({"name": config.name, "kind": config.kind, "overrides": config.overrides,
-                         "counts": counts, "metrics": bench.summarize(scored),
+                         "counts": counts, "metrics": bench.summarize(scored, unscorable),
                          "cost_per_item": _mean_cost(rows),
                          "submission": relative_link(str(exported) if exported else None, out_dir),
                          "items": rows})
     done = all(r["status"] in FINAL for s in sections for r in s["items"])
     return {"benchmark": bench.name, "data": data, "judge": judge,
-            "prompt_version": bench.prompt_version, "headline": list(bench.headline),
+            "prompt_version": bench.prompt_version, "protocol": dict(bench.protocol), "headline": list(bench.headline),
             "written_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "complete": done,
             "configs": sections}
 
@@ -120,7 +125,10 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"- data: `{report['data']}`",
              f"- judge: `{judge.get('model', 'none')}`, version `{judge.get('version', 'n/a')}`; "
              f"judge prompts `{report['prompt_version']}`",
-             f"- written {report['written_at']}; {state}", "", "## Scores", ""]
+             f"- written {report['written_at']}; {state}"]
+    lines += [f"- {key.replace('_', ' ')}: {_fmt(value)}"
+              for key, value in report.get("protocol", {}).items()]
+    lines += ["", "## Scores", ""]
     head = report["headline"]
     cost_head = ["gen calls", "critic calls", "VLM req", "VLM tokens", "judge req", "judge tokens",
                  "wall s", "judge s"]

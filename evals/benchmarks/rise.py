@@ -20,12 +20,20 @@ README.md, gpt_eval.py, utils.py; sample record quoted from its data/data_total.
 * Score (``calculate_score``): ``0.3 consistency + 0.5 reasoning + 0.2 plausibility``;
   consistency-free: ``0.2 plausibility + 0.8 reasoning``; logical: ``0.3 consistency +
   0.7 reasoning``; when reasoning is 1 the score is halved, floored at 1. Percent = 25 (s - 1).
-* Accuracy (``calculate_completion``, the README's headline "Overall (%)", e.g. 28.9 for
-  GPT-4o-Image): a sample counts only when every dimension is full marks (5): consistency,
-  reasoning and plausibility; consistency and reasoning for logical. Verified as believed.
-  Note: in the official script a consistency-free sample has no consistency score (NaN), so it
-  can never count as accurate; ``accuracy`` reproduces that, and ``accuracy_judged`` (every
-  *judged* dimension at 5) is reported beside it.
+* Accuracy (``calculate_completion``, the README's headline "Overall (%)"). Followed:
+  ``gpt_eval.py`` at commit ce8cba3 (2026-04-13, "Update gpt_eval.py"; the README's news of
+  2026-04-23 says every published result was re-scored with the fixed script). A sample counts
+  when every dimension that applies is full marks (5): consistency, reasoning and plausibility;
+  reasoning and plausibility for a consistency-free sample; consistency and reasoning for
+  logical ones. Before ce8cba3 a consistency-free sample had no consistency score (NaN) and so
+  could never be accurate; ``--rise-rule pre-2026-04`` reproduces that rule, which the paper's
+  numbers were computed with (``accurate``). Accuracy is decided when the report is built, so
+  one stored judgment serves both rules.
+* Unscorable samples: when ``extract`` finds no "Final Score" in any of a sample's replies, the
+  official script gives the sample no dimension scores (NaN): its completion is 0 and it stays
+  in the accuracy denominator, while the score and dimension means (pandas ``mean``) skip it.
+  Ours: a sample whose judge replies could not be read after the retries (or whose run made no
+  image) is counted the same way, and the report's ``unscorable`` column says how many.
 
 Our own choices, documented: the prompts are our wording of the official rubrics, with an
 ``<answer>{"score": N}</answer>`` reply; a logical sample with ``consistency_free`` (not handled
@@ -38,15 +46,25 @@ read on after the retries, is a judge failure: excluded from every mean, counted
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from evals.benchmarks.common import (Benchmark, DataFormatError, Item, Question, need, read_records,
-                                     unique_ids)
+from evals.benchmarks.benchmark import Benchmark
+from evals.benchmarks.data import DataFormatError, Item, need, read_records, unique_ids
+from tools.judge.judge import Question
 from tools.store.images import ImageStore
 from tools.replies.parsing import ReplyParseError, read_answer
 
 PROMPT_VERSION = "rise-v1"
+CURRENT = "2026-04"
+RULES = {
+    CURRENT: "accuracy as gpt_eval.py computes it since commit ce8cba3 (2026-04-13; all results "
+             "re-scored 2026-04-23): a consistency-free sample is accurate when reasoning and "
+             "plausibility are 5",
+    "pre-2026-04": "accuracy as gpt_eval.py computed it before commit ce8cba3 (the paper's "
+                   "numbers): a consistency-free sample is never accurate",
+}
 CATEGORIES = ("temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning")
 DIMENSIONS = ("consistency", "reasoning", "plausibility")
 EXPECTED = ("index, category (temporal_reasoning, causal_reasoning, spatial_reasoning or "
@@ -258,13 +276,39 @@ def score(item: Item, output: dict[str, Any], answers: list[dict[str, Any]]) -> 
                 "error": "; ".join(f"{f['question']}: [{f['reason']}] {f['error']}"
                                    for f in failures)}
     dims = {d: None for d in DIMENSIONS} | {label: a["value"] for label, a in zip(labels, answers)}
-    needed = ("consistency", "reasoning") if item.category == "logical_reasoning" else DIMENSIONS
     value = weighted_score(item.category, dims["consistency"], dims["reasoning"],
                            dims["plausibility"])
+    # Whether the sample is accurate depends on the scoring rule, so it is decided when the
+    # report is built (``accurate``), never stored: one stored judgment serves both rules.
     return {"status": "scored", "failures": [], "error": None, "scores": {
-        **dims, "score": value,
-        "accurate": all(dims[d] == 5 for d in needed),  # None (not judged) is never 5
-        "accurate_judged": all(dims[d] == 5 for d in labels)}}
+        **dims, "score": value, "consistency_free": item.record["consistency_free"]}}
+
+
+def accurate(category: str, scores: dict[str, Any] | None, rule: str = CURRENT) -> bool:
+    """Whether a sample counts as accurate (``calculate_completion`` of gpt_eval.py).
+
+    ``scores`` None is a sample the judge could not score: never accurate, but counted (the
+    official script gives it NaN dimensions, and NaN == 5 is false). Rule ``2026-04`` (commit
+    ce8cba3): a consistency-free sample needs reasoning and plausibility at 5; rule
+    ``pre-2026-04``: its missing consistency is never 5, so it can never be accurate.
+
+    >>> free = {"consistency": None, "reasoning": 5, "plausibility": 5, "consistency_free": True}
+    >>> accurate("causal_reasoning", free), accurate("causal_reasoning", free, "pre-2026-04")
+    (True, False)
+    """
+    if rule not in RULES:
+        raise ValueError(f"RISEBench rule {rule!r} is not one of {', '.join(RULES)}")
+    if scores is None:
+        return False
+    if category == "logical_reasoning":
+        needed = ["reasoning"] if scores["consistency"] is None else ["consistency", "reasoning"]
+        if scores["consistency"] is None and rule != CURRENT:
+            return False
+    elif scores.get("consistency_free") and rule == CURRENT:
+        needed = ["reasoning", "plausibility"]
+    else:
+        needed = list(DIMENSIONS)
+    return all(scores[d] == 5 for d in needed)  # None (not judged) is never 5
 
 
 def _pct(mean: float | None) -> float | None:
@@ -275,27 +319,49 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _block(results: list[dict[str, Any]]) -> dict[str, Any]:
-    dims = {f"{d}_pct": _pct(_mean([r[d] for r in results if r[d] is not None]))
+def _block(samples: list[tuple[str, dict[str, Any] | None]], rule: str) -> dict[str, Any]:
+    """Accuracy over every sample, unscorable ones included as not accurate (the official
+    denominator); the score and dimension means over the scored samples only (the official
+    means skip NaN)."""
+    scored = [s for _, s in samples if s is not None]
+    dims = {f"{d}_pct": _pct(_mean([r[d] for r in scored if r[d] is not None]))
             for d in DIMENSIONS}
-    return {"accuracy": _mean([100.0 * r["accurate"] for r in results]),
-            "accuracy_judged": _mean([100.0 * r["accurate_judged"] for r in results]),
-            "score_pct": _pct(_mean([r["score"] for r in results])), **dims,
-            "items": len(results)}
+    return {"accuracy": _mean([100.0 * accurate(kind, s, rule) for kind, s in samples]),
+            "score_pct": _pct(_mean([r["score"] for r in scored])), **dims,
+            "items": len(samples), "unscorable": len(samples) - len(scored)}
 
 
-def summarize(scored: list[tuple[Item, dict[str, Any]]]) -> dict[str, Any]:
-    """Accuracy and score (percent) overall and per reasoning category."""
-    by_category = {kind: _block([r["scores"] for item, r in scored if item.category == kind])
-                   for kind in CATEGORIES if any(item.category == kind for item, _ in scored)}
-    overall = _block([r["scores"] for _, r in scored])
+def summarize(scored: list[tuple[Item, dict[str, Any]]],
+              unscorable: list[tuple[Item, dict[str, Any]]] = (), *,
+              rule: str = CURRENT) -> dict[str, Any]:
+    """Accuracy and score (percent) overall and per reasoning category, under ``rule``."""
+    samples = ([(item, r["scores"]) for item, r in scored]
+               + [(item, None) for item, _ in unscorable])
+    by_category = {kind: _block([(i.category, s) for i, s in samples if i.category == kind], rule)
+                   for kind in CATEGORIES if any(i.category == kind for i, _ in samples)}
+    overall = _block([(i.category, s) for i, s in samples], rule)
     headline = {**overall, **{kind.split("_")[0]: by_category.get(kind, {}).get("accuracy")
                               for kind in CATEGORIES}}
     return {"headline": headline, "by_category": by_category}
 
 
-BENCHMARK = Benchmark(
-    name="rise", prompt_version=PROMPT_VERSION, judge_system=SYSTEM, load=load, request=request,
-    bare_request=bare_request, pick=pick, questions=questions, score=score, summarize=summarize,
-    headline=("accuracy", "temporal", "causal", "spatial", "logical", "score_pct",
-              "accuracy_judged"))
+def benchmark(rule: str = CURRENT) -> Benchmark:
+    """RISEBench scored under ``rule`` (``2026-04``, the official script since ce8cba3, or
+    ``pre-2026-04``, the rule of the paper's numbers)."""
+    if rule not in RULES:
+        raise ValueError(f"--rise-rule {rule!r} is not one of {', '.join(RULES)}")
+    return Benchmark(
+        name="rise", prompt_version=PROMPT_VERSION, judge_system=SYSTEM, load=load,
+        request=request, bare_request=bare_request, pick=pick, questions=questions, score=score,
+        summarize=functools.partial(summarize, rule=rule),
+        headline=("accuracy", "temporal", "causal", "spatial", "logical", "score_pct",
+                  "unscorable"),
+        protocol={"protocol": "RISEBench", "scoring_rule": f"{rule}: {RULES[rule]}",
+                  "judge_prompts": "ours (our wording of the official rubrics; not read from "
+                                   "utils.py), so scores are comparable in rule, not in prompt",
+                  "unscorable": "a sample the judge could not score counts as not accurate in "
+                                "the accuracy denominator (as gpt_eval.py counts it) and is left "
+                                "out of the score means; the unscorable column says how many"})
+
+
+BENCHMARK = benchmark()

@@ -1,57 +1,75 @@
 """UEval (unified text + image answers, rubric-judged) on the interleaved graph.
 
-What was checked against the public sources, and where:
+Official sources: github.com/zlab-princeton/UEval at commit 3a5b5ea (2026-04-21): README.md and
+``ueval_eval.py``; the authors' generation script for InterleaveThinker,
+github.com/zhengdian1/InterleaveThinker ``UEval/ueval_klein.py`` at commit 94c7593.
 
-* Submission format ``[{"id", "text_answer", "image_answer": [paths]}]``, ids matched as
-  strings: the README of the official code (read in the repo zlab-princeton/UEval_Benchmark,
-  which links the paper arXiv 2601.22155 and huggingface.co/datasets/zlab-princeton/UEval) and
-  a public copy of its ``ueval_eval.py`` (the search index did not name the copy's repository).
-* Items: ``id``, ``prompt``, ``task`` (``ueval_eval.py`` reads ``task``; the dataset card of
-  huggingface.co/datasets/primerL/UEval names it ``task_type`` and adds ``question_type``),
-  ``text_rubrics`` / ``image_rubrics`` as lists of ``{"criterion", "tags"[, "type"]}``. Both task
-  spellings are accepted; extra fields (``text_ref``, ``image_ref``) are ignored.
-* Protocol of ``ueval_eval.py``: one judge request per rubric item; text rubrics see the question
-  and the text answer; image rubrics of open tasks (art, life, tech, exercise; also any unknown
-  task) see the images, the question and the text answer; closed tasks (space, textbook,
-  diagram, paper) see the images and the question only. The judge answers
-  ``criteria_met: true | false | "not sure"``; only true counts as met ("not sure" and any other
-  value count as not met). Per item ``text_rate = met / total`` and ``image_rate`` likewise
-  (None when the item has no rubric of that kind); ``text_avg_rate`` / ``image_avg_rate`` are
-  means over the items that have one. Judge in the paper: gemini-2.5-pro.
-* The README's summary example gives ``overall_avg_rate`` as the mean of the two averages, and
-  its results table's "Avg" column equals the mean of the eight per-task columns (checked on
-  GPT-5-Thinking and Gemini-2.5-Flash rows). NOT verified: how a per-task column combines text
-  and image rates; here a task's score is the mean of its text and image averages, like the
-  overall (an lmms-eval port of UEval likewise scores an item as (text + image) / 2 and
-  macro-averages over tasks, but it is not the authors' code). The report gives ``overall``
-  (mean of the two averages over all items) and ``task_avg`` (mean of per-task scores, the paper's "Avg"), in percent.
+* Submission format ``[{"id", "text_answer", "image_answer": [paths]}]``, ids matched as strings
+  (``build_model_lookup``).
+* Items: ``id``, ``prompt``, ``task``, ``text_rubrics`` / ``image_rubrics`` (lists of strings
+  since f817907; ``{"criterion": ...}`` objects are read too). The open/closed split is decided
+  from ``task`` alone, as ``get_question_type_from_task`` does (art, life, tech, exercise and any
+  unknown task: open; space, textbook, diagram, paper: closed; an empty task: open); a
+  ``question_type`` field in the data is ignored, as the official evaluator ignores it.
+  ``task_type`` is accepted as a spelling of ``task`` (the dataset card's name).
+* Protocol: one judge request per rubric item; text rubrics see the question and the text
+  answer; image rubrics of open tasks see the images, the question and the text answer; closed
+  tasks the images and the question only. With ``--ueval-repo`` the judge texts are the
+  official ones, read at run time from ``ueval_eval.py`` (``SYSTEM_INSTRUCTION``,
+  ``TEXT_TEMPLATE``, ``IMAGE_TEMPLATE_OPEN`` / ``_CLOSED`` and the rubric templates, joined
+  with a blank line as its direct-request path joins them); without it, our own wording with an
+  ``<answer>{...}</answer>`` reply (the report says which).
+* Verdicts (``normalize_criteria_value`` then ``criteria_value_to_bool``): met only for JSON
+  ``true`` or a string "true", "yes", "y", "1" (any case, spaces around). Everything else is
+  not met and still counts in the rubric total: ``false``, "no", "not sure", "unsure",
+  "unknown", ``null``, a missing ``criteria_met``, a number (``1`` is not ``true``), any other
+  text. Per item ``rate = met / total`` for text and for image rubrics (None when the item has
+  none of that kind, ``compute_score``); ``text_avg_rate`` and ``image_avg_rate`` are means over
+  the items that have a rate (``compute_summary``).
+* Combined score: the official code has none. The README's summary example gives
+  ``overall_avg_rate`` = mean of the two averages (0.82, 0.78 -> 0.80), and its leaderboard's
+  "Avg" column is the mean of the eight per-task columns (e.g. Gemini-2.5-Flash: 527.8 / 8 =
+  66.0). Ours is defined as that leaderboard's: a task's score is the mean of its text and image
+  average rates, ``task_avg`` (the headline) the mean over tasks, in percent; ``overall`` (the
+  mean of the two averages over all items) is given beside it. How the paper combines text and
+  image within a task column is not in the official code; the mean of the two is our reading.
+* The answer of a run is laid out as ``ueval_klein.py`` lays it out: ``text_answer`` is, for
+  each planned step in order, its ``auxiliary_text`` when it has one (and it is not "None"),
+  else its ``instruction``, concatenated with no separator; ``image_answer`` is every step's
+  accepted image. The request is the item's prompt with " both visually and textually" removed,
+  as the klein script asks its planner.
 
-Our own choices, documented: the judge prompts are our wording of the protocol and ask for an
-``<answer>{...}</answer>`` object; the text answer of a graph run is its steps' texts in order
-("Step N: name" + text) and its images every generated step's image; the bare generator answers
-with one image and no text. An item with no generated image fails every image rubric without a
-judge request (the official judge would be shown no image). A rubric whose reply cannot be read
-after the retries makes that item's rate of that kind None (excluded from the averages, counted
-in the report as a failure); the other kind still counts.
+Our own choices, documented: a reply with no JSON object is asked again up to ``--judge-retries``
+times, then recorded as a failure that makes that item's rate of that kind None (excluded from
+the averages, counted in the report; the official script asks up to 500 times and then stops
+the whole evaluation). An item with no generated image fails every image rubric without a judge
+request (the official judge would be shown no image). The bare generator answers with one image
+and no text.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from evals.benchmarks.common import (Benchmark, DataFormatError, Item, Question, image_path, need,
-                                     read_records, unique_ids)
-from tools.replies.parsing import ReplyParseError, read_answer
+from evals.benchmarks.benchmark import Benchmark, image_path
+from evals.benchmarks.official import check_repo, module_strings
+from evals.benchmarks.data import DataFormatError, Item, need, read_records, unique_ids
+from tools.judge.judge import Question
+from tools.replies.parsing import read_answer
 
 PROMPT_VERSION = "ueval-v1"
 OPEN_TASKS = ("art", "life", "tech", "exercise")
 CLOSED_TASKS = ("space", "textbook", "diagram", "paper")
 EXPECTED = ("id, prompt, task (or task_type), text_rubrics and image_rubrics (lists of "
             "{\"criterion\": text}), as in primerL/UEval-all exported to JSON/JSONL")
-_TRUE, _FALSE = {"true", "yes", "y", "1", "met"}, {"false", "no", "n", "0", "not met"}
-_UNSURE = {"not sure", "unsure", "unknown", "uncertain"}
+MET = frozenset({"true", "yes", "y", "1"})  # criteria_value_to_bool: the only strings met
+OFFICIAL_FILE = "ueval_eval.py"
+OFFICIAL_NAMES = ("SYSTEM_INSTRUCTION", "TEXT_TEMPLATE", "TEXT_RUBRIC_TEMPLATE",
+                  "IMAGE_TEMPLATE_OPEN", "IMAGE_TEMPLATE_CLOSED", "IMAGE_RUBRIC_TEMPLATE")
 
 SYSTEM = ("You check answers to multimodal requests against one rubric item at a time. You judge "
           "only the item you are given, strictly: an item is met only when the answer fully "
@@ -126,26 +144,37 @@ def question_type(task: str) -> str:
     return "closed" if task.strip().lower() in CLOSED_TASKS else "open"
 
 
-def criteria_met(text: str) -> bool | str:
-    """Read a rubric verdict: True, False or "not sure". Raises ReplyParseError otherwise.
+def criteria_met(text: str) -> Any:
+    """The verdict of a reply, as ``normalize_criteria_value`` leaves it: a bool, a stripped
+    string, None (no ``criteria_met``) or any other JSON value. Raises ReplyParseError only for
+    a reply with no JSON object (the official script asks again then).
 
     >>> criteria_met('ok <answer>{"criteria_met": "Not sure", "explanation": "blurry"}</answer>')
-    'not sure'
-    >>> criteria_met("<answer>{'criteria_met': True}</answer>")
-    True
+    'Not sure'
+    >>> criteria_met('```json\\n{"criteria_met": " YES "}\\n```'), criteria_met('{"explanation": "x"}')
+    (True, None)
     """
     _, answer = read_answer(text, "criteria_met")
     value = answer.get("criteria_met")
-    if isinstance(value, bool):
-        return value
     if isinstance(value, str):
         lowered = value.strip().lower()
-        if lowered in _TRUE or lowered in _FALSE:
-            return lowered in _TRUE
-        if lowered in _UNSURE:
-            return "not sure"
-    raise ReplyParseError(f'criteria_met must be true, false or "not sure", got {value!r:.40}',
-                          text, "schema")
+        if lowered in MET:
+            return True
+        if lowered in {"false", "no", "n", "0"}:
+            return False
+        return value.strip()
+    return value
+
+
+def is_met(value: Any) -> bool:
+    """``criteria_value_to_bool``: only True (or a string of ``MET``) is met.
+
+    >>> [is_met(v) for v in (True, "y", False, "not sure", None, 1, "maybe")]
+    [True, True, False, False, False, False, False]
+    """
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, str) and value.strip().lower() in MET
 
 
 def _rubrics(record: dict[str, Any], key: str, where: str) -> list[str]:
@@ -168,7 +197,7 @@ def load(path: Path, images_root: Path | None = None) -> list[Item]:
         if not isinstance(task, str) or not task.strip():
             raise DataFormatError(f"{where}: task (or task_type) is missing. Expected items with "
                                   f"{EXPECTED}")
-        kind = record.get("question_type") or question_type(task)
+        kind = question_type(task)  # from the task alone, as the official evaluator decides
         items.append(Item(str(record["id"]), task.strip().lower(), {
             "prompt": record["prompt"], "question_type": kind,
             "text_rubrics": _rubrics(record, "text_rubrics", where),
@@ -177,34 +206,71 @@ def load(path: Path, images_root: Path | None = None) -> list[Item]:
 
 
 def request(item: Item) -> tuple[str, list[str]]:
-    return item.record["prompt"], []
+    """The prompt as ueval_klein.py gives it to its planner."""
+    return item.record["prompt"].replace(" both visually and textually", ""), []
 
 
 def bare_request(item: Item) -> tuple[str, str | None]:
     return item.record["prompt"], None
 
 
+def klein_text(steps: list[dict[str, Any]]) -> str:
+    """The text answer as ueval_klein.py writes it: per step its auxiliary text, else its
+    instruction, concatenated.
+
+    >>> klein_text([{"auxiliary_text": "Mix.", "instruction": "x"},
+    ...             {"auxiliary_text": "None", "instruction": "Bake."}])
+    'Mix.Bake.'
+    """
+    parts = []
+    for step in steps:
+        aux = step.get("auxiliary_text")
+        parts.append(aux if aux and aux != "None" else step.get("instruction") or "")
+    return "".join(parts)
+
+
 def pick(item: Item, document: dict[str, Any]) -> dict[str, Any]:
-    """The answer of a run: its steps' texts in order and every generated step's image."""
+    """The answer of a run, laid out as the authors' klein script lays it out."""
     steps = [s for s in document["steps"] if not s.get("given")]
-    text = "\n\n".join(f"Step {s['step_number']}: {s['step_name']}\n{s['text']}".strip()
-                       for s in steps if s["text"].strip())
     images = [s["image"] for s in steps if s["image"] and s["attempts"]]
-    return {"text": text, "images": images, "inputs": []}
+    return {"text": klein_text(steps), "images": images, "inputs": []}
 
 
-def questions(item: Item, output: dict[str, Any], store: Any = None) -> list[Question]:
-    prompt, answer = item.record["prompt"], output["text"] or "(no text answer)"
-    asked = [Question(f"text:{i}", _TEXT.format(prompt=prompt, answer=answer, criterion=c) + _REPLY,
-                      (), criteria_met)
+def questions(item: Item, output: dict[str, Any], store: Any = None, *,
+              official: dict[str, str] | None = None) -> list[Question]:
+    """One question per rubric; ``official`` holds the texts of ueval_eval.py when read."""
+    prompt, answer = item.record["prompt"], output["text"]
+    closed = item.record["question_type"] == "closed"
+    if official is not None:
+        def text_question(criterion: str) -> str:
+            context = official["TEXT_TEMPLATE"].replace("<<question>>", prompt) \
+                .replace("<<text_answer>>", answer or "")
+            return context + "\n\n" + official["TEXT_RUBRIC_TEMPLATE"].replace(
+                "<<rubric_item>>", criterion)
+
+        def image_question(criterion: str) -> str:
+            template = official["IMAGE_TEMPLATE_CLOSED" if closed else "IMAGE_TEMPLATE_OPEN"]
+            context = template.replace("<<question>>", prompt).replace("<<text_answer>>",
+                                                                       answer or "")
+            return context + "\n\n" + official["IMAGE_RUBRIC_TEMPLATE"].replace(
+                "<<rubric_item>>", criterion)
+        system = official["SYSTEM_INSTRUCTION"]
+    else:
+        shown = answer or "(no text answer)"
+
+        def text_question(criterion: str) -> str:
+            return _TEXT.format(prompt=prompt, answer=shown, criterion=criterion) + _REPLY
+
+        def image_question(criterion: str) -> str:
+            return (_IMAGE_CLOSED.format(prompt=prompt, criterion=criterion) if closed else
+                    _IMAGE_OPEN.format(prompt=prompt, answer=shown, criterion=criterion)) + _REPLY
+        system = None
+    asked = [Question(f"text:{i}", text_question(c), (), criteria_met, system=system)
              for i, c in enumerate(item.record["text_rubrics"])]
     if output["images"]:
-        closed = item.record["question_type"] == "closed"
-        for i, criterion in enumerate(item.record["image_rubrics"]):
-            body = (_IMAGE_CLOSED.format(prompt=prompt, criterion=criterion) if closed else
-                    _IMAGE_OPEN.format(prompt=prompt, answer=answer, criterion=criterion))
-            asked.append(Question(f"image:{i}", body + _REPLY, tuple(output["images"]),
-                                  criteria_met))
+        asked += [Question(f"image:{i}", image_question(c), tuple(output["images"]),
+                           criteria_met, system=system)
+                  for i, c in enumerate(item.record["image_rubrics"])]
     return asked
 
 
@@ -217,7 +283,7 @@ def _rate(answers: list[dict[str, Any]], total: int, kind: str,
                              "error": answer["error"]})
     if total == 0 or failed:
         return None, 0
-    met = sum(a["value"] is True for a in answers)
+    met = sum(is_met(a["value"]) for a in answers)
     return met / total, met
 
 
@@ -238,7 +304,8 @@ def score(item: Item, output: dict[str, Any], answers: list[dict[str, Any]]) -> 
                        "score": sum(rates) / len(rates) if rates else None,
                        "text_met": text_met, "text_total": len(texts), "image_met": image_met,
                        "image_total": len(images),
-                       "not_sure": sum(a["value"] == "not sure" for a in judged)},
+                       "not_met_unsure": sum(not isinstance(a["value"], bool)
+                                             for a in judged)},
             "failures": failures,
             "error": "; ".join(f"{f['question']}: [{f['reason']}] {f['error']}"
                                for f in failures) or None}
@@ -258,7 +325,8 @@ def _rates(results: list[dict[str, Any]]) -> dict[str, Any]:
             "items": len(results)}
 
 
-def summarize(scored: list[tuple[Item, dict[str, Any]]]) -> dict[str, Any]:
+def summarize(scored: list[tuple[Item, dict[str, Any]]],
+              unscorable: list[tuple[Item, dict[str, Any]]] = ()) -> dict[str, Any]:
     """Averages in percent: overall, per task, and the mean over tasks (the paper's Avg)."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for item, result in scored:
@@ -282,7 +350,30 @@ def export(out_dir: Path, config: str, outputs: list[tuple[Item, dict[str, Any]]
     return path
 
 
-BENCHMARK = Benchmark(
-    name="ueval", prompt_version=PROMPT_VERSION, judge_system=SYSTEM, load=load, request=request,
-    bare_request=bare_request, pick=pick, questions=questions, score=score, summarize=summarize,
-    headline=("overall", "task_avg", "text_avg_rate", "image_avg_rate"), export=export)
+def benchmark(repo: str | Path | None = None) -> Benchmark:
+    """UEval; with ``repo`` (the user's clone of zlab-princeton/UEval) the official judge texts."""
+    official = None
+    if repo is not None:
+        root = check_repo(repo, "--ueval-repo", "zlab-princeton/UEval", (OFFICIAL_FILE,))
+        official = module_strings(root / OFFICIAL_FILE, OFFICIAL_NAMES)
+    digest = (hashlib.sha256(repr(sorted(official.items())).encode()).hexdigest()[:12]
+              if official else None)
+    return Benchmark(
+        name="ueval", prompt_version=f"ueval-official-{digest}" if digest else PROMPT_VERSION,
+        judge_system=SYSTEM, load=load, request=request, bare_request=bare_request, pick=pick,
+        questions=functools.partial(questions, official=official), score=score,
+        summarize=summarize, headline=("task_avg", "overall", "text_avg_rate", "image_avg_rate"),
+        export=export,
+        protocol={"protocol": "UEval rubrics (ueval_eval.py, 3a5b5ea)",
+                  "judge_prompt": (f"read from {root / OFFICIAL_FILE}" if official else
+                                   "ours (pass --ueval-repo to use the official texts)"),
+                  "verdicts": "met only for true / \"true\", \"yes\", \"y\", \"1\"; false, "
+                              "\"not sure\", null and anything else count as not met",
+                  "task_avg": "the leaderboard's Avg: mean over tasks of (text avg + image "
+                              "avg) / 2, in percent; overall: mean of the two averages over all "
+                              "items (the README's overall_avg_rate)",
+                  "text_answer": "laid out as ueval_klein.py: each step's auxiliary text, else "
+                                 "its instruction, concatenated"})
+
+
+BENCHMARK = benchmark()

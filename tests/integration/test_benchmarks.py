@@ -88,16 +88,19 @@ def items(sec):
 def test_wise_configurations_side_by_side(tmp_path, server, tiny_pipeline):
     out, runs = tmp_path / "out", tmp_path / "runs"
     args = cli_args("wise", DATA / "wise", out, runs, server, tiny_pipeline,
-                    "bare", "full", "critic-off", extra=["--judge-version", "judge-m-2026-11"])
+                    "bare", "full", "critic-off",
+                    extra=["--judge-version", "judge-m-2026-11", "--wise-protocol", "legacy"])
     assert main(args) == 1  # one item's judge reply is unreadable: reported, exit 1
     report = load_report(out)
     assert report["complete"] and report["judge"]["model"] == JUDGE
     assert report["judge"]["version"] == "judge-m-2026-11"
     expected = {"1": 0.8, "401": 1.0, "568": 0.5, "701": 0.25, "801": 0.45, "901": 0.7}
-    overall = 0.4 * 0.8 + 0.167 * 1.0 + 0.133 * 0.5 + 0.1 * (0.25 + 0.45 + 0.7)
     for name in ("bare", "full", "critic-off"):
         sec = section(report, name)
-        assert sec["metrics"]["headline"]["overall"] == pytest.approx(overall)
+        head = sec["metrics"]["headline"]
+        # Item 2 could not be scored: like Calculate.py with a prompt id missing, no overall.
+        assert head["overall"] is None and head["unscorable"] == 1 and head["items"] == 7
+        assert (head["culture"], head["time"], head["chemistry"]) == pytest.approx((0.8, 1.0, 0.7))
         rows = items(sec)
         for pid, value in expected.items():
             assert rows[pid]["scores"]["wiscore"] == pytest.approx(value)
@@ -151,14 +154,17 @@ def test_ueval_rubrics_submission_and_a_planner_variant(tmp_path, server, tiny_p
         for row in submission:
             assert set(row) == {"id", "text_answer", "image_answer"}
             assert len(row["image_answer"]) == 3 and all(Path(p).is_file() for p in row["image_answer"])
-            assert row["text_answer"].startswith("Step 1: Get ready\nLay out everything needed")
+            # Laid out as ueval_klein.py: each step's instruction (no auxiliary text), joined.
+            assert row["text_answer"].startswith("Lay out everything needed for: ")
+            assert row["text_answer"].endswith(
+                "The work is about half done.The finished result, neat and complete.")
     asked = judge_requests(server)
     orbit = [b for b in asked if "elliptical orbit" in request_text(b)]
     materials = [b for b in asked if "the paints and brushes" in request_text(b)]
     wet = [b for b in asked if "wet the paper" in request_text(b)]
     assert orbit and all(count_images(b) == 3 and "<text_answer>" not in request_text(b)
                          for b in orbit)  # closed task: images alone
-    assert materials and all(count_images(b) == 3 and "Step 1: Get ready" in request_text(b)
+    assert materials and all(count_images(b) == 3 and "Lay out everything" in request_text(b)
                              for b in materials)  # open task: images with the text answer
     assert wet and all(count_images(b) == 0 for b in wet)  # text rubric: the text alone
 
@@ -172,16 +178,27 @@ def test_rise_edits_scores_and_accuracy(tmp_path, server, tiny_pipeline):
     for name in ("bare", "full"):
         sec = section(report, name)
         head = sec["metrics"]["headline"]
-        assert head["accuracy"] == 25 and head["accuracy_judged"] == 50
-        assert (head["temporal"], head["causal"], head["spatial"], head["logical"]) == (100, 0, 0, 0)
+        # Rule 2026-04: the consistency-free causal sample (reasoning 5, plausibility 5) counts.
+        assert head["accuracy"] == 50 and head["unscorable"] == 0
+        assert (head["temporal"], head["causal"], head["spatial"], head["logical"]) == (100, 100, 0, 0)
         assert head["score_pct"] == pytest.approx(25 * ((5 + 5 + 3.7 + 1.1) / 4 - 1))
         rows = items(sec)
         assert rows["spatial_reasoning_1"]["scores"]["score"] == pytest.approx(3.7)
         assert rows["logical_reasoning_1"]["scores"]["reasoning"] == 1
         assert rows["logical_reasoning_1"]["scores"]["plausibility"] is None
         assert rows["causal_reasoning_1"]["scores"]["consistency"] is None
+    assert "2026-04" in report["protocol"]["scoring_rule"]
+    assert "ce8cba3" in (out / "report.md").read_text()
     full = section(report, "full")["cost_per_item"]
     assert (full["generator_calls"], full["vlm_requests"]) == (2, 3)  # guidance: two new steps
+    # The paper's rule from the same stored judgments: no judge request, consistency-free fails.
+    before = len(server.requests)
+    assert main(args + ["--stage", "judge", "--rise-rule", "pre-2026-04"]) == 0
+    assert len(server.requests) == before
+    old = load_report(out)
+    assert "pre-2026-04" in old["protocol"]["scoring_rule"]
+    assert section(old, "full")["metrics"]["headline"]["accuracy"] == 25
+    assert section(old, "full")["metrics"]["headline"]["causal"] == 0
     asked = judge_requests(server)
     assert not any("ice cube" in request_text(b) and "keeps everything" in request_text(b)
                    for b in asked)  # consistency-free: no consistency request
@@ -215,7 +232,7 @@ def test_an_evaluation_killed_mid_way_resumes_without_asking_again(tmp_path, tin
     out, runs = tmp_path / "out", tmp_path / "runs"
     with ScriptedChatServer(slow) as server:
         args = cli_args("wise", DATA / "wise", out, runs, server, tiny_pipeline, "bare",
-                        extra=["--concurrency", "1"])
+                        extra=["--concurrency", "1", "--wise-protocol", "legacy"])
         assert main(args + ["--stage", "generate"]) == 0
         assert not judge_requests(server)
         child = subprocess.Popen(
@@ -257,3 +274,95 @@ def test_an_evaluation_killed_mid_way_resumes_without_asking_again(tmp_path, tin
 
 MARKERS = {"1": "carnations", "2": "Zongzi", "401": "red and orange", "568": "square outline",
            "701": "caterpillar", "801": "looks bent", "901": "Bright blue"}
+
+
+def max_tokens_of(body: dict) -> int | None:
+    return body.get("max_completion_tokens", body.get("max_tokens"))
+
+
+def test_benchmark_runs_honour_the_planner_and_critic_reply_budgets(tmp_path, server, tiny_pipeline):
+    """The item's planner and critic clients come from the run's own factory, so the per-role
+    reply budgets reach every request (they were once built by hand with vlm_max_tokens)."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    args = cli_args("rise", DATA / "rise" / "data.json", out, runs, server, tiny_pipeline,
+                    "full", extra=["--stage", "generate", "--limit", "1",
+                                   "--planner-max-tokens", "321", "--critic-max-tokens", "123"])
+    assert main(args) == 0
+    planner = [b for b in server.requests if b["model"] == demo_script.PLANNER_MODEL]
+    critic = [b for b in server.requests if b["model"] == demo_script.CRITIC_MODEL]
+    assert planner and critic
+    assert {max_tokens_of(b) for b in planner} == {321}
+    assert {max_tokens_of(b) for b in critic} == {123}
+
+
+FAKE_VLLM_EVAL = '''
+def build_evaluation_messages(prompt_data, image_base64):
+    return [
+        {"role": "system", "content": [{"type": "text", "text": "FAKE SYSTEM {not a field}"}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": f"""Judge it. Reply Score: 0 or Score: 1.
+PROMPT: "{prompt_data['Prompt']}"
+EXPLANATION: "{prompt_data['Explanation']}" """},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_base64}"}},
+        ]},
+    ]
+'''
+
+
+def fake_wise_repo(root: Path) -> Path:
+    """A folder with the file layout of PKU-YuanGroup/WISE (our own texts, not the official)."""
+    (root / "data_verified").mkdir(parents=True)
+    (root / "vllm_eval.py").write_text(FAKE_VLLM_EVAL)
+    files = {"cultural_common_sense_verified.json": [1, 2],
+             "spatio-temporal_reasoning_verified.json": [401, 521],
+             "natural_science_verified.json": [641, 761, 881]}
+    for name, ids in files.items():
+        (root / "data_verified" / name).write_text(json.dumps([
+            {"prompt_id": i, "Prompt": f"prompt {i}", "Subcategory": "s",
+             "Explanation": f"[verdict {int(i not in (2, 521))}] explanation {i}"} for i in ids]))
+    return root
+
+
+def test_wise_verified_reads_the_judge_prompt_from_the_official_repo(tmp_path, tiny_pipeline):
+    repo = fake_wise_repo(tmp_path / "WISE")
+
+    def respond(body):
+        if body["model"] != JUDGE:
+            return demo_script.respond(body)
+        verdict = re.search(r"\[verdict (\d)\]", request_text(body)).group(1)
+        return f"<think>weighing it</think>**Score**: {verdict}"
+
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    with ScriptedChatServer(respond) as server:
+        args = cli_args("wise", None, out, runs, server, tiny_pipeline, "bare",
+                        extra=["--wise-repo", str(repo)])
+        args = [a for a in args if a not in ("--data", "None")]
+        assert main(args) == 0
+        asked = judge_requests(server)
+    report = load_report(out)
+    assert "WISE_Verified" in report["protocol"]["protocol"]
+    assert report["protocol"]["judge_prompt"] == f"read from {repo / 'vllm_eval.py'}:" \
+                                                 f"build_evaluation_messages"
+    head = section(report, "bare")["metrics"]["headline"]
+    # Categories of calculate_verified.py: CULTURE 1-400 (1: 1, 2: 0), TIME 401-520 (1),
+    # SPACE 521-640 (0), BIOLOGY, PHYSICS, CHEMISTRY (1 each); weights 0.40 and 0.12.
+    assert (head["culture"], head["time"], head["space"]) == (0.5, 1.0, 0.0)
+    assert head["overall"] == pytest.approx(0.4 * 0.5 + 0.12 * (1 + 0 + 1 + 1 + 1))
+    assert len(asked) == 7
+    for body in asked:
+        system, user = body["messages"]
+        assert message_text(system) == "FAKE SYSTEM {not a field}"
+        assert [p["type"] for p in user["content"]] == ["text", "image_url"]  # text first
+        assert body["temperature"] == 0.0 and max_tokens_of(body) == 500
+        assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert 'PROMPT: "prompt 401"' in "".join(request_text(b) for b in asked)
+
+
+def test_wise_verified_without_the_official_repo_is_refused_up_front(tmp_path, capsys):
+    code = main(["wise", "--out", str(tmp_path / "out"), "--judge", JUDGE])
+    assert code == 2
+    assert "--wise-repo is required" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    code = main(["wise", "--wise-repo", str(tmp_path / "empty"), "--judge", JUDGE])
+    assert code == 2 and "has no vllm_eval.py" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -121,9 +121,11 @@ def test_another_instruction_image_model_or_prompt_version_is_asked_again(server
     with Judge(chat, model_name="judge-m", store_root=tmp_path / "runs",
                cache_path=tmp_path / "cache" / "judge.sqlite", prompt_version="judge-v0") as old:
         assert not old.judge(images["before"], images["after"], "add a hat").cached
-    assert len(server.requests) == 2 * 7
+    # Seven SC questions; the PQ question shows the after-image alone, so it is asked once per
+    # (after-image, judge model, prompt version): after, other, judge-n, judge-v0.
+    assert len(server.requests) == 7 + 4
     with JudgeCache(tmp_path / "cache" / "judge.sqlite") as cache:
-        assert len(cache) == 7
+        assert len(cache) == 7 + 4
 
 
 def test_unusable_replies_become_a_recorded_failure_retried_only_when_asked(tmp_path, images):

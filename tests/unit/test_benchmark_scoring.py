@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from evals.benchmarks import common, rise, ueval, wise
-from evals.benchmarks.common import DataFormatError, Item, parse_config
+from evals.benchmarks import rise, store, ueval, wise
+from evals.benchmarks.configs import parse_config
+from evals.benchmarks.data import DataFormatError, Item
 from tools.replies.parsing import ReplyParseError
 
 
@@ -17,23 +18,6 @@ def answer(value=None, error=None, reason=None):
 
 
 # --------------------------------------------------------------------------- UEval
-
-
-@pytest.mark.parametrize("reply, expected", [
-    ('<answer>{"criteria_met": true}</answer>', True),
-    ('Reasoning.\n<answer>{"criteria_met": "no", "explanation": "x"}</answer>', False),
-    ("<answer>{'criteria_met': 'Not sure'}</answer>", "not sure"),
-    ('```json\n{"criteria_met": false}\n```', False),
-])
-def test_a_rubric_verdict_is_read_from_any_usual_shape(reply, expected):
-    assert ueval.criteria_met(reply) == expected
-
-
-@pytest.mark.parametrize("reply", ["I think it is fine.", '<answer>{"criteria_met": "maybe"}</answer>',
-                                   '<answer>{"explanation": "no verdict"}</answer>'])
-def test_a_rubric_verdict_is_never_guessed(reply):
-    with pytest.raises(ReplyParseError):
-        ueval.criteria_met(reply)
 
 
 def ueval_item(task="art", texts=3, images=2):
@@ -51,7 +35,7 @@ def test_ueval_rates_count_only_true_as_met():
     assert result["scores"]["text_rate"] == pytest.approx(1 / 3)
     assert result["scores"]["image_rate"] == 0.5
     assert result["scores"]["score"] == pytest.approx((1 / 3 + 0.5) / 2)
-    assert result["scores"]["not_sure"] == 2
+    assert result["scores"]["not_met_unsure"] == 2
 
 
 def test_an_unreadable_rubric_voids_that_rate_only_and_is_reported():
@@ -166,26 +150,11 @@ def rise_item(category, consistency_free=False):
     return Item("r", category, {"consistency_free": consistency_free})
 
 
-def test_rise_accuracy_needs_full_marks_on_every_dimension():
-    output = {"images": [{}], "inputs": [{}]}
-    full = rise.score(rise_item("causal_reasoning"), output, [answer(5), answer(5), answer(5)])
-    assert full["scores"]["accurate"] and full["scores"]["score"] == 5
-    near = rise.score(rise_item("causal_reasoning"), output, [answer(5), answer(5), answer(4)])
-    assert not near["scores"]["accurate"]
-    logical = rise.score(rise_item("logical_reasoning"), output, [answer(5), answer(5)])
-    assert logical["scores"]["accurate"] and logical["scores"]["plausibility"] is None
-    # Official script: a consistency-free sample never counts; the judged-only accuracy does.
-    free = rise.score(rise_item("temporal_reasoning", True), output, [answer(5), answer(5)])
-    assert free["scores"]["accurate"] is False and free["scores"]["accurate_judged"] is True
-    assert free["scores"]["consistency"] is None
-
-
 def test_rise_summary_percentages():
     def result(category, c, r, p):
         return (Item("r", category, {}), {"scores": {
             "consistency": c, "reasoning": r, "plausibility": p,
-            "score": rise.weighted_score(category, c, r, p),
-            "accurate": c == r == 5 and p in (5, None), "accurate_judged": c == r == 5}})
+            "score": rise.weighted_score(category, c, r, p)}})
     summary = rise.summarize([result("temporal_reasoning", 5, 5, 5), result("spatial_reasoning", 4, 3, 5)])
     head = summary["headline"]
     assert head["accuracy"] == 50 and head["temporal"] == 100 and head["spatial"] == 0
@@ -247,14 +216,18 @@ def test_configurations_presets_and_custom_settings():
             parse_config(spec)
 
 
-def test_the_result_store_keeps_outputs_answers_and_results(tmp_path):
-    store = common.ResultStore(tmp_path / "r.sqlite")
-    store.put_output("wise", "bare", "1", "ok", {"text": "", "images": []})
-    store.put_answer("k", "wise", "scores", "judge", "v1", answer(1))
-    store.put_result("wise", "bare", "1", "judge", "v1", {"status": "scored", "scores": {}})
-    store.close()
-    again = common.ResultStore(tmp_path / "r.sqlite")
+def test_the_result_store_keeps_outputs_and_results_beside_the_judge_answers(tmp_path):
+    from tools.judge.cache import JudgeCache
+
+    results = store.ResultStore(tmp_path / "r.sqlite")
+    results.put_output("wise", "bare", "1", "ok", {"text": "", "images": []})
+    results.put_result("wise", "bare", "1", "judge", "v1", {"status": "scored", "scores": {}})
+    results.close()
+    with JudgeCache(tmp_path / "r.sqlite") as cache:  # the same file, the judge's own table
+        cache.put("k", answer(1), label="scores", judge_model="judge", prompt_version="v1")
+    again = store.ResultStore(tmp_path / "r.sqlite")
     assert again.output("wise", "bare", "1")["status"] == "ok"
-    assert again.answer("k")["value"] == 1
     assert again.result("wise", "bare", "1", "judge", "v1")["status"] == "scored"
     assert again.result("wise", "bare", "1", "judge", "v2") is None
+    with JudgeCache(tmp_path / "r.sqlite") as cache:
+        assert cache.get("k")["value"] == 1

@@ -1,25 +1,30 @@
-"""The judge: one scoring function for data scores, the RL step-wise reward and benchmarks (SPEC §5).
+"""The judge: the one place a judge model is asked anything (SPEC §5), for data scores, the RL
+step-wise reward and the benchmark harnesses alike.
 
-Given a before-image (or None: judge from scratch), an after-image and the instruction, a chat
-model answers two questions in two calls (texts in ``tools.judge.prompts``):
+Two ways in, one way out:
 
-* semantic consistency ``SC = min(edit_success, over_editing)`` from [before, after] + instruction;
-* perceptual quality ``PQ = min(naturalness, artifacts)`` from the after-image alone;
+* ``Judge.judge(before, after, instruction)``: our SC/PQ scoring. Given a before-image (or None:
+  judge from scratch), an after-image and the instruction, two questions in two calls (texts in
+  ``tools.judge.prompts``): semantic consistency ``SC = min(edit_success, over_editing)`` from
+  [before, after] + instruction, and perceptual quality ``PQ = min(naturalness, artifacts)``
+  from the after-image alone; ``overall = sqrt(SC * PQ)``, every score on 0-10 (``scores_from``).
+* ``Judge.ask(question)``: any ``Question`` (text, images, how to read the reply, system text,
+  request options), which is how a benchmark asks its own rubric or score request.
 
-and ``overall = sqrt(SC * PQ)``, every score on 0-10 (``scores_from``).
+Both go through one ask loop (``Judge._answer``) and one cache (``tools.judge.cache``).
 
 Why it is built this way:
 
-* Never a made-up score. A reply that cannot be read, or holds a score that is not a number in
-  [0, 10], is retried (re-sampled) up to ``retries`` times and then recorded as a failure with a
-  ``reason`` code and a message; the scores of that half stay None, and ``overall`` is None unless
-  both halves were judged. An unreachable endpoint is a failure with reason ``endpoint``, not an
+* Never a made-up score. A reply that cannot be read (the question's ``parse`` raises
+  ``ReplyParseError``) is asked again, re-sampled at a higher temperature unless the question
+  says otherwise, up to ``retries`` times, and then recorded as a failure with a ``reason``
+  code and a message. An unreachable endpoint is a failure with reason ``endpoint``, not an
   exception, so one bad request does not end a batch of thousands.
-* Asked once. Every judgment, failed ones too, is stored in SQLite (``tools.judge.cache``) under
-  (before sha256 or ``blank:WxH``, after sha256, instruction, judge model, prompt version).
-  A stored failure is served as it is unless ``retry_failed=True``; then only its failed half is
-  asked again. A failure of reason ``endpoint`` or ``image`` says nothing about the images and is
-  always asked again.
+* Asked once. Every answer, failed ones too, is stored under a key made of everything that
+  decides it (images by sha256, texts, request options, judge model and version, prompt
+  version). A stored failure is served as it is unless ``retry_failed=True``; a failure of
+  reason ``endpoint`` or ``image`` says nothing about the images and is always asked again.
+  One asker per key at a time, so two threads with the same question ask it once.
 * Bounded. At most ``max_concurrency`` requests are in flight per ``Judge``, however many threads
   call it; ``judge_many`` runs a batch on that many threads and asks identical items once.
 
@@ -47,10 +52,11 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from tools.judge.cache import JudgeCache, cache_key
+from tools.judge.cache import JudgeCache, answer_key
 from tools.judge.prompts import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, quality_prompt, semantic_prompt
 from tools.store.images import ImageRef
 from tools.llm.chat import complete, text_part
+from tools.llm.usage import Usage
 from tools.store.images import ImageStore, blank_canvas_png
 from tools.replies.parsing import ReplyParseError, read_answer
 from tools.llm.images import TRANSPORTS, MessageImages
@@ -61,6 +67,7 @@ logger = logging.getLogger(__name__)
 TRANSIENT_REASONS = frozenset({"endpoint", "image"})
 RETRY_TEMPERATURE = 0.7  # a retry re-samples; at temperature 0 it would return the same reply
 KEEP_REPLY_CHARS = 20_000  # of each raw reply stored in the cache
+SEMANTIC, QUALITY = "semantic", "quality"  # the labels of the two SC/PQ questions
 _NUMBER = re.compile(r"\s*\d+(\.\d+)?\s*")
 
 Item = tuple[ImageRef | None, ImageRef, str]
@@ -185,11 +192,11 @@ class _Half:
         return self.scores is None
 
     @classmethod
-    def stored(cls, data: dict[str, Any] | None) -> _Half | None:
-        """A half read back from the cache (fields this version does not know are ignored)."""
-        if not data:
-            return None
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+    def from_answer(cls, answer: dict[str, Any]) -> _Half:
+        """A half from ``Judge``'s answer to its question (value {"scores", "reasoning"})."""
+        value = answer["value"] or {}
+        return cls(scores=value.get("scores"), reasoning=value.get("reasoning", ""),
+                   replies=answer["replies"], error=answer["error"], reason=answer["reason"])
 
     @classmethod
     def failure(cls, reason: str, error: str, replies: list[str] | None = None) -> _Half:
@@ -213,6 +220,43 @@ def _judgment(semantic: _Half, quality: _Half, *, cached: bool, model_name: str,
         cached=cached, judge_model=model_name, prompt_version=version)
 
 
+# --------------------------------------------------------------------------- questions
+
+
+@dataclass(frozen=True)
+class Blank:
+    """A white canvas of a size, shown in place of a missing source image (never stored)."""
+
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Question:
+    """One judge request and how to read its reply.
+
+    ``images`` are stored ``ImageRef``s (or a ``Blank``), shown before the text unless
+    ``text_first`` (the order some official judges use). ``parse`` raises ``ReplyParseError``
+    for an unusable reply and never guesses; what it returns must be JSON (it is stored).
+    ``system`` None takes the asker's default. ``call`` holds request options sent with every
+    try (``max_tokens``, ``extra_body``, ...); ``resample`` False asks a retry at the model's own
+    temperature instead of re-sampling (an official protocol that retries greedily).
+    """
+
+    label: str
+    text: str
+    images: tuple[Any, ...]
+    parse: Callable[[str], Any] = field(compare=False)
+    system: str | None = None
+    text_first: bool = False
+    call: dict[str, Any] = field(default_factory=dict, compare=False)
+    resample: bool = True
+
+
+def _image_id(ref: Any) -> str:
+    return f"blank:{ref.width}x{ref.height}" if isinstance(ref, Blank) else ref["sha256"]
+
+
 # --------------------------------------------------------------------------- the judge
 
 
@@ -232,25 +276,32 @@ def _blank_sha256(width: int, height: int) -> str:
     return hashlib.sha256(blank_canvas_png(width, height)).hexdigest()
 
 
+def _read_scores(text: str) -> dict[str, Any]:
+    pair, reasoning = parse_scores(text)
+    return {"scores": list(pair), "reasoning": reasoning}
+
+
 class Judge:
-    """Scores (before, after, instruction) with a chat model; see the module docstring.
+    """Asks a chat model judge questions through the answer cache; see the module docstring.
 
     ``model`` is any LangChain chat model that takes OpenAI-style image parts (``ChatOpenAI``,
     ``tools.llm.local.TransformersChatModel``, ...); ``model_name`` names it in the cache key and
-    in every result, so give each judge (and each fine-tuned version of one) its own name.
-    ``store_root`` is the image store the ``ImageRef``s point into; ``cache_path`` the SQLite file.
-    ``retries`` is how many times an unusable reply is asked again (per half).
+    in every result, so give each judge (and each fine-tuned version of one) its own name;
+    ``version`` (default: the name) is the exact version behind a served name: a new version is
+    asked anew. ``store_root`` is the image store the ``ImageRef``s point into; ``cache_path``
+    the SQLite file. ``retries`` is how many times an unusable reply is asked again.
     """
 
     def __init__(self, model: BaseChatModel, *, model_name: str, store_root: str | Path,
                  cache_path: str | Path, max_concurrency: int = 8, retries: int = 2,
                  image_max_pixels: int = 1024 * 1024, image_transport: str = "data",
-                 prompt_version: str = JUDGE_PROMPT_VERSION) -> None:
+                 prompt_version: str = JUDGE_PROMPT_VERSION, version: str | None = None) -> None:
         if not isinstance(model, BaseChatModel):
             raise TypeError(f"the judge model must be a LangChain chat model (BaseChatModel), got "
                             f"{type(model).__name__}; judge_from_settings builds one for an endpoint")
         if not isinstance(model_name, str) or not model_name.strip():
-            raise ValueError("model_name must name the judge model (it is part of the cache key)")
+            raise ValueError("model_name must name the judge model (it is part of the cache key); "
+                             "pass --judge MODEL")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency} must be at least 1")
         if retries < 0:
@@ -260,6 +311,9 @@ class Judge:
                              f"{', '.join(TRANSPORTS)}")
         self.model = model
         self.model_name = model_name
+        self.version = version or model_name
+        # What answers are stored under: a new version string of the same served name asks anew.
+        self.identity = model_name if self.version == model_name else f"{model_name}@{self.version}"
         self.prompt_version = prompt_version
         self.store = ImageStore(store_root)
         self.cache = JudgeCache(cache_path)
@@ -268,10 +322,38 @@ class Judge:
         self.image_max_pixels = image_max_pixels
         self.image_transport = image_transport
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._asking: dict[str, threading.Lock] = {}
+        self._asking_lock = threading.Lock()
         # Re-sampling at a higher temperature is possible for the models whose calls take one.
         self._resample = type(model).__name__ in ("ChatOpenAI", "TransformersChatModel")
 
     # -- public
+
+    def ask(self, question: Question, *, scope: str = "", prompt_version: str | None = None,
+            retry_failed: bool = False) -> dict[str, Any]:
+        """The stored answer to ``question``, or a new one.
+
+        Returns {value, error, reason, replies, requests, input_tokens, output_tokens, cached};
+        ``value`` is what ``question.parse`` returned (None on a failure). ``scope`` (e.g. the
+        benchmark) and ``prompt_version`` (default: this judge's) are part of the key.
+        """
+        version = prompt_version or self.prompt_version
+        key = answer_key(scope, version, self.identity, question.label, question.system,
+                         question.text, [_image_id(ref) for ref in question.images],
+                         question.text_first, question.call, question.resample)
+        with self._asking_lock:
+            asking = self._asking.setdefault(key, threading.Lock())
+        with asking:
+            stored = self.cache.get(key)
+            if stored is not None and (stored["error"] is None or not (
+                    retry_failed or stored["reason"] in TRANSIENT_REASONS)):
+                return {**stored, "cached": True}
+            answer = self._answer(question)
+            self.cache.put(key, answer, label=question.label, judge_model=self.identity,
+                           prompt_version=version)
+        if answer["error"]:
+            logger.info("judge question %s failed: %s", question.label, answer["error"])
+        return {**answer, "cached": False}
 
     def judge(self, before: ImageRef | None, after: ImageRef, instruction: str, *,
               retry_failed: bool = False) -> Judgment:
@@ -292,9 +374,11 @@ class Judge:
             self._check(*item, f"item {index}: ")
         total = len(items)
         results: list[Judgment | None] = [None] * total
-        groups: dict[str, list[int]] = {}  # identical items are asked once
+        groups: dict[tuple, list[int]] = {}  # identical items are asked once
         for index, (before, after, instruction) in enumerate(items):
-            groups.setdefault(self._key(before, after, instruction.strip())[0], []).append(index)
+            source, _ = self._source(before, after)
+            groups.setdefault((_image_id(source), after["sha256"], instruction.strip()),
+                              []).append(index)
         done = 0
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(groups))),
                                 thread_name_prefix="judge") as pool:
@@ -333,93 +417,73 @@ class Judge:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"{where}the instruction must be non-empty text, got {instruction!r:.60}")
 
-    def _key(self, before: ImageRef | None, after: ImageRef, instruction: str) -> tuple[str, str, bool]:
-        """(cache key, the before-image's id in it, whether the judgment is from scratch)."""
+    @staticmethod
+    def _source(before: ImageRef | None, after: ImageRef) -> tuple[Any, bool]:
+        """(what the SC question shows first, whether the judgment is from scratch)."""
         if before is None:
-            before_id, scratch = f"blank:{after['width']}x{after['height']}", True
-        elif _is_blank(before):
-            before_id, scratch = f"blank:{before['width']}x{before['height']}", True
-        else:
-            before_id, scratch = before["sha256"], False
-        key = cache_key(before_id, after["sha256"], instruction, self.model_name, self.prompt_version)
-        return key, before_id, scratch
+            return Blank(after["width"], after["height"]), True
+        if _is_blank(before):
+            return Blank(before["width"], before["height"]), True
+        return before, False
 
     def _judge(self, before: ImageRef | None, after: ImageRef, instruction: str,
                retry_failed: bool) -> Judgment:
-        """1. look the judgment up; 2. ask for the halves still missing; 3. store and return it."""
-        key, before_id, scratch = self._key(before, after, instruction)
-        row = self.cache.get(key)
-        semantic = _Half.stored(row["semantic"]) if row else None
-        quality = _Half.stored(row["quality"]) if row else None
+        """The SC question, then the PQ question (not asked when the endpoint is down)."""
+        source, scratch = self._source(before, after)
+        semantic = self.ask(Question(SEMANTIC, semantic_prompt(instruction, from_scratch=scratch),
+                                     (source, after), _read_scores, JUDGE_SYSTEM),
+                            scope="judge", retry_failed=retry_failed)
+        quality_question = Question(QUALITY, quality_prompt(), (after,), _read_scores, JUDGE_SYSTEM)
+        if semantic["reason"] == "endpoint":
+            quality = {"value": None, "error": f"not asked: {semantic['error']}",
+                       "reason": "endpoint", "replies": [], "cached": False}
+        else:
+            quality = self.ask(quality_question, scope="judge", retry_failed=retry_failed)
+        return _judgment(_Half.from_answer(semantic), _Half.from_answer(quality),
+                         cached=semantic["cached"] and quality["cached"],
+                         model_name=self.model_name, version=self.prompt_version)
 
-        def missing(half: _Half | None) -> bool:
-            return half is None or (half.failed and (retry_failed
-                                                     or half.reason in TRANSIENT_REASONS))
-
-        if not missing(semantic) and not missing(quality):
-            return _judgment(semantic, quality, cached=True, model_name=self.model_name,
-                             version=self.prompt_version)
-        if missing(semantic):
-            semantic = self._semantic(before, after, instruction, scratch)
-        if missing(quality):
-            quality = (_Half.failure("endpoint", f"not asked: {semantic.error}")
-                       if semantic.reason == "endpoint" else self._quality(after))
-        judgment = _judgment(semantic, quality, cached=False, model_name=self.model_name,
-                             version=self.prompt_version)
-        self.cache.put(key, before=before_id, after=after["sha256"], instruction=instruction,
-                       judge_model=self.model_name, prompt_version=self.prompt_version,
-                       semantic=asdict(semantic), quality=asdict(quality),
-                       overall=judgment.overall, error=judgment.error)
-        if judgment.error:
-            logger.info("judgment of %s failed: %s", after["path"], judgment.error)
-        return judgment
-
-    def _images(self, count: int) -> MessageImages:
-        return MessageImages(self.store, transport=self.image_transport,
-                             max_pixels=self.image_max_pixels, image_count=count)
-
-    def _semantic(self, before: ImageRef | None, after: ImageRef, instruction: str,
-                  scratch: bool) -> _Half:
-        images = self._images(2)
-        try:
-            first = (images.blank(after["width"], after["height"]) if before is None
-                     else images.part(before))
-            second = images.part(after)
-        except (OSError, ValueError) as exc:
-            return _Half.failure("image", f"{exc}")
-        text = semantic_prompt(instruction, from_scratch=scratch)
-        return self._ask([first, second, text_part(text)])
-
-    def _quality(self, after: ImageRef) -> _Half:
-        try:
-            image = self._images(1).part(after)
-        except (OSError, ValueError) as exc:
-            return _Half.failure("image", f"{exc}")
-        return self._ask([image, text_part(quality_prompt())])
-
-    def _ask(self, content: list[dict[str, Any]]) -> _Half:
+    def _answer(self, question: Question) -> dict[str, Any]:
         """Ask until a reply parses, at most ``1 + retries`` times; keep every raw reply."""
-        messages = [SystemMessage(JUDGE_SYSTEM), HumanMessage(content=content)]
+        usage = Usage()
         replies: list[str] = []
+
+        def done(value: Any, error: str | None, reason: str | None) -> dict[str, Any]:
+            return {"value": value, "error": error, "reason": reason, "replies": replies,
+                    **usage.as_dict()}
+
+        try:
+            # Every image within the judge's own pixel budget; unlike the planner's messages, no
+            # extra shrinking of crowded messages (the official judges see full images).
+            images = MessageImages(self.store, transport=self.image_transport,
+                                   max_pixels=self.image_max_pixels, image_count=1)
+            parts = [images.blank(ref.width, ref.height) if isinstance(ref, Blank)
+                     else images.part(ref) for ref in question.images]
+        except (OSError, ValueError) as exc:
+            return done(None, f"{exc}", "image")
+        text = [text_part(question.text)]
+        content = text + parts if question.text_first else parts + text
+        messages = [SystemMessage(question.system or JUDGE_SYSTEM), HumanMessage(content=content)]
         last: ReplyParseError | None = None
         finish = None
         for attempt in range(self.retries + 1):
-            call = {"temperature": RETRY_TEMPERATURE} if attempt and self._resample else {}
+            call: dict[str, Any] = {**question.call, "config": {"callbacks": [usage]}}
+            if attempt and self._resample and question.resample:
+                call["temperature"] = RETRY_TEMPERATURE
             try:
                 with self._slots:
                     reply, finish = complete(self.model, messages, "judge", **call)
             except Exception as exc:  # an EndpointError, or anything a passed-in model raises
-                return _Half.failure("endpoint", f"{exc}", replies)
+                return done(None, f"{exc}", "endpoint")
             replies.append(reply[:KEEP_REPLY_CHARS])
             try:
-                pair, reasoning = parse_scores(reply)
+                return done(question.parse(reply), None, None)
             except ReplyParseError as exc:
                 last = exc
-                continue
-            return _Half(scores=list(pair), reasoning=reasoning, replies=replies)
         assert last is not None
-        cut = " (the reply hit the token limit: raise max_tokens)" if finish == "length" else ""
-        return _Half.failure(last.reason, f"{last}{cut} after {len(replies)} replies", replies)
+        cut = (" (the reply hit the token limit: raise --judge-max-tokens)"
+               if finish == "length" else "")
+        return done(None, f"{last}{cut} after {len(replies)} replies", last.reason)
 
 
 def _as_cached(judgment: Judgment) -> Judgment:
@@ -430,7 +494,7 @@ def judge_from_settings(base_url: str, api_key: str, model: str, *, store_root: 
                         cache_path: str | Path, max_concurrency: int = 8, retries: int = 2,
                         max_tokens: int = 2048, temperature: float = 0.0, timeout_s: float = 120.0,
                         http_retries: int = 2, image_max_pixels: int = 1024 * 1024,
-                        image_transport: str = "data") -> Judge:
+                        image_transport: str = "data", version: str | None = None) -> Judge:
     """A ``Judge`` on an OpenAI-compatible endpoint (vLLM, or a hosted API) serving ``model``.
 
     ``retries`` re-asks an unusable reply; ``http_retries`` is the client's own retry of
@@ -441,4 +505,5 @@ def judge_from_settings(base_url: str, api_key: str, model: str, *, store_root: 
     chat = openai_model(base_url, api_key, model, max_tokens, temperature, timeout_s, http_retries)
     return Judge(chat, model_name=model, store_root=store_root, cache_path=cache_path,
                  max_concurrency=max_concurrency, retries=retries,
-                 image_max_pixels=image_max_pixels, image_transport=image_transport)
+                 image_max_pixels=image_max_pixels, image_transport=image_transport,
+                 version=version)

@@ -1,0 +1,83 @@
+"""Reading benchmark data files: JSON lists, JSONL files or folders of them, with errors that name
+the file, the item and the fix (``DataFormatError``), before anything is generated or asked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DataFormatError(ValueError):
+    """A benchmark data file is not in the expected format; the message names file, item, fix."""
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) for every record of a JSON list file, a JSONL file, or every such file in a
+    folder (sorted by name). ``where`` names the file and line or list position for errors."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+        if not files:
+            raise DataFormatError(f"{path} holds no .json or .jsonl files; pass a data file or a "
+                                  f"folder of them")
+        return [pair for file in files for pair in read_records(file)]
+    if not path.is_file():
+        raise DataFormatError(f"data file {path} does not exist; check --data")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                records.append((f"{path} line {number}", _loads(line, f"{path} line {number}")))
+    else:
+        data = _loads(text, str(path))
+        if not isinstance(data, list):
+            raise DataFormatError(f"{path} must hold a JSON list of items (or be a .jsonl file with "
+                                  f"one item per line), got a {type(data).__name__}")
+        records = [(f"{path} item {index}", value) for index, value in enumerate(data)]
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{where}: each item must be a JSON object, got "
+                                  f"{type(record).__name__}")
+    return records
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{where} is not valid JSON ({exc})") from None
+
+
+def need(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], where: str,
+         expected: str) -> None:
+    """Raise a DataFormatError naming the item and the fields it lacks or has of a wrong type."""
+    problems = [f"{name} is missing" if name not in record else
+                f"{name} must be {getattr(kind, '__name__', kind)}, got {type(record[name]).__name__}"
+                for name, kind in fields.items()
+                if name not in record or not isinstance(record[name], kind)]
+    if problems:
+        raise DataFormatError(f"{where}: {'; '.join(problems)}. Expected items with {expected}")
+
+
+def unique_ids(items: list[Item]) -> list[Item]:
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.id] = seen.get(item.id, 0) + 1
+    repeated = sorted(i for i, n in seen.items() if n > 1)
+    if repeated:
+        raise DataFormatError(f"item ids must be unique; repeated: {repeated[:5]}")
+    return items
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark item: its id, the category it is reported under, and its record."""
+
+    id: str
+    category: str
+    record: dict[str, Any] = field(hash=False, compare=False)
+
+
