@@ -65,9 +65,10 @@ class ImagesAPIError(RuntimeError):
 
 
 def encode_png(image: Image.Image) -> bytes:
-    """Lossless PNG bytes of ``image`` (the same pixels always give the same bytes)."""
+    """Lossless PNG bytes of ``image`` (the same pixels always give the same bytes). zlib level 1:
+    a 1024² image encodes several times faster than at PIL's default 6, for slightly larger bytes."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
