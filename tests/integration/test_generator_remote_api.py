@@ -196,3 +196,67 @@ def test_a_bad_endpoint_setting_is_refused_before_anything_is_written(make_conte
     with pytest.raises(ValueError, match="generator_base_url='localhost:8000' must be an http"):
         make_context(generator_base_url="localhost:8000")
     assert not Path(runs_dir).exists()
+
+
+def test_interleave_batch_sends_every_generation_to_the_images_server(images_server, chat_server, tiny_pipeline,
+                                                                      runs_dir, tmp_path, capsys):
+    from graph.cli.main import main
+    from tools.doubles import demo_script
+    from tools.generator.images_api import remote_generator
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I fold a paper crane?\nHow do I fold a paper boat?\n")
+    client = remote_generator(images_server.base_url, str(tiny_pipeline))
+    sent = client.requests_sent
+    code = main(["--runs-dir", runs_dir, "batch", "--prompts", str(prompts), "--name", "remote",
+                 "--concurrency", "2", "--generator-base-url", images_server.base_url,
+                 "--generator-model", str(tiny_pipeline), "--planner-base-url", chat_server.base_url,
+                 "--planner-model", demo_script.PLANNER_MODEL, "--critic-base-url", chat_server.base_url,
+                 "--critic-model", demo_script.CRITIC_MODEL, "--width", "64", "--height", "64",
+                 "--num-inference-steps", "2"])
+    assert code == 0, capsys.readouterr()
+    assert "2 finished" in capsys.readouterr().out
+    assert client.requests_sent - sent == 8  # 2 runs x (3 steps + 1 regeneration), all remote
+
+
+def test_interleave_serve_generator_without_ray_answers_the_images_api(tiny_pipeline, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "graph.cli.main", "serve", "generator", "--model",
+                               str(tiny_pipeline), "--no-ray", "--device", "cpu", "--port", str(port)],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.3)
+        client = ImagesAPIGenerator(f"http://127.0.0.1:{port}/v1", str(tiny_pipeline))
+        image = client.run(dict(prompt="a crane", seed=3, **KW))
+        pipe = diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32")
+        assert np.array_equal(np.asarray(image), np.asarray(diffusion.generate(pipe, prompt="a crane", seed=3,
+                                                                               **KW)))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_serve_refuses_an_unknown_model_before_starting_anything(tmp_path, capsys):
+    from graph.cli.main import main
+
+    assert main(["serve", "generator", "--model", str(tmp_path / "missing"), "--no-ray"]) == 2
+    assert f"folder {str(tmp_path / 'missing')!r} does not exist" in capsys.readouterr().err

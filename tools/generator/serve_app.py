@@ -110,7 +110,9 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
             return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}},
                                 status_code=400)
         image = await generate(request)
-        return answer(image, request["prompt"])
+        # PNG + base64 of a 1024² image is tens of ms of CPU: off the event loop, so other
+        # requests (and Ray Serve's batch gathering on a replica) go on meanwhile.
+        return await asyncio.to_thread(answer, image, request["prompt"])
 
     @app.post("/v1/images/generations")
     async def generations(http: Request) -> Any:
