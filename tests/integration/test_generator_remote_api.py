@@ -260,3 +260,16 @@ def test_serve_refuses_an_unknown_model_before_starting_anything(tmp_path, capsy
 
     assert main(["serve", "generator", "--model", str(tmp_path / "missing"), "--no-ray"]) == 2
     assert f"folder {str(tmp_path / 'missing')!r} does not exist" in capsys.readouterr().err
+
+
+def test_the_api_key_comes_from_the_environment_is_sent_as_bearer_and_never_stored(tiny_pipeline, monkeypatch):
+    from graph.context import Context
+    from nodes.generator import generator_pool
+
+    monkeypatch.setenv("INTERLEAVE_GENERATOR_API_KEY", "sk-secret")
+    with GarbageServer((200, _json({"data": [{"b64_json": _png()}]}))) as server:
+        context = Context(generator_base_url=server.base_url, generator_model=str(tiny_pipeline))
+        generator_pool(context).run(dict(prompt="a crane", seed=1, **KW))
+    assert {k.lower(): v for k, v in server.received[0][1].items()}["authorization"] == "Bearer sk-secret"
+    assert "generator_api_key" not in context.to_record()
+    assert context.to_record()["generator_base_url"] == server.base_url
