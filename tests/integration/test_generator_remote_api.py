@@ -273,3 +273,13 @@ def test_the_api_key_comes_from_the_environment_is_sent_as_bearer_and_never_stor
     assert {k.lower(): v for k, v in server.received[0][1].items()}["authorization"] == "Bearer sk-secret"
     assert "generator_api_key" not in context.to_record()
     assert context.to_record()["generator_base_url"] == server.base_url
+
+
+def test_doctests_of_the_remote_generator_modules():
+    import doctest
+
+    from evals.perf import generator_remote
+    from tools.generator import images_api, ray_serve, serve_app
+
+    for module in (images_api, serve_app, ray_serve, generator_remote):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -15,10 +15,12 @@ Wire format (what those servers document):
   "num_inference_steps", "guidance_scale"}``. vLLM-Omni's Image Generation API takes ``seed``,
   ``num_inference_steps`` and ``guidance_scale`` as top-level fields next to OpenAI's
   (https://docs.vllm.ai/projects/vllm-omni/en/stable/serving/image_generation_api/); SGLang
-  Diffusion declares the same names as "SGLang extensions" of ``ImageGenerationsRequest``
-  (sgl-project/sglang, python/sglang/multimodal_gen/runtime/entrypoints/openai/protocol.py at
-  97728fb) and documents the endpoint in docs/diffusion/api/openai_api.md (11f22d9). SGLang's
-  ``response_format`` defaults to ``url``, so ``b64_json`` is always asked for.
+  Diffusion declares the same names (with ``width``/``height``, ``true_cfg_scale``,
+  ``negative_prompt``) as "SGLang extensions" of ``ImageGenerationsRequest`` in
+  sgl-project/sglang python/sglang/multimodal_gen/runtime/entrypoints/openai/protocol.py (a 2026
+  version; the older 97728fb has none of them, so older servers ignore them) and documents the
+  endpoints in docs/diffusion/api/openai_api.md (11f22d9). SGLang's ``response_format`` defaults
+  to ``url``, so ``b64_json`` is always asked for.
 * edit: ``POST {base}/images/edits``, a multipart form with one ``image`` file part per input
   image (the source first, then the references) and the same fields as form fields
   (vLLM-Omni's Image Edit API, https://docs.vllm.ai/projects/vllm-omni/en/latest/serving/image_edit_api/,
