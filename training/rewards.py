@@ -30,10 +30,10 @@ functions counts as 0 and would punish a rollout for our outage. Other cases:
   regenerating (same prompt, same seed, same source: it would be the judged image again).
 
 Generator backend: any ``regenerate(requests) -> images`` callable taking the request dicts of
-``tools.generator.diffusion.generate_batch`` (in-process: ``functools.partial(generate_batch, pipe)``;
-remote: ``tools.generator.images_api.ImagesAPIGenerator(...).generate_batch``, an images server
-such as a Ray Serve fleet). An error fails the whole call, counted as generator failures of its
-rollouts.
+``tools.generator.diffusion.generate_batch`` (in-process: ``functools.partial(generate_batch, pipe)``). A
+remote backend needs an endpoint that takes a list of such requests with the source image sent as
+PNG bytes and returns the images in order (an error fails the whole call, which is counted as
+generator failures of its rollouts), and a client callable with the same signature.
 """
 
 from __future__ import annotations
