@@ -15,12 +15,12 @@ from typing import Any
 from tools.devices import DTYPES
 
 ENV_PREFIX = "INTERLEAVE_"
-SECRET_FIELDS = ("planner_api_key", "critic_api_key")
+SECRET_FIELDS = ("planner_api_key", "critic_api_key", "generator_api_key")
 BACKENDS = ("openai", "transformers")
 # Settings that may be changed when resuming (where the models are, which device); the rest
 # stay as the run started, so a resumed run produces what the uninterrupted one would have.
 RESUME_OVERRIDES = ("planner_backend", "planner_base_url", "planner_model", "critic_backend",
-                    "critic_base_url", "critic_model", "generator_model", "device", "vlm_device",
+                    "critic_base_url", "critic_model", "generator_model", "generator_base_url", "device", "vlm_device",
                     "vlm_timeout_s", "vlm_retries", "vlm_max_concurrency", "vlm_image_transport")
 
 
@@ -124,6 +124,12 @@ class Context:
     generator_model: str = _setting(
         "generator_model", "black-forest-labs/FLUX.2-klein-4B",
         "Diffusers model id or local folder of the image generator (text-to-image + editing).")
+    generator_base_url: str = _setting(
+        "generator_base_url", "",
+        "OpenAI-style images endpoint of the generator (http://HOST:PORT/v1: `interleave serve "
+        "generator`, SGLang Diffusion, vLLM-Omni); empty = the pipeline runs in this process. "
+        "--generator-model then names the model the server runs (its limits and defaults apply).")
+    generator_api_key: str = _setting("generator_api_key", "", "API key for the generator endpoint.")
     device: str = _setting(
         "device", "auto", "Torch device of the generator: auto, cuda, cuda:1, cpu; all (one pipeline "
                           "per visible GPU) or a list such as cuda:0,cuda:1, with each image going to "
@@ -210,6 +216,9 @@ class Context:
                             f"least 4096 (64x64)")
         if self.vlm_max_tokens < 1 or self.vlm_retries < 0 or self.vlm_timeout_s <= 0:
             problems.append("vlm_max_tokens must be >= 1, vlm_retries >= 0 and vlm_timeout_s > 0")
+        if self.generator_base_url and not self.generator_base_url.startswith(("http://", "https://")):
+            problems.append(f"generator_base_url={self.generator_base_url!r} must be an http(s) URL "
+                            f"such as http://127.0.0.1:8000/v1, or empty for the in-process generator")
         for role in ("planner", "critic"):
             name = f"{role}_base_url"
             if (getattr(self, f"{role}_backend") == "openai"

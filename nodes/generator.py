@@ -5,7 +5,8 @@ the same prompt again when the critic's reply was unusable (a new seed then give
 Step 1 is text-to-image; later steps edit the image accepted for the step before (in guidance
 mode, the first new step edits the user's last image). The generation goes through the shared
 worker of the pipeline (``tools.generator.worker``), so concurrent runs in one process share one
-copy of the weights and batch their requests.
+copy of the weights and batch their requests -- or, with ``generator_base_url``, to an images
+server (``tools.generator.images_api``), where the server batches them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nodes import events
 from tools.generator import diffusion
 from tools.generator import models as generator_models
 from tools.generator.models import ModelSpec
+from tools.generator.images_api import ImagesAPIGenerator, remote_generator
 from tools.generator.worker import GeneratorPool, generator_devices, pool_for
 from tools.store.images import ImageStore
 
@@ -79,9 +81,13 @@ def generation_settings(ctx: Context, spec: ModelSpec) -> dict:
             "guidance": spec.guidance if ctx.guidance_scale < 0 else ctx.guidance_scale}
 
 
-def generator_pool(ctx: Context) -> GeneratorPool:
-    """The run's generator: one shared pipeline (and batching worker) per device it names,
-    loaded on first use with the run's model, LoRA, offload and speedup settings."""
+def generator_pool(ctx: Context) -> GeneratorPool | ImagesAPIGenerator:
+    """The run's generator: the images endpoint at ``generator_base_url`` when set (any number of
+    GPUs behind it), else one shared pipeline (and batching worker) per device it names, loaded
+    on first use with the run's model, LoRA, offload and speedup settings. Both take the same
+    requests (``submit``/``run``/``generate_batch``) and know the model's ``spec``."""
+    if ctx.generator_base_url:
+        return remote_generator(ctx.generator_base_url, ctx.generator_model, ctx.generator_api_key)
     return pool_for([diffusion.load_pipeline(
         ctx.generator_model, device, ctx.dtype, lora=ctx.generator_lora or None,
         lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload,
@@ -119,8 +125,7 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
     seed = diffusion.derive_seed(ctx.seed, number, attempt)
     store = ImageStore(ctx.runs_dir)
     pool = generator_pool(ctx)
-    pipe = pool.pipe
-    spec = generator_models.spec_for_pipeline(pipe)
+    spec = pool.spec
     settings = generation_settings(ctx, spec)
     source_ref = previous_image(state)
     references = reference_images(state, ctx.reference_policy, source_ref, spec.max_images - 1)

@@ -127,6 +127,9 @@ def make_parser() -> argparse.ArgumentParser:
     from graph.cli.data import add_commands
 
     add_commands(commands, add_settings, setting_names)
+    from graph.cli.serve import add_commands as add_serve_commands
+
+    add_serve_commands(commands)
     return parser
 
 
@@ -332,9 +335,16 @@ def _data_command(name: str) -> Any:
     return call
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from graph.cli.serve import cmd_serve
+
+    return cmd_serve(args)
+
+
 COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "show": _cmd_show, "list": _cmd_list,
             "export": _cmd_export, "demo": _cmd_demo, "history": _cmd_history, "fork": _cmd_fork,
-            "batch": _data_command("cmd_batch"), "datagen": _data_command("cmd_datagen")}
+            "batch": _data_command("cmd_batch"), "datagen": _data_command("cmd_datagen"),
+            "serve": _cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

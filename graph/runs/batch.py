@@ -7,7 +7,9 @@ and the request's id, so a batch is resumable by simply running it again:
 - a run that was never created is started.
 Up to ``concurrency`` runs go at once, on threads of this process: they share one generator
 pipeline and its batching worker (``tools.generator.worker``) and one client per VLM endpoint, so
-the GPU is shared instead of loaded twice. Every attempt is recorded by the graph as usual
+the GPU is shared instead of loaded twice. With ``generator_base_url`` set, every run sends its
+generations to that images server instead (``tools.generator.images_api``: a Ray Serve fleet,
+SGLang Diffusion, vLLM-Omni), so one batch drives all the GPUs behind it. Every attempt is recorded by the graph as usual
 (prompt actually used, seed, images, verdict, reasoning) in the run's checkpoints and documents.
 """
 

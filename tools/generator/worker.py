@@ -181,6 +181,19 @@ class GeneratorPool:
     def pipe(self) -> Any:
         return self.workers[0].pipe
 
+    @property
+    def spec(self) -> Any:
+        """The model family of the pipelines (``tools.generator.models.ModelSpec``), as the remote
+        backend (``tools.generator.images_api``) has it, so callers need not know which they hold."""
+        from tools.generator.models import spec_for_pipeline
+
+        return spec_for_pipeline(self.pipe)
+
+    def generate_batch(self, requests: list[dict[str, Any]]) -> list[Image.Image]:
+        """Every request at once through the workers (batched as they see fit), images in order."""
+        futures = [self.submit(request) for request in requests]
+        return [future.result() for future in futures]
+
     def submit(self, request: dict[str, Any]) -> Future:
         with self._choose:  # pick and enqueue together, so two callers never both see "idle"
             worker = min(self.workers, key=lambda w: w.load)
