@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from graph.cli.parser import LazyParser
 from graph.context import Context
 
 EXIT_OK, EXIT_SOME_FAILED = 0, 1
@@ -98,7 +99,8 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
                     "taxonomy subcategory; `run` runs them with teacher planner/critic endpoints; "
                     "`score` judges every attempt; `export` writes planner SFT, critic SFT and critic "
                     "RL datasets. `interleave datagen prompts --help` lists its own options.")
-    steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP")
+    steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP",
+                                   parser_class=LazyParser)
     steps.add_parser("prompts", help="ask a teacher LLM for requests per subcategory (own --help)",
                      add_help=False)
     run = steps.add_parser("run", help="run a prompt set with the teacher models (a resumable batch)")
@@ -112,9 +114,22 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
     _add_judge_options(score)
     score.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
 
-    export = steps.add_parser("export", help="write the SFT and RL datasets of a scored batch",
-                              description="Writes planner_sft, critic_sft and critic_rl (Hugging Face "
-                                          "datasets with images) and prints what each filter kept.")
+    steps.add_parser("export", help="write the SFT and RL datasets of a scored batch",
+                     description="Writes planner_sft, critic_sft and critic_rl (Hugging Face "
+                                 "datasets with images) and prints what each filter kept.",
+                     populate=_add_export_options)
+
+    train = commands.add_parser(
+        "train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
+        description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
+                    "sft --help` and training/recipes/.")
+    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
+    commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
+
+
+def _add_export_options(export: argparse.ArgumentParser) -> None:
+    """``datagen export``'s options; its thresholds come from ``training.export.ExportOptions``,
+    imported only when this command is used (it pulls in pandas, ~2 s)."""
     export.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
     export.add_argument("--out", required=True, help="folder for the three datasets")
     export.add_argument("--judge-model", required=True, help="whose scores to use (as in `score`)")
@@ -135,13 +150,6 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
             kind = float if item.type == "float" else int
             export.add_argument(flag, dest=item.name, type=kind, default=item.default,
                                 help=f"{item.metadata['help']} (default {item.default})")
-
-    train = commands.add_parser(
-        "train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
-        description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
-                    "sft --help` and training/recipes/.")
-    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
-    commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
 
 
 def _add_judge_options(parser: argparse.ArgumentParser) -> None:

@@ -17,34 +17,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from graph.cli.parser import accept_global_options_anywhere, add_global_options, add_settings
 from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 EXIT_AWAITING_REVIEW = 5
 EXIT_INTERRUPTED = 130
-_TYPES = {"str": str, "int": int, "float": float}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
-    """One flag per run setting named (from the Context dataclass: its type, choices, help)."""
-    group = parser.add_argument_group(
-        "run settings", "each also reads INTERLEAVE_<NAME> from the environment (flag wins)")
-    for field in dataclasses.fields(Context):
-        if field.name in names and str(field.type) == "bool":
-            group.add_argument(_flag(field.name), dest=field.name,
-                               action=argparse.BooleanOptionalAction, default=None,
-                               help=field.metadata["description"])
-        elif field.name in names and field.metadata.get("choices"):
-            group.add_argument(_flag(field.name), dest=field.name, choices=field.metadata["choices"],
-                               default=None, help=field.metadata["description"])
-        elif field.name in names:
-            group.add_argument(_flag(field.name), dest=field.name, type=_TYPES[str(field.type)],
-                               default=None, metavar=str(field.type).upper(),
-                               help=field.metadata["description"])
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -55,10 +33,7 @@ def make_parser() -> argparse.ArgumentParser:
                     "and asks for regeneration with a refined prompt.",
         epilog="Exit codes: 0 done, 1 run failed (saved; resume it), 2 bad input, 3 unknown run, "
                "4 endpoint unreachable, 5 waiting for plan review, 130 interrupted.")
-    parser.add_argument("--runs-dir", default=None,
-                        help="folder holding the run database, images and documents "
-                             "(default: $INTERLEAVE_RUNS_DIR or ./runs)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    add_global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     setting_names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
 
@@ -86,7 +61,7 @@ def make_parser() -> argparse.ArgumentParser:
     answer.add_argument("--plan-file", metavar="JSON",
                         help='for a run paused for plan review: use this plan instead (a JSON list of '
                              'steps, or {"execution_plan": [...]}, as `interleave show RUN_ID --json` prints)')
-    add_settings(resume, list(RESUME_OVERRIDES))
+    add_settings(resume, list(RESUME_OVERRIDES), stored=True)
 
     history = commands.add_parser("history", help="list a run's checkpoints, oldest first",
                                   description="Every checkpoint of a run: which node produced it, "
@@ -102,7 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
     fork.add_argument("--at", type=int, required=True, metavar="STEP", help="the step to redo (1-based)")
     fork.add_argument("--prompt", default=None, help="new generator prompt for that step")
     fork.add_argument("--run-id", dest="new_run_id", default=None, help="id for the new run")
-    add_settings(fork, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
+    add_settings(fork, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"], stored=True)
 
     show = commands.add_parser("show", help="show one run's status, plan and attempts")
     show.add_argument("run_id")
@@ -127,6 +102,7 @@ def make_parser() -> argparse.ArgumentParser:
     from graph.cli.data import add_commands
 
     add_commands(commands, add_settings, setting_names)
+    accept_global_options_anywhere(parser)
     return parser
 
 
