@@ -179,8 +179,14 @@ def cmd_batch(args: argparse.Namespace, context: Context) -> int:
     items = _prompt_items(args.prompts, args.strict)
     name = args.name or Path(args.prompts).stem
 
+    from graph.cli.progress import CountProgress
+
+    counter = CountProgress("runs")
+    print(f"batch {name}: {len(items)} request(s), {args.concurrency} at a time", file=sys.stderr,
+          flush=True)
+
     def progress(done: int, total: int, run_id: str, outcome: str) -> None:
-        print(f"[{done}/{total}] {run_id}: {outcome}", file=sys.stderr, flush=True)
+        counter.line(done, total, f"{run_id}: {outcome}")
 
     report = run_batch(items, context, batch=name, concurrency=args.concurrency, on_progress=progress)
     print(f"batch {name}: {len(report.finished)} finished, {len(report.skipped)} already finished, "
@@ -199,6 +205,7 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
     if args.datagen_command == "run":
         return cmd_batch(args, context)
     if args.datagen_command == "score":
+        from graph.cli.progress import CountProgress
         from tools.judge.judge import judge_from_settings
         from training.scoring import score_runs
 
@@ -207,9 +214,10 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
         with judge_from_settings(args.judge_base_url, key, args.judge_model, store_root=runs_dir,
                                  cache_path=Path(runs_dir) / "judge-cache.sqlite",
                                  max_concurrency=args.concurrency) as judge:
-            report = score_runs(runs_dir, judge, batch=args.batch, on_progress=lambda d, t: print(
-                f"\rjudged {d}/{t}", end="", file=sys.stderr, flush=True))
-        print(f"\nruns {report.runs}, attempts {report.attempts}: {report.already_scored} scored "
+            counter = CountProgress("judged")
+            report = score_runs(runs_dir, judge, batch=args.batch, on_progress=counter.update)
+            counter.finish()
+        print(f"runs {report.runs}, attempts {report.attempts}: {report.already_scored} scored "
               f"before, {report.scored} scored now, failed {report.failed or 0}")
         for run_id, why in report.skipped_runs.items():
             print(f"  left out {run_id}: {why}")

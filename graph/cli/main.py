@@ -169,19 +169,22 @@ def _report(outcome: Any) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from graph.cli.progress import ProgressPrinter
+    from graph.cli.progress import ProgressPrinter, quiet_transformers_bars
     from graph.runs.runner import start_run
 
     context = Context(runs_dir=_runs_dir(args), **_settings(args, [
         f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]))
-    printer = ProgressPrinter()
-    outcome = start_run(args.request, context, images=args.image, run_id=args.run_id,
-                        preflight=not args.no_preflight, on_event=printer)
+    quiet_transformers_bars(context)
+    with ProgressPrinter() as printer:
+        outcome = start_run(args.request, context, images=args.image, run_id=args.run_id,
+                            preflight=not args.no_preflight, on_event=printer)
     if outcome.status == "awaiting_review" and sys.stdin.isatty():
         answer = _review_in_terminal(outcome)
         if answer is not None:
             from graph.runs.runner import resume_run
-            outcome = resume_run(outcome.run_id, context.runs_dir, review=answer, on_event=printer)
+            with ProgressPrinter() as printer:
+                outcome = resume_run(outcome.run_id, context.runs_dir, review=answer,
+                                     on_event=printer)
     return _report(outcome)
 
 
@@ -197,8 +200,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             raise ValueError(f"cannot read --plan-file {args.plan_file}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"--plan-file {args.plan_file} is not valid JSON ({exc})") from None
-    outcome = resume_run(args.run_id, _runs_dir(args), overrides=_settings(args, RESUME_OVERRIDES),
-                         review=review, on_event=ProgressPrinter())
+    with ProgressPrinter() as printer:
+        outcome = resume_run(args.run_id, _runs_dir(args),
+                             overrides=_settings(args, RESUME_OVERRIDES), review=review,
+                             on_event=printer)
     return _report(outcome)
 
 
@@ -224,8 +229,9 @@ def _cmd_fork(args: argparse.Namespace) -> int:
     from graph.runs.history import fork_run
 
     overrides = _settings(args, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
-    outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt, overrides=overrides,
-                       new_id=args.new_run_id, on_event=ProgressPrinter())
+    with ProgressPrinter() as printer:
+        outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt,
+                           overrides=overrides, new_id=args.new_run_id, on_event=printer)
     print(f"forked {args.run_id} at step {args.at} into {outcome.run_id}")
     return _report(outcome)
 
@@ -236,7 +242,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print("offline demo: random-weight models, so the images are noise; the loop is real",
           file=sys.stderr)
-    return _report(run_demo(_runs_dir(args), args.request or DEFAULT_REQUEST, on_event=ProgressPrinter()))
+    with ProgressPrinter() as printer:
+        outcome = run_demo(_runs_dir(args), args.request or DEFAULT_REQUEST, on_event=printer)
+    return _report(outcome)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -326,11 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     from checkpoints.registry import RunNotFoundError
     from graph.runs.preflight import EndpointUnreachableError
 
+    from graph.cli.interrupt import StopOnInterrupt
+
+    stopper = StopOnInterrupt(_runs_dir(args))
     try:
-        return COMMANDS[args.command](args)
+        with stopper:
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("\ninterrupted; the run is saved at its last completed node (interleave resume RUN_ID)",
-              file=sys.stderr)
+        stopper.report()
         return EXIT_INTERRUPTED
     except EndpointUnreachableError as exc:
         print(f"error: {exc}", file=sys.stderr)
