@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-PLAN_READY = "plan_ready"  # steps: number of steps, step_names
+PLAN_READY = "plan_ready"  # steps: number of steps, step_names, step_numbers
 ATTEMPT_STARTED = "attempt_started"  # step_number, attempt, prompt, seed, mode ("text-to-image"|"edit")
 DENOISE_PROGRESS = "denoise_progress"  # step_number, attempt, done, total
 IMAGE_READY = "image_ready"  # step_number, attempt, image (ImageRef), seconds
 VERDICT = "verdict"  # step_number, attempt, success (bool|None), refine_prompt, error, seconds
 STEP_ACCEPTED = "step_accepted"  # step_number, attempt, image, steps_total
 RUN_FINISHED = "run_finished"  # document_dir, steps_total
+# Sent by the runner (graph.runs.runner), not by a node, so that a display knows what is being
+# waited for before the node has anything to say:
+NODE_STARTED = "node_started"  # node, step_number (the current step, if any), model (plan: planner)
+RUN_RESUMED = "run_resumed"  # steps, step_numbers, steps_done: where a resumed or forked run stands
 
 EVENTS = (PLAN_READY, ATTEMPT_STARTED, DENOISE_PROGRESS, IMAGE_READY, VERDICT, STEP_ACCEPTED,
-          RUN_FINISHED)
+          RUN_FINISHED, NODE_STARTED, RUN_RESUMED)
 
 
 def emit(runtime: Any, event: str, run_id: str, **fields: Any) -> None:

@@ -85,7 +85,8 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
             reason=answer.failures[-1]["reason"])
     reasoning, steps, mode = answer.value
     events.emit(runtime, events.PLAN_READY, run_id, steps=len(steps), mode=mode,
-                step_names=[s["step_name"] for s in steps])
+                step_names=[s["step_name"] for s in steps],
+                step_numbers=[s["step_number"] for s in steps])
     return {"run_id": run_id, "images": stored_inputs, "input_images": input_images, "plan": steps,
             "plan_reasoning": reasoning, "plan_mode": mode, "step_index": 0}
 

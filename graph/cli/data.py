@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from graph.cli.parser import LazyParser
 from graph.context import Context
 
 EXIT_OK, EXIT_SOME_FAILED = 0, 1
@@ -98,7 +99,8 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
                     "taxonomy subcategory; `run` runs them with teacher planner/critic endpoints; "
                     "`score` judges every attempt; `export` writes planner SFT, critic SFT and critic "
                     "RL datasets. `interleave datagen prompts --help` lists its own options.")
-    steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP")
+    steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP",
+                                   parser_class=LazyParser)
     steps.add_parser("prompts", help="ask a teacher LLM for requests per subcategory (own --help)",
                      add_help=False)
     run = steps.add_parser("run", help="run a prompt set with the teacher models (a resumable batch)")
@@ -112,9 +114,22 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
     _add_judge_options(score)
     score.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
 
-    export = steps.add_parser("export", help="write the SFT and RL datasets of a scored batch",
-                              description="Writes planner_sft, critic_sft and critic_rl (Hugging Face "
-                                          "datasets with images) and prints what each filter kept.")
+    steps.add_parser("export", help="write the SFT and RL datasets of a scored batch",
+                     description="Writes planner_sft, critic_sft and critic_rl (Hugging Face "
+                                 "datasets with images) and prints what each filter kept.",
+                     populate=_add_export_options)
+
+    train = commands.add_parser(
+        "train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
+        description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
+                    "sft --help` and training/recipes/.")
+    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
+    commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
+
+
+def _add_export_options(export: argparse.ArgumentParser) -> None:
+    """``datagen export``'s options; its thresholds come from ``training.export.ExportOptions``,
+    imported only when this command is used (it pulls in pandas, ~2 s)."""
     export.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
     export.add_argument("--out", required=True, help="folder for the three datasets")
     export.add_argument("--judge-model", required=True, help="whose scores to use (as in `score`)")
@@ -135,13 +150,6 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
             kind = float if item.type == "float" else int
             export.add_argument(flag, dest=item.name, type=kind, default=item.default,
                                 help=f"{item.metadata['help']} (default {item.default})")
-
-    train = commands.add_parser(
-        "train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
-        description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
-                    "sft --help` and training/recipes/.")
-    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
-    commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
 
 
 def _add_judge_options(parser: argparse.ArgumentParser) -> None:
@@ -171,8 +179,14 @@ def cmd_batch(args: argparse.Namespace, context: Context) -> int:
     items = _prompt_items(args.prompts, args.strict)
     name = args.name or Path(args.prompts).stem
 
+    from graph.cli.progress import CountProgress
+
+    counter = CountProgress("runs")
+    print(f"batch {name}: {len(items)} request(s), {args.concurrency} at a time", file=sys.stderr,
+          flush=True)
+
     def progress(done: int, total: int, run_id: str, outcome: str) -> None:
-        print(f"[{done}/{total}] {run_id}: {outcome}", file=sys.stderr, flush=True)
+        counter.line(done, total, f"{run_id}: {outcome}")
 
     report = run_batch(items, context, batch=name, concurrency=args.concurrency, on_progress=progress)
     print(f"batch {name}: {len(report.finished)} finished, {len(report.skipped)} already finished, "
@@ -191,6 +205,7 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
     if args.datagen_command == "run":
         return cmd_batch(args, context)
     if args.datagen_command == "score":
+        from graph.cli.progress import CountProgress
         from tools.judge.judge import judge_from_settings
         from training.data.scoring import score_runs
 
@@ -199,9 +214,10 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
         with judge_from_settings(args.judge_base_url, key, args.judge_model, store_root=runs_dir,
                                  cache_path=Path(runs_dir) / "judge-cache.sqlite",
                                  max_concurrency=args.concurrency) as judge:
-            report = score_runs(runs_dir, judge, batch=args.batch, on_progress=lambda d, t: print(
-                f"\rjudged {d}/{t}", end="", file=sys.stderr, flush=True))
-        print(f"\nruns {report.runs}, attempts {report.attempts}: {report.already_scored} scored "
+            counter = CountProgress("judged")
+            report = score_runs(runs_dir, judge, batch=args.batch, on_progress=counter.update)
+            counter.finish()
+        print(f"runs {report.runs}, attempts {report.attempts}: {report.already_scored} scored "
               f"before, {report.scored} scored now, failed {report.failed or 0}")
         for run_id, why in report.skipped_runs.items():
             print(f"  left out {run_id}: {why}")

@@ -17,34 +17,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from graph.cli.parser import accept_global_options_anywhere, add_global_options, add_settings
 from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 EXIT_AWAITING_REVIEW = 5
 EXIT_INTERRUPTED = 130
-_TYPES = {"str": str, "int": int, "float": float}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_settings(parser: argparse.ArgumentParser, names: list[str]) -> None:
-    """One flag per run setting named (from the Context dataclass: its type, choices, help)."""
-    group = parser.add_argument_group(
-        "run settings", "each also reads INTERLEAVE_<NAME> from the environment (flag wins)")
-    for field in dataclasses.fields(Context):
-        if field.name in names and str(field.type) == "bool":
-            group.add_argument(_flag(field.name), dest=field.name,
-                               action=argparse.BooleanOptionalAction, default=None,
-                               help=field.metadata["description"])
-        elif field.name in names and field.metadata.get("choices"):
-            group.add_argument(_flag(field.name), dest=field.name, choices=field.metadata["choices"],
-                               default=None, help=field.metadata["description"])
-        elif field.name in names:
-            group.add_argument(_flag(field.name), dest=field.name, type=_TYPES[str(field.type)],
-                               default=None, metavar=str(field.type).upper(),
-                               help=field.metadata["description"])
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -55,10 +33,7 @@ def make_parser() -> argparse.ArgumentParser:
                     "and asks for regeneration with a refined prompt.",
         epilog="Exit codes: 0 done, 1 run failed (saved; resume it), 2 bad input, 3 unknown run, "
                "4 endpoint unreachable, 5 waiting for plan review, 130 interrupted.")
-    parser.add_argument("--runs-dir", default=None,
-                        help="folder holding the run database, images and documents "
-                             "(default: $INTERLEAVE_RUNS_DIR or ./runs)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    add_global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     setting_names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
 
@@ -86,7 +61,7 @@ def make_parser() -> argparse.ArgumentParser:
     answer.add_argument("--plan-file", metavar="JSON",
                         help='for a run paused for plan review: use this plan instead (a JSON list of '
                              'steps, or {"execution_plan": [...]}, as `interleave show RUN_ID --json` prints)')
-    add_settings(resume, list(RESUME_OVERRIDES))
+    add_settings(resume, list(RESUME_OVERRIDES), stored=True)
 
     history = commands.add_parser("history", help="list a run's checkpoints, oldest first",
                                   description="Every checkpoint of a run: which node produced it, "
@@ -102,7 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
     fork.add_argument("--at", type=int, required=True, metavar="STEP", help="the step to redo (1-based)")
     fork.add_argument("--prompt", default=None, help="new generator prompt for that step")
     fork.add_argument("--run-id", dest="new_run_id", default=None, help="id for the new run")
-    add_settings(fork, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
+    add_settings(fork, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"], stored=True)
 
     show = commands.add_parser("show", help="show one run's status, plan and attempts")
     show.add_argument("run_id")
@@ -130,6 +105,7 @@ def make_parser() -> argparse.ArgumentParser:
     from graph.cli.serve import add_commands as add_serve_commands
 
     add_serve_commands(commands)
+    accept_global_options_anywhere(parser)
     return parser
 
 
@@ -196,19 +172,22 @@ def _report(outcome: Any) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from graph.cli.progress import ProgressPrinter
+    from graph.cli.progress import ProgressPrinter, quiet_transformers_bars
     from graph.runs.runner import start_run
 
     context = Context(runs_dir=_runs_dir(args), **_settings(args, [
         f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]))
-    printer = ProgressPrinter()
-    outcome = start_run(args.request, context, images=args.image, run_id=args.run_id,
-                        preflight=not args.no_preflight, on_event=printer)
+    quiet_transformers_bars(context)
+    with ProgressPrinter() as printer:
+        outcome = start_run(args.request, context, images=args.image, run_id=args.run_id,
+                            preflight=not args.no_preflight, on_event=printer)
     if outcome.status == "awaiting_review" and sys.stdin.isatty():
         answer = _review_in_terminal(outcome)
         if answer is not None:
             from graph.runs.runner import resume_run
-            outcome = resume_run(outcome.run_id, context.runs_dir, review=answer, on_event=printer)
+            with ProgressPrinter() as printer:
+                outcome = resume_run(outcome.run_id, context.runs_dir, review=answer,
+                                     on_event=printer)
     return _report(outcome)
 
 
@@ -224,8 +203,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             raise ValueError(f"cannot read --plan-file {args.plan_file}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"--plan-file {args.plan_file} is not valid JSON ({exc})") from None
-    outcome = resume_run(args.run_id, _runs_dir(args), overrides=_settings(args, RESUME_OVERRIDES),
-                         review=review, on_event=ProgressPrinter())
+    with ProgressPrinter() as printer:
+        outcome = resume_run(args.run_id, _runs_dir(args),
+                             overrides=_settings(args, RESUME_OVERRIDES), review=review,
+                             on_event=printer)
     return _report(outcome)
 
 
@@ -251,8 +232,9 @@ def _cmd_fork(args: argparse.Namespace) -> int:
     from graph.runs.history import fork_run
 
     overrides = _settings(args, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
-    outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt, overrides=overrides,
-                       new_id=args.new_run_id, on_event=ProgressPrinter())
+    with ProgressPrinter() as printer:
+        outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt,
+                           overrides=overrides, new_id=args.new_run_id, on_event=printer)
     print(f"forked {args.run_id} at step {args.at} into {outcome.run_id}")
     return _report(outcome)
 
@@ -263,7 +245,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print("offline demo: random-weight models, so the images are noise; the loop is real",
           file=sys.stderr)
-    return _report(run_demo(_runs_dir(args), args.request or DEFAULT_REQUEST, on_event=ProgressPrinter()))
+    with ProgressPrinter() as printer:
+        outcome = run_demo(_runs_dir(args), args.request or DEFAULT_REQUEST, on_event=printer)
+    return _report(outcome)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -360,11 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     from checkpoints.registry import RunNotFoundError
     from graph.runs.preflight import EndpointUnreachableError
 
+    from graph.cli.interrupt import StopOnInterrupt
+
+    stopper = StopOnInterrupt(_runs_dir(args))
     try:
-        return COMMANDS[args.command](args)
+        with stopper:
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("\ninterrupted; the run is saved at its last completed node (interleave resume RUN_ID)",
-              file=sys.stderr)
+        stopper.report()
         return EXIT_INTERRUPTED
     except EndpointUnreachableError as exc:
         print(f"error: {exc}", file=sys.stderr)

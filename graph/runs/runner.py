@@ -22,6 +22,7 @@ from graph.builder import build_graph
 from graph.context import Context
 from checkpoints.registry import RunRegistry
 from checkpoints.saver import connect, open_checkpointer
+from nodes import events
 from nodes.generator import check_generator_settings
 from nodes.guidance import request_segments
 from nodes.review import reviewed_plan
@@ -131,6 +132,27 @@ def counters(values: dict[str, Any]) -> dict[str, int]:
             "rejections": sum(a["verdict"]["success"] is not True for a in judged)}
 
 
+def _node_started(task: dict[str, Any], context: Context) -> dict[str, Any]:
+    """``events.NODE_STARTED`` for a starting task: a display can say what it waits for."""
+    values = task.get("input") if isinstance(task.get("input"), dict) else {}
+    plan, index = values.get("plan") or [], values.get("step_index") or 0
+    step = plan[index]["step_number"] if index < len(plan) else None
+    model = context.planner_model if task["name"] == "plan" else context.critic_model
+    return {"event": events.NODE_STARTED, "run_id": values.get("run_id"), "node": task["name"],
+            "step_number": step, "model": model}
+
+
+def _announce_resume(graph: Any, config: dict, on_event: EventHandler) -> None:
+    """``events.RUN_RESUMED`` when a run continues from a checkpoint that has a plan, so that
+    its progress shows step i/N as a new run's does."""
+    values = graph.get_state(config).values
+    if values.get("plan"):
+        on_event({"event": events.RUN_RESUMED, "run_id": values.get("run_id"),
+                  "steps": len(values["plan"]),
+                  "step_numbers": [s["step_number"] for s in values["plan"]],
+                  "steps_done": len(values.get("accepted", []))})
+
+
 def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Context,
           on_event: EventHandler | None, models: ChatModels | None = None) -> RunOutcome:
     config = {"configurable": {"thread_id": run_id}}
@@ -138,12 +160,18 @@ def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Co
         registry = RunRegistry(conn)
         registry.update(run_id, status="running", error=None, pid=os.getpid())
         graph = build_graph(saver, models=models)
+        if on_event is not None and not isinstance(graph_input, dict):
+            _announce_resume(graph, config, on_event)
         try:
             for mode, chunk in graph.stream(graph_input, config, context=context,
-                                            stream_mode=["values", "custom"], durability="sync"):
+                                            stream_mode=["values", "custom", "tasks"],
+                                            durability="sync"):
                 if mode == "custom":
                     if on_event is not None:
                         on_event(chunk)
+                elif mode == "tasks":
+                    if on_event is not None and "input" in chunk:  # a node starts
+                        on_event(_node_started(chunk, context))
                 else:  # the full state after each step
                     registry.update(run_id, **counters(chunk))
         except KeyboardInterrupt:
