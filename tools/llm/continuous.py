@@ -53,7 +53,7 @@ from typing import Any
 from tools.llm.fast_decode import (_attend, _cache_layers, _prompt_positions, _setting,
                                    _stop_length, supports_fast_decode)
 
-__all__ = ["Completion", "ContinuousEngine", "capacity", "engine_for"]
+__all__ = ["Completion", "ContinuousEngine", "answer", "capacity", "close_engine", "engine_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class ContinuousEngine:
     def __init__(self, model: Any, tokenizer: Any = None, *, max_batch: int = 32,
                  context: int | None = None, reserve_bytes: int = DEFAULT_RESERVE_BYTES,
                  check_every: int = 8, prefill_tokens: int = 8192, attention: str = "sdpa",
-                 cuda_graph: bool | None = None) -> None:
+                 cuda_graph: bool | None = None, own_stream: bool = True) -> None:
         import torch
 
         if not supports_fast_decode(model):
@@ -196,7 +196,10 @@ class ContinuousEngine:
         from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
         self.rotate = apply_rotary_pos_emb
-        self.stream = torch.cuda.Stream(device=self.device, priority=-1) if cuda else None
+        # own_stream=False: the device's default stream, where the generator's kernels also go
+        # (kept for measuring what the own stream brings: evals.perf.trajectories)
+        self.stream = (torch.cuda.Stream(device=self.device, priority=-1) if own_stream
+                       else torch.cuda.default_stream(self.device)) if cuda else None
         self.slots = 0
         self.context = 0
         self.live: list[_Request] = []  # row i of the buffers serves live[i]
@@ -207,6 +210,8 @@ class ContinuousEngine:
         self.steps = 0
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._pending: deque[_Request] = deque()
+        self._closing = False
+        self._tasks: list[Future] = []
         self._thread = threading.Thread(target=self._serve, name="vlm-continuous", daemon=True)
         self._thread.start()
 
@@ -249,7 +254,7 @@ class ContinuousEngine:
 
         with torch.inference_mode(), (torch.cuda.stream(self.stream) if self.stream is not None
                                       else _nothing()):
-            while True:
+            while not (self._closing and not self.live and not self._pending):
                 try:
                     self._round()
                 except Exception as exc:  # noqa: BLE001 -- every waiting caller gets it
@@ -261,17 +266,55 @@ class ContinuousEngine:
                     self.graphs, self.warmed = {}, set()
                     self.slots = 0  # rebuild the buffers on the next request
 
+    def prepare(self) -> Future:
+        """Capture, once the engine is idle, the step graphs of every rows bucket for each
+        (context bucket, sampling) seen so far, so later rounds never wait for a capture (each
+        waits for the GPU's capture lock, i.e. for a running generator call). A Future of the
+        number of graphs captured."""
+        future: Future = Future()
+        self._queue.put(future)  # type: ignore[arg-type]
+        return future
+
+    def _prepare(self, future: Future) -> None:
+        try:
+            shapes = {(span, sample) for _, span, sample in self.warmed} if self.slots else set()
+            before = len(self.graphs)
+            for span, sample in sorted(shapes):
+                for rows in _buckets(self.slots):
+                    key = (rows, span, sample)
+                    self.finished.fill_(True)
+                    self.length.zero_()
+                    while key not in self.graphs and self.use_graph:
+                        self._run_step(key)
+            future.set_result(len(self.graphs) - before)
+        except Exception as exc:  # noqa: BLE001 -- the caller's to see
+            future.set_exception(exc)
+
+    def close(self) -> None:
+        """Stop the scheduler once the requests already submitted are answered."""
+        self._queue.put(None)  # type: ignore[arg-type]
+        self._thread.join(timeout=600)
+        self.kv, self.graphs, self.slots = [], {}, 0  # the memory goes back to the allocator
+
     def _take_new(self, block: bool) -> None:
-        if block:
-            self._pending.append(self._queue.get())
+        waiting = [self._queue.get()] if block else []
         while True:
             try:
-                self._pending.append(self._queue.get_nowait())
+                waiting.append(self._queue.get_nowait())
             except queue.Empty:
-                return
+                break
+        for request in waiting:
+            if request is None:
+                self._closing = True
+            elif isinstance(request, Future):
+                self._tasks.append(request)
+            else:
+                self._pending.append(request)
 
     def _round(self) -> None:
-        self._take_new(block=not self.live and not self._pending)
+        self._take_new(block=not self.live and not self._pending and not self._closing)
+        while self._tasks and not self.live:
+            self._prepare(self._tasks.pop(0))
         budget = self.prefill_tokens
         while self._pending and budget > 0:
             request = self._pending[0]
@@ -554,6 +597,14 @@ class ContinuousEngine:
         self.start[:, target] = self.start[:, source]
         if self.seen is not None:
             self.seen[target] = self.seen[source]
+
+
+def close_engine(model: Any) -> None:
+    """Stop and forget the engine of ``model`` (the next call starts a new one)."""
+    with _engines_lock:
+        engine = _engines.pop(id(model), None)
+    if engine is not None:
+        engine.close()
 
 
 def answer(loaded: Any, prompts: list[Any], options: dict[str, Any], seed: int | None,
