@@ -10,19 +10,30 @@ real message with its images, then exactly ``--planner-tokens`` / ``--critic-tok
 tokens) and then answers with the demo's scripted reply (``tools.doubles.demo_script``: a 3-step plan,
 step 2 rejected once). So both sides do the same computation and follow the same trajectory.
 
-- reference: transformers ``generate``, batch 1, one trajectory after another (how the paper's
-  scripts run), ``--reference-runs`` trajectories;
-- ours: the fast decode path, one batching queue per VLM shared by all runs, the shared
-  generator worker, N trajectories at once for each N of ``--levels``.
+- reference: transformers ``generate``, batch 1, one trajectory at a time, plain diffusers
+  (how the paper's scripts run); ``--reference-runs`` single-trajectory samples (default 3: one
+  sample swung from 88 s to 139 s between two sessions), reported as min / median / max, and
+  every ratio is taken against the median;
+- ours: the fast decode path with continuous batching (``tools.llm.continuous``: requests join
+  the running batch, on the engine's own CUDA stream), the shared generator worker with
+  ``--generator-speedups`` (default on: compiled klein, applied in place after the reference
+  runs), N trajectories at once for each N of ``--levels``. ``--same-stream-levels`` measures
+  those levels again with the VLM on the generator's (default) stream: what overlapping the two
+  on separate streams brings.
 
-Prints trajectories/hour for each, the ratio to the reference, and the GPU's busy share (sampled
-with NVML every 0.2 s when available).
+Per level it prints trajectories/hour, the ratio to the reference median, the GPU's busy share
+(NVML, sampled every 0.2 s) and where the wall time went: VLM prefill, VLM decode, generator
+(each the union of its intervals: engine rounds and pipeline calls, timed on the host after the
+GPU finished), the part where generator and VLM ran at the same time, idle (neither ran), and
+per trajectory the CPU overhead (its wall time minus its waits for the planner/critic and for
+the generator: graph nodes, checkpoints, image store, message building).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import threading
 import time
@@ -38,6 +49,13 @@ from tools.doubles import demo_script
 KLEIN_ID = "black-forest-labs/FLUX.2-klein-4B"  # known id: the run's checks see a klein model
 
 
+#: Seconds each thread spent waiting for planner/critic replies (reset per measurement).
+VLM_WAITS: dict[int, float] = {}
+#: (start, end) of every generator pipeline call.
+GENERATOR_CALLS: list[tuple[float, float]] = []
+_lock = threading.Lock()
+
+
 class ScriptedAfterCompute(BaseChatModel):
     """Does a real model's work for a message (forced reply length), then answers from the script."""
 
@@ -50,7 +68,11 @@ class ScriptedAfterCompute(BaseChatModel):
         return "scripted-after-compute"
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        started = time.perf_counter()
         self.inner.invoke(messages, max_new_tokens=self.tokens, min_new_tokens=self.tokens)
+        with _lock:
+            thread = threading.get_ident()
+            VLM_WAITS[thread] = VLM_WAITS.get(thread, 0.0) + time.perf_counter() - started
         body = {"model": self.role_model,
                 "messages": [{"role": m.type, "content": m.content} for m in messages]}
         return ChatResult(generations=[ChatGeneration(message=AIMessage(
@@ -88,12 +110,47 @@ class BusySampler:
         return sum(self.samples) / len(self.samples) / 100 if self.samples else None
 
 
+def time_pipeline_calls(pipe: Any) -> Any:
+    """Make ``pipe`` record the interval of each call in GENERATOR_CALLS (a subclass of its own
+    class, so the family lookup by class still sees klein)."""
+    cls = type(pipe)
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return cls.__call__(self, *args, **kwargs)
+        finally:
+            with _lock:
+                GENERATOR_CALLS.append((started, time.perf_counter()))
+
+    pipe.__class__ = type(f"Timed{cls.__name__}", (cls,), {"__call__": __call__})
+    return pipe
+
+
+def union(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by the intervals."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def clipped(intervals, start: float, stop: float) -> list[tuple[float, float]]:
+    return [(max(a, start), min(b, stop)) for a, b in intervals if b > start and a < stop]
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (smoke test)")
     parser.add_argument("--levels", default="1,8,32", help="concurrent trajectories (ours)")
-    parser.add_argument("--reference-runs", type=int, default=1,
-                        help="trajectories of the reference loop, one after another (default 1)")
+    parser.add_argument("--reference-runs", type=int, default=3,
+                        help="single-trajectory samples of the reference loop (default 3)")
+    parser.add_argument("--same-stream-levels", default="",
+                        help="levels to measure again with the VLM on the generator's stream")
+    parser.add_argument("--generator-speedups", default="on", choices=("off", "on", "fp8"),
+                        help="klein speedups for ours (tools.generator.klein_speed; default on)")
     parser.add_argument("--planner-tokens", type=int, default=400, help="forced planner reply length")
     parser.add_argument("--critic-tokens", type=int, default=200, help="forced critic reply length")
     parser.add_argument("--size", type=int, default=None, help="image side (default 1024; 64 tiny)")
@@ -111,7 +168,8 @@ def build_models(tiny: bool, folder: str) -> tuple[str, str]:
     if tiny:
         from tools.doubles.tiny_klein import build_tiny_klein_pipeline
 
-        diffusion.register_pipeline(KLEIN_ID, build_tiny_klein_pipeline(), "cpu", "float32")
+        diffusion.register_pipeline(KLEIN_ID, time_pipeline_calls(build_tiny_klein_pipeline()), "cpu",
+                                    "float32")
         return vlm_folder, "cpu"
     from evals.perf.generator import build_full_klein_pipeline
     from evals.perf.vlm_decode import _build_8b
@@ -119,7 +177,8 @@ def build_models(tiny: bool, folder: str) -> tuple[str, str]:
     processor = load_processor(vlm_folder)
     register_vlm("random-qwen3-vl-8b", _build_8b(processor, "cuda"), processor, device="cuda",
                  dtype="bfloat16")
-    diffusion.register_pipeline(KLEIN_ID, build_full_klein_pipeline("cuda"), "cuda", "bfloat16")
+    diffusion.register_pipeline(KLEIN_ID, time_pipeline_calls(build_full_klein_pipeline("cuda")),
+                                "cuda", "bfloat16")
     return "random-qwen3-vl-8b", "cuda"
 
 
@@ -140,21 +199,101 @@ def chat_models(vlm: str, device: str, fast: bool, batched: bool, args: argparse
                                     role_model=demo_script.CRITIC_MODEL))
 
 
-def measure(label: str, count: int, concurrency: int, models: Any, context: Any) -> dict:
+def engine_timeline(vlm: str, device: str) -> list[tuple[str, float, float, int]]:
+    """The continuous-batching engine's rounds so far (empty when none runs)."""
+    from tools.llm import continuous
+    from tools.llm.loading import load_vlm
+
+    engine = continuous._engines.get(id(load_vlm(vlm, device, "auto").model))
+    return list(engine.timeline) if engine is not None else []
+
+
+def prepare_engine(vlm: str, device: str) -> None:
+    """Capture the engine's step graphs for every batch size at the shapes the warm-up saw."""
+    from tools.llm import continuous
+    from tools.llm.loading import load_vlm
+
+    engine = continuous._engines.get(id(load_vlm(vlm, device, "auto").model))
+    if engine is not None:
+        started = time.perf_counter()
+        count = engine.prepare().result()
+        print(f"  captured {count} decode graphs in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def measure(label: str, count: int, concurrency: int, models: Any, context: Any, vlm: str,
+            device: str) -> dict:
     from graph.runs.batch import run_batch
+    from graph.runs.inspection import run_details
 
     items = [{"id": f"{label}-{n}", "request": f"How do I build model number {n}?"}
              for n in range(count)]
+    ended: dict[str, tuple[int, float]] = {}
+
+    def on_progress(_done: int, _total: int, run_id: str, _label: str) -> None:
+        ended[run_id] = (threading.get_ident(), time.perf_counter())
+
+    VLM_WAITS.clear()
+    generator_before = len(GENERATOR_CALLS)
     with BusySampler() as sampler:
         started = time.perf_counter()
-        report = run_batch(items, context, batch=label, concurrency=concurrency, models=models)
-        seconds = time.perf_counter() - started
+        report = run_batch(items, context, batch=label, concurrency=concurrency, models=models,
+                           on_progress=on_progress)
+        finished = time.perf_counter()
+    seconds = finished - started
     if report.failed:
         raise RuntimeError(f"{label}: runs failed: {report.failed}")
+    rounds = [r for r in engine_timeline(vlm, device) if r[2] > started and r[1] < finished]
+    prefill = clipped([(a, b) for kind, a, b, _ in rounds if kind == "prefill"], started, finished)
+    decode = clipped([(a, b) for kind, a, b, _ in rounds if kind == "decode"], started, finished)
+    generator = clipped(GENERATOR_CALLS[generator_before:], started, finished)
+    vlm_busy, gen_busy = union(prefill + decode), union(generator)
+    busy = union(prefill + decode + generator)
+    if not rounds:  # generate (the reference): one caller, so its VLM waits are its VLM time
+        vlm_busy = sum(VLM_WAITS.values())
+        busy = vlm_busy + gen_busy
+    overheads = []
+    if concurrency >= count:  # every run started at `started`: its wall time is its end
+        for run_id, (thread, end) in ended.items():
+            attempts = run_details(context.runs_dir, run_id)["state"].get("attempts", [])
+            waits = VLM_WAITS.get(thread, 0.0) + sum(a.get("generate_s") or 0.0 for a in attempts)
+            overheads.append(end - started - waits)
+    decode_rows = [rows for kind, _, _, rows in rounds if kind == "decode"]
     row = {"label": label, "trajectories": count, "concurrency": concurrency, "seconds": seconds,
-           "per_hour": count / seconds * 3600, "gpu_busy": sampler.busy}
+           "per_hour": count / seconds * 3600, "gpu_busy": sampler.busy,
+           "vlm_s": vlm_busy, "prefill_s": union(prefill) if rounds else None,
+           "decode_s": union(decode) if rounds else None, "generator_s": gen_busy,
+           "overlap_s": vlm_busy + gen_busy - busy, "idle_s": seconds - busy,
+           "prefills": len(prefill), "generator_calls": len(generator),
+           "mean_decode_rows": statistics.fmean(decode_rows) if decode_rows else None,
+           "cpu_overhead_per_trajectory_s": statistics.fmean(overheads) if overheads else None}
     print(f"  measured {label}: {count} in {seconds:.1f} s", flush=True)
     return row
+
+
+def same_stream(vlm: str, device: str, own: bool) -> None:
+    """Start the VLM's engine anew, on its own stream or on the generator's default stream."""
+    from tools.llm import continuous
+    from tools.llm.loading import load_vlm
+
+    loaded = load_vlm(vlm, device, "auto")
+    continuous.close_engine(loaded.model)
+    continuous.engine_for(loaded.model, loaded.processor.tokenizer, max_batch=64, own_stream=own)
+
+
+def print_table(rows: list[dict], base: float) -> None:
+    print(f"  {'loop':<20}{'n':>4}{'wall s':>9}{'per hour':>10}{'vs ref':>8}{'GPU':>6}{'VLM':>8}"
+          f"{'prefill':>9}{'decode':>8}{'gen':>8}{'overlap':>9}{'idle':>7}{'rows':>6}{'CPU/traj':>10}")
+    for row in rows:
+        busy = "n/a" if row["gpu_busy"] is None else f"{row['gpu_busy']:.0%}"
+        rows_ = "" if row["mean_decode_rows"] is None else f"{row['mean_decode_rows']:.1f}"
+        cpu = row["cpu_overhead_per_trajectory_s"]
+        prefill = "-" if row["prefill_s"] is None else f"{row['prefill_s']:.1f}"
+        decode = "-" if row["decode_s"] is None else f"{row['decode_s']:.1f}"
+        print(f"  {row['label']:<20}{row['trajectories']:>4}{row['seconds']:>9.1f}"
+              f"{row['per_hour']:>10.1f}{row['per_hour'] / base:>7.2f}x{busy:>6}{row['vlm_s']:>8.1f}"
+              f"{prefill:>9}{decode:>8}{row['generator_s']:>8.1f}"
+              f"{row['overlap_s']:>9.1f}{row['idle_s']:>7.1f}{rows_:>6}"
+              f"{'' if cpu is None else f'{cpu:.2f} s':>10}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,25 +309,56 @@ def main(argv: list[str] | None = None) -> int:
         context = Context(runs_dir=str(Path(folder) / "runs"), generator_model=KLEIN_ID,
                           device=device, dtype="float32" if args.tiny else "bfloat16",
                           width=size, height=size, generator_max_batch=8)
-        warm = chat_models(vlm, device, fast=True, batched=True, args=args)
-        measure("warmup", 1, 1, warm, context)  # kernels, allocator, first graph capture
-        reference = measure("reference", args.reference_runs, 1,
-                            chat_models(vlm, device, fast=False, batched=False, args=args), context)
-        rows.append(reference)
-        for level in (int(x) for x in args.levels.split(",")):
-            rows.append(measure(f"ours-{level}", level, level,
-                                chat_models(vlm, device, fast=True, batched=True, args=args), context))
-    base = reference["per_hour"]
+        m = dict(vlm=vlm, device=device)
+        ours = chat_models(vlm, device, fast=True, batched=True, args=args)
+        measure("warmup", 1, 1, ours, context, **m)  # kernels, allocator, first graph captures
+        prepare_engine(vlm, device)
+        reference = [measure(f"reference-{n + 1}", 1, 1, chat_models(vlm, device, fast=False,
+                                                                      batched=False, args=args),
+                             context, **m) for n in range(args.reference_runs)]
+        rows.extend(reference)
+        if args.generator_speedups != "off" and not args.tiny:
+            from tools.generator.diffusion import load_pipeline
+            from tools.generator.klein_speed import optimize_pipeline
+
+            pipe = load_pipeline(KLEIN_ID, device, "bfloat16")  # the registered one
+            print("  generator speedups:", ", ".join(optimize_pipeline(
+                pipe, fp8=args.generator_speedups == "fp8", cache_dir=str(Path(folder) / "kc"))),
+                flush=True)
+            measure("warmup-2", 2, 2, ours, context, **m)  # compiles
+        levels = [int(x) for x in args.levels.split(",") if x]
+        same = {int(x) for x in args.same_stream_levels.split(",") if x}
+        for level in levels:
+            rows.append(measure(f"ours-{level}", level, level, ours, context, **m))
+            if args.out:
+                Path(args.out).write_text(json.dumps(rows, indent=2))
+        if same and not args.tiny:
+            same_stream(vlm, device, own=False)
+            measure("warmup-1stream", 1, 1, ours, context, **m)
+            prepare_engine(vlm, device)
+            for level in sorted(same):
+                rows.append(measure(f"ours-{level}-1stream", level, level, ours, context, **m))
+                if args.out:
+                    Path(args.out).write_text(json.dumps(rows, indent=2))
+            same_stream(vlm, device, own=True)
+    per_hour = [row["per_hour"] for row in reference]
+    base = statistics.median(per_hour) if per_hour else rows[0]["per_hour"]
     print(f"{'tiny models on CPU' if args.tiny else 'Qwen3-VL-8B-sized + FLUX.2-klein-4B, random weights'}"
           f": {size}², plan 3 steps (step 2 rejected once: 4 generations, 4 critic calls, 1 plan), "
-          f"planner {args.planner_tokens} / critic {args.critic_tokens} tokens per reply")
-    for row in rows:
-        busy = "n/a" if row["gpu_busy"] is None else f"{row['gpu_busy']:.0%}"
-        print(f"  {row['label']:<10} {row['trajectories']:>3} trajectories in {row['seconds']:7.1f} s  "
-              f"{row['per_hour']:9.1f} per hour  {row['per_hour'] / base:6.2f}x reference  "
-              f"GPU busy {busy}")
+          f"planner {args.planner_tokens} / critic {args.critic_tokens} tokens per reply; ours with "
+          f"generator speedups {args.generator_speedups if not args.tiny else 'off'}")
+    if per_hour:
+        walls = sorted(row["seconds"] for row in reference)
+        print(f"  reference, {len(walls)} runs: {walls[0]:.1f} / {statistics.median(walls):.1f} / "
+              f"{walls[-1]:.1f} s per trajectory (min / median / max); ratios are to the median")
+    print("  seconds of wall time: VLM, prefill, decode, gen = time the VLM ran (the reference: its "
+          "calls) / prefilled / decoded / the generator ran; overlap = VLM and generator at once; "
+          "idle = neither; rows = mean rows per decode round; CPU/traj = a trajectory's wall time "
+          "minus its model waits")
+    print_table(rows, base)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        Path(args.out).write_text(json.dumps({"reference_median_per_hour": base, "rows": rows},
+                                             indent=2))
     return 0
 
 

@@ -10,7 +10,11 @@ measured on the H200 with an 8B-sized model, 9.5-13 tokens/s at batch 1 vs 77-96
 caller gets its own reply. A failure of one input is that caller's alone.
 
 This is the same pattern as ``tools.generator.worker`` for the image model. Servers such as vLLM
-batch on their own, so the OpenAI backend needs no batcher.
+batch on their own, so the OpenAI backend needs no batcher, and neither does an in-process model
+with continuous batching (``tools.llm.continuous``, the fast-decode default): there each call goes
+straight to the model's engine from its own thread and joins the running batch at the next step
+(a queue here would only make newcomers wait for a whole batch); ``max_batch`` is handed to
+the engine.
 """
 
 from __future__ import annotations
@@ -59,8 +63,18 @@ class BatchingChatModel(BaseChatModel):
     def model_name(self) -> str:
         return getattr(self.inner, "model_name", type(self.inner).__name__)
 
+    def model_post_init(self, context: Any) -> None:
+        if "max_batch" in type(self.inner).model_fields:  # the engine's rows, when it has one
+            self.inner = self.inner.model_copy(update={"max_batch": self.max_batch})
+
+    def _continuous(self) -> bool:
+        check = getattr(self.inner, "batches_continuously", None)
+        return bool(check is not None and check())
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        if self._continuous():
+            return self.inner._generate(list(messages), stop=stop, **kwargs)
         options = dict(kwargs, **({"stop": stop} if stop else {}))
         call = _Call(list(messages), options)
         self._ensure_worker()

@@ -91,6 +91,11 @@ class TransformersChatModel(BaseChatModel):
                                                  "one CUDA graph per token step) instead of "
                                                  "generate where the model supports it (Qwen3-VL); "
                                                  "other models use generate.")
+    continuous_batching: bool = Field(True, description="With fast_decode: serve calls from every "
+                                                        "thread with tools.llm.continuous (new "
+                                                        "requests join the running batch).")
+    max_batch: int = Field(32, ge=1, description="Most rows decoded together by continuous "
+                                                 "batching (fewer when GPU memory holds fewer).")
 
     _calls: int = PrivateAttr(default=0)
     _calls_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -224,12 +229,26 @@ class TransformersChatModel(BaseChatModel):
             self._calls += 1
             return self.seed + self._calls - 1
 
+    def batches_continuously(self) -> bool:
+        """True when calls go to the continuous-batching engine (loads the model)."""
+        from tools.llm.fast_decode import supports_fast_decode
+
+        return self.fast_decode and self.continuous_batching and supports_fast_decode(self.loaded.model)
+
     def _run(self, prompts: list[Prompt], options: dict[str, Any]) -> list[ChatResult]:
-        """One left-padded ``generate`` call for all ``prompts``; one ChatResult each."""
+        """One left-padded ``generate`` call for all ``prompts`` (or one request each to the
+        continuous-batching engine); one ChatResult each."""
         import torch
 
         loaded = self.loaded
         processor, model = loaded.processor, loaded.model
+        if self.batches_continuously():
+            from tools.llm.continuous import answer
+
+            done = answer(loaded, prompts, options, self._next_seed(), self.max_batch)
+            return self._results(processor, [c.tokens for c in done], [c.prompt_tokens for c in done],
+                                 options, max(c.prefill_s + c.decode_s for c in done),
+                                 max(max(c.batch_sizes, default=1) for c in done))
         images = [image for prompt in prompts for image in prompt.images]
         inputs = processor(text=[prompt.text for prompt in prompts], images=images or None,
                            padding=True, return_tensors="pt").to(model.device)
@@ -254,12 +273,18 @@ class TransformersChatModel(BaseChatModel):
             seconds = time.perf_counter() - start
 
         prompt_len = inputs["input_ids"].shape[1]
-        eos = model.generation_config.eos_token_id
+        return self._results(processor, sequences[:, prompt_len:].tolist(),
+                             inputs["attention_mask"].sum(dim=1).tolist(), options, seconds,
+                             len(prompts))
+
+    def _results(self, processor: Any, rows: list[list[int]], input_counts: list[int],
+                 options: dict[str, Any], seconds: float, batch_size: int) -> list[ChatResult]:
+        """ChatResults from each prompt's new tokens (cut at the end token and stop strings)."""
+        eos = self.loaded.model.generation_config.eos_token_id
         end_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         stop = options.get("stop_strings") or ()
         results = []
-        for row, input_tokens in zip(sequences[:, prompt_len:].tolist(),
-                                     inputs["attention_mask"].sum(dim=1).tolist()):
+        for row, input_tokens in zip(rows, input_counts):
             ended = next((i for i, token in enumerate(row) if token in end_ids), None)
             kept = row if ended is None else row[:ended + 1]  # counts the end token
             text = processor.tokenizer.decode(kept, skip_special_tokens=True)
@@ -271,6 +296,6 @@ class TransformersChatModel(BaseChatModel):
                      "total_tokens": int(input_tokens) + len(kept)}
             message = AIMessage(content=text, usage_metadata=usage, response_metadata={
                 "finish_reason": finish, "model_name": self.model_path,
-                "model_provider": "transformers", "generate_s": seconds, "batch_size": len(prompts)})
+                "model_provider": "transformers", "generate_s": seconds, "batch_size": batch_size})
             results.append(ChatResult(generations=[ChatGeneration(message=message)]))
         return results
