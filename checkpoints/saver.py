@@ -8,44 +8,50 @@ share the file without "database is locked" errors.
 from __future__ import annotations
 
 import sqlite3
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from checkpoints.serde import BlockedCheckpointType, CompressedSerializer
 from checkpoints.sqlite import connect_file, retry_locked
 
 DATABASE_NAME = "interleave.sqlite"
 
-
-COMPRESSED_SUFFIX = "+zlib"
-COMPRESS_FROM_BYTES = 512  # smaller blobs are stored as they are
+__all__ = ["CompressedSerializer", "RunSaver", "connect", "database_path", "open_checkpointer"]
 
 
-class CompressedSerializer(JsonPlusSerializer):
-    """LangGraph's serializer with zlib on top for blobs of 512 bytes or more.
+def _thread_of(config: Any) -> str | None:
+    return ((config or {}).get("configurable") or {}).get("thread_id")
 
-    SqliteSaver stores the full state in every checkpoint, so the database grows with (steps x
-    checkpoints); the state is mostly repetitive text (prompts, reasoning, hashes) and compresses
-    several times over. The type tag records the compression, so databases written without it
-    still load.
-    """
 
-    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        kind, data = super().dumps_typed(obj)
-        if len(data) >= COMPRESS_FROM_BYTES:
-            return kind + COMPRESSED_SUFFIX, zlib.compress(data, 6)
-        return kind, data
+class RunSaver(SqliteSaver):
+    """The SqliteSaver of the runs database, reading with the allow-listed serializer
+    (``checkpoints.serde``): a checkpoint holding any other type is a ``BlockedCheckpointType``
+    error that names the run it belongs to."""
 
-    def loads_typed(self, data: tuple[str, bytes]) -> Any:
-        kind, payload = data
-        if kind.endswith(COMPRESSED_SUFFIX):
-            return super().loads_typed((kind[: -len(COMPRESSED_SUFFIX)], zlib.decompress(payload)))
-        return super().loads_typed(data)
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn, serde=CompressedSerializer())
+
+    def get_tuple(self, config: Any) -> Any:
+        try:
+            return super().get_tuple(config)
+        except BlockedCheckpointType as exc:
+            raise exc.for_run(_thread_of(config)) from None
+
+    def list(self, config: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            yield from super().list(config, **kwargs)
+        except BlockedCheckpointType as exc:
+            raise exc.for_run(_thread_of(config)) from None
+
+    def get_delta_channel_history(self, *, config: Any, channels: Any) -> Any:
+        try:
+            return super().get_delta_channel_history(config=config, channels=channels)
+        except BlockedCheckpointType as exc:
+            raise exc.for_run(_thread_of(config)) from None
 
 
 def database_path(runs_dir: str | Path) -> Path:
@@ -66,11 +72,11 @@ def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
 
 
 @contextmanager
-def open_checkpointer(runs_dir: str | Path) -> Iterator[SqliteSaver]:
-    """A SqliteSaver on the runs directory's database, set up and closed for you."""
+def open_checkpointer(runs_dir: str | Path) -> Iterator[RunSaver]:
+    """The saver on the runs directory's database, set up and closed for you."""
     conn = connect(runs_dir)
     try:
-        saver = SqliteSaver(conn, serde=CompressedSerializer())
+        saver = RunSaver(conn)
         retry_locked(saver.setup)
         yield saver
     finally:
