@@ -128,7 +128,7 @@ def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser,
 
 
 def _add_export_options(export: argparse.ArgumentParser) -> None:
-    """``datagen export``'s options; its thresholds come from ``training.export.ExportOptions``,
+    """``datagen export``'s options; its thresholds come from ``training.data.export.ExportOptions``,
     imported only when this command is used (it pulls in pandas, ~2 s)."""
     export.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
     export.add_argument("--out", required=True, help="folder for the three datasets")

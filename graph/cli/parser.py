@@ -166,7 +166,7 @@ def accept_global_options_anywhere(parser: argparse.ArgumentParser) -> None:
 
 class LazyParser(argparse.ArgumentParser):
     """A sub-command parser whose options are added only when it is used, so that options read
-    from a heavy module (``training.export``) do not slow down every other command's start."""
+    from a heavy module (``training.data.export``) do not slow down every other command's start."""
 
     def __init__(self, *args: Any, populate: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -102,7 +102,7 @@ def test_help_imports_nothing_heavy():
              "for argv in (['--help'], ['run', '--help'], ['datagen', '--help']):\n"
              "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
              "        main(argv)\n"
-             "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'training.export')\n"
+             "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'training.data.export')\n"
              "print(sorted(m for m in heavy if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
