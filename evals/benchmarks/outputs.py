@@ -74,14 +74,13 @@ def _bare_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dict
     from nodes.prompts import PROMPT_VERSION
     from tools.generator import diffusion
     from tools.store import documents
-    from tools.generator import models as generator_models
 
     check_generator_settings(ctx)
     prompt, source_path = bench.bare_request(item)
     store = ImageStore(ctx.runs_dir)
     source = store.import_file(source_path) if source_path else None
     pool = generator_pool(ctx)
-    settings = generation_settings(ctx, generator_models.spec_for_pipeline(pool.pipe))
+    settings = generation_settings(ctx, pool.spec)  # in-process pool or images-API backend
     seed = diffusion.derive_seed(ctx.seed, 1, 1)
     started = time.perf_counter()
     image = pool.run(dict(
