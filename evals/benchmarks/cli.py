@@ -52,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
                           help="RISEBench accuracy rule: 2026-04 (gpt_eval.py since commit "
                                "ce8cba3: consistency-free samples judged on reasoning and "
                                "plausibility; default) or pre-2026-04 (the paper's numbers)")
+    protocol.add_argument("--rise-repo", type=Path, default=None,
+                          help="your local clone of github.com/PhoenixZ810/RISEBench: the judge "
+                               "prompts are read from its utils.py (default: ours)")
     protocol.add_argument("--wise-protocol", default="verified", choices=("verified", "legacy"),
                           help="WISE_Verified (binary score, the official default since "
                                "2026-04-19; needs --wise-repo) or legacy WISE (three 0-2 scores)")
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = {"ueval": lambda: ueval.benchmark(args.ueval_repo),
                  "wise": lambda: wise.benchmark(args.wise_protocol, args.wise_repo),
-                 "rise": lambda: rise.benchmark(args.rise_rule)}[args.benchmark]()
+                 "rise": lambda: rise.benchmark(args.rise_rule, args.rise_repo)}[args.benchmark]()
         if args.data is None and not (args.benchmark == "wise" and args.wise_protocol == "verified"):
             raise ValueError("--data PATH is required (the benchmark's data file or folder)")
         if args.stage != "generate" and not args.judge:

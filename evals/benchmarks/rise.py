@@ -35,8 +35,13 @@ README.md, gpt_eval.py, utils.py; sample record quoted from its data/data_total.
   Ours: a sample whose judge replies could not be read after the retries (or whose run made no
   image) is counted the same way, and the report's ``unscorable`` column says how many.
 
-Our own choices, documented: the prompts are our wording of the official rubrics, with an
-``<answer>{"score": N}</answer>`` reply; a logical sample with ``consistency_free`` (not handled
+Judge prompts: with ``--rise-repo`` the texts of the user's ``utils.py`` (``prompt_consist`` ...
+``prompt_logical_img_wo_q``, read at run time by ``evals.benchmarks.official``), asked as
+``eval_vanilla`` asks them (which text and which images per category, text before images, no
+system message, ``max_tokens`` 4096; a spatial sample with a reference image is judged for
+consistency against that image, as the official code does), replies read by ``final_score``.
+Without it, our own choices, documented: the prompts are our wording of the official rubrics,
+with an ``<answer>{"score": N}</answer>`` reply; a logical sample with ``consistency_free`` (not handled
 by the official script) scores its reasoning alone. The graph gets the input image in guidance
 mode (``<image>`` + the instruction, asking to continue with one edited image); the first
 generated step's image is the answer. The bare generator edits the input image with the
@@ -47,10 +52,13 @@ read on after the retries, is a judge failure: excluded from every mean, counted
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 from evals.benchmarks.benchmark import Benchmark
+from evals.benchmarks.official import check_repo, module_strings
 from evals.benchmarks.data import DataFormatError, Item, need, read_records, unique_ids
 from tools.judge.judge import Question
 from tools.store.images import ImageStore
@@ -263,6 +271,103 @@ def questions(item: Item, output: dict[str, Any], store: ImageStore) -> list[Que
     return asked
 
 
+OFFICIAL_FILE = "utils.py"
+OFFICIAL_NAMES = ("prompt_consist", "prompt_reasoning", "prompt_reasoning_w_input",
+                  "prompt_generation", "prompt_spatial_ref", "prompt_spatial_ref_img",
+                  "prompt_spatial_ref_w_input", "prompt_spatial_qual", "prompt_spatial_cons",
+                  "prompt_logical_cons_ans", "prompt_logical_cons", "prompt_logical_txt",
+                  "prompt_logical_img", "prompt_logical_img_wo_q")
+# gpt_generate's request options (temperature 0 is the judge's own).
+OFFICIAL_CALL = {"max_tokens": 4096}
+_FINAL = (re.compile(r"\*?\*?Final Score\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE),
+          re.compile(r"\*?\*?Final Scores\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE))
+
+
+def final_score(text: str) -> int | None:
+    """The first number after "Final Score" as gpt_eval.extract finds it (None when none).
+
+    >>> final_score("... **Final Score:** **4**"), final_score("Final Scores: 3"), final_score("5")
+    (4, 3, None)
+    """
+    for pattern in _FINAL:
+        for match in pattern.findall(text):
+            numbers = re.findall(r"\d+", match.replace("\n", " "))
+            if numbers:
+                return int(numbers[0])
+    return None
+
+
+def _official_reader(binary: bool):
+    def parse(text: str) -> int:
+        """A "Final Score" reply: 1-5, or 0/1 mapped by 4 * min(x, 1) + 1 for logical samples."""
+        value = final_score(text)
+        if value is None:
+            raise ReplyParseError("no Final Score in the reply", text, "no_answer")
+        if binary:
+            return 4 * min(value, 1) + 1
+        if value not in (1, 2, 3, 4, 5):
+            raise ReplyParseError(f"Final Score {value} is outside 1-5", text, "schema")
+        return value
+    return parse
+
+
+def official_questions(item: Item, output: dict[str, Any], store: ImageStore, *,
+                       texts: dict[str, str]) -> list[Question]:
+    """The questions of gpt_eval.eval_vanilla with the texts of the user's utils.py: text first,
+    then the images, no system message."""
+    if not output["images"] or not output["inputs"]:
+        return []
+    rec, after, before = item.record, output["images"][0], output["inputs"][0]
+    reference_img = store.import_file(rec["reference_img"]) if rec["reference_img"] else None
+    instruct, reference = rec["instruction"], rec["reference"]
+    five, binary = _official_reader(False), _official_reader(True)
+
+    def ask(label: str, text: str, images: tuple, parse) -> Question:
+        return Question(label, text, images, parse, system="", text_first=True,
+                        call=OFFICIAL_CALL)
+    kind = item.category
+    if kind in ("temporal_reasoning", "causal_reasoning"):
+        first = before
+        if rec["reasoning_img"]:
+            rea = ask("reasoning", texts["prompt_reasoning_w_input"].format(
+                instruct=instruct, reference=reference), (before, after), five)
+        else:
+            rea = ask("reasoning", texts["prompt_reasoning"].format(
+                instruct=instruct, reference=reference), (after,), five)
+        cons_text, read, quality = texts["prompt_consist"].format(instruct=instruct), five, \
+            texts["prompt_generation"]
+    elif kind == "spatial_reasoning":
+        first = before
+        if reference_img is not None:
+            first = reference_img  # eval_vanilla judges consistency against it too
+            rea = ask("reasoning", texts["prompt_spatial_ref_img"].format(instruct=instruct),
+                      (reference_img, after), five)
+        elif rec["reasoning_img"]:
+            rea = ask("reasoning", texts["prompt_spatial_ref_w_input"].format(
+                instruct=instruct, reference=reference), (before, after), five)
+        else:
+            rea = ask("reasoning", texts["prompt_spatial_ref"].format(
+                instruct=instruct, reference=reference), (after,), five)
+        cons_text, read, quality = texts["prompt_spatial_cons"].format(instruct=instruct), five, \
+            texts["prompt_spatial_qual"]
+    elif reference_img is None:  # logical, text answer
+        first, read, quality = before, binary, None
+        cons_text = texts["prompt_logical_cons_ans"].format(instruct=instruct, reference=reference)
+        rea = ask("reasoning", texts["prompt_logical_txt"].format(
+            instruct=instruct, reference=reference), (after,), binary)
+    else:  # logical, reference image
+        first, read, quality = reference_img, binary, None
+        cons_text = texts["prompt_logical_cons"].format(instruct=instruct)
+        rea = ask("reasoning", texts["prompt_logical_img_wo_q"] if rec["reasoning_wo_ins"] else
+                  texts["prompt_logical_img"].format(instruct=instruct), (reference_img, after),
+                  binary)
+    asked = [] if rec["consistency_free"] else [ask("consistency", cons_text, (first, after), read)]
+    asked.append(rea)
+    if quality is not None:
+        asked.append(ask("plausibility", quality, (after,), five))
+    return asked
+
+
 def score(item: Item, output: dict[str, Any], answers: list[dict[str, Any]]) -> dict[str, Any]:
     if not answers:
         return {"status": "judge_failed", "scores": {}, "failures": [],
@@ -345,20 +450,29 @@ def summarize(scored: list[tuple[Item, dict[str, Any]]],
     return {"headline": headline, "by_category": by_category}
 
 
-def benchmark(rule: str = CURRENT) -> Benchmark:
+def benchmark(rule: str = CURRENT, repo: str | Path | None = None) -> Benchmark:
     """RISEBench scored under ``rule`` (``2026-04``, the official script since ce8cba3, or
-    ``pre-2026-04``, the rule of the paper's numbers)."""
+    ``pre-2026-04``, the rule of the paper's numbers); with ``repo`` (the user's clone of
+    PhoenixZ810/RISEBench) the judge prompts of its utils.py."""
     if rule not in RULES:
         raise ValueError(f"--rise-rule {rule!r} is not one of {', '.join(RULES)}")
+    asking, version, source = questions, PROMPT_VERSION, None
+    if repo is not None:
+        root = check_repo(repo, "--rise-repo", "PhoenixZ810/RISEBench", (OFFICIAL_FILE,))
+        texts = module_strings(root / OFFICIAL_FILE, OFFICIAL_NAMES)
+        asking = functools.partial(official_questions, texts=texts)
+        digest = hashlib.sha256(repr(sorted(texts.items())).encode()).hexdigest()[:12]
+        version, source = f"rise-official-{digest}", f"read from {root / OFFICIAL_FILE}"
     return Benchmark(
-        name="rise", prompt_version=PROMPT_VERSION, judge_system=SYSTEM, load=load,
-        request=request, bare_request=bare_request, pick=pick, questions=questions, score=score,
+        name="rise", prompt_version=version, judge_system=SYSTEM, load=load,
+        request=request, bare_request=bare_request, pick=pick, questions=asking, score=score,
         summarize=functools.partial(summarize, rule=rule),
         headline=("accuracy", "temporal", "causal", "spatial", "logical", "score_pct",
                   "unscorable"),
         protocol={"protocol": "RISEBench", "scoring_rule": f"{rule}: {RULES[rule]}",
-                  "judge_prompts": "ours (our wording of the official rubrics; not read from "
-                                   "utils.py), so scores are comparable in rule, not in prompt",
+                  "judge_prompts": source or "ours (our wording of the official rubrics; pass "
+                                             "--rise-repo to use utils.py's), so scores are "
+                                             "comparable in rule, not in prompt",
                   "unscorable": "a sample the judge could not score counts as not accurate in "
                                 "the accuracy denominator (as gpt_eval.py counts it) and is left "
                                 "out of the score means; the unscorable column says how many"})

@@ -73,3 +73,60 @@ def test_wise_verified_needs_the_repo_and_its_prompt_files(tmp_path):
     (tmp_path / "vllm_eval.py").write_text("x = 1\n")
     with pytest.raises(OfficialRepoError, match="data_verified/cultural_common_sense_verified.json"):
         wise.benchmark(wise.VERIFIED, tmp_path)
+
+
+def fake_rise(root: Path) -> Path:
+    from evals.benchmarks import rise
+
+    root.mkdir()
+    lines = [f'{name} = """{name.upper()} instruct={{instruct}}"""' for name in rise.OFFICIAL_NAMES
+             if name not in ("prompt_generation", "prompt_spatial_qual", "prompt_logical_img_wo_q")]
+    lines += [f'{name} = """{name.upper()} {{not formatted}}"""' for name in
+              ("prompt_generation", "prompt_spatial_qual", "prompt_logical_img_wo_q")]
+    text = "\n".join(lines).replace("PROMPT_REASONING instruct={instruct}",
+                                    "PROMPT_REASONING instruct={instruct} ref={reference}")
+    (root / "utils.py").write_text(text + "\n")
+    return root
+
+
+def rise_item(tmp_path, category, **flags):
+    from PIL import Image
+
+    picture = tmp_path / "ref.png"
+    Image.new("RGB", (8, 8), "red").save(picture)
+    record = {"instruction": "melt it", "reference": "a puddle", "consistency_free": False,
+              "reasoning_img": False, "reasoning_wo_ins": False, "reference_img": None} | flags
+    if record["reference_img"]:
+        record["reference_img"] = str(picture)
+    return Item("x", category, record)
+
+
+def test_rise_questions_follow_eval_vanilla_with_the_official_texts(tmp_path):
+    from evals.benchmarks import rise
+    from tools.store.images import ImageStore
+
+    bench = rise.benchmark("2026-04", fake_rise(tmp_path / "RISEBench"))
+    assert bench.prompt_version.startswith("rise-official-")
+    store = ImageStore(tmp_path / "runs")
+    before, after = {"sha256": "b" * 64}, {"sha256": "a" * 64}
+    output = {"images": [after], "inputs": [before]}
+
+    causal = bench.questions(rise_item(tmp_path, "causal_reasoning"), output, store)
+    assert [q.label for q in causal] == ["consistency", "reasoning", "plausibility"]
+    assert causal[0].text == "PROMPT_CONSIST instruct=melt it"
+    assert causal[1].text == "PROMPT_REASONING instruct=melt it ref=a puddle"
+    assert causal[2].text == "PROMPT_GENERATION {not formatted}"
+    assert causal[0].images == (before, after) and causal[1].images == (after,)
+    assert all(q.system == "" and q.text_first and q.call == {"max_tokens": 4096} for q in causal)
+
+    spatial = bench.questions(rise_item(tmp_path, "spatial_reasoning", reference_img=True), output,
+                              store)
+    reference = spatial[1].images[0]
+    assert spatial[1].text.startswith("PROMPT_SPATIAL_REF_IMG")
+    assert spatial[0].images == (reference, after)  # consistency against the reference image too
+
+    logical = bench.questions(rise_item(tmp_path, "logical_reasoning", reference_img=True,
+                                        reasoning_wo_ins=True, consistency_free=True), output, store)
+    assert [q.label for q in logical] == ["reasoning"]
+    assert logical[0].text == "PROMPT_LOGICAL_IMG_WO_Q {not formatted}"
+    assert logical[0].parse("Final Score: 1") == 5 and logical[0].parse("**Final Score:** 0") == 1

@@ -297,3 +297,19 @@ def test_the_text_answer_is_laid_out_as_the_klein_script_lays_it_out(steps, text
 def test_the_request_drops_the_phrase_the_klein_script_drops():
     item = Item("1", "art", {"prompt": "Show how to paint a tree both visually and textually."})
     assert ueval.request(item) == ("Show how to paint a tree.", [])
+
+
+# gpt_eval.extract: the numbers after the first "Final Score" that has any, else "Final Scores".
+RISE_FINAL_SCORES = [
+    ("Reasoning...\n**Final Score:** **4**", 4),
+    ("Final Score: 3\nFinal Score: 5", 3),
+    ("final score 2", 2),
+    ("**Final Scores:** 1", 1),
+    ("The score is 5.", None),
+    ("Final Score: none", None),
+]
+
+
+@pytest.mark.parametrize("reply, expected", RISE_FINAL_SCORES)
+def test_rise_final_scores_are_found_as_extract_finds_them(reply, expected):
+    assert rise.final_score(reply) == expected

@@ -238,9 +238,10 @@ class Question:
     ``images`` are stored ``ImageRef``s (or a ``Blank``), shown before the text unless
     ``text_first`` (the order some official judges use). ``parse`` raises ``ReplyParseError``
     for an unusable reply and never guesses; what it returns must be JSON (it is stored).
-    ``system`` None takes the asker's default. ``call`` holds request options sent with every
-    try (``max_tokens``, ``extra_body``, ...); ``resample`` False asks a retry at the model's own
-    temperature instead of re-sampling (an official protocol that retries greedily).
+    ``system`` None takes the asker's default; "" sends no system message. ``call`` holds
+    request options sent with every try (``max_tokens``, ``extra_body``, ...); ``resample``
+    False asks a retry at the model's own temperature instead of re-sampling (an official
+    protocol that retries greedily).
     """
 
     label: str
@@ -463,7 +464,9 @@ class Judge:
             return done(None, f"{exc}", "image")
         text = [text_part(question.text)]
         content = text + parts if question.text_first else parts + text
-        messages = [SystemMessage(question.system or JUDGE_SYSTEM), HumanMessage(content=content)]
+        # system "" sends no system message (an official judge that has none)
+        system = [] if question.system == "" else [SystemMessage(question.system or JUDGE_SYSTEM)]
+        messages = [*system, HumanMessage(content=content)]
         last: ReplyParseError | None = None
         finish = None
         for attempt in range(self.retries + 1):
@@ -481,7 +484,7 @@ class Judge:
             except ReplyParseError as exc:
                 last = exc
         assert last is not None
-        cut = (" (the reply hit the token limit: raise --judge-max-tokens)"
+        cut = (" (the reply hit the token limit: raise the judge's max tokens, --judge-max-tokens)"
                if finish == "length" else "")
         return done(None, f"{last}{cut} after {len(replies)} replies", last.reason)
 
