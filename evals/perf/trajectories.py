@@ -12,13 +12,14 @@ step 2 rejected once). So both sides do the same computation and follow the same
 
 - reference: transformers ``generate``, batch 1, one trajectory at a time, plain diffusers
   (how the paper's scripts run); ``--reference-runs`` single-trajectory samples (default 3: one
-  sample swung from 88 s to 139 s between two sessions), reported as min / median / max, and
-  every ratio is taken against the median;
+  sample swung from 88 s to 139 s between two sessions), measured after ours (so a run cut short
+  still has ours), reported as min / median / max, and every ratio is taken against the median;
 - ours: the fast decode path with continuous batching (``tools.llm.continuous``: requests join
   the running batch, on the engine's own CUDA stream), the shared generator worker with
-  ``--generator-speedups`` (default on: compiled klein, applied in place after the reference
-  runs), N trajectories at once for each N of ``--levels``. ``--same-stream-levels`` measures
-  those levels again with the VLM on the generator's (default) stream: what overlapping the two
+  ``--generator-speedups`` (default on: a second klein with the same weights, compiled, used
+  at batch 1 since the compiled blocks recompile for each new batch size), N trajectories at
+  once for each N of ``--levels``. ``--same-stream-levels`` measures those levels again with
+  the VLM on the generator's (default) stream: what overlapping the two
   on separate streams brings.
 
 Per level it prints trajectories/hour, the ratio to the reference median, the GPU's busy share
