@@ -86,9 +86,10 @@ class Context:
         "In-process Qwen3-VL models: decode with a static KV cache replayed from a CUDA graph "
         "(85 vs 13 tokens/s at batch 1 for an 8B model on an H200); off = transformers generate.")
     vlm_max_batch: int = _setting(
-        "vlm_max_batch", 8,
-        "In-process (transformers) models: most concurrent planner/critic calls of this process "
-        "answered by one batched generate.")
+        "vlm_max_batch", 32,
+        "In-process (transformers) models: most planner/critic calls of this process decoded "
+        "together (continuous batching with fast decode, fewer where GPU memory holds fewer; "
+        "else one batched generate).")
     vlm_temperature: float = _setting(
         "vlm_temperature", 0.7,
         "Sampling temperature of planner and critic; a retry after an unusable reply samples at "

@@ -12,13 +12,14 @@ step 2 rejected once). So both sides do the same computation and follow the same
 
 - reference: transformers ``generate``, batch 1, one trajectory at a time, plain diffusers
   (how the paper's scripts run); ``--reference-runs`` single-trajectory samples (default 3: one
-  sample swung from 88 s to 139 s between two sessions), reported as min / median / max, and
-  every ratio is taken against the median;
+  sample swung from 88 s to 139 s between two sessions), measured after ours (so a run cut short
+  still has ours), reported as min / median / max, and every ratio is taken against the median;
 - ours: the fast decode path with continuous batching (``tools.llm.continuous``: requests join
   the running batch, on the engine's own CUDA stream), the shared generator worker with
-  ``--generator-speedups`` (default on: compiled klein, applied in place after the reference
-  runs), N trajectories at once for each N of ``--levels``. ``--same-stream-levels`` measures
-  those levels again with the VLM on the generator's (default) stream: what overlapping the two
+  ``--generator-speedups`` (default on: a second klein with the same weights, compiled, used
+  at batch 1 since the compiled blocks recompile for each new batch size), N trajectories at
+  once for each N of ``--levels``. ``--same-stream-levels`` measures those levels again with
+  the VLM on the generator's (default) stream: what overlapping the two
   on separate streams brings.
 
 Per level it prints trajectories/hour, the ratio to the reference median, the GPU's busy share
@@ -32,6 +33,7 @@ the generator: graph nodes, checkpoints, image store, message building).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -158,8 +160,10 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_models(tiny: bool, folder: str) -> tuple[str, str]:
-    """Register the VLM and the generator in their caches; return (vlm path, device)."""
+def build_models(tiny: bool, folder: str, speedups: str = "off") -> tuple[str, str]:
+    """Register the VLM and the generator in their caches; return (vlm path, device). With
+    ``speedups``, a second klein (same random weights) is optimised and cached under that
+    setting, so runs with ``generator_speedups=speedups`` use it and the reference the eager one."""
     from tools.generator import diffusion
     from tools.llm.local import load_processor, register_vlm
     from tools.doubles.tiny_qwen3vl import save_tiny_qwen3vl
@@ -179,6 +183,16 @@ def build_models(tiny: bool, folder: str) -> tuple[str, str]:
                  dtype="bfloat16")
     diffusion.register_pipeline(KLEIN_ID, time_pipeline_calls(build_full_klein_pipeline("cuda")),
                                 "cuda", "bfloat16")
+    if speedups != "off":
+        from tools.generator.klein_speed import optimize_pipeline
+
+        fast = time_pipeline_calls(build_full_klein_pipeline("cuda"))
+        fast.set_progress_bar_config(disable=True)
+        # the cache entry load_pipeline looks up for generator_speedups=speedups
+        diffusion._pipelines[(KLEIN_ID, "cuda", "bfloat16", None, 1.0, "none", speedups)] = fast
+        diffusion._call_locks[id(fast)] = threading.Lock()
+        applied = optimize_pipeline(fast, fp8=speedups == "fp8", cache_dir=str(Path(folder) / "kc"))
+        print("  generator speedups for ours:", ", ".join(applied), flush=True)
     return "random-qwen3-vl-8b", "cuda"
 
 
@@ -251,12 +265,13 @@ def measure(label: str, count: int, concurrency: int, models: Any, context: Any,
     if not rounds:  # generate (the reference): one caller, so its VLM waits are its VLM time
         vlm_busy = sum(VLM_WAITS.values())
         busy = vlm_busy + gen_busy
-    overheads = []
-    if concurrency >= count:  # every run started at `started`: its wall time is its end
-        for run_id, (thread, end) in ended.items():
-            attempts = run_details(context.runs_dir, run_id)["state"].get("attempts", [])
-            waits = VLM_WAITS.get(thread, 0.0) + sum(a.get("generate_s") or 0.0 for a in attempts)
-            overheads.append(end - started - waits)
+    overhead = None
+    if concurrency >= count and ended:  # every run started at `started`: its wall time is its end
+        generator_waits = sum(a.get("generate_s") or 0.0 for run_id in ended
+                              for a in run_details(context.runs_dir, run_id)["state"].get("attempts", []))
+        walls = sum(end - started for _, end in ended.values())
+        # the graph runs nodes on threads of its own, so the waits are summed over all threads
+        overhead = (walls - sum(VLM_WAITS.values()) - generator_waits) / len(ended)
     decode_rows = [rows for kind, _, _, rows in rounds if kind == "decode"]
     row = {"label": label, "trajectories": count, "concurrency": concurrency, "seconds": seconds,
            "per_hour": count / seconds * 3600, "gpu_busy": sampler.busy,
@@ -265,7 +280,7 @@ def measure(label: str, count: int, concurrency: int, models: Any, context: Any,
            "overlap_s": vlm_busy + gen_busy - busy, "idle_s": seconds - busy,
            "prefills": len(prefill), "generator_calls": len(generator),
            "mean_decode_rows": statistics.fmean(decode_rows) if decode_rows else None,
-           "cpu_overhead_per_trajectory_s": statistics.fmean(overheads) if overheads else None}
+           "cpu_overhead_per_trajectory_s": overhead}
     print(f"  measured {label}: {count} in {seconds:.1f} s", flush=True)
     return row
 
@@ -305,48 +320,51 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or (64 if args.tiny else 1024)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        vlm, device = build_models(args.tiny, folder)
+        speedups = "off" if args.tiny else args.generator_speedups
+        vlm, device = build_models(args.tiny, folder, speedups)
         context = Context(runs_dir=str(Path(folder) / "runs"), generator_model=KLEIN_ID,
                           device=device, dtype="float32" if args.tiny else "bfloat16",
-                          width=size, height=size, generator_max_batch=8)
+                          width=size, height=size,
+                          # compiled klein (dynamic=False) recompiles for every new batch size
+                          # (~25 s each); at 1024² batching gains ~8% (evals.perf.worker)
+                          generator_max_batch=1 if speedups != "off" else 8)
         m = dict(vlm=vlm, device=device)
+        ours_context = dataclasses.replace(context, generator_speedups=speedups)
         ours = chat_models(vlm, device, fast=True, batched=True, args=args)
-        measure("warmup", 1, 1, ours, context, **m)  # kernels, allocator, first graph captures
+        measure("warmup", 1, 1, ours, ours_context, **m)  # kernels, compiles, first graph captures
         prepare_engine(vlm, device)
-        reference = [measure(f"reference-{n + 1}", 1, 1, chat_models(vlm, device, fast=False,
-                                                                      batched=False, args=args),
-                             context, **m) for n in range(args.reference_runs)]
-        rows.extend(reference)
-        if args.generator_speedups != "off" and not args.tiny:
-            from tools.generator.diffusion import load_pipeline
-            from tools.generator.klein_speed import optimize_pipeline
-
-            pipe = load_pipeline(KLEIN_ID, device, "bfloat16")  # the registered one
-            print("  generator speedups:", ", ".join(optimize_pipeline(
-                pipe, fp8=args.generator_speedups == "fp8", cache_dir=str(Path(folder) / "kc"))),
-                flush=True)
-            measure("warmup-2", 2, 2, ours, context, **m)  # compiles
         levels = [int(x) for x in args.levels.split(",") if x]
         same = {int(x) for x in args.same_stream_levels.split(",") if x}
-        for level in levels:
-            rows.append(measure(f"ours-{level}", level, level, ours, context, **m))
+
+        def save() -> None:
             if args.out:
                 Path(args.out).write_text(json.dumps(rows, indent=2))
+
+        for level in levels:
+            rows.append(measure(f"ours-{level}", level, level, ours, ours_context, **m))
+            save()
         if same and not args.tiny:
             same_stream(vlm, device, own=False)
-            measure("warmup-1stream", 1, 1, ours, context, **m)
+            measure("warmup-1stream", 1, 1, ours, ours_context, **m)
             prepare_engine(vlm, device)
             for level in sorted(same):
-                rows.append(measure(f"ours-{level}-1stream", level, level, ours, context, **m))
-                if args.out:
-                    Path(args.out).write_text(json.dumps(rows, indent=2))
+                rows.append(measure(f"ours-{level}-1stream", level, level, ours, ours_context, **m))
+                save()
             same_stream(vlm, device, own=True)
+        # last, so that a run cut short still has ours; the first sample is also the first
+        # call of generate (cold), which the median leaves out
+        reference = []
+        for n in range(args.reference_runs):
+            reference.append(measure(f"reference-{n + 1}", 1, 1, chat_models(
+                vlm, device, fast=False, batched=False, args=args), context, **m))
+            rows.append(reference[-1])
+            save()
     per_hour = [row["per_hour"] for row in reference]
     base = statistics.median(per_hour) if per_hour else rows[0]["per_hour"]
     print(f"{'tiny models on CPU' if args.tiny else 'Qwen3-VL-8B-sized + FLUX.2-klein-4B, random weights'}"
           f": {size}², plan 3 steps (step 2 rejected once: 4 generations, 4 critic calls, 1 plan), "
           f"planner {args.planner_tokens} / critic {args.critic_tokens} tokens per reply; ours with "
-          f"generator speedups {args.generator_speedups if not args.tiny else 'off'}")
+          f"generator speedups {speedups}")
     if per_hour:
         walls = sorted(row["seconds"] for row in reference)
         print(f"  reference, {len(walls)} runs: {walls[0]:.1f} / {statistics.median(walls):.1f} / "

@@ -371,7 +371,10 @@ class _GraphedForward:
                     self._forward(**call)
             torch.cuda.current_stream(input_ids.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: an in-process VLM decoding on another thread and stream (its syncs,
+            # copies and allocations) must not invalidate this capture (global mode forbids them
+            # in every thread; seen with tools.llm.continuous on the H200)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 output = self._forward(**call)
         except RuntimeError as error:
             logger.warning("klein_speed: text encoder CUDA graph capture failed (%s); staying eager", error)

@@ -35,6 +35,10 @@ check it against ``generate`` here. Honoured generation settings: ``max_new_toke
 ``repetition_penalty``, EOS ids and pad id from its generation config, and stop strings
 (checked on the host at the same cadence). Only ``model_type == "qwen3_vl"`` is supported.
 
+The chat model (``TransformersChatModel(fast_decode=True)``) now serves its calls through
+``tools.llm.continuous`` (continuous batching over the same step, per-row positions and lengths);
+``fast_generate`` stays the drop-in for one ``generate`` call over a fixed batch.
+
 torch is imported inside functions: importing this module is cheap.
 """
 
