@@ -17,7 +17,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from graph.cli.parser import accept_global_options_anywhere, add_global_options, add_settings
+from graph.cli.parser import (accept_global_options_anywhere, add_global_options, add_settings,
+                              as_cli)
 from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -163,7 +164,7 @@ def _report(outcome: Any) -> int:
         if outcome.document_dir:
             print(f"document: {Path(outcome.document_dir) / 'document.html'}")
         return EXIT_OK
-    print(f"error: run {outcome.run_id} failed: {outcome.error}", file=sys.stderr)
+    print(f"error: run {outcome.run_id} failed: {as_cli(str(outcome.error))}", file=sys.stderr)
     print(f"the run is saved; fix the cause, then: interleave resume {outcome.run_id}", file=sys.stderr)
     return EXIT_RUN_FAILED
 
@@ -344,13 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         stopper.report()
         return EXIT_INTERRUPTED
     except EndpointUnreachableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (RunNotFoundError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

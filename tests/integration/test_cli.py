@@ -71,7 +71,9 @@ def test_unreachable_endpoint_is_named_and_nothing_is_written(capsys, runs_dir):
     code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST,
                        "--planner-base-url", "http://127.0.0.1:9/v1")
     assert code == EXIT_UNREACHABLE
-    assert "planner endpoint http://127.0.0.1:9/v1 does not answer" in err and "vllm serve" in err
+    assert "planner endpoint http://127.0.0.1:9/v1" in err and "nothing listens at 127.0.0.1:9" in err
+    assert "`vllm serve Qwen/Qwen3-VL-8B-Instruct --port 9`" in err
+    assert "set --planner-base-url to a server that runs" in err  # the CLI speaks in its flags
     assert not Path(runs_dir).exists()
 
 
