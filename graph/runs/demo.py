@@ -24,8 +24,14 @@ def demo_pipeline_path(runs_dir: str) -> Path:
     from tools.generator.diffusion import silence_library_progress_bars
     from tools.doubles.tiny_klein import save_tiny_klein
 
+    from tools.store.documents import RANDOM_WEIGHTS_MARKER
+
     silence_library_progress_bars()
-    return save_tiny_klein(Path(runs_dir) / "_demo" / "tiny-flux2-klein")
+    folder = save_tiny_klein(Path(runs_dir) / "_demo" / "tiny-flux2-klein")
+    marker = folder / RANDOM_WEIGHTS_MARKER  # documents made with it say their images are noise
+    if not marker.exists():
+        marker.write_text("The weights in this folder are random (interleave demo).\n")
+    return folder
 
 
 def demo_context(runs_dir: str, server_url: str, pipeline_path: Path, **overrides) -> Context:
