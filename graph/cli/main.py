@@ -201,9 +201,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             raise ValueError(f"cannot read --plan-file {args.plan_file}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"--plan-file {args.plan_file} is not valid JSON ({exc})") from None
-    with ProgressPrinter() as printer:
-        outcome = resume_run(args.run_id, _runs_dir(args),
-                             overrides=_settings(args, RESUME_OVERRIDES), review=review,
+    from graph.runs.demo import demo_endpoints
+
+    with demo_endpoints(_runs_dir(args), args.run_id, _settings(args, RESUME_OVERRIDES)) as overrides, \
+            ProgressPrinter() as printer:
+        outcome = resume_run(args.run_id, _runs_dir(args), overrides=overrides, review=review,
                              on_event=printer)
     return _report(outcome)
 
@@ -230,7 +232,10 @@ def _cmd_fork(args: argparse.Namespace) -> int:
     from graph.runs.history import fork_run
 
     overrides = _settings(args, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
-    with ProgressPrinter() as printer:
+    from graph.runs.demo import demo_endpoints
+
+    with demo_endpoints(_runs_dir(args), args.run_id, overrides) as overrides, \
+            ProgressPrinter() as printer:
         outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt,
                            overrides=overrides, new_id=args.new_run_id, on_event=printer)
     print(f"forked {args.run_id} at step {args.at} into {outcome.run_id}")
