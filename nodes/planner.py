@@ -81,7 +81,7 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
         raise PlanParseError(
             f"the planner gave no usable plan in {len(answer.failures)} tries (last: "
             f"{answer.failures[-1]['error']}). Raw replies saved to {saved}. Check that the planner "
-            f"model follows the plan format, then `interleave resume {run_id}`.", answer.reply,
+            f"model follows the plan format, then resume the run ({run_id}).", answer.reply,
             reason=answer.failures[-1]["reason"])
     reasoning, steps, mode = answer.value
     events.emit(runtime, events.PLAN_READY, run_id, steps=len(steps), mode=mode,

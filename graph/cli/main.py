@@ -17,7 +17,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from graph.cli.parser import accept_global_options_anywhere, add_global_options, add_settings
+from graph.cli.parser import (accept_global_options_anywhere, add_global_options, add_settings,
+                              as_cli)
 from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -166,7 +167,7 @@ def _report(outcome: Any) -> int:
         if outcome.document_dir:
             print(f"document: {Path(outcome.document_dir) / 'document.html'}")
         return EXIT_OK
-    print(f"error: run {outcome.run_id} failed: {outcome.error}", file=sys.stderr)
+    print(f"error: run {outcome.run_id} failed: {as_cli(str(outcome.error))}", file=sys.stderr)
     print(f"the run is saved; fix the cause, then: interleave resume {outcome.run_id}", file=sys.stderr)
     return EXIT_RUN_FAILED
 
@@ -203,9 +204,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             raise ValueError(f"cannot read --plan-file {args.plan_file}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"--plan-file {args.plan_file} is not valid JSON ({exc})") from None
-    with ProgressPrinter() as printer:
-        outcome = resume_run(args.run_id, _runs_dir(args),
-                             overrides=_settings(args, RESUME_OVERRIDES), review=review,
+    from graph.runs.demo import demo_endpoints
+
+    with demo_endpoints(_runs_dir(args), args.run_id, _settings(args, RESUME_OVERRIDES)) as overrides, \
+            ProgressPrinter() as printer:
+        outcome = resume_run(args.run_id, _runs_dir(args), overrides=overrides, review=review,
                              on_event=printer)
     return _report(outcome)
 
@@ -232,7 +235,10 @@ def _cmd_fork(args: argparse.Namespace) -> int:
     from graph.runs.history import fork_run
 
     overrides = _settings(args, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
-    with ProgressPrinter() as printer:
+    from graph.runs.demo import demo_endpoints
+
+    with demo_endpoints(_runs_dir(args), args.run_id, overrides) as overrides, \
+            ProgressPrinter() as printer:
         outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt,
                            overrides=overrides, new_id=args.new_run_id, on_event=printer)
     print(f"forked {args.run_id} at step {args.at} into {outcome.run_id}")
@@ -354,13 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         stopper.report()
         return EXIT_INTERRUPTED
     except EndpointUnreachableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (RunNotFoundError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

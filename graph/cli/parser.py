@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from typing import Any
 
 from graph.context import ENV_PREFIX, SECRET_FIELDS, Context
@@ -184,3 +185,18 @@ class LazyParser(argparse.ArgumentParser):
     def format_help(self) -> str:
         self._ready()
         return super().format_help()
+
+
+def as_cli(message: str) -> str:
+    """A library message in the command line's words: run settings named by their setting
+    names (``vlm_timeout_s``, which hold in Python and Studio too) become the flags
+    (``--vlm-timeout-s``). Only names with an underscore are touched, so plain words such as
+    "seed" or "device" in a sentence stay as they are.
+
+    >>> as_cli("Allow more time (vlm_timeout_s) or set critic_base_url.")
+    'Allow more time (--vlm-timeout-s) or set --critic-base-url.'
+    """
+    names = sorted((f.name for f in dataclasses.fields(Context) if "_" in f.name), key=len,
+                   reverse=True)
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
+    return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)

@@ -29,13 +29,17 @@ _REASON = re.compile(r"^\[([a-z_]+)\] ")
 
 
 def plural(count: int, noun: str) -> str:
-    """>>> plural(1, "step"), plural(3, "step")
+    """Count and noun, in the singular for one.
+
+    >>> plural(1, "step"), plural(3, "step")
     ('1 step', '3 steps')"""
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def clock(seconds: float) -> str:
-    """>>> clock(7.24), clock(75), clock(3725)
+    """Elapsed time, short.
+
+    >>> clock(7.24), clock(75), clock(3725)
     ('7s', '1m15s', '1h02m')"""
     seconds = int(seconds)
     if seconds < 60:

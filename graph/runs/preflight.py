@@ -9,6 +9,7 @@ from __future__ import annotations
 import openai
 
 from graph.context import Context
+from tools.llm.endpoint_errors import describe
 
 PREFLIGHT_TIMEOUT_S = 10.0
 
@@ -28,10 +29,9 @@ def check_endpoints(context: Context) -> None:
         client = openai.OpenAI(base_url=url, api_key=key, timeout=PREFLIGHT_TIMEOUT_S, max_retries=0)
         try:
             client.models.list()
-        except openai.APIConnectionError as exc:
+        except openai.APIConnectionError as exc:  # a timeout is one too
             raise EndpointUnreachableError(
-                f"the {role} endpoint {url} does not answer ({exc.__class__.__name__}). Start the model "
-                f"server (e.g. `vllm serve {getattr(context, f'{role}_model')} --port 8000`) or set "
-                f"--{role}-base-url / INTERLEAVE_{role.upper()}_BASE_URL. Nothing was written.") from None
+                describe(role, url, getattr(context, f"{role}_model"), exc, PREFLIGHT_TIMEOUT_S)
+                + " Nothing was written.") from None
         except openai.APIStatusError:
             pass  # it answers; some OpenAI-style servers have no /models route

@@ -181,6 +181,6 @@ def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_di
         outcome = start_run(REQUEST, demo_context(runs_dir, url, tiny_pipeline,
                                                   vlm_structured_output="json"))
         assert outcome.status == "failed"
-        assert "--vlm-structured-output off" in str(outcome.error)
+        assert "vlm_structured_output off" in str(outcome.error)
     finally:
         server.shutdown()

@@ -71,7 +71,9 @@ def test_unreachable_endpoint_is_named_and_nothing_is_written(capsys, runs_dir):
     code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST,
                        "--planner-base-url", "http://127.0.0.1:9/v1")
     assert code == EXIT_UNREACHABLE
-    assert "planner endpoint http://127.0.0.1:9/v1 does not answer" in err and "vllm serve" in err
+    assert "planner endpoint http://127.0.0.1:9/v1" in err and "nothing listens at 127.0.0.1:9" in err
+    assert "`vllm serve Qwen/Qwen3-VL-8B-Instruct --port 9`" in err
+    assert "set --planner-base-url to a server that runs" in err  # the CLI speaks in its flags
     assert not Path(runs_dir).exists()
 
 
@@ -157,3 +159,16 @@ def test_delegated_commands_get_global_options_and_report_bad_settings(capsys, r
     with pytest.raises(SystemExit) as stop:
         main(["--runs-dir", runs_dir, "eval", "wise"])
     assert stop.value.code == 2 and "--data" in capsys.readouterr()[1]
+
+
+def test_demo_runs_can_be_forked_and_resumed_after_their_server_is_gone(capsys, runs_dir):
+    """The demo's scripted server lives only as long as `interleave demo`; `fork` and `resume`
+    start it again for a demo run (not for other runs) instead of failing on a dead port."""
+    assert main(["--runs-dir", runs_dir, "demo"]) == EXIT_OK
+    first = capsys.readouterr().out.split("run ")[1].split()[0]
+    code, out, err = cli(capsys, "fork", first, "--at", "2", "--run-id", "demo-fork", "--runs-dir", runs_dir)
+    assert code == EXIT_OK, err
+    assert "run demo-fork finished" in out and "vllm serve" not in err
+    assert "resuming: 1/3 steps done" in err and "step 3/3 accepted" in err  # /N on a fork
+    code, out, err = cli(capsys, "resume", "demo-fork", "--runs-dir", runs_dir)
+    assert code == EXIT_OK and "run demo-fork finished" in out

@@ -134,8 +134,10 @@ def test_endpoint_dying_mid_run_leaves_the_run_resumable(runs_dir, tiny_pipeline
     context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_retries=0)
     failed = start_run(REQUEST, context, run_id="orphan", on_event=stop_server_once_planned)
     assert failed.status == "failed"
-    assert "critic endpoint" in str(failed.error) and "unreachable" in str(failed.error)
-    assert "interleave resume" in str(failed.error)
+    assert "critic endpoint" in str(failed.error) and "refused the connection" in str(failed.error)
+    # The library does not promise `interleave resume`: an embedded run may keep no registry.
+    # The CLI says it (test_cli: "interleave resume broken").
+    assert "interleave resume" not in str(failed.error)
 
     with ScriptedChatServer(demo_script.respond) as replacement:  # the server is back, elsewhere
         resumed = resume_run("orphan", runs_dir, overrides={"critic_base_url": replacement.base_url,

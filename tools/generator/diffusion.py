@@ -60,7 +60,7 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
         resolved = devices.resolve_device(device)
         return resolved, devices.resolve_dtype(dtype, resolved)
     except ValueError as exc:
-        raise GeneratorLoadError(f"{exc} (--device / --dtype)") from None
+        raise GeneratorLoadError(f"{exc} (settings device / dtype)") from None
 
 
 def silence_library_progress_bars() -> None:
@@ -114,7 +114,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
             spec = generator_models.model_spec(model)
         except generator_models.UnsupportedModelError as exc:
             raise GeneratorLoadError(f"generator model could not be loaded: {exc} "
-                                     f"(--generator-model)") from None
+                                     f"(setting generator_model)") from None
         import diffusers
 
         silence_library_progress_bars()
@@ -128,7 +128,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
             hint = ("the folder exists but is not a complete diffusers pipeline"
                     if local else "it is neither a local folder nor reachable on the Hugging Face Hub")
             raise GeneratorLoadError(
-                f"generator model {model!r} could not be loaded: {hint}. Pass --generator-model with a "
+                f"generator model {model!r} could not be loaded: {hint}. Set generator_model to a "
                 f"diffusers model id or a folder saved by save_pretrained. ({exc})") from exc
         if lora:
             _merge_lora(pipe, lora, lora_scale, spec)

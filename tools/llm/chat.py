@@ -156,20 +156,19 @@ def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
     import openai
 
     where = f"{role} endpoint {model.openai_api_base} (model {model.model_name!r})"
-    setting = f"--{role}-base-url (or INTERLEAVE_{role.upper()}_BASE_URL)"
     try:
         reply = model.invoke(messages, **call)
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-        raise EndpointError(
-            f"{where} is unreachable ({exc.__class__.__name__}). Start it (e.g. `vllm serve "
-            f"{model.model_name}`) or point {setting} at a running server; the run is saved and "
-            f"`interleave resume` continues it.") from exc
+        from tools.llm.endpoint_errors import describe
+
+        raise EndpointError(describe(role, model.openai_api_base, model.model_name, exc,
+                                     float(model.request_timeout or 0))) from exc
     except openai.NotFoundError as exc:
         raise EndpointError(
-            f"{where} does not serve that model ({exc}). Set INTERLEAVE_{role.upper()}_MODEL or "
-            f"--{role}-model to a model the server lists at /v1/models.") from exc
+            f"{where} does not serve that model ({exc}). Set {role}_model to a model the server "
+            f"lists at /v1/models.") from exc
     except openai.BadRequestError as exc:
-        hint = (" The server may not support structured outputs: set --vlm-structured-output off."
+        hint = (" The server may not support structured outputs: set vlm_structured_output off."
                 if any(k in call for k in ("response_format", "extra_body")) else "")
         raise EndpointError(f"{where} refused the request: {exc.message}.{hint}") from exc
     except openai.APIStatusError as exc:
