@@ -46,7 +46,7 @@ ONE_PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1Pe
      "a run with id 'done' already exists"),
     (["run", REQUEST, "--generator-model", "acme/unknown-model", "--no-preflight"],
      "neither a local diffusers folder nor a known model id"),
-    (["run", REQUEST, "--num-inference-steps", "80", "--no-preflight"], "num_inference_steps=80 is outside 1..50"),
+    (["run", REQUEST, "--num-inference-steps", "80", "--no-preflight"], "--num-inference-steps=80 is outside 1..50"),
     (["run", "Just one <image> marker", "--no-preflight"] + ["--image", ONE_PIXEL] * 2,
      "1 <image> marker(s) but 2 image(s)"),
 ])
