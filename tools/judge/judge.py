@@ -50,7 +50,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from tools.judge.cache import JudgeCache, cache_key
 from tools.judge.prompts import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, quality_prompt, semantic_prompt
 from tools.store.images import ImageRef
-from tools.llm.chat import complete, text_part
+from tools.llm.chat import can_resample, complete, text_part
 from tools.store.images import ImageStore, blank_canvas_png
 from tools.replies.parsing import ReplyParseError, read_answer
 from tools.llm.images import TRANSPORTS, MessageImages
@@ -269,7 +269,7 @@ class Judge:
         self.image_transport = image_transport
         self._slots = threading.BoundedSemaphore(max_concurrency)
         # Re-sampling at a higher temperature is possible for the models whose calls take one.
-        self._resample = type(model).__name__ in ("ChatOpenAI", "TransformersChatModel")
+        self._resample = can_resample(model)
 
     # -- public
 
