@@ -187,3 +187,29 @@ def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_di
         assert "response_format type 'json_schema'" in str(outcome.error)
     finally:
         server.shutdown()
+
+
+def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accepts(runs_dir,
+                                                                                   tiny_pipeline):
+    """Like llama.cpp's server: json_schema answers HTTP 500, json_object + schema is honoured."""
+    def llamacpp_like(body):
+        kind = (body.get("response_format") or {}).get("type")
+        if kind == "json_schema":
+            raise ValueError("response_format type json_schema is not supported")
+        text = demo_script.respond(body)
+        return text.split("<answer>", 1)[1].split("</answer>", 1)[0] if kind else text
+
+    events = []
+    with ScriptedChatServer(llamacpp_like) as server:
+        context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_structured_output="auto",
+                               vlm_retries=0)
+        outcome = start_run(REQUEST, context, on_event=events.append)
+        assert outcome.status == "finished", outcome.error
+        planner = [r["response_format"]["type"] for r in server.requests
+                   if r["model"] == demo_script.PLANNER_MODEL]
+        assert planner[:2] == ["json_schema", "json_object"]
+        assert "schema" in next(r for r in server.requests
+                                if r.get("response_format", {}).get("type") == "json_object")[
+            "response_format"]
+    ready = next(e for e in events if e["event"] == "plan_ready")
+    assert ready["structured_output"] == "json_object"
