@@ -13,7 +13,7 @@ from conftest import REQUEST
 from graph.runs.demo import demo_context
 from graph.runs.runner import start_run
 from tools.doubles import demo_script
-from tools.llm.chat import ChatModels, EndpointError, ask_until_parsed, openai_model
+from tools.llm.chat import ChatModels, EndpointError, ask_until_parsed, complete, openai_model
 from tools.replies.parsing import parse_verdict
 from tools.doubles.scripted_chat import ScriptedChatServer
 
@@ -213,3 +213,16 @@ def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accept
             "response_format"]
     ready = next(e for e in events if e["event"] == "plan_ready")
     assert ready["structured_output"] == "json_object"
+
+
+def test_a_structured_reply_cut_at_its_budget_is_returned_not_raised():
+    """With a json_schema response_format the OpenAI client raises at finish_reason "length"
+    (found by evals/perf/planner_validity.py on transformers serve): it must come back as a cut
+    reply that the retry loop records."""
+    with ScriptedChatServer(lambda body: GOOD_VERDICT) as server:
+        model = openai_model(server.base_url, "k", "critic-cut", 3, 0.0, 5.0, 0)
+        from tools.replies.schemas import structured_output_kwargs
+
+        call = structured_output_kwargs("verdict", "json")["model_kwargs"]
+        text, finish = complete(model, critic_messages(), "critic", **call)
+        assert finish == "length" and text and len(text.split()) <= 3

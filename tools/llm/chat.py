@@ -173,6 +173,11 @@ def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
     setting = f"--{role}-base-url (or INTERLEAVE_{role.upper()}_BASE_URL)"
     try:
         reply = model.invoke(plain_text_messages(messages), **_with_model_extra_body(model, call))
+    except openai.LengthFinishReasonError as exc:
+        # With a json_schema response_format the client parses the reply and raises when it was
+        # cut at the budget; a cut reply is an unusable reply like any other, not a crash.
+        choice = exc.completion.choices[0]
+        return choice.message.content or "", "length"
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
         raise EndpointError(
             f"{where} is unreachable ({exc.__class__.__name__}). Start it (e.g. `vllm serve "
