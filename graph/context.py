@@ -106,8 +106,9 @@ class Context:
     vlm_structured_output: str = _setting(
         "vlm_structured_output", "off",
         "Ask the server to constrain replies so they always parse: off, json (a JSON schema for the "
-        "answer; vLLM and OpenAI) or regex (think + answer; vLLM only). See the README.",
-        ("off", "json", "regex"))
+        "answer; vLLM and OpenAI), json_object (the same schema in llama.cpp's form), regex (think + "
+        "answer; vLLM only) or auto (json, then json_object, then off, on refusal). See the README.",
+        ("off", "json", "json_object", "regex", "auto"))
     vlm_image_transport: str = _setting(
         "vlm_image_transport", "data",
         "How images reach the VLMs: data (inline data URLs) or file (file:// URLs, for a vLLM server "

@@ -19,7 +19,8 @@ from graph.context import Context, context_of
 from graph.state import State, Verdict, attempts_for, current_step
 from nodes import events
 from nodes.prompts import CRITIC_SYSTEM, critic_user
-from tools.llm.chat import ChatModels, ask, model_for, structured_output, text_part
+from nodes.adapters import ask, model_for
+from tools.llm.chat import ChatModels, text_part
 from tools.store.images import ImageStore
 from tools.replies.parsing import parse_verdict
 from tools.llm.images import MessageImages
@@ -43,8 +44,8 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
         before, images.part(image), text_part(critic_user(step["prompt"], attempt["prompt"])),
     ])]
     started = time.perf_counter()
-    answer = ask(model_for("critic", ctx, models), messages, "critic", parse_verdict, ctx,
-                 structured=structured_output(ctx, "verdict"))
+    answer, _ = ask(model_for("critic", ctx, models), messages, "critic", parse_verdict, ctx,
+                    kind="verdict")
     if answer.value is not None:
         reasoning, success, refine = answer.value
         verdict = Verdict(success=success, refine_prompt=refine, reasoning=reasoning, error=None)

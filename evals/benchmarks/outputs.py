@@ -30,7 +30,8 @@ from tools.store.images import ImageStore
 def counted_models(ctx: Context, usage: Usage) -> Any:
     """Planner and critic clients of this item that report to ``usage`` (openai backend only;
     a role on the in-process backend is left to the run, which builds it from the settings)."""
-    from tools.llm.chat import ChatModels, model_for
+    from nodes.adapters import model_for
+    from tools.llm.chat import ChatModels
 
     def make(role: str) -> Any:
         if getattr(ctx, f"{role}_backend") != "openai":

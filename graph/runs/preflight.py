@@ -1,10 +1,15 @@
-"""Check, before a run is created, that the planner and critic endpoints answer at all.
+"""Check, before a run is created, that what each role's backend needs is there.
 
-A typo in a URL or a server that is not up yet then costs one clear message and nothing on disk,
-instead of a failed run in the registry.
+``openai`` roles: the endpoint answers at all. ``transformers`` roles (in-process): nothing is
+asked of any endpoint; a local model path must be a folder with a ``config.json`` (a Hub id is
+left to the loader). A typo in a URL or path, or a server that is not up yet, then costs one clear
+message and nothing on disk, instead of a failed run in the registry.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import openai
 
@@ -21,6 +26,9 @@ class EndpointUnreachableError(RuntimeError):
 def check_endpoints(context: Context) -> None:
     seen = set()
     for role in ("planner", "critic"):
+        if getattr(context, f"{role}_backend") == "transformers":
+            _check_local_model(context, role)
+            continue
         url = getattr(context, f"{role}_base_url")
         key = getattr(context, f"{role}_api_key")
         if url in seen:
@@ -35,3 +43,23 @@ def check_endpoints(context: Context) -> None:
                 + " Nothing was written.") from None
         except openai.APIStatusError:
             pass  # it answers; some OpenAI-style servers have no /models route
+
+
+def _check_local_model(context: Context, role: str) -> None:
+    name = getattr(context, f"{role}_model")
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "has no config.json"
+        raise EndpointUnreachableError(
+            f"the {role} model folder {name} {what}. With --{role}-backend transformers, "
+            f"--{role}-model must be a saved model folder (save_pretrained) or a Hub id. "
+            f"Nothing was written.")
+    if looks_local and role == "critic":
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if "vision_config" not in config:
+            raise EndpointUnreachableError(
+                f"the critic model {name} cannot see images (a text-only "
+                f"{config.get('model_type', 'model')}: its config.json has no vision_config), and "
+                f"the critic judges images. Use a vision-language model folder (e.g. Qwen3-VL) for "
+                f"--critic-model. Nothing was written.")

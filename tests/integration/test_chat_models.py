@@ -13,7 +13,7 @@ from conftest import REQUEST
 from graph.runs.demo import demo_context
 from graph.runs.runner import start_run
 from tools.doubles import demo_script
-from tools.llm.chat import ChatModels, EndpointError, ask, openai_model
+from tools.llm.chat import ChatModels, EndpointError, ask_until_parsed, complete, openai_model
 from tools.replies.parsing import parse_verdict
 from tools.doubles.scripted_chat import ScriptedChatServer
 
@@ -84,13 +84,13 @@ def critic_messages():
     return [HumanMessage(content="Original instruction: p\nRewritten prompt: p\n")]
 
 
-def test_unusable_replies_are_retried_with_growing_pauses_and_resampled(make_context):
+def test_unusable_replies_are_retried_with_growing_pauses_and_resampled():
     replies = iter(["I think it looks fine.", '{"previous_step_success": "maybe"}', GOOD_VERDICT])
     with ScriptedChatServer(lambda body: next(replies)) as server:
-        ctx = make_context(vlm_temperature=0.0, vlm_retries=2, vlm_retry_backoff_s=0.25)
         pauses = []
         model = openai_model(server.base_url, "k", "critic", 64, 0.0, 5.0, 0)
-        answer = ask(model, critic_messages(), "critic", parse_verdict, ctx, sleep=pauses.append)
+        answer = ask_until_parsed(model, critic_messages(), "critic", parse_verdict, retries=2,
+                                  backoff_s=0.25, temperature=0.0, sleep=pauses.append)
         assert answer.value[1] is True
         assert pauses == [0.25, 0.5]
         assert len(answer.failures) == 2 and all(f["reason"] for f in answer.failures)
@@ -98,17 +98,17 @@ def test_unusable_replies_are_retried_with_growing_pauses_and_resampled(make_con
         assert temperatures[0] == 0.0 and temperatures[1:] == [0.7, 0.7]
 
 
-def test_retries_are_bounded_and_every_reply_is_kept(make_context):
+def test_retries_are_bounded_and_every_reply_is_kept():
     with ScriptedChatServer(lambda body: "no verdict here") as server:
-        ctx = make_context(vlm_retries=1, vlm_retry_backoff_s=0)
         model = openai_model(server.base_url, "k", "critic", 64, 0.7, 5.0, 0)
-        answer = ask(model, critic_messages(), "critic", parse_verdict, ctx)
+        answer = ask_until_parsed(model, critic_messages(), "critic", parse_verdict, retries=1,
+                                  backoff_s=0, temperature=0.7)
         assert answer.value is None
         assert len(server.requests) == 2
         assert [f["reply"] for f in answer.failures] == ["no verdict here"] * 2
 
 
-def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting(make_context):
+def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting():
     in_flight, peak, lock = [0], [0], threading.Lock()
 
     def slow(body):
@@ -121,10 +121,10 @@ def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting(make_co
         return GOOD_VERDICT
 
     with ScriptedChatServer(slow) as server:
-        ctx = make_context(vlm_max_concurrency=2)
         model = openai_model(server.base_url, "k", "critic-limited", 64, 0.7, 5.0, 0)
-        threads = [threading.Thread(target=ask, args=(model, critic_messages(), "critic",
-                                                      parse_verdict, ctx)) for _ in range(6)]
+        options = {"retries": 0, "backoff_s": 0, "temperature": 0.7, "max_concurrency": 2}
+        threads = [threading.Thread(target=ask_until_parsed, args=(
+            model, critic_messages(), "critic", parse_verdict), kwargs=options) for _ in range(6)]
         for t in threads:
             t.start()
         for t in threads:
@@ -155,7 +155,9 @@ def test_structured_output_is_requested_and_a_bare_json_answer_is_used(runs_dir,
             assert "previous_step_success" in critic_body["structured_outputs"]["regex"]
 
 
-def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_dir, tiny_pipeline):
+@pytest.mark.parametrize("status", [400, 500])  # vLLM refuses with 400, llama.cpp's server with 500
+def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_dir, tiny_pipeline,
+                                                                          status):
     import http.server
     import json as jsonlib
     import threading as th
@@ -165,7 +167,7 @@ def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_di
             self.rfile.read(int(self.headers["Content-Length"]))
             data = jsonlib.dumps({"error": {"message": "unknown field response_format",
                                             "type": "invalid_request_error"}}).encode()
-            self.send_response(400)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -182,5 +184,45 @@ def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_di
                                                   vlm_structured_output="json"))
         assert outcome.status == "failed"
         assert "vlm_structured_output off" in str(outcome.error)
+        assert "response_format type 'json_schema'" in str(outcome.error)
     finally:
         server.shutdown()
+
+
+def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accepts(runs_dir,
+                                                                                   tiny_pipeline):
+    """Like llama.cpp's server: json_schema answers HTTP 500, json_object + schema is honoured."""
+    def llamacpp_like(body):
+        kind = (body.get("response_format") or {}).get("type")
+        if kind == "json_schema":
+            raise ValueError("response_format type json_schema is not supported")
+        text = demo_script.respond(body)
+        return text.split("<answer>", 1)[1].split("</answer>", 1)[0] if kind else text
+
+    events = []
+    with ScriptedChatServer(llamacpp_like) as server:
+        context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_structured_output="auto",
+                               vlm_retries=0)
+        outcome = start_run(REQUEST, context, on_event=events.append)
+        assert outcome.status == "finished", outcome.error
+        planner = [r["response_format"]["type"] for r in server.requests
+                   if r["model"] == demo_script.PLANNER_MODEL]
+        assert planner[:2] == ["json_schema", "json_object"]
+        assert "schema" in next(r for r in server.requests
+                                if r.get("response_format", {}).get("type") == "json_object")[
+            "response_format"]
+    ready = next(e for e in events if e["event"] == "plan_ready")
+    assert ready["structured_output"] == "json_object"
+
+
+def test_a_structured_reply_cut_at_its_budget_is_returned_not_raised():
+    """With a json_schema response_format the OpenAI client raises at finish_reason "length"
+    (found by evals/perf/planner_validity.py on transformers serve): it must come back as a cut
+    reply that the retry loop records."""
+    with ScriptedChatServer(lambda body: GOOD_VERDICT) as server:
+        model = openai_model(server.base_url, "k", "critic-cut", 3, 0.0, 5.0, 0)
+        from tools.replies.schemas import structured_output_kwargs
+
+        call = structured_output_kwargs("verdict", "json")["model_kwargs"]
+        text, finish = complete(model, critic_messages(), "critic", **call)
+        assert finish == "length" and text and len(text.split()) <= 3

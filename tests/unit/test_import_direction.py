@@ -62,10 +62,7 @@ def _imports(path: Path) -> set[str]:
 
 #: Upward imports not yet removed, each with the reason it is still here. Adding to this list needs
 #: the same justification; the test fails when an entry is no longer needed, so it only shrinks.
-KNOWN = {
-    "tools.llm.chat imports graph.context": "model_for/max_tokens/ask still read a Context; they "
-                                            "move to nodes.adapters in the next change",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _within(name: str, prefix: str) -> bool:

@@ -55,7 +55,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from tools.judge.cache import JudgeCache, answer_key
 from tools.judge.prompts import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, quality_prompt, semantic_prompt
 from tools.store.images import ImageRef
-from tools.llm.chat import complete, text_part
+from tools.llm.chat import can_resample, complete, text_part
 from tools.llm.usage import Usage
 from tools.store.images import ImageStore, blank_canvas_png
 from tools.replies.parsing import ReplyParseError, read_answer
@@ -326,7 +326,7 @@ class Judge:
         self._asking: dict[str, threading.Lock] = {}
         self._asking_lock = threading.Lock()
         # Re-sampling at a higher temperature is possible for the models whose calls take one.
-        self._resample = type(model).__name__ in ("ChatOpenAI", "TransformersChatModel")
+        self._resample = can_resample(model)
 
     # -- public
 

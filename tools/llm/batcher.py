@@ -24,7 +24,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -53,6 +53,8 @@ class BatchingChatModel(BaseChatModel):
     _queue: queue.Queue = PrivateAttr(default_factory=queue.Queue)
     _thread: threading.Thread | None = PrivateAttr(default=None)
     _start_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    #: a call's options (``temperature`` too) reach the wrapped model
+    accepts_call_temperature: ClassVar[bool] = True
     batch_sizes: list[int] = []  # batches served, for tests and benchmarks
 
     @property

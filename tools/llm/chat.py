@@ -7,15 +7,17 @@ Three ways to get a model, per role (planner and critic are independent):
 - ``transformers`` backend: the model runs in this process (``tools.llm.local``);
 - any LangChain chat model passed in by an embedding application (``ChatModels``).
 
-``ask`` sends one message list and parses the reply; an unusable reply is retried up to
-``vlm_retries`` times with a growing pause, re-sampled (a retry never asks at temperature 0, which
-would return the same reply again). Endpoint failures become ``EndpointError`` naming the role, the
+``ask_until_parsed`` sends one message list and parses the reply; an unusable reply is retried
+with a growing pause, re-sampled (a retry never asks at temperature 0, which would return the
+same reply again). Reading a run's settings (``Context``) into these calls is
+``nodes.adapters``' job: this module knows no run. Endpoint failures become ``EndpointError`` naming the role, the
 endpoint and the fix; they stop the run at its last checkpoint, so it can be resumed.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +26,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-
-from graph.context import Context
 
 if TYPE_CHECKING:  # imported lazily: openai + langchain_openai cost ~0.3 s, paid on first use only
     from langchain_openai import ChatOpenAI
@@ -68,52 +68,18 @@ class Answer:
 @functools.lru_cache(maxsize=16)
 def openai_model(base_url: str, api_key: str, model: str, max_tokens: int, temperature: float,
                  timeout_s: float, retries: int) -> ChatOpenAI:
-    """One client per endpoint and setting set, reused across nodes and runs (keeps connections)."""
+    """One client per endpoint and setting set, reused across nodes and runs (keeps connections).
+
+    The reply budget travels twice: LangChain sends ``max_completion_tokens`` (the OpenAI API's
+    current name; vLLM honours it too) and ``extra_body`` adds ``max_tokens``, the only name
+    llama.cpp's server (llama-cpp-python 0.3.36) and other older OpenAI-style servers read:
+    with ``max_completion_tokens`` alone a 5-token budget returned 747 tokens there.
+    """
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, max_tokens=max_tokens,
-                      temperature=temperature, timeout=timeout_s, max_retries=retries)
-
-
-def model_for(role: str, ctx: Context, injected: ChatModels | None = None) -> BaseChatModel:
-    """The chat model a role uses in this run."""
-    chosen = getattr(injected, role, None) if injected is not None else None
-    if chosen is not None:
-        return chosen
-    name = getattr(ctx, f"{role}_model")
-    budget = max_tokens(ctx, role)
-    if getattr(ctx, f"{role}_backend") == "transformers":
-        from tools.llm.local import TransformersChatModel
-        from tools.llm.batcher import shared_batcher
-
-        # Concurrent runs of this process share the model through one batching queue.
-        return shared_batcher(TransformersChatModel(
-            model_path=name, device=ctx.vlm_device, max_new_tokens=budget,
-            temperature=ctx.vlm_temperature, fast_decode=ctx.vlm_fast_decode),
-            max_batch=ctx.vlm_max_batch)
-    return openai_model(getattr(ctx, f"{role}_base_url"), getattr(ctx, f"{role}_api_key"), name,
-                        budget, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
-
-
-def max_tokens(ctx: Context, role: str) -> int:
-    """The reply budget of a role: its own setting, or ``vlm_max_tokens`` when that is 0."""
-    return getattr(ctx, f"{role}_max_tokens") or ctx.vlm_max_tokens
-
-
-def structured_output(ctx: Context, kind: str) -> dict[str, Any] | None:
-    """Request options that constrain a ``kind`` ("plan" or "verdict") reply's shape, when the run
-    asks for them (``vlm_structured_output``); they reach OpenAI-compatible servers only."""
-    if ctx.vlm_structured_output == "off":
-        return None
-    from tools.replies.schemas import structured_output_kwargs
-
-    # The schemas module gives ChatOpenAI constructor arguments; per request the same parameters
-    # go straight into the call.
-    given = structured_output_kwargs(kind, ctx.vlm_structured_output)
-    call = dict(given.get("model_kwargs", {}))
-    if "extra_body" in given:
-        call["extra_body"] = given["extra_body"]
-    return call
+                      temperature=temperature, timeout=timeout_s, max_retries=retries,
+                      extra_body={"max_tokens": max_tokens})
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -131,8 +97,17 @@ def _limit_for(model: BaseChatModel, size: int) -> threading.BoundedSemaphore:
         return _limits.setdefault(key, threading.BoundedSemaphore(size))
 
 
-def _is_openai(model: BaseChatModel) -> bool:
-    return type(model).__name__ == "ChatOpenAI" and hasattr(model, "openai_api_base")
+def is_openai(model: BaseChatModel) -> bool:
+    """Whether ``model`` is LangChain's OpenAI client (the only one whose errors we translate)."""
+    module = sys.modules.get("langchain_openai")
+    return module is not None and isinstance(model, module.ChatOpenAI)
+
+
+def can_resample(model: BaseChatModel) -> bool:
+    """Whether a call to ``model`` takes a per-request ``temperature``, so a retry can re-sample
+    instead of repeating a greedy reply: the OpenAI client, and our in-process models (they say so
+    with ``accepts_call_temperature``). A chat model passed in by an application is called as is."""
+    return is_openai(model) or bool(getattr(model, "accepts_call_temperature", False))
 
 
 def _reply_text(content: Any) -> str:
@@ -141,11 +116,50 @@ def _reply_text(content: Any) -> str:
     return str(content)
 
 
+def plain_text_messages(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """Messages whose content is only text parts, with that content joined into one string.
+
+    Why: chat templates of several OpenAI-style servers take string content only (llama.cpp's
+    server answers HTTP 500 "can only concatenate str (not "list") to str" for a text-only list);
+    every server accepts a string. Messages that carry an image keep their parts.
+    """
+    out = []
+    for message in messages:
+        content = message.content
+        if isinstance(content, list) and all(
+                isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text")
+                for p in content):
+            text = "".join(p if isinstance(p, str) else p.get("text", "") for p in content)
+            message = message.model_copy(update={"content": text})
+        out.append(message)
+    return out
+
+
+def _structured_hint(call: dict[str, Any]) -> str:
+    if "response_format" in call:
+        kind = call["response_format"].get("type")
+        return (f" The server refused response_format type {kind!r}: set vlm_structured_output off, "
+                f"or the form it takes (json: vLLM/OpenAI; json_object: llama.cpp; auto: try each).")
+    if "extra_body" in call and set(call["extra_body"]) - {"max_tokens"}:
+        fields = ", ".join(sorted(set(call["extra_body"]) - {"max_tokens"}))
+        return (f" The server refused the structured-output field(s) {fields} (vLLM only): set "
+                f"vlm_structured_output off, or json, json_object or auto.")
+    return ""
+
+
+def _with_model_extra_body(model: BaseChatModel, call: dict[str, Any]) -> dict[str, Any]:
+    """A per-call ``extra_body`` replaces the client's; keep the client's fields (the budget)."""
+    own = getattr(model, "extra_body", None)
+    if "extra_body" in call and own:
+        call = {**call, "extra_body": {**own, **call["extra_body"]}}
+    return call
+
+
 def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
              **call: Any) -> tuple[str, str | None]:
     """Send ``messages`` once and return (reply text, finish reason). ``call`` holds extra request
     options (temperature of a retry, structured-output parameters) for models that take them."""
-    if not _is_openai(model):
+    if not is_openai(model):
         try:
             reply = model.invoke(messages, **call)
         except Exception as exc:  # a model passed in by the user may raise anything
@@ -157,7 +171,12 @@ def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
 
     where = f"{role} endpoint {model.openai_api_base} (model {model.model_name!r})"
     try:
-        reply = model.invoke(messages, **call)
+        reply = model.invoke(plain_text_messages(messages), **_with_model_extra_body(model, call))
+    except openai.LengthFinishReasonError as exc:
+        # With a json_schema response_format the client parses the reply and raises when it was
+        # cut at the budget; a cut reply is an unusable reply like any other, not a crash.
+        choice = exc.completion.choices[0]
+        return choice.message.content or "", "length"
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
         from tools.llm.endpoint_errors import describe
 
@@ -167,34 +186,49 @@ def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
         raise EndpointError(
             f"{where} does not serve that model ({exc}). Set {role}_model to a model the server "
             f"lists at /v1/models.") from exc
-    except openai.BadRequestError as exc:
-        hint = (" The server may not support structured outputs: set vlm_structured_output off."
-                if any(k in call for k in ("response_format", "extra_body")) else "")
-        raise EndpointError(f"{where} refused the request: {exc.message}.{hint}") from exc
     except openai.APIStatusError as exc:
-        raise EndpointError(f"{where} answered HTTP {exc.status_code}: {exc.message}") from exc
-    return _reply_text(reply.content), reply.response_metadata.get("finish_reason")
+        # Servers differ in how they refuse an option they do not know: vLLM answers 400,
+        # llama.cpp's server 500. Name the option whatever the status.
+        raise EndpointError(f"{where} refused the request (HTTP {exc.status_code}): "
+                            f"{exc.message}.{_structured_hint(call)}") from exc
+    text = _reply_text(reply.content)
+    budget = model.max_tokens
+    used = (reply.usage_metadata or {}).get("output_tokens") if budget else None
+    if used is not None and used > budget:
+        # A server that ignores both budget fields would otherwise hand back unbounded replies.
+        raise EndpointError(
+            f"{where} ignored the reply budget: {used} tokens for a budget of {budget} (sent as "
+            f"max_tokens and max_completion_tokens). Configure the server's own limit (e.g. "
+            f"llama.cpp --n_ctx, vLLM --max-model-len) or use another server.")
+    return text, reply.response_metadata.get("finish_reason")
 
 
-def ask(model: BaseChatModel, messages: list[BaseMessage], role: str,
-        parse: Callable[[str], T], ctx: Context, *, structured: dict[str, Any] | None = None,
-        sleep: Callable[[float], None] = time.sleep) -> Answer:
-    """Ask until ``parse`` accepts a reply, at most ``1 + ctx.vlm_retries`` times.
+def ask_until_parsed(model: BaseChatModel, messages: list[BaseMessage], role: str,
+                     parse: Callable[[str], T], *, retries: int, backoff_s: float,
+                     temperature: float, max_concurrency: int = 8,
+                     call: dict[str, Any] | None = None,
+                     sleep: Callable[[float], None] = time.sleep) -> Answer:
+    """Ask until ``parse`` accepts a reply, at most ``1 + retries`` times: the one loop behind the
+    planner, the critic, the judge and the benchmarks.
 
-    ``parse`` raises ``ValueError`` (the typed ``ReplyParseError``s) for an unusable reply. The
-    returned ``Answer.value`` is None when every try failed; ``failures`` keeps each raw reply.
+    ``parse`` raises ``ValueError`` (the typed ``ReplyParseError``s) for an unusable reply. Before
+    retry *n* it sleeps ``backoff_s * 2**(n-1)`` (at most ``MAX_BACKOFF_S``); models that
+    ``can_resample`` are re-asked at ``max(temperature, RETRY_MIN_TEMPERATURE)``, since a greedy
+    retry returns the same reply. ``call`` holds request options for OpenAI endpoints
+    (structured outputs). ``Answer.value`` is None when every try failed; ``failures`` keeps each
+    raw reply.
     """
-    ours = _is_openai(model) or type(model).__name__ in ("TransformersChatModel", "BatchingChatModel")
-    call = dict(structured or {}) if _is_openai(model) else {}
+    resample = can_resample(model)
+    options = dict(call or {}) if is_openai(model) else {}
     failures: list[dict[str, Any]] = []
     reply = ""
-    for index in range(ctx.vlm_retries + 1):
+    for index in range(retries + 1):
         if index:
-            sleep(min(ctx.vlm_retry_backoff_s * 2 ** (index - 1), MAX_BACKOFF_S))
-            if ours:  # re-sample: never retry greedily
-                call["temperature"] = max(ctx.vlm_temperature, RETRY_MIN_TEMPERATURE)
-        with _limit_for(model, ctx.vlm_max_concurrency):
-            reply, finish = complete(model, messages, role, **call)
+            sleep(min(backoff_s * 2 ** (index - 1), MAX_BACKOFF_S))
+            if resample:
+                options["temperature"] = max(temperature, RETRY_MIN_TEMPERATURE)
+        with _limit_for(model, max_concurrency):
+            reply, finish = complete(model, messages, role, **options)
         try:
             return Answer(parse(reply), reply, failures)
         except ValueError as exc:

@@ -7,6 +7,10 @@ incomplete model folder should fail at once with a ``ModelLoadError`` that names
 and how to get it, not deep inside ``from_pretrained``. ``tools.llm.local`` runs the loaded
 model; ``register_vlm`` lets a model built in memory stand in for a folder.
 
+A folder whose config has no ``vision_config`` is a text-only chat model (e.g. SmolLM2): it loads
+as ``AutoModelForCausalLM`` with its tokenizer behind ``TextOnlyProcessor``, which serves a
+narrative-mode planner and refuses any message with an image, naming why.
+
 Qwen-VL processors want a video processor whose class needs torchvision; where torchvision
 is missing (CPU installs) an images-only processor is assembled from the folder's tokenizer
 and image processor instead.
@@ -16,6 +20,7 @@ torch and transformers are imported inside functions: importing this module is c
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -81,8 +86,10 @@ def check_model_folder(model_path: str) -> None:
         raise ModelLoadError(f"VLM path {model_path!r} is a file, not a model folder; pass the "
                              f"folder that holds config.json and the weights.")
     missing = []
-    for what, names in (("config.json", ("config.json",)), ("weights", _WEIGHT_FILES),
-                        ("tokenizer", _TOKENIZER_FILES), ("image processor config", _IMAGE_PROCESSOR_FILES)):
+    needs = [("config.json", ("config.json",)), ("weights", _WEIGHT_FILES), ("tokenizer", _TOKENIZER_FILES)]
+    if not is_text_only(model_path):
+        needs.append(("image processor config", _IMAGE_PROCESSOR_FILES))
+    for what, names in needs:
         if not any((folder / name).is_file() for name in names):
             missing.append(f"{what} ({' or '.join(names)})")
     if missing:
@@ -90,6 +97,39 @@ def check_model_folder(model_path: str) -> None:
             f"VLM folder {model_path!r} is incomplete: missing {'; '.join(missing)}. Download it "
             f"again (`hf download MODEL_ID --local-dir {model_path}`) or re-save it with "
             f"model.save_pretrained(...) and processor.save_pretrained(...).")
+
+
+def is_text_only(model_path: str) -> bool:
+    """Whether a local folder holds a chat model without a vision tower (no ``vision_config``)."""
+    config = Path(model_path).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    return "vision_config" not in json.loads(config.read_text(encoding="utf-8"))
+
+
+class TextOnlyProcessor:
+    """A text-only model's tokenizer with the processor interface the backend calls; a message
+    with an image is refused (the model has no way to see it)."""
+
+    def __init__(self, tokenizer: Any, source: str):
+        self.tokenizer = tokenizer
+        self.chat_template = tokenizer.chat_template
+        self.source = source
+
+    def _refuse(self) -> None:
+        raise ValueError(f"{self.source!r} is a text-only model (no vision_config): it cannot see "
+                         f"images. Use it as a narrative-mode planner only; the critic, the judge "
+                         f"and a guidance-mode planner need a vision-language model.")
+
+    def apply_chat_template(self, conversation: list[dict[str, Any]], **options: Any) -> Any:
+        if any(not isinstance(m["content"], str) for m in conversation):
+            self._refuse()
+        return self.tokenizer.apply_chat_template(conversation, **options)
+
+    def __call__(self, text: Any, images: Any = None, **options: Any) -> Any:
+        if images:
+            self._refuse()
+        return self.tokenizer(text, **options)
 
 
 def _images_only_processor(source: str):
@@ -161,13 +201,21 @@ def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> Load
                 return _loaded[key]
         check_model_folder(model_path)
         import torch
-        from transformers import AutoModelForImageTextToText
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         start = time.perf_counter()
         try:
-            processor = load_processor(key[0])
-            model = AutoModelForImageTextToText.from_pretrained(
-                key[0], dtype=getattr(torch, dtype), device_map=device)
+            if is_text_only(key[0]):
+                processor = TextOnlyProcessor(AutoTokenizer.from_pretrained(key[0]), key[0])
+                if processor.chat_template is None:
+                    raise ModelLoadError(f"{key[0]!r} has no chat template; save the tokenizer "
+                                         f"with one.")
+                model = AutoModelForCausalLM.from_pretrained(
+                    key[0], dtype=getattr(torch, dtype), device_map=device)
+            else:
+                processor = load_processor(key[0])
+                model = AutoModelForImageTextToText.from_pretrained(
+                    key[0], dtype=getattr(torch, dtype), device_map=device)
         except ModelLoadError:
             raise
         except (OSError, ValueError, KeyError, ImportError) as exc:

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.callbacks import CallbackManager
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -77,6 +77,9 @@ class TransformersChatModel(BaseChatModel):
     ``invoke``/``batch`` accept ``stop`` and per-call ``max_new_tokens``, ``min_new_tokens``
     and ``temperature``.
     """
+
+    #: a call takes ``temperature``: a retry can re-sample (``tools.llm.chat.can_resample``)
+    accepts_call_temperature: ClassVar[bool] = True
 
     model_config = ConfigDict(protected_namespaces=())
 

@@ -87,7 +87,8 @@ _SCHEMAS = {"plan": ("interleave_plan", PLAN_SCHEMA), "verdict": ("critic_verdic
 _REGEXES = {"plan": PLAN_REGEX, "verdict": VERDICT_REGEX}
 
 
-def structured_output_kwargs(kind: Literal["plan", "verdict"], mode: Literal["json", "regex"],
+def structured_output_kwargs(kind: Literal["plan", "verdict"],
+                             mode: Literal["json", "json_object", "regex"],
                              *, legacy_vllm: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``ChatOpenAI(...)`` that make the server enforce a reply shape.
 
@@ -103,8 +104,12 @@ def structured_output_kwargs(kind: Literal["plan", "verdict"], mode: Literal["js
       older vLLM pass ``legacy_vllm=True`` to get ``{"extra_body": {"guided_regex": ...}}``; a
       v0.12+ server ignores that field without an error, so the constraint would silently be
       off. The OpenAI API has no regex mode.
-    * Other servers (TGI, llama.cpp, SGLang, hosted APIs): not verified here; keep structured
-      outputs off for them (the default) and rely on the tolerant parser.
+    * ``mode="json_object"``: ``{"model_kwargs": {"response_format": {"type": "json_object",
+      "schema": ...}}}``, the same schema in llama.cpp's form: llama-cpp-python's server (0.3.36,
+      tested in ``tests/integration/test_real_servers.py``) compiles it to a grammar and answers
+      HTTP 500 to ``json_schema``. Like ``json``, the reply is the bare answer object.
+    * Other servers (TGI, SGLang, hosted APIs): not verified here; ``--vlm-structured-output
+      auto`` tries ``json``, then ``json_object``, then none, moving on at a refusal.
 
     With a vLLM ``--reasoning-parser`` the constraint applies only after the reasoning, so use
     ``mode="json"`` there: the regex would ask for a second ``<think>``.
@@ -117,8 +122,11 @@ def structured_output_kwargs(kind: Literal["plan", "verdict"], mode: Literal["js
                            "json_schema": {"name": name, "schema": copy.deepcopy(schema),
                                            "strict": True}}
         return {"model_kwargs": {"response_format": response_format}}
+    if mode == "json_object":
+        return {"model_kwargs": {"response_format": {"type": "json_object",
+                                                     "schema": copy.deepcopy(_SCHEMAS[kind][1])}}}
     if mode == "regex":
         field = {"guided_regex": _REGEXES[kind]} if legacy_vllm else {
             "structured_outputs": {"regex": _REGEXES[kind]}}
         return {"extra_body": field}
-    raise ValueError(f"mode must be 'json' or 'regex', got {mode!r}")
+    raise ValueError(f"mode must be 'json', 'json_object' or 'regex', got {mode!r}")

@@ -1,0 +1,111 @@
+"""Context -> tools adapters: read a run's settings into the chat models and the ask loop.
+
+Why here: ``tools`` must not know about runs (``tests/unit/test_import_direction.py``), and the
+nodes are what holds a ``Context``. Each setting is read in one place, so the planner, the critic
+and anything else asking a role's model get the same client, budget and retry policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+
+from graph.context import Context
+from tools.llm.chat import (Answer, ChatModels, EndpointError, ask_until_parsed, is_openai,
+                            openai_model)
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+def max_tokens(ctx: Context, role: str) -> int:
+    """The reply budget of a role: its own setting, or ``vlm_max_tokens`` when that is 0."""
+    return getattr(ctx, f"{role}_max_tokens") or ctx.vlm_max_tokens
+
+
+def model_for(role: str, ctx: Context, injected: ChatModels | None = None) -> BaseChatModel:
+    """The chat model a role uses in this run."""
+    chosen = getattr(injected, role, None) if injected is not None else None
+    if chosen is not None:
+        return chosen
+    name = getattr(ctx, f"{role}_model")
+    budget = max_tokens(ctx, role)
+    if getattr(ctx, f"{role}_backend") == "transformers":
+        from tools.llm.batcher import shared_batcher
+        from tools.llm.local import TransformersChatModel
+
+        # Concurrent runs of this process share the model through one batching queue.
+        return shared_batcher(TransformersChatModel(
+            model_path=name, device=ctx.vlm_device, max_new_tokens=budget,
+            temperature=ctx.vlm_temperature, fast_decode=ctx.vlm_fast_decode),
+            max_batch=ctx.vlm_max_batch)
+    return openai_model(getattr(ctx, f"{role}_base_url"), getattr(ctx, f"{role}_api_key"), name,
+                        budget, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
+
+
+def structured_output(ctx: Context, kind: str, mode: str | None = None) -> dict[str, Any] | None:
+    """Request options that constrain a ``kind`` ("plan" or "verdict") reply's shape, when the run
+    asks for them (``vlm_structured_output``); they reach OpenAI-compatible servers only."""
+    mode = mode or ctx.vlm_structured_output
+    if mode == "off":
+        return None
+    from tools.replies.schemas import structured_output_kwargs
+
+    # The schemas module gives ChatOpenAI constructor arguments; per request the same parameters
+    # go straight into the call.
+    given = structured_output_kwargs(kind, mode)
+    call = dict(given.get("model_kwargs", {}))
+    if "extra_body" in given:
+        call["extra_body"] = given["extra_body"]
+    return call
+
+
+#: ``auto``: the structured-output form each endpoint took, learnt from its first refusal.
+_auto_choice: dict[str, str] = {}
+
+
+def structured_mode(ctx: Context, model: BaseChatModel, role: str) -> str:
+    """The form a role's requests use: the run's setting, or for ``auto`` the one this endpoint
+    accepted (``json`` first, then llama.cpp's ``json_object``, then ``off``)."""
+    if not is_openai(model):
+        return "off"  # request options reach OpenAI endpoints only
+    if ctx.vlm_structured_output != "auto":
+        return ctx.vlm_structured_output
+    return _auto_choice.get(getattr(model, "openai_api_base", None) or role, AUTO_ORDER[0])
+
+
+AUTO_ORDER = ("json", "json_object", "off")
+
+
+def ask(model: BaseChatModel, messages: list[BaseMessage], role: str,
+        parse: Callable[[str], T], ctx: Context, *, kind: str,
+        sleep: Callable[[float], Any] | None = None) -> tuple[Answer, str]:
+    """Ask a role's model with the run's retry policy and structured-output setting; returns the
+    answer and the structured-output form used (for ``auto``, what the endpoint accepted: a
+    refusal moves to the next form in ``AUTO_ORDER`` and the choice is kept per endpoint)."""
+    extra = {} if sleep is None else {"sleep": sleep}
+    key = getattr(model, "openai_api_base", None) or role
+    while True:
+        mode = structured_mode(ctx, model, role)
+        try:
+            answer = ask_until_parsed(
+                model, messages, role, parse, retries=ctx.vlm_retries,
+                backoff_s=ctx.vlm_retry_backoff_s, temperature=ctx.vlm_temperature,
+                max_concurrency=ctx.vlm_max_concurrency, call=structured_output(ctx, kind, mode),
+                **extra)
+        except EndpointError as exc:
+            refused = "refused the request" in str(exc)
+            if ctx.vlm_structured_output != "auto" or mode == "off" or not refused:
+                raise
+            following = AUTO_ORDER[AUTO_ORDER.index(mode) + 1]
+            logger.warning("%s: structured output %r refused; trying %r (%s)", key, mode,
+                           following, exc)
+            _auto_choice[key] = following
+            continue
+        if ctx.vlm_structured_output == "auto":
+            _auto_choice[key] = mode
+        return answer, mode
