@@ -11,6 +11,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
+from checkpoints.run_ids import check_run_id, run_folder
 from graph.context import Context, context_of
 from graph.state import ImageRef, PlanStep, State
 from nodes import events
@@ -27,18 +28,19 @@ class EmptyRequestError(ValueError):
 
 
 def run_id_of(state: State) -> str:
-    """The run id: given in the input, else the checkpoint thread id, else a fresh one."""
+    """The run id: given in the input, else the checkpoint thread id, else a fresh one; a run id
+    names a folder of the runs directory, so it must be a valid one (``checkpoints.run_ids``)."""
     if state.get("run_id"):
-        return state["run_id"]
+        return check_run_id(state["run_id"])
     try:
         thread = get_config().get("configurable", {}).get("thread_id")
     except RuntimeError:  # called outside a graph run
         thread = None
-    return str(thread) if thread else uuid.uuid4().hex[:12]
+    return check_run_id(str(thread)) if thread else uuid.uuid4().hex[:12]
 
 
 def _save_failures(runs_dir: str, run_id: str, failures: list[dict]) -> Path:
-    folder = Path(runs_dir) / run_id
+    folder = run_folder(runs_dir, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"planner-failures-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(failures, indent=2, ensure_ascii=False), encoding="utf-8")
