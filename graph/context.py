@@ -22,6 +22,14 @@ BACKENDS = ("openai", "transformers")
 RESUME_OVERRIDES = ("planner_backend", "planner_base_url", "planner_model", "critic_backend",
                     "critic_base_url", "critic_model", "generator_model", "device", "vlm_device",
                     "vlm_timeout_s", "vlm_retries", "vlm_max_concurrency", "vlm_image_transport")
+# What a remote caller of a deployed graph (LangGraph server / `langgraph dev`, Studio, the SDK)
+# may set in the run context: how the answer is made, never where it is sent or written, which
+# model or files the server loads, or a key (metadata "remote" of each field; see RemoteContext).
+REMOTE_SETTINGS = ("vlm_max_tokens", "planner_max_tokens", "critic_max_tokens", "vlm_temperature",
+                   "vlm_retries", "vlm_retry_backoff_s", "vlm_structured_output",
+                   "vlm_image_max_pixels", "critic_unparsed", "reference_policy", "width", "height",
+                   "num_inference_steps", "guidance_scale", "max_generations_per_step",
+                   "review_plan", "seed")
 
 
 def _env(name: str, default: Any) -> Any:
@@ -44,7 +52,8 @@ def _env(name: str, default: Any) -> Any:
 def _setting(name: str, default: Any, description: str, choices: tuple[str, ...] = ()) -> Any:
     """A field whose default may come from the environment; ``choices`` limits a text setting."""
     return field(default_factory=lambda: _env(name, default),
-                 metadata={"description": description, "choices": choices})
+                 metadata={"description": description, "choices": choices,
+                           "remote": name in REMOTE_SETTINGS})
 
 
 @dataclass(kw_only=True)
@@ -230,6 +239,24 @@ class Context:
         values = {k: v for k, v in record.items() if k in names and k not in SECRET_FIELDS}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+class RemoteContext(Context):
+    """The context of the graph a LangGraph server exports (``langgraph.json``): built from what
+    a remote caller sends, so only settings whose metadata says ``remote`` may be given; the
+    rest (endpoints, keys, models, devices, the runs folder) come from the server's own
+    environment. A caller can therefore never point the server's API key at a URL of its own
+    choosing, nor make the server read or write files it names."""
+
+    def __init__(self, **values: Any) -> None:
+        allowed = {f.name for f in dataclasses.fields(Context) if f.metadata.get("remote")}
+        refused = sorted(set(values) - allowed)
+        if refused:  # names only: a refused value may be a key, and errors end up in logs
+            raise ValueError(
+                f"a remote caller may not set {', '.join(refused)} in the run context; the "
+                f"server's operator sets them (INTERLEAVE_* in the server's environment). "
+                f"Settable remotely: {', '.join(sorted(allowed))}")
+        super().__init__(**values)
 
 
 def default_runs_dir() -> str:

@@ -18,7 +18,7 @@ from nodes import events
 from nodes.guidance import check_plan, request_segments
 from nodes.prompts import planner_system, planner_user
 from tools.llm.chat import ChatModels, ask, model_for, structured_output, text_part
-from tools.store.images import ImageStore
+from tools.store.images import DATA_URL_PREFIX, ImageStore
 from tools.replies.parsing import PlanParseError, parse_plan
 from tools.llm.images import MessageImages
 
@@ -58,7 +58,8 @@ def planner_messages(request: str, inputs: list[ImageRef], ctx: Context,
     return [SystemMessage(planner_system(guidance=bool(inputs))), HumanMessage(content=content)]
 
 
-def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = None) -> dict:
+def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = None,
+         remote: bool = False) -> dict:
     ctx = context_of(runtime)
     run_id = run_id_of(state)
     request = (state.get("request") or "").strip()
@@ -66,6 +67,11 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
         raise EmptyRequestError("the request is empty; say what the sequence should show, "
                                 "e.g. 'How do I fold a paper crane?'")
     store = ImageStore(ctx.runs_dir)
+    if remote:  # a server's caller must not make it read (and send on) files of the server's disk
+        local = [p for p in state.get("images", []) if not str(p).startswith(DATA_URL_PREFIX)]
+        if local:
+            raise ValueError(f"input images from a remote caller must be data URLs "
+                             f"(data:image/png;base64,...); {len(local)} were file paths")
     input_images = [store.import_file(p) for p in state.get("images", [])]
     # From here on the inputs are files in the store: data URLs given as input do not ride along
     # in every later checkpoint.
