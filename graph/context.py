@@ -229,8 +229,10 @@ class Context:
             raise ValueError("invalid run settings: " + "; ".join(problems))
 
     def to_record(self) -> dict[str, Any]:
-        """Settings to store with a run: everything except secrets."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
+        """Settings to store with a run: everything except secrets (keys, and any user:password
+        inside a base URL)."""
+        return {k: without_credentials(v) if k.endswith("_base_url") else v
+                for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], **overrides: Any) -> "Context":
@@ -257,6 +259,22 @@ class RemoteContext(Context):
                 f"server's operator sets them (INTERLEAVE_* in the server's environment). "
                 f"Settable remotely: {', '.join(sorted(allowed))}")
         super().__init__(**values)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for storing and printing.
+
+    >>> without_credentials("https://me:hunter2@api.example.com/v1")
+    'https://api.example.com/v1'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def default_runs_dir() -> str:
