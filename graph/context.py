@@ -8,6 +8,7 @@ environment variable (e.g. ``INTERLEAVE_PLANNER_BASE_URL``), and an explicit arg
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,18 @@ RESUME_OVERRIDES = ("planner_backend", "planner_base_url", "planner_model", "cri
 REMOTE_SETTINGS = ("vlm_max_tokens", "planner_max_tokens", "critic_max_tokens", "vlm_temperature",
                    "vlm_retries", "vlm_retry_backoff_s", "vlm_structured_output",
                    "vlm_image_max_pixels", "critic_unparsed", "reference_policy", "width", "height",
-                   "num_inference_steps", "guidance_scale", "max_generations_per_step",
+                   "num_inference_steps", "guidance_scale", "max_generations_per_step", "max_plan_steps",
                    "review_plan", "seed")
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+#: Upper bounds of numeric settings (lower bounds are checked in ``__post_init__``); every float
+#: must also be finite, so NaN or inf is refused before anything is written.
+LIMITS = {"vlm_max_tokens": 131072, "planner_max_tokens": 131072, "critic_max_tokens": 131072,
+          "vlm_max_batch": 256, "vlm_temperature": 2.0, "vlm_timeout_s": 86400.0,
+          "vlm_retries": 20, "vlm_retry_backoff_s": 3600.0, "vlm_max_concurrency": 1024,
+          "vlm_image_max_pixels": 64 * 1024 * 1024, "generator_lora_scale": 10.0,
+          "guidance_scale": 100.0, "seed": 2**32 - 1, "max_plan_steps": 200}
 
 
 def _env(name: str, default: Any) -> Any:
@@ -40,12 +51,16 @@ def _env(name: str, default: Any) -> Any:
     kind = type(default)
     try:
         if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            spelled = raw.strip().lower()
+            if spelled not in _TRUE + _FALSE:
+                raise ValueError
+            return spelled in _TRUE
         return kind(raw)
     except ValueError:
         raise ValueError(
-            f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}; "
-            f"fix or unset it"
+            f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+            + (f" (write one of {', '.join(_TRUE + _FALSE)})" if kind is bool else "")
+            + "; fix or unset it"
         ) from None
 
 
@@ -180,10 +195,25 @@ class Context:
     review_plan: bool = _setting(
         "review_plan", False, "Pause after planning until the plan is approved or edited.")
     seed: int = _setting("seed", 0, "Run seed; each step and attempt derives its own seed from it.")
+    max_plan_steps: int = _setting(
+        "max_plan_steps", 30,
+        "Most steps a plan may have (a longer plan is an unusable planner reply); the paper's "
+        "trajectories run to about 25 generator calls.")
     runs_dir: str = _setting("runs_dir", "runs", "Folder for the run database, image store and documents.")
 
     def __post_init__(self) -> None:
         problems = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{item.name}={value} must be a finite number")
+            elif (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and item.name in LIMITS and value > LIMITS[item.name]):
+                problems.append(f"{item.name}={value} is over its limit {LIMITS[item.name]}")
+        if self.seed < 0 or self.vlm_temperature < 0 or self.max_plan_steps < 1:
+            problems.append("seed and vlm_temperature must be >= 0 and max_plan_steps >= 1")
+        if problems:  # NaN breaks the comparisons below: report these first
+            raise ValueError("invalid run settings: " + "; ".join(problems))
         for name in ("width", "height"):
             value = getattr(self, name)
             if value and (value < 16 or value % 16):

@@ -80,6 +80,9 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
 
     def parse(reply: str) -> tuple[str, list[PlanStep], str]:
         reasoning, steps = parse_plan(reply)
+        if len(steps) > ctx.max_plan_steps:
+            raise PlanParseError(f"the plan has {len(steps)} steps, over max_plan_steps="
+                                 f"{ctx.max_plan_steps}", reply, reason="schema")
         return reasoning, steps, check_plan(steps, len(input_images))
 
     answer = ask(model_for("planner", ctx, models), messages, "planner", parse, ctx,

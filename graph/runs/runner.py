@@ -30,6 +30,7 @@ from nodes.review import reviewed_plan
 from tools.llm.chat import ChatModels
 from tools.store.images import DATA_URL_PREFIX, ImageStore, load_input_image
 
+MAX_REQUEST_CHARS = 20_000  # a long how-to request is ~1k; the planner prompt must fit the model
 EventHandler = Callable[[dict[str, Any]], None]
 
 
@@ -54,6 +55,12 @@ def validate_request(request: str, images: list[str]) -> str:
         raise ValueError("images is a list of paths or data URLs, e.g. images=[\"a.png\"], not "
                          f"{type(images).__name__}")
     request = (request or "").strip()
+    if len(request) > MAX_REQUEST_CHARS:
+        raise ValueError(f"the request is {len(request)} characters long; at most "
+                         f"{MAX_REQUEST_CHARS} are accepted")
+    control = sorted({f"\\x{ord(c):02x}" for c in request if ord(c) < 32 and c not in "\n\t"})
+    if control:
+        raise ValueError(f"the request holds control characters ({', '.join(control)}); remove them")
     if not request:
         raise ValueError("the request is empty; say what the sequence should show, "
                          "e.g. interleave run \"How do I fold a paper crane?\"")
