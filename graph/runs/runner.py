@@ -152,7 +152,7 @@ def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Co
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
         registry = RunRegistry(conn)
-        registry.update(run_id, status="running", error=None, pid=os.getpid())
+        registry.claim(run_id)  # one driver per run: a second process gets RunBusyError
         graph = build_graph(saver, models=models)
         try:
             for mode, chunk in graph.stream(graph_input, config, context=context,
