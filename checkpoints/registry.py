@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
+from datetime import datetime
 from typing import Any
 
 import sqlite_utils
@@ -19,12 +21,19 @@ COLUMNS = {
     "run_id": str, "request": str, "images": str, "status": str, "created_at": str,
     "updated_at": str, "settings": str, "steps_total": int, "steps_done": int, "generations": int,
     "critic_calls": int, "rejections": int, "error": str, "document_dir": str, "pid": int,
-    "parent_run_id": str, "forked_at_step": int,
+    "parent_run_id": str, "forked_at_step": int, "host": str,
 }
+#: A lease held from another host counts as abandoned once its row has not been updated for this
+#: long (a driving process updates it after every node); on this host, once its PID is gone.
+STALE_LEASE_S = 600
 
 
 class RunNotFoundError(LookupError):
     pass
+
+
+class RunBusyError(ValueError):
+    """Another live process drives the run (it holds the run's lease)."""
 
 
 def _now() -> str:
@@ -41,6 +50,16 @@ def _pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _lease_held(pid: int, lease_host: str | None, updated_at: str | None, me: int, host: str) -> bool:
+    if (lease_host or host) == host:
+        return pid != me and _pid_alive(pid)
+    try:
+        age = time.time() - datetime.strptime(updated_at or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return False
+    return age < STALE_LEASE_S
 
 
 class RunRegistry:
@@ -71,6 +90,36 @@ class RunRegistry:
             "created_at": now, "updated_at": now, "settings": json.dumps(settings), "steps_total": 0,
             "steps_done": 0, "generations": 0, "critic_calls": 0, "rejections": 0, "error": None,
             "document_dir": None, "pid": os.getpid()})
+
+    def claim(self, run_id: str) -> None:
+        """Take the run's lease for this process (status running, our PID and host), or raise
+        ``RunBusyError`` when another live process holds it, so two ``resume`` processes never
+        drive one run. The check and the write are one IMMEDIATE transaction. A lease is stale,
+        and taken over, when its process is gone (same host) or its row has not been updated for
+        ``STALE_LEASE_S`` (another host)."""
+        me, host = os.getpid(), socket.gethostname()
+        conn = self.db.conn
+
+        def attempt() -> None:
+            if conn.in_transaction:
+                conn.commit()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(f"SELECT status, pid, host, updated_at FROM {TABLE} WHERE run_id = ?",
+                                   (run_id,)).fetchone()
+                if row and row[0] == "running" and row[1] and _lease_held(row[1], row[2], row[3], me, host):
+                    where = f" on {row[2]}" if row[2] and row[2] != host else ""
+                    raise RunBusyError(
+                        f"run {run_id} is being driven by PID {row[1]}{where}; wait for it to end "
+                        f"or stop that process, then `interleave resume {run_id}`")
+                conn.execute(f"UPDATE {TABLE} SET status = 'running', error = NULL, pid = ?, host = ?, "
+                             f"updated_at = ? WHERE run_id = ?", (me, host, _now(), run_id))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        retry_locked(attempt)
 
     def exists(self, run_id: str) -> bool:
         return bool(self.table.count_where("run_id = ?", [run_id]))

@@ -61,6 +61,9 @@ def database_path(runs_dir: str | Path) -> Path:
 def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open the run database; with ``create=False`` a missing database is an error that says so."""
     path = database_path(runs_dir)
+    if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise ValueError(f"the runs folder {runs_dir} is a file, not a folder; pass --runs-dir "
+                         f"pointing at a folder (it is created when missing)")
     if not path.exists():
         if not create:
             raise FileNotFoundError(

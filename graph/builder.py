@@ -17,7 +17,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
-from graph.context import Context
+from graph.context import Context, RemoteContext
 from graph.routing import after_critique, after_generate, next_step
 from graph.state import InputState, OutputState, State
 from nodes.compose import accept, compose
@@ -28,14 +28,19 @@ from nodes.review import review
 from tools.llm.chat import ChatModels
 
 
-def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None) -> Any:
+def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None,
+                remote: bool = False) -> Any:
     """Compile the interleaved-generation graph; pass a checkpointer to make runs resumable, and
-    ``models`` to use LangChain chat models of your own for the planner and/or the critic."""
-    builder = StateGraph(State, context_schema=Context, input_schema=InputState,
+    ``models`` to use LangChain chat models of your own for the planner and/or the critic.
+    ``remote``: the graph serves untrusted callers (a LangGraph server): they may set only the
+    remote settings (``RemoteContext``) and give input images only as data URLs."""
+    builder = StateGraph(State, context_schema=RemoteContext if remote else Context,
+                         input_schema=InputState,
                          output_schema=OutputState)
     if models is not None and not isinstance(models, ChatModels):
         raise TypeError("models must be tools.llm.chat.ChatModels(planner=..., critic=...)")
-    builder.add_node("plan", functools.partial(plan, models=models) if models else plan)
+    builder.add_node("plan", functools.partial(plan, models=models, remote=remote)
+                     if models or remote else plan)
     builder.add_node("review", review)
     builder.add_node("generate", generate)
     builder.add_node("critique", functools.partial(critique, models=models) if models else critique)
@@ -51,4 +56,4 @@ def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None) -
     return builder.compile(checkpointer=checkpointer, name="interleave")
 
 
-graph = build_graph()
+graph = build_graph(remote=True)

@@ -8,6 +8,7 @@ environment variable (e.g. ``INTERLEAVE_PLANNER_BASE_URL``), and an explicit arg
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,24 @@ BACKENDS = ("openai", "transformers")
 RESUME_OVERRIDES = ("planner_backend", "planner_base_url", "planner_model", "critic_backend",
                     "critic_base_url", "critic_model", "generator_model", "generator_base_url", "device", "vlm_device",
                     "vlm_timeout_s", "vlm_retries", "vlm_max_concurrency", "vlm_image_transport")
+# What a remote caller of a deployed graph (LangGraph server / `langgraph dev`, Studio, the SDK)
+# may set in the run context: how the answer is made, never where it is sent or written, which
+# model or files the server loads, or a key (metadata "remote" of each field; see RemoteContext).
+REMOTE_SETTINGS = ("vlm_max_tokens", "planner_max_tokens", "critic_max_tokens", "vlm_temperature",
+                   "vlm_retries", "vlm_retry_backoff_s", "vlm_structured_output",
+                   "vlm_image_max_pixels", "critic_unparsed", "reference_policy", "width", "height",
+                   "num_inference_steps", "guidance_scale", "max_generations_per_step", "max_plan_steps",
+                   "review_plan", "seed")
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+#: Upper bounds of numeric settings (lower bounds are checked in ``__post_init__``); every float
+#: must also be finite, so NaN or inf is refused before anything is written.
+LIMITS = {"vlm_max_tokens": 131072, "planner_max_tokens": 131072, "critic_max_tokens": 131072,
+          "vlm_max_batch": 256, "vlm_temperature": 2.0, "vlm_timeout_s": 86400.0,
+          "vlm_retries": 20, "vlm_retry_backoff_s": 3600.0, "vlm_max_concurrency": 1024,
+          "vlm_image_max_pixels": 64 * 1024 * 1024, "generator_lora_scale": 10.0,
+          "guidance_scale": 100.0, "seed": 2**32 - 1, "max_plan_steps": 200}
 
 
 def _env(name: str, default: Any) -> Any:
@@ -32,19 +51,24 @@ def _env(name: str, default: Any) -> Any:
     kind = type(default)
     try:
         if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            spelled = raw.strip().lower()
+            if spelled not in _TRUE + _FALSE:
+                raise ValueError
+            return spelled in _TRUE
         return kind(raw)
     except ValueError:
         raise ValueError(
-            f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}; "
-            f"fix or unset it"
+            f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+            + (f" (write one of {', '.join(_TRUE + _FALSE)})" if kind is bool else "")
+            + "; fix or unset it"
         ) from None
 
 
 def _setting(name: str, default: Any, description: str, choices: tuple[str, ...] = ()) -> Any:
     """A field whose default may come from the environment; ``choices`` limits a text setting."""
     return field(default_factory=lambda: _env(name, default),
-                 metadata={"description": description, "choices": choices})
+                 metadata={"description": description, "choices": choices,
+                           "remote": name in REMOTE_SETTINGS})
 
 
 @dataclass(kw_only=True)
@@ -179,10 +203,25 @@ class Context:
     review_plan: bool = _setting(
         "review_plan", False, "Pause after planning until the plan is approved or edited.")
     seed: int = _setting("seed", 0, "Run seed; each step and attempt derives its own seed from it.")
+    max_plan_steps: int = _setting(
+        "max_plan_steps", 30,
+        "Most steps a plan may have (a longer plan is an unusable planner reply); the paper's "
+        "trajectories run to about 25 generator calls.")
     runs_dir: str = _setting("runs_dir", "runs", "Folder for the run database, image store and documents.")
 
     def __post_init__(self) -> None:
         problems = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{item.name}={value} must be a finite number")
+            elif (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and item.name in LIMITS and value > LIMITS[item.name]):
+                problems.append(f"{item.name}={value} is over its limit {LIMITS[item.name]}")
+        if self.seed < 0 or self.vlm_temperature < 0 or self.max_plan_steps < 1:
+            problems.append("seed and vlm_temperature must be >= 0 and max_plan_steps >= 1")
+        if problems:  # NaN breaks the comparisons below: report these first
+            raise ValueError("invalid run settings: " + "; ".join(problems))
         for name in ("width", "height"):
             value = getattr(self, name)
             if value and (value < 16 or value % 16):
@@ -231,8 +270,10 @@ class Context:
             raise ValueError("invalid run settings: " + "; ".join(problems))
 
     def to_record(self) -> dict[str, Any]:
-        """Settings to store with a run: everything except secrets."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
+        """Settings to store with a run: everything except secrets (keys, and any user:password
+        inside a base URL)."""
+        return {k: without_credentials(v) if k.endswith("_base_url") else v
+                for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], **overrides: Any) -> "Context":
@@ -241,6 +282,40 @@ class Context:
         values = {k: v for k, v in record.items() if k in names and k not in SECRET_FIELDS}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+class RemoteContext(Context):
+    """The context of the graph a LangGraph server exports (``langgraph.json``): built from what
+    a remote caller sends, so only settings whose metadata says ``remote`` may be given; the
+    rest (endpoints, keys, models, devices, the runs folder) come from the server's own
+    environment. A caller can therefore never point the server's API key at a URL of its own
+    choosing, nor make the server read or write files it names."""
+
+    def __init__(self, **values: Any) -> None:
+        allowed = {f.name for f in dataclasses.fields(Context) if f.metadata.get("remote")}
+        refused = sorted(set(values) - allowed)
+        if refused:  # names only: a refused value may be a key, and errors end up in logs
+            raise ValueError(
+                f"a remote caller may not set {', '.join(refused)} in the run context; the "
+                f"server's operator sets them (INTERLEAVE_* in the server's environment). "
+                f"Settable remotely: {', '.join(sorted(allowed))}")
+        super().__init__(**values)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for storing and printing.
+
+    >>> without_credentials("https://me:hunter2@api.example.com/v1")
+    'https://api.example.com/v1'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def default_runs_dir() -> str:

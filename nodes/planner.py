@@ -11,6 +11,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
+from checkpoints.run_ids import check_run_id, run_folder
 from graph.context import Context, context_of
 from graph.state import ImageRef, PlanStep, State
 from nodes import events
@@ -18,7 +19,7 @@ from nodes.guidance import check_plan, request_segments
 from nodes.prompts import planner_system, planner_user
 from nodes.adapters import ask, model_for
 from tools.llm.chat import ChatModels, text_part
-from tools.store.images import ImageStore
+from tools.store.images import DATA_URL_PREFIX, ImageStore
 from tools.replies.parsing import PlanParseError, parse_plan
 from tools.llm.images import MessageImages
 
@@ -28,18 +29,19 @@ class EmptyRequestError(ValueError):
 
 
 def run_id_of(state: State) -> str:
-    """The run id: given in the input, else the checkpoint thread id, else a fresh one."""
+    """The run id: given in the input, else the checkpoint thread id, else a fresh one; a run id
+    names a folder of the runs directory, so it must be a valid one (``checkpoints.run_ids``)."""
     if state.get("run_id"):
-        return state["run_id"]
+        return check_run_id(state["run_id"])
     try:
         thread = get_config().get("configurable", {}).get("thread_id")
     except RuntimeError:  # called outside a graph run
         thread = None
-    return str(thread) if thread else uuid.uuid4().hex[:12]
+    return check_run_id(str(thread)) if thread else uuid.uuid4().hex[:12]
 
 
 def _save_failures(runs_dir: str, run_id: str, failures: list[dict]) -> Path:
-    folder = Path(runs_dir) / run_id
+    folder = run_folder(runs_dir, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"planner-failures-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(failures, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -57,7 +59,8 @@ def planner_messages(request: str, inputs: list[ImageRef], ctx: Context,
     return [SystemMessage(planner_system(guidance=bool(inputs))), HumanMessage(content=content)]
 
 
-def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = None) -> dict:
+def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = None,
+         remote: bool = False) -> dict:
     ctx = context_of(runtime)
     run_id = run_id_of(state)
     request = (state.get("request") or "").strip()
@@ -65,6 +68,11 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
         raise EmptyRequestError("the request is empty; say what the sequence should show, "
                                 "e.g. 'How do I fold a paper crane?'")
     store = ImageStore(ctx.runs_dir)
+    if remote:  # a server's caller must not make it read (and send on) files of the server's disk
+        local = [p for p in state.get("images", []) if not str(p).startswith(DATA_URL_PREFIX)]
+        if local:
+            raise ValueError(f"input images from a remote caller must be data URLs "
+                             f"(data:image/png;base64,...); {len(local)} were file paths")
     input_images = [store.import_file(p) for p in state.get("images", [])]
     # From here on the inputs are files in the store: data URLs given as input do not ride along
     # in every later checkpoint.
@@ -73,6 +81,9 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
 
     def parse(reply: str) -> tuple[str, list[PlanStep], str]:
         reasoning, steps = parse_plan(reply)
+        if len(steps) > ctx.max_plan_steps:
+            raise PlanParseError(f"the plan has {len(steps)} steps, over max_plan_steps="
+                                 f"{ctx.max_plan_steps}", reply, reason="schema")
         return reasoning, steps, check_plan(steps, len(input_images))
 
     answer, structured = ask(model_for("planner", ctx, models), messages, "planner", parse,

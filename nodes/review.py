@@ -47,8 +47,18 @@ def review(state: State, runtime: Runtime[Context]) -> dict:
     if not context_of(runtime).review_plan:
         return {}
     inputs = len(state.get("input_images", []))
-    answer = interrupt({"kind": PLAN_REVIEW, "run_id": state["run_id"], "plan": state["plan"],
-                        "input_images": inputs,
-                        "resume_with": {"approve": True, "or": {"plan": "[edited steps]"}}})
-    steps = reviewed_plan(answer, inputs)
-    return {} if steps is None else {"plan": steps, "plan_mode": check_plan(steps, inputs)}
+    question = {"kind": PLAN_REVIEW, "run_id": state["run_id"], "plan": state["plan"],
+                "input_images": inputs,
+                "resume_with": {"approve": True, "or": {"plan": "[edited steps]"}}}
+    # An answer that is not a valid plan must not end the node with an error: LangGraph would
+    # replay that same answer on every later resume, and the run could never be continued.
+    # Instead the node asks again, saying what was wrong; the next answer goes to this new
+    # interrupt (LangGraph matches resume values to a node's interrupts in order).
+    while True:
+        answer = interrupt(question)
+        try:
+            steps = reviewed_plan(answer, inputs)
+        except ValueError as exc:
+            question = {**question, "error": str(exc)}
+            continue
+        return {} if steps is None else {"plan": steps, "plan_mode": check_plan(steps, inputs)}

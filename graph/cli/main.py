@@ -9,6 +9,7 @@ unreachable before the run starts (nothing was written); 5 the run waits for pla
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
 import json
 import logging
@@ -258,6 +259,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from checkpoints.registry import RunRegistry
+    from checkpoints.run_ids import printable
     from checkpoints.saver import connect
 
     with closing(connect(_runs_dir(args), create=False)) as conn:
@@ -267,13 +269,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for row in rows:
         origin = (f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})"
                   if row.get("parent_run_id") else "")
-        print(f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/{row['steps_total']} steps  "
-              f"{row['generations']} images  {row['created_at']}  {row['request'][:60]}{origin}")
+        print(printable(f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/"
+                        f"{row['steps_total']} steps  {row['generations']} images  "
+                        f"{row['created_at']}  {row['request'][:60]}{origin}"))
     return EXIT_OK
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from checkpoints.run_ids import printable
     from graph.runs.inspection import run_details
+
+    def print(text: str = "") -> None:  # model and user text: no control characters reach the terminal
+        builtins.print(printable(text))
 
     details = run_details(_runs_dir(args), args.run_id)
     if args.json:

@@ -13,6 +13,7 @@ from contextlib import closing
 from typing import Any
 
 from checkpoints.registry import RunRegistry
+from checkpoints.run_ids import check_run_id
 from checkpoints.saver import connect, open_checkpointer
 from graph.builder import build_graph
 from graph.context import Context
@@ -75,7 +76,7 @@ def fork_run(runs_dir: str, run_id: str, at_step: int, *, prompt: str | None = N
     with closing(connect(runs_dir, create=False)) as conn:
         record = RunRegistry(conn).get(run_id)
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
-    new_id = new_id or new_run_id()
+    new_id = new_run_id() if new_id is None else check_run_id(new_id)
     with open_checkpointer(runs_dir) as saver:
         parent = build_graph(saver).get_state({"configurable": {"thread_id": run_id}}).values
     values = fork_state(parent, at_step, prompt, new_id, run_id)  # validates before writing

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints.registry import RunRegistry
+from checkpoints.run_ids import inside_runs_dir, run_folder
 from checkpoints.saver import connect, open_checkpointer
 from graph.builder import build_graph
 from tools.store import documents
@@ -24,14 +25,26 @@ def run_details(runs_dir: str, run_id: str) -> dict[str, Any]:
 
 
 def export_document(runs_dir: str, run_id: str, fmt: str, output: str | None) -> Path:
-    """Re-render a finished run's document (from its document.json) and return the file's path."""
+    """Re-render a finished run's document (from its document.json) and return the file's path.
+
+    The document is read from the run's own folder, not from the folder path stored in the state
+    (the runs folder may have moved, or the path been altered), and every image path in it must
+    be a store path inside the runs folder: a stored ``../`` or absolute path is refused, so an
+    export never reads or writes outside the runs folder except at the ``output`` you name.
+    """
     details = run_details(runs_dir, run_id)
-    folder = details["state"].get("document_dir")
-    if not folder or not (Path(folder) / "document.json").exists():
+    folder = run_folder(runs_dir, run_id)
+    if not details["state"].get("document_dir") or not (folder / "document.json").exists():
         raise ValueError(f"run {run_id} has no document yet (status {details['run']['status']}); "
                          f"finish it first with `interleave resume {run_id}`")
-    folder = Path(folder)
     record = json.loads((folder / "document.json").read_text(encoding="utf-8"))
+    check_image_paths(runs_dir, record)
+    if output is not None and Path(output).is_dir():
+        raise ValueError(f"--output {output} is a folder; name the file to write, e.g. "
+                         f"{Path(output) / ('document.' + fmt)}")
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        raise ValueError(f"--output {output}: the folder {Path(output).resolve().parent} does not "
+                         f"exist; create it first")
     path = documents.write_one(folder, record, Path(runs_dir), fmt)
     if output is None:
         return path
@@ -43,3 +56,29 @@ def export_document(runs_dir: str, run_id: str, fmt: str, output: str | None) ->
     else:
         shutil.copyfile(path, target)
     return target
+
+
+def check_image_paths(runs_dir: str, record: dict[str, Any]) -> None:
+    """Refuse a document whose image references point outside the image store."""
+    refs = [s.get("image") for s in record.get("steps", [])]
+    refs += [ref for s in record.get("steps", []) for a in s.get("attempts", [])
+             for ref in (a.get("image"), a.get("source"), *(a.get("references") or []))]
+    refs += list(record.get("input_images") or [])
+    for ref in refs:
+        if ref is None:
+            continue
+        path = ref.get("path") if isinstance(ref, dict) else None
+        if not _in_store(runs_dir, path):
+            raise ValueError(f"the document of run {record.get('run_id')!r} names the image "
+                             f"{path!r}, which is not in the image store; the document.json was "
+                             f"altered. Re-create it with `interleave resume`, or restore it")
+
+
+def _in_store(runs_dir: str, path: Any) -> bool:
+    if not isinstance(path, str) or not path.startswith("images/"):
+        return False
+    try:
+        inside_runs_dir(Path(runs_dir) / "images", path[len("images/"):])
+    except ValueError:  # outside the store, or not a path at all (a NUL byte)
+        return False
+    return True

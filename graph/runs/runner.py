@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from langgraph.types import Command
@@ -21,6 +22,7 @@ from langgraph.types import Command
 from graph.builder import build_graph
 from graph.context import Context
 from checkpoints.registry import RunRegistry
+from checkpoints.run_ids import check_run_id
 from checkpoints.saver import connect, open_checkpointer
 from nodes import events
 from nodes.generator import check_generator_settings
@@ -29,6 +31,7 @@ from nodes.review import reviewed_plan
 from tools.llm.chat import ChatModels
 from tools.store.images import DATA_URL_PREFIX, ImageStore, load_input_image
 
+MAX_REQUEST_CHARS = 20_000  # a long how-to request is ~1k; the planner prompt must fit the model
 EventHandler = Callable[[dict[str, Any]], None]
 
 
@@ -47,7 +50,18 @@ def new_run_id() -> str:
 
 def validate_request(request: str, images: list[str]) -> str:
     """Check the user's input before anything is written; return the cleaned request."""
+    if request is not None and not isinstance(request, str):
+        raise ValueError(f"the request is text, not {type(request).__name__} ({request!r:.60})")
+    if isinstance(images, (str, bytes)) or not all(isinstance(p, str) for p in images):
+        raise ValueError("images is a list of paths or data URLs, e.g. images=[\"a.png\"], not "
+                         f"{type(images).__name__}")
     request = (request or "").strip()
+    if len(request) > MAX_REQUEST_CHARS:
+        raise ValueError(f"the request is {len(request)} characters long; at most "
+                         f"{MAX_REQUEST_CHARS} are accepted")
+    control = sorted({f"\\x{ord(c):02x}" for c in request if ord(c) < 32 and c not in "\n\t"})
+    if control:
+        raise ValueError(f"the request holds control characters ({', '.join(control)}); remove them")
     if not request:
         raise ValueError("the request is empty; say what the sequence should show, "
                          "e.g. interleave run \"How do I fold a paper crane?\"")
@@ -65,10 +79,12 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
     Nothing is written when the input is bad, the run id is taken, or (with ``preflight``) a model
     endpoint does not answer.
     """
-    images = [str(p) for p in images or []]
+    if isinstance(images, (str, bytes)):
+        validate_request(request, images)  # says images is a list
+    images = [str(p) if isinstance(p, Path) else p for p in images or []]
     request = validate_request(request, images)
     check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
-    run_id = run_id or new_run_id()
+    run_id = new_run_id() if run_id is None else check_run_id(run_id)
     if preflight:
         from graph.runs.preflight import check_endpoints  # imports openai: only when asked for
 
@@ -158,7 +174,7 @@ def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Co
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
         registry = RunRegistry(conn)
-        registry.update(run_id, status="running", error=None, pid=os.getpid())
+        registry.claim(run_id)  # one driver per run: a second process gets RunBusyError
         graph = build_graph(saver, models=models)
         if on_event is not None and not isinstance(graph_input, dict):
             _announce_resume(graph, config, on_event)

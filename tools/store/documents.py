@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -91,27 +92,43 @@ def _verdict_label(attempt: dict) -> str:
     return "passed" if verdict["success"] else "rejected"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()#!|~{}+.-])")
+
+
+def md_text(text: Any) -> str:
+    r"""Model or user text as inert Markdown: HTML escaped (a viewer that renders raw HTML gets
+    text, not tags or scripts), Markdown syntax backslash-escaped (no links or images of the
+    model's choosing) and line breaks kept inside the paragraph.
+
+    >>> print(md_text("<img src=x onerror=alert(1)> [a](javascript:x)"))
+    &lt;img src=x onerror=alert\(1\)&gt; \[a\]\(javascript:x\)
+    """
+    escaped = _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+    return "  \n".join(escaped.splitlines()) or escaped
+
+
 def render_markdown(record: dict[str, Any], image_prefix: str) -> str:
-    lines = [f"# {record['request']}", ""]
+    md = md_text
+    lines = [f"# {md(record['request'])}", ""]
     if record.get("forked_from"):
         origin = record["forked_from"]
-        lines += [f"> Forked from run {origin['run_id']} at step {origin['step_number']}.", ""]
+        lines += [f"> Forked from run {md(origin['run_id'])} at step {origin['step_number']}.", ""]
     for step in record["steps"]:
-        lines += [f"## {step['step_number']}. {step['step_name']}", "", step["text"], ""]
+        lines += [f"## {step['step_number']}. {md(step['step_name'])}", "", md(step["text"]), ""]
         if step["image"]:
-            lines += [f"![{step['step_name']}]({image_prefix}/{step['image']['path']})", ""]
+            lines += [f"![{md(step['step_name'])}]({image_prefix}/{step['image']['path']})", ""]
     lines += ["---", "", "## How each step was made", ""]
     for step in record["steps"]:
-        lines.append(f"### Step {step['step_number']}: {step['step_name']}")
+        lines.append(f"### Step {step['step_number']}: {md(step['step_name'])}")
         if not step["attempts"]:
             lines.append(f"- {GIVEN_IMAGE_NOTE}")
         for a in step["attempts"]:
-            lines.append(f"- attempt {a['attempt']} (seed {a['seed']}): {_verdict_label(a)}; "
-                         f"prompt: {a['prompt']}")
+            lines.append(f"- attempt {a['attempt']} (seed {a['seed']}): {md(_verdict_label(a))}; "
+                         f"prompt: {md(a['prompt'])}")
             verdict = a.get("verdict") or {}
             if verdict.get("success") is False:
-                lines.append(f"  - critic: {verdict['reasoning']}")
-                lines.append(f"  - refined prompt: {verdict['refine_prompt']}")
+                lines.append(f"  - critic: {md(verdict['reasoning'])}")
+                lines.append(f"  - refined prompt: {md(verdict['refine_prompt'])}")
         lines.append("")
     return "\n".join(lines)
 

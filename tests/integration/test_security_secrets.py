@@ -1,0 +1,30 @@
+"""API keys, and passwords inside base URLs, never reach the run's checkpoints, registry,
+documents or logs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from conftest import REQUEST
+from graph.runs.runner import start_run
+
+KEY = "sk-never-store-me-4242"
+
+
+def test_keys_and_url_passwords_are_stored_nowhere(make_context, runs_dir, chat_server, caplog):
+    user_url = chat_server.base_url.replace("http://", "http://alice:pw-never-store-me@")
+    caplog.set_level(logging.DEBUG)
+    context = make_context(planner_api_key=KEY, critic_api_key=KEY, critic_base_url=user_url)
+    outcome = start_run(REQUEST, context, run_id="keyed")
+    assert outcome.status == "finished", outcome.error
+    files = [p for p in Path(runs_dir).rglob("*") if p.is_file() and "_demo" not in p.parts]
+    assert any(p.name == "interleave.sqlite" for p in files) and any(p.suffix == ".html" for p in files)
+    for path in files:  # database (and its WAL), documents, planner failure files
+        data = path.read_bytes()
+        assert KEY.encode() not in data and b"pw-never-store-me" not in data, path
+    ours = [r.getMessage() for r in caplog.records
+            if r.name.split(".")[0] in ("graph", "nodes", "tools", "checkpoints", "training")]
+    assert ours and not [m for m in ours if KEY in m or "pw-never-store-me" in m]
+    assert not [r for r in caplog.records if KEY in r.getMessage()]  # no library logs the key
+
