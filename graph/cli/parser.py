@@ -29,7 +29,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
      ("device", "dtype", "width", "height", "num_inference_steps", "guidance_scale",
       "reference_policy"), ("generator_",)),
     ("loop", "how steps are generated, judged and regenerated",
-     ("max_generations_per_step", "critic_unparsed", "review_plan", "seed"), ()),
+     ("max_plan_steps", "max_generations_per_step", "critic_unparsed", "review_plan", "seed"), ()),
 )
 OTHER_GROUP = ("other settings", "")
 GLOBAL_TITLE = "output and logging (before or after the command)"
