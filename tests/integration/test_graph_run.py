@@ -54,7 +54,8 @@ def test_run_plans_generates_critiques_and_writes_the_document(make_context, cha
     after_url = first_critic["messages"][-1]["content"][1]["image_url"]["url"]
     assert base64.b64decode(after_url.split(",", 1)[1]) == store.read_png(steps[0]["attempts"][0]["image"])
 
-    kinds = [e["event"] for e in seen]
+    kinds = [e["event"] for e in seen if e["event"] != "node_started"]
+    assert seen[0]["event"] == "node_started" and seen[0]["node"] == "plan"  # the display hears the planner start
     assert kinds[0] == "plan_ready" and kinds[-1] == "run_finished"
     assert kinds.count("step_accepted") == 3 and kinds.count("denoise_progress") == 4 * context.num_inference_steps
     assert (Path(outcome.document_dir) / "document.md").read_text().count("![") == 3

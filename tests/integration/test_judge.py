@@ -207,7 +207,7 @@ def test_an_endpoint_that_is_down_is_a_failure_not_an_exception(tmp_path, images
         results = judge.judge_many([(images["before"], images["after"], "add a hat"),
                                     (None, images["after"], "a hat")])
     for result in results:
-        assert result.reason == "endpoint" and "unreachable" in result.error
+        assert result.reason == "endpoint" and "refused the connection" in result.error
         assert (result.sc, result.pq, result.overall) == (None, None, None)
     # Such a failure says nothing about the images: once the server is up it is asked again.
     with ScriptedChatServer(scripted) as server, make_judge(server.base_url, tmp_path) as judge:

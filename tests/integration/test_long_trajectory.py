@@ -158,7 +158,9 @@ class Child:
 
     def _take(self, line: str) -> None:
         if line.startswith("{"):
-            self.events.append(json.loads(line))
+            event = json.loads(line)
+            if event["event"] != "node_started":  # display notices: not positions of the trajectory
+                self.events.append(event)
         elif line.strip():
             self.noise.append(line)
 
@@ -206,7 +208,12 @@ def reference(tmp_path_factory, tiny_pipeline, long_server):
                            num_inference_steps=2)
     since = len(long_server.requests)
     events = []
-    outcome = start_run(REQUEST, context, run_id="reference", on_event=events.append)
+
+    def record(event: dict) -> None:
+        if event["event"] != "node_started":  # display notices: not positions of the trajectory
+            events.append(event)
+
+    outcome = start_run(REQUEST, context, run_id="reference", on_event=record)
     assert outcome.status == "finished", outcome.error
     document = document_of(outcome.document_dir)
 

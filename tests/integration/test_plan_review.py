@@ -19,7 +19,9 @@ def paused(make_context):
     events = []
     outcome = start_run(REQUEST, make_context(review_plan=True), run_id="paused", on_event=events.append)
     assert outcome.status == "awaiting_review", outcome.error
-    assert [e["event"] for e in events] == ["plan_ready"]  # nothing generated before the review
+    # Only the planner ran (the display's node notices aside): nothing generated before the review.
+    assert [e["event"] for e in events if e["event"] != "node_started"] == ["plan_ready"]
+    assert [e["node"] for e in events if e["event"] == "node_started"] == ["plan", "review"]
     return outcome
 
 
