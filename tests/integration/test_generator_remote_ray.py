@@ -17,6 +17,7 @@ import json
 import logging
 import socket
 import threading
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -102,7 +103,10 @@ def test_a_run_through_ray_serve_equals_the_in_process_run(fleet, chat_server, t
     assert _wait_for_running_replicas(2) == {"RUNNING": 2}  # one replica per (CPU here, GPU there)
     remote = start_run(REQUEST, demo_context(str(tmp_path / "remote"), chat_server.base_url, tiny_pipeline,
                                              generator_base_url=fleet))
-    local = start_run(REQUEST, demo_context(str(tmp_path / "local"), chat_server.base_url, tiny_pipeline))
+    # A fresh copy of the same weights: the in-process pool is then loaded for this run, as each
+    # replica was, not reused from an earlier test of the session.
+    fresh = shutil.copytree(tiny_pipeline, tmp_path / "tiny-klein")
+    local = start_run(REQUEST, demo_context(str(tmp_path / "local"), chat_server.base_url, fresh))
     assert _document(remote) == _document(local)
     for a, b in zip(_pixels(tmp_path / "remote", _document(remote)), _pixels(tmp_path / "local", _document(local))):
         assert np.array_equal(a, b)
