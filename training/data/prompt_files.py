@@ -101,6 +101,12 @@ def read_prompt_file(path: str | os.PathLike, *, require_images: bool = True
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    if b"\x00" in raw[:65536]:
+        # A binary file (an image, an archive) decodes line by line into a few lucky "requests";
+        # refuse it whole instead of running them.
+        raise ValueError(f"{path} is not a prompt file: it holds binary data (NUL bytes). Pass a "
+                         f"JSONL file (one {{\"id\", \"request\"}} object per line) or plain text, one "
+                         f"request per line")
     lines = raw.split(b"\n")
     jsonl = _is_jsonl(path, lines)
     rows: list[dict] = []
