@@ -34,7 +34,10 @@ def outcome(parse, error, reply):
 # --------------------------------------------------------------------------- valid objects
 
 def _usable(text: str) -> bool:
-    return bool(text) and text == text.strip() and text.lower() not in ("null", "none")
+    # A field that itself spells a reply tag ("<ANSWER>") can change which block the reader takes,
+    # so the reason reported for a broken plan may differ (a known edge of the tolerant reader).
+    return (bool(text) and text == text.strip() and text.lower() not in ("null", "none")
+            and not any(tag in text.lower() for tag in ("<answer", "</answer", "<think", "</think")))
 
 
 field_text = st.text(max_size=30).filter(_usable)
