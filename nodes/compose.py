@@ -6,6 +6,7 @@ from pathlib import Path
 
 from langgraph.runtime import Runtime
 
+from checkpoints.run_ids import run_folder
 from graph.context import Context, context_of
 from graph.state import AcceptedStep, DocumentEntry, State, attempts_for, current_step
 from nodes import events
@@ -49,7 +50,7 @@ def compose(state: State, runtime: Runtime[Context]) -> dict:
         plan=state["plan"], plan_reasoning=state.get("plan_reasoning", ""), entries=entries,
         attempts=state.get("attempts", []), settings=ctx.to_record(), prompt_version=PROMPT_VERSION,
         forked_from=state.get("forked_from"), plan_mode=state.get("plan_mode", "narrative"))
-    folder = Path(ctx.runs_dir) / state["run_id"]
+    folder = run_folder(ctx.runs_dir, state["run_id"])  # checked here too: the state may be stored
     documents.write_all(folder, record, runs_dir=Path(ctx.runs_dir))
     events.emit(runtime, events.RUN_FINISHED, state["run_id"], document_dir=str(folder),
                 steps_total=len(entries))

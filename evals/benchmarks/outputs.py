@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from checkpoints.run_ids import run_folder
 from evals.benchmarks.benchmark import Benchmark
 from evals.benchmarks.configs import Config
 from evals.benchmarks.data import Item
@@ -51,7 +52,7 @@ def _graph_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dic
     if outcome is not None and outcome.status != "finished":
         raise RuntimeError(f"run {run_id} ended {outcome.status}: "
                            f"{type(outcome.error).__name__}: {outcome.error}")
-    folder = Path(ctx.runs_dir) / run_id
+    folder = run_folder(ctx.runs_dir, run_id)  # item ids come from the data file
     document = json.loads((folder / "document.json").read_text(encoding="utf-8"))
     attempts = [a for step in document["steps"] for a in step["attempts"]]
     # A run that had finished before this call was not watched: its VLM use and time are unknown.
@@ -104,7 +105,7 @@ def _bare_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dict
         plan_reasoning="bare generator: no planner, no critic", entries=entries,
         attempts=[attempt], settings=ctx.to_record(), prompt_version=PROMPT_VERSION,
         plan_mode="continue" if source else "narrative")
-    folder = Path(ctx.runs_dir) / run_id
+    folder = run_folder(ctx.runs_dir, run_id)  # item ids come from the data file
     documents.write_all(folder, document, Path(ctx.runs_dir))
     cost = {"generator_calls": 1, "critic_calls": 0, "vlm_requests": 0, "vlm_input_tokens": 0,
             "vlm_output_tokens": 0}

@@ -99,3 +99,16 @@ def test_compose_writes_the_document_with_each_steps_text_and_image(tmp_path):
     assert record["request"] == "fold paper"
     assert "Crease it firmly." in (folder / "document.html").read_text()
     assert events[-1]["event"] == "run_finished"
+
+
+def test_compose_refuses_a_stored_run_id_that_would_write_outside_the_runs_folder(tmp_path):
+    rt, _ = runtime(tmp_path / "runs")
+    store = ImageStore(tmp_path / "runs")
+    tries = [attempt(store, 1, 1, PLAN[0]["prompt"]), attempt(store, 2, 1, PLAN[1]["prompt"])]
+    accepted = [{"step_number": a["step_number"], "attempt": 1, "image": a["image"]} for a in tries]
+    state = {**state_at(2, tries, accepted), "run_id": "../escaped"}
+    import pytest
+
+    with pytest.raises(ValueError):
+        compose(state, rt)
+    assert not (tmp_path / "escaped").exists()
