@@ -172,3 +172,16 @@ def test_store_put_uses_the_same_conversion(tmp_path):
     store = ImageStore(tmp_path)
     ref = store.put(Image.new("RGBA", (4, 4), (0, 0, 0, 0)))
     assert store.load(ref).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_a_reference_outside_the_image_store_is_refused(tmp_path):
+    """A tampered state or document cannot make the store read (or a document embed) another file."""
+    import pytest
+
+    from tools.store.images import ImageStore
+
+    (tmp_path / "secret.txt").write_text("not an image")
+    store = ImageStore(tmp_path / "runs")
+    for path in ("../secret.txt", "images/../../secret.txt", str(tmp_path / "secret.txt"), "interleave.sqlite"):
+        with pytest.raises(ValueError, match="outside the image store"):
+            store.read_png({"path": path, "sha256": "0" * 64, "width": 1, "height": 1})

@@ -178,7 +178,9 @@ def random_weights(settings: dict) -> bool:
 
 
 def _data_url(runs_dir: Path, ref: dict) -> str:
-    data = (runs_dir / ref["path"]).read_bytes()
+    from tools.store.images import ImageStore
+
+    data = ImageStore(runs_dir).read_png(ref)  # inside the store and matching its sha256
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 

@@ -59,7 +59,14 @@ class ImageStore:
         return ImageRef(path=relative, sha256=digest, width=image.width, height=image.height)
 
     def path(self, ref: ImageRef) -> Path:
-        return self.root / ref["path"]
+        """Where a stored image lies. A reference comes from a stored state or document, which a
+        tampered file can fill: one that resolves outside the store's images/ folder is refused."""
+        images = (self.root / "images").resolve()
+        target = (self.root / ref["path"]).resolve()
+        if images not in target.parents:
+            raise ValueError(f"image path {ref['path']!r} lies outside the image store {images}; "
+                             f"the run's stored data was altered")
+        return target
 
     def read_png(self, ref: ImageRef) -> bytes:
         """The stored PNG bytes; a missing or altered file is an error, never a silent substitute."""
