@@ -18,10 +18,24 @@ from checkpoints.sqlite import retry_locked
 TABLE = "runs"
 STATUSES = ("running", "awaiting_review", "failed", "interrupted", "finished")
 COLUMNS = {
-    "run_id": str, "request": str, "images": str, "status": str, "created_at": str,
-    "updated_at": str, "settings": str, "steps_total": int, "steps_done": int, "generations": int,
-    "critic_calls": int, "rejections": int, "error": str, "document_dir": str, "pid": int,
-    "parent_run_id": str, "forked_at_step": int, "host": str,
+    "run_id": str,
+    "request": str,
+    "images": str,
+    "status": str,
+    "created_at": str,
+    "updated_at": str,
+    "settings": str,
+    "steps_total": int,
+    "steps_done": int,
+    "generations": int,
+    "critic_calls": int,
+    "rejections": int,
+    "error": str,
+    "document_dir": str,
+    "pid": int,
+    "parent_run_id": str,
+    "forked_at_step": int,
+    "host": str,
 }
 #: A lease held from another host counts as abandoned once its row has not been updated for this
 #: long (a driving process updates it after every node); on this host, once its PID is gone.
@@ -79,17 +93,32 @@ class RunRegistry:
 
     def ensure_new(self, run_id: str) -> None:
         if self.exists(run_id):
-            raise ValueError(f"a run with id {run_id!r} already exists; choose another --run-id or "
-                             f"`interleave resume {run_id}`")
+            raise ValueError(
+                f"a run with id {run_id!r} already exists; choose another --run-id or `interleave resume {run_id}`"
+            )
 
     def create(self, run_id: str, request: str, images: list[str], settings: dict[str, Any]) -> None:
         self.ensure_new(run_id)
         now = _now()
-        self.table.insert({
-            "run_id": run_id, "request": request, "images": json.dumps(images), "status": "running",
-            "created_at": now, "updated_at": now, "settings": json.dumps(settings), "steps_total": 0,
-            "steps_done": 0, "generations": 0, "critic_calls": 0, "rejections": 0, "error": None,
-            "document_dir": None, "pid": os.getpid()})
+        self.table.insert(
+            {
+                "run_id": run_id,
+                "request": request,
+                "images": json.dumps(images),
+                "status": "running",
+                "created_at": now,
+                "updated_at": now,
+                "settings": json.dumps(settings),
+                "steps_total": 0,
+                "steps_done": 0,
+                "generations": 0,
+                "critic_calls": 0,
+                "rejections": 0,
+                "error": None,
+                "document_dir": None,
+                "pid": os.getpid(),
+            }
+        )
 
     def claim(self, run_id: str) -> None:
         """Take the run's lease for this process (status running, our PID and host), or raise
@@ -105,15 +134,20 @@ class RunRegistry:
                 conn.commit()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute(f"SELECT status, pid, host, updated_at FROM {TABLE} WHERE run_id = ?",
-                                   (run_id,)).fetchone()
+                row = conn.execute(
+                    f"SELECT status, pid, host, updated_at FROM {TABLE} WHERE run_id = ?", (run_id,)
+                ).fetchone()
                 if row and row[0] == "running" and row[1] and _lease_held(row[1], row[2], row[3], me, host):
                     where = f" on {row[2]}" if row[2] and row[2] != host else ""
                     raise RunBusyError(
                         f"run {run_id} is being driven by PID {row[1]}{where}; wait for it to end "
-                        f"or stop that process, then `interleave resume {run_id}`")
-                conn.execute(f"UPDATE {TABLE} SET status = 'running', error = NULL, pid = ?, host = ?, "
-                             f"updated_at = ? WHERE run_id = ?", (me, host, _now(), run_id))
+                        f"or stop that process, then `interleave resume {run_id}`"
+                    )
+                conn.execute(
+                    f"UPDATE {TABLE} SET status = 'running', error = NULL, pid = ?, host = ?, "
+                    f"updated_at = ? WHERE run_id = ?",
+                    (me, host, _now(), run_id),
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -136,8 +170,9 @@ class RunRegistry:
         try:
             row = self.table.get(run_id)
         except sqlite_utils.db.NotFoundError:
-            raise RunNotFoundError(f"no run with id {run_id!r} in this runs folder; "
-                                   f"`interleave list` shows the runs there") from None
+            raise RunNotFoundError(
+                f"no run with id {run_id!r} in this runs folder; `interleave list` shows the runs there"
+            ) from None
         return self._decode(row)
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:

@@ -34,14 +34,11 @@ def check_run_id(run_id: object) -> str:
     """
     if not isinstance(run_id, str):
         raise InvalidRunIdError(f"a run id is text, not {type(run_id).__name__} ({run_id!r})")
-    hint = ("use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit "
-            "(e.g. crane-2)")
+    hint = "use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. crane-2)"
     if not (len(run_id) <= MAX_LENGTH and _PATTERN.fullmatch(run_id)):
         raise InvalidRunIdError(f"run id {run_id!r} is not allowed: {hint}")
-    if run_id.lower() in RESERVED or run_id.lower().endswith((".sqlite", ".sqlite-wal",
-                                                               ".sqlite-shm")):
-        raise InvalidRunIdError(f"run id {run_id!r} is a name the runs folder uses for its own "
-                                f"files; choose another")
+    if run_id.lower() in RESERVED or run_id.lower().endswith((".sqlite", ".sqlite-wal", ".sqlite-shm")):
+        raise InvalidRunIdError(f"run id {run_id!r} is a name the runs folder uses for its own files; choose another")
     return run_id
 
 
@@ -50,8 +47,7 @@ def inside_runs_dir(runs_dir: str | Path, path: str | Path) -> Path:
     root = Path(runs_dir).resolve()
     target = (root / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
     if target != root and root not in target.parents:
-        raise ValueError(f"{path} resolves to {target}, outside the runs folder {root}; refusing "
-                         f"to use it")
+        raise ValueError(f"{path} resolves to {target}, outside the runs folder {root}; refusing to use it")
     return target
 
 

@@ -62,16 +62,18 @@ def connect(runs_dir: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open the run database; with ``create=False`` a missing database is an error that says so."""
     path = database_path(runs_dir)
     if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
-        raise ValueError(f"the runs folder {runs_dir} is a file, not a folder; pass --runs-dir "
-                         f"pointing at a folder (it is created when missing)")
+        raise ValueError(
+            f"the runs folder {runs_dir} is a file, not a folder; pass --runs-dir "
+            f"pointing at a folder (it is created when missing)"
+        )
     if not path.exists():
         if not create:
             raise FileNotFoundError(
                 f"no run database at {path}; start a run with `interleave run` or `interleave demo`, "
-                f"or pass --runs-dir pointing at an existing runs folder")
+                f"or pass --runs-dir pointing at an existing runs folder"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
-    return connect_file(path, what="run database",
-                        fix="pass --runs-dir pointing at a runs folder of this tool")
+    return connect_file(path, what="run database", fix="pass --runs-dir pointing at a runs folder of this tool")
 
 
 @contextmanager

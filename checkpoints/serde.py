@@ -28,11 +28,13 @@ from langgraph.checkpoint.serde import jsonplus
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 #: (module, name) of every object type a checkpoint of ours may hold.
-ALLOWED_TYPES: frozenset[tuple[str, str]] = frozenset({
-    ("langgraph.types", "Interrupt"),  # the plan-review pause (nodes/review.py)
-    ("langgraph.types", "Command"),  # the answer to it: Command(resume=...)
-    ("langgraph.types", "Send"),  # LangGraph's own task packets
-})
+ALLOWED_TYPES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("langgraph.types", "Interrupt"),  # the plan-review pause (nodes/review.py)
+        ("langgraph.types", "Command"),  # the answer to it: Command(resume=...)
+        ("langgraph.types", "Send"),  # LangGraph's own task packets
+    }
+)
 
 #: The serialization kinds this project writes (``+zlib``: compressed, see CompressedSerializer).
 _PLAIN_KINDS = ("null", "bytes", "bytearray", "msgpack")
@@ -51,7 +53,8 @@ class BlockedCheckpointType(ValueError):
         super().__init__(
             f"the checkpoint of {where} holds the type {type_name}, which interleave never stores "
             f"and refuses to load (a tampered or foreign runs database; nothing was executed). "
-            f"Restore the runs folder from a copy you trust, or delete that run's rows.")
+            f"Restore the runs folder from a copy you trust, or delete that run's rows."
+        )
 
     def for_run(self, run_id: str | None) -> "BlockedCheckpointType":
         return BlockedCheckpointType(self.type_name, run_id)
@@ -77,8 +80,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
     checked by this same hook (LangGraph's hook would check the outer type only)."""
     if code == jsonplus.EXT_DELTA_SNAPSHOT:
         return jsonplus._DeltaSnapshot(_unpack(data))
-    if code not in (jsonplus.EXT_CONSTRUCTOR_SINGLE_ARG, jsonplus.EXT_CONSTRUCTOR_POS_ARGS,
-                    jsonplus.EXT_CONSTRUCTOR_KW_ARGS):
+    if code not in (
+        jsonplus.EXT_CONSTRUCTOR_SINGLE_ARG,
+        jsonplus.EXT_CONSTRUCTOR_POS_ARGS,
+        jsonplus.EXT_CONSTRUCTOR_KW_ARGS,
+    ):
         # methods, pydantic models, numpy arrays: none of them is ever in our state
         raise _block(f"msgpack extension {code}")
     parts = _unpack(data)

@@ -41,8 +41,9 @@ def retry_locked(action: Callable[[], T]) -> T:
         pause = min(pause * 2, 0.25)
 
 
-def connect_file(path: str | Path, *, what: str = "database", fix: str = "pass another path",
-                 autocommit: bool = False) -> sqlite3.Connection:
+def connect_file(
+    path: str | Path, *, what: str = "database", fix: str = "pass another path", autocommit: bool = False
+) -> sqlite3.Connection:
     """A shared-use connection to the SQLite file ``path`` (its folder is created when missing).
 
     ``what`` and ``fix`` word the error for a file that is not SQLite ("the judge cache X cannot be
@@ -52,8 +53,12 @@ def connect_file(path: str | Path, *, what: str = "database", fix: str = "pass a
     path = str(path)
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
-                           **({"isolation_level": None} if autocommit else {}))
+    conn = sqlite3.connect(
+        path,
+        check_same_thread=False,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        **({"isolation_level": None} if autocommit else {}),
+    )
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
@@ -62,6 +67,5 @@ def connect_file(path: str | Path, *, what: str = "database", fix: str = "pass a
         conn.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise ValueError(f"the {what} {path} cannot be opened as SQLite ({exc}); {fix} or delete "
-                         f"the file") from exc
+        raise ValueError(f"the {what} {path} cannot be opened as SQLite ({exc}); {fix} or delete the file") from exc
     return conn

@@ -28,19 +28,17 @@ from nodes.review import review
 from tools.llm.chat import ChatModels
 
 
-def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None,
-                remote: bool = False) -> Any:
+def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None, remote: bool = False) -> Any:
     """Compile the interleaved-generation graph; pass a checkpointer to make runs resumable, and
     ``models`` to use LangChain chat models of your own for the planner and/or the critic.
     ``remote``: the graph serves untrusted callers (a LangGraph server): they may set only the
     remote settings (``RemoteContext``) and give input images only as data URLs."""
-    builder = StateGraph(State, context_schema=RemoteContext if remote else Context,
-                         input_schema=InputState,
-                         output_schema=OutputState)
+    builder = StateGraph(
+        State, context_schema=RemoteContext if remote else Context, input_schema=InputState, output_schema=OutputState
+    )
     if models is not None and not isinstance(models, ChatModels):
         raise TypeError("models must be tools.llm.chat.ChatModels(planner=..., critic=...)")
-    builder.add_node("plan", functools.partial(plan, models=models, remote=remote)
-                     if models or remote else plan)
+    builder.add_node("plan", functools.partial(plan, models=models, remote=remote) if models or remote else plan)
     builder.add_node("review", review)
     builder.add_node("generate", generate)
     builder.add_node("critique", functools.partial(critique, models=models) if models else critique)

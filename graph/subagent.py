@@ -24,20 +24,37 @@ from tools.llm.chat import ChatModels
 TOOL_DESCRIPTION = (
     "Create an illustrated, step-by-step answer (text with one image per step) for a request such "
     "as a how-to guide, a visual story or a process. Input: the request in plain words. Output: "
-    "JSON with the steps, each with its text and the path of its image file.")
+    "JSON with the steps, each with its text and the path of its image file."
+)
 
 
 def document_json(result: dict[str, Any], runs_dir: str) -> str:
     """The graph's output as the JSON a tool returns: steps with text and absolute image paths."""
-    steps = [{"step": e["step_number"], "title": e["step_name"], "text": e["text"],
-              "image": str((Path(runs_dir) / e["image"]["path"]).resolve()) if e["image"] else None}
-             for e in result["document"]]
-    return json.dumps({"run_id": result["run_id"], "steps": steps,
-                       "document_html": str(Path(result["document_dir"]) / "document.html")})
+    steps = [
+        {
+            "step": e["step_number"],
+            "title": e["step_name"],
+            "text": e["text"],
+            "image": str((Path(runs_dir) / e["image"]["path"]).resolve()) if e["image"] else None,
+        }
+        for e in result["document"]
+    ]
+    return json.dumps(
+        {
+            "run_id": result["run_id"],
+            "steps": steps,
+            "document_html": str(Path(result["document_dir"]) / "document.html"),
+        }
+    )
 
 
-def interleave_tool(context: Context, *, checkpointer: Any = None, models: ChatModels | None = None,
-                    name: str = "make_interleaved_document") -> BaseTool:
+def interleave_tool(
+    context: Context,
+    *,
+    checkpointer: Any = None,
+    models: ChatModels | None = None,
+    name: str = "make_interleaved_document",
+) -> BaseTool:
     """A tool that runs the whole planner -> generator -> critic loop for one request.
 
     With a checkpointer every call is a resumable run (thread id = run id) and is written with
@@ -58,5 +75,4 @@ def interleave_tool(context: Context, *, checkpointer: Any = None, models: ChatM
     async def arun(request: str) -> str:
         return document_json(await app.ainvoke(*new_call(request), **options), context.runs_dir)
 
-    return StructuredTool.from_function(func=run, coroutine=arun, name=name,
-                                        description=TOOL_DESCRIPTION)
+    return StructuredTool.from_function(func=run, coroutine=arun, name=name, description=TOOL_DESCRIPTION)

@@ -15,8 +15,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
 from graph.context import Context
-from tools.llm.chat import (Answer, ChatModels, EndpointError, ask_until_parsed, is_openai,
-                            openai_model)
+from tools.llm.chat import Answer, ChatModels, EndpointError, ask_until_parsed, is_openai, openai_model
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -39,12 +38,25 @@ def model_for(role: str, ctx: Context, injected: ChatModels | None = None) -> Ba
         from tools.llm.local import TransformersChatModel
 
         # Concurrent runs of this process share the model through one batching queue.
-        return shared_batcher(TransformersChatModel(
-            model_path=name, device=ctx.vlm_device, max_new_tokens=budget,
-            temperature=ctx.vlm_temperature, fast_decode=ctx.vlm_fast_decode),
-            max_batch=ctx.vlm_max_batch)
-    return openai_model(getattr(ctx, f"{role}_base_url"), getattr(ctx, f"{role}_api_key"), name,
-                        budget, ctx.vlm_temperature, ctx.vlm_timeout_s, ctx.vlm_retries)
+        return shared_batcher(
+            TransformersChatModel(
+                model_path=name,
+                device=ctx.vlm_device,
+                max_new_tokens=budget,
+                temperature=ctx.vlm_temperature,
+                fast_decode=ctx.vlm_fast_decode,
+            ),
+            max_batch=ctx.vlm_max_batch,
+        )
+    return openai_model(
+        getattr(ctx, f"{role}_base_url"),
+        getattr(ctx, f"{role}_api_key"),
+        name,
+        budget,
+        ctx.vlm_temperature,
+        ctx.vlm_timeout_s,
+        ctx.vlm_retries,
+    )
 
 
 def structured_output(ctx: Context, kind: str, mode: str | None = None) -> dict[str, Any] | None:
@@ -81,9 +93,16 @@ def structured_mode(ctx: Context, model: BaseChatModel, role: str) -> str:
 AUTO_ORDER = ("json", "json_object", "off")
 
 
-def ask(model: BaseChatModel, messages: list[BaseMessage], role: str,
-        parse: Callable[[str], T], ctx: Context, *, kind: str,
-        sleep: Callable[[float], Any] | None = None) -> tuple[Answer, str]:
+def ask(
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    role: str,
+    parse: Callable[[str], T],
+    ctx: Context,
+    *,
+    kind: str,
+    sleep: Callable[[float], Any] | None = None,
+) -> tuple[Answer, str]:
     """Ask a role's model with the run's retry policy and structured-output setting; returns the
     answer and the structured-output form used (for ``auto``, what the endpoint accepted: a
     refusal moves to the next form in ``AUTO_ORDER`` and the choice is kept per endpoint)."""
@@ -93,17 +112,23 @@ def ask(model: BaseChatModel, messages: list[BaseMessage], role: str,
         mode = structured_mode(ctx, model, role)
         try:
             answer = ask_until_parsed(
-                model, messages, role, parse, retries=ctx.vlm_retries,
-                backoff_s=ctx.vlm_retry_backoff_s, temperature=ctx.vlm_temperature,
-                max_concurrency=ctx.vlm_max_concurrency, call=structured_output(ctx, kind, mode),
-                **extra)
+                model,
+                messages,
+                role,
+                parse,
+                retries=ctx.vlm_retries,
+                backoff_s=ctx.vlm_retry_backoff_s,
+                temperature=ctx.vlm_temperature,
+                max_concurrency=ctx.vlm_max_concurrency,
+                call=structured_output(ctx, kind, mode),
+                **extra,
+            )
         except EndpointError as exc:
             refused = "refused the request" in str(exc)
             if ctx.vlm_structured_output != "auto" or mode == "off" or not refused:
                 raise
             following = AUTO_ORDER[AUTO_ORDER.index(mode) + 1]
-            logger.warning("%s: structured output %r refused; trying %r (%s)", key, mode,
-                           following, exc)
+            logger.warning("%s: structured output %r refused; trying %r (%s)", key, mode, following, exc)
             _auto_choice[key] = following
             continue
         if ctx.vlm_structured_output == "auto":

@@ -23,10 +23,16 @@ def accept(state: State, runtime: Runtime[Context]) -> dict:
         latest = attempts_for(state, number)[-1]
         accepted = AcceptedStep(step_number=number, attempt=latest["attempt"], image=latest["image"])
     else:
-        accepted = AcceptedStep(step_number=number, attempt=0,
-                                image=state["input_images"][number - 1])
-    events.emit(runtime, events.STEP_ACCEPTED, state["run_id"], step_number=number,
-                attempt=accepted["attempt"], image=accepted["image"], steps_total=len(state["plan"]))
+        accepted = AcceptedStep(step_number=number, attempt=0, image=state["input_images"][number - 1])
+    events.emit(
+        runtime,
+        events.STEP_ACCEPTED,
+        state["run_id"],
+        step_number=number,
+        attempt=accepted["attempt"],
+        image=accepted["image"],
+        steps_total=len(state["plan"]),
+    )
     return {"accepted": [accepted], "step_index": state["step_index"] + 1}
 
 
@@ -40,18 +46,34 @@ def compose(state: State, runtime: Runtime[Context]) -> dict:
     images = {a["step_number"]: a["image"] for a in state.get("accepted", [])}
     planned = {s["step_number"] for s in state["plan"]}
     # Given images the plan does not answer about open the document (a continued sequence).
-    given = [DocumentEntry(step_number=k, step_name=f"Given image {k}", text="", image=ref)
-             for k, ref in enumerate(state.get("input_images", []), start=1) if k not in planned]
-    entries = given + [DocumentEntry(step_number=s["step_number"], step_name=s["step_name"],
-                                     text=step_text(s), image=images.get(s["step_number"]))
-                       for s in state["plan"]]
+    given = [
+        DocumentEntry(step_number=k, step_name=f"Given image {k}", text="", image=ref)
+        for k, ref in enumerate(state.get("input_images", []), start=1)
+        if k not in planned
+    ]
+    entries = given + [
+        DocumentEntry(
+            step_number=s["step_number"],
+            step_name=s["step_name"],
+            text=step_text(s),
+            image=images.get(s["step_number"]),
+        )
+        for s in state["plan"]
+    ]
     record = documents.build_record(
-        run_id=state["run_id"], request=state["request"], input_images=state.get("input_images", []),
-        plan=state["plan"], plan_reasoning=state.get("plan_reasoning", ""), entries=entries,
-        attempts=state.get("attempts", []), settings=ctx.to_record(), prompt_version=PROMPT_VERSION,
-        forked_from=state.get("forked_from"), plan_mode=state.get("plan_mode", "narrative"))
+        run_id=state["run_id"],
+        request=state["request"],
+        input_images=state.get("input_images", []),
+        plan=state["plan"],
+        plan_reasoning=state.get("plan_reasoning", ""),
+        entries=entries,
+        attempts=state.get("attempts", []),
+        settings=ctx.to_record(),
+        prompt_version=PROMPT_VERSION,
+        forked_from=state.get("forked_from"),
+        plan_mode=state.get("plan_mode", "narrative"),
+    )
     folder = run_folder(ctx.runs_dir, state["run_id"])  # checked here too: the state may be stored
     documents.write_all(folder, record, runs_dir=Path(ctx.runs_dir))
-    events.emit(runtime, events.RUN_FINISHED, state["run_id"], document_dir=str(folder),
-                steps_total=len(entries))
+    events.emit(runtime, events.RUN_FINISHED, state["run_id"], document_dir=str(folder), steps_total=len(entries))
     return {"document": entries, "document_dir": str(folder)}

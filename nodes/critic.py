@@ -36,27 +36,43 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
     attempt = attempts_for(state, step["step_number"])[-1]
     store = ImageStore(ctx.runs_dir)
     image = attempt["image"]
-    images = MessageImages(store, transport=ctx.vlm_image_transport,
-                           max_pixels=ctx.vlm_image_max_pixels, image_count=2)
-    before = (images.part(attempt["source"]) if attempt["source"]
-              else images.blank(image["width"], image["height"]))
-    messages = [SystemMessage(CRITIC_SYSTEM), HumanMessage(content=[
-        before, images.part(image), text_part(critic_user(step["prompt"], attempt["prompt"])),
-    ])]
+    images = MessageImages(store, transport=ctx.vlm_image_transport, max_pixels=ctx.vlm_image_max_pixels, image_count=2)
+    before = images.part(attempt["source"]) if attempt["source"] else images.blank(image["width"], image["height"])
+    messages = [
+        SystemMessage(CRITIC_SYSTEM),
+        HumanMessage(
+            content=[
+                before,
+                images.part(image),
+                text_part(critic_user(step["prompt"], attempt["prompt"])),
+            ]
+        ),
+    ]
     started = time.perf_counter()
-    answer, _ = ask(model_for("critic", ctx, models), messages, "critic", parse_verdict, ctx,
-                    kind="verdict")
+    answer, _ = ask(model_for("critic", ctx, models), messages, "critic", parse_verdict, ctx, kind="verdict")
     if answer.value is not None:
         reasoning, success, refine = answer.value
         verdict = Verdict(success=success, refine_prompt=refine, reasoning=reasoning, error=None)
     else:
         last = answer.failures[-1]
         cut = " (reply hit the token limit)" if last["finish_reason"] == "length" else ""
-        verdict = Verdict(success=None, refine_prompt=None,
-                          error=f"[{last['reason']}] {last['error']}{cut}",
-                          reasoning=answer.reply[:KEEP_UNPARSED_CHARS], fallback=ctx.critic_unparsed)
+        verdict = Verdict(
+            success=None,
+            refine_prompt=None,
+            error=f"[{last['reason']}] {last['error']}{cut}",
+            reasoning=answer.reply[:KEEP_UNPARSED_CHARS],
+            fallback=ctx.critic_unparsed,
+        )
     seconds = round(time.perf_counter() - started, 3)
-    events.emit(runtime, events.VERDICT, run_id, step_number=step["step_number"],
-                attempt=attempt["attempt"], success=verdict["success"],
-                refine_prompt=verdict["refine_prompt"], error=verdict["error"], seconds=seconds)
+    events.emit(
+        runtime,
+        events.VERDICT,
+        run_id,
+        step_number=step["step_number"],
+        attempt=attempt["attempt"],
+        success=verdict["success"],
+        refine_prompt=verdict["refine_prompt"],
+        error=verdict["error"],
+        seconds=seconds,
+    )
     return {"attempts": [{**attempt, "verdict": verdict, "critique_s": seconds}]}

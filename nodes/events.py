@@ -21,8 +21,17 @@ RUN_FINISHED = "run_finished"  # document_dir, steps_total
 NODE_STARTED = "node_started"  # node, step_number (the current step, if any), model (plan: planner)
 RUN_RESUMED = "run_resumed"  # steps, step_numbers, steps_done: where a resumed or forked run stands
 
-EVENTS = (PLAN_READY, ATTEMPT_STARTED, DENOISE_PROGRESS, IMAGE_READY, VERDICT, STEP_ACCEPTED,
-          RUN_FINISHED, NODE_STARTED, RUN_RESUMED)
+EVENTS = (
+    PLAN_READY,
+    ATTEMPT_STARTED,
+    DENOISE_PROGRESS,
+    IMAGE_READY,
+    VERDICT,
+    STEP_ACCEPTED,
+    RUN_FINISHED,
+    NODE_STARTED,
+    RUN_RESUMED,
+)
 
 
 def emit(runtime: Any, event: str, run_id: str, **fields: Any) -> None:

@@ -45,8 +45,7 @@ def next_prompt(plan_prompt: str, earlier: list[Attempt]) -> str:
     return last["prompt"]
 
 
-def reference_images(state: State, policy: str, source: ImageRef | None,
-                     room: int) -> list[ImageRef]:
+def reference_images(state: State, policy: str, source: ImageRef | None, room: int) -> list[ImageRef]:
     """Extra reference images for an edit under the run's reference policy (SPEC §4 + drift control).
 
     ``previous`` (the paper) adds none: the edit sees only the image it edits. ``anchor-first``
@@ -76,9 +75,12 @@ def reference_images(state: State, policy: str, source: ImageRef | None,
 
 def generation_settings(ctx: Context, spec: ModelSpec) -> dict:
     """The run's size, steps and guidance, where 0 (or -1 for guidance) means the model's default."""
-    return {"width": ctx.width or spec.width, "height": ctx.height or spec.height,
-            "steps": ctx.num_inference_steps or spec.steps,
-            "guidance": spec.guidance if ctx.guidance_scale < 0 else ctx.guidance_scale}
+    return {
+        "width": ctx.width or spec.width,
+        "height": ctx.height or spec.height,
+        "steps": ctx.num_inference_steps or spec.steps,
+        "guidance": spec.guidance if ctx.guidance_scale < 0 else ctx.guidance_scale,
+    }
 
 
 def generator_pool(ctx: Context) -> GeneratorPool | ImagesAPIGenerator:
@@ -88,11 +90,22 @@ def generator_pool(ctx: Context) -> GeneratorPool | ImagesAPIGenerator:
     requests (``submit``/``run``/``generate_batch``) and know the model's ``spec``."""
     if ctx.generator_base_url:
         return remote_generator(ctx.generator_base_url, ctx.generator_model, ctx.generator_api_key)
-    return pool_for([diffusion.load_pipeline(
-        ctx.generator_model, device, ctx.dtype, lora=ctx.generator_lora or None,
-        lora_scale=ctx.generator_lora_scale, offload=ctx.generator_offload,
-        speedups=ctx.generator_speedups, compile_cache=str(Path(ctx.runs_dir) / "_compile_cache"))
-        for device in generator_devices(ctx.device)], ctx.generator_max_batch)
+    return pool_for(
+        [
+            diffusion.load_pipeline(
+                ctx.generator_model,
+                device,
+                ctx.dtype,
+                lora=ctx.generator_lora or None,
+                lora_scale=ctx.generator_lora_scale,
+                offload=ctx.generator_offload,
+                speedups=ctx.generator_speedups,
+                compile_cache=str(Path(ctx.runs_dir) / "_compile_cache"),
+            )
+            for device in generator_devices(ctx.device)
+        ],
+        ctx.generator_max_batch,
+    )
 
 
 #: Request keys (``tools.generator``) and the run settings they come from, for error messages.
@@ -105,8 +118,13 @@ def check_generator_settings(ctx: Context) -> None:
     spec = generator_models.model_spec(ctx.generator_model)
     settings = generation_settings(ctx, spec)
     try:
-        generator_models.check_request(spec, width=settings["width"], height=settings["height"],
-                                       steps=settings["steps"], guidance=settings["guidance"])
+        generator_models.check_request(
+            spec,
+            width=settings["width"],
+            height=settings["height"],
+            steps=settings["steps"],
+            guidance=settings["guidance"],
+        )
     except ValueError as exc:  # name the setting the user typed, not the request key
         message = str(exc)
         for key, setting in _SETTING_NAMES.items():
@@ -129,25 +147,49 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
     settings = generation_settings(ctx, spec)
     source_ref = previous_image(state)
     references = reference_images(state, ctx.reference_policy, source_ref, spec.max_images - 1)
-    request = dict(prompt=prompt, seed=seed, **settings,
-                   source=store.load(source_ref) if source_ref else None,
-                   references=[store.load(ref) for ref in references])
+    request = dict(
+        prompt=prompt,
+        seed=seed,
+        **settings,
+        source=store.load(source_ref) if source_ref else None,
+        references=[store.load(ref) for ref in references],
+    )
 
-    events.emit(runtime, events.ATTEMPT_STARTED, run_id, step_number=number, attempt=attempt,
-                prompt=prompt, seed=seed, mode="edit" if source_ref else "text-to-image",
-                references=len(references))
+    events.emit(
+        runtime,
+        events.ATTEMPT_STARTED,
+        run_id,
+        step_number=number,
+        attempt=attempt,
+        prompt=prompt,
+        seed=seed,
+        mode="edit" if source_ref else "text-to-image",
+        references=len(references),
+    )
     started = time.perf_counter()
     image = pool.run(
-        request, on_step=lambda done, total: events.emit(
-            runtime, events.DENOISE_PROGRESS, run_id, step_number=number, attempt=attempt,
-            done=done, total=total))
+        request,
+        on_step=lambda done, total: events.emit(
+            runtime, events.DENOISE_PROGRESS, run_id, step_number=number, attempt=attempt, done=done, total=total
+        ),
+    )
     seconds = time.perf_counter() - started
     ref = store.put(image)
-    events.emit(runtime, events.IMAGE_READY, run_id, step_number=number, attempt=attempt,
-                image=ref, seconds=round(seconds, 3))
-    made = Attempt(step_number=number, attempt=attempt, prompt=prompt, seed=seed, source=source_ref,
-                   image=ref, last_allowed=attempt >= ctx.max_generations_per_step, verdict=None,
-                   generate_s=round(seconds, 3), critique_s=None)
+    events.emit(
+        runtime, events.IMAGE_READY, run_id, step_number=number, attempt=attempt, image=ref, seconds=round(seconds, 3)
+    )
+    made = Attempt(
+        step_number=number,
+        attempt=attempt,
+        prompt=prompt,
+        seed=seed,
+        source=source_ref,
+        image=ref,
+        last_allowed=attempt >= ctx.max_generations_per_step,
+        verdict=None,
+        generate_s=round(seconds, 3),
+        critique_s=None,
+    )
     if references:
         made["references"] = references
     return {"attempts": [made]}

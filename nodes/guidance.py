@@ -42,7 +42,8 @@ def request_segments(request: str, image_count: int) -> list[str | int]:
         raise ImageMarkerError(
             f"the request has {markers} {IMAGE_MARKER} marker(s) but {image_count} image(s) were "
             f"given; give one image (--image PATH) per marker, or remove the markers to place all "
-            f"images after the text")
+            f"images after the text"
+        )
     segments: list[str | int] = []
     for index, piece in enumerate(pieces):
         if piece:
@@ -69,14 +70,20 @@ def check_plan(steps: list[PlanStep], input_count: int) -> str:
     drawn = [s for s in steps if s["prompt"]]
     for step in text_steps:
         if not step["auxiliary_text"]:
-            raise ValueError(f"step {step['step_number']} has neither a prompt (an image to draw) nor "
-                             f"auxiliary_text (the text asked for)")
+            raise ValueError(
+                f"step {step['step_number']} has neither a prompt (an image to draw) nor "
+                f"auxiliary_text (the text asked for)"
+            )
         if not 1 <= step["step_number"] <= input_count:
-            raise ValueError(f"step {step['step_number']} has no prompt, so it must answer about one "
-                             f"of the {input_count} given images (steps 1 to {input_count})")
+            raise ValueError(
+                f"step {step['step_number']} has no prompt, so it must answer about one "
+                f"of the {input_count} given images (steps 1 to {input_count})"
+            )
     if drawn and drawn[0]["step_number"] != input_count + 1:
-        raise ValueError(f"the first drawn step is numbered {drawn[0]['step_number']}; it continues "
-                         f"the {input_count} given images, so it must be step {input_count + 1}")
+        raise ValueError(
+            f"the first drawn step is numbered {drawn[0]['step_number']}; it continues "
+            f"the {input_count} given images, so it must be step {input_count + 1}"
+        )
     if text_steps and drawn and steps.index(drawn[0]) < steps.index(text_steps[-1]):
         raise ValueError("text-only steps must come before the drawn steps")
     if text_steps and drawn:

@@ -48,31 +48,33 @@ def _save_failures(runs_dir: str, run_id: str, failures: list[dict]) -> Path:
     return path
 
 
-def planner_messages(request: str, inputs: list[ImageRef], ctx: Context,
-                     store: ImageStore) -> list[BaseMessage]:
+def planner_messages(request: str, inputs: list[ImageRef], ctx: Context, store: ImageStore) -> list[BaseMessage]:
     """System + user message; in guidance mode the user's images sit where ``<image>`` stood."""
-    images = MessageImages(store, transport=ctx.vlm_image_transport,
-                           max_pixels=ctx.vlm_image_max_pixels, image_count=len(inputs))
+    images = MessageImages(
+        store, transport=ctx.vlm_image_transport, max_pixels=ctx.vlm_image_max_pixels, image_count=len(inputs)
+    )
     content = []
     for piece in request_segments(planner_user(request), len(inputs)):
         content.append(text_part(piece) if isinstance(piece, str) else images.part(inputs[piece]))
     return [SystemMessage(planner_system(guidance=bool(inputs))), HumanMessage(content=content)]
 
 
-def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = None,
-         remote: bool = False) -> dict:
+def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = None, remote: bool = False) -> dict:
     ctx = context_of(runtime)
     run_id = run_id_of(state)
     request = (state.get("request") or "").strip()
     if not request:
-        raise EmptyRequestError("the request is empty; say what the sequence should show, "
-                                "e.g. 'How do I fold a paper crane?'")
+        raise EmptyRequestError(
+            "the request is empty; say what the sequence should show, e.g. 'How do I fold a paper crane?'"
+        )
     store = ImageStore(ctx.runs_dir)
     if remote:  # a server's caller must not make it read (and send on) files of the server's disk
         local = [p for p in state.get("images", []) if not str(p).startswith(DATA_URL_PREFIX)]
         if local:
-            raise ValueError(f"input images from a remote caller must be data URLs "
-                             f"(data:image/png;base64,...); {len(local)} were file paths")
+            raise ValueError(
+                f"input images from a remote caller must be data URLs "
+                f"(data:image/png;base64,...); {len(local)} were file paths"
+            )
     input_images = [store.import_file(p) for p in state.get("images", [])]
     # From here on the inputs are files in the store: data URLs given as input do not ride along
     # in every later checkpoint.
@@ -82,24 +84,38 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
     def parse(reply: str) -> tuple[str, list[PlanStep], str]:
         reasoning, steps = parse_plan(reply)
         if len(steps) > ctx.max_plan_steps:
-            raise PlanParseError(f"the plan has {len(steps)} steps, over max_plan_steps="
-                                 f"{ctx.max_plan_steps}", reply, reason="schema")
+            raise PlanParseError(
+                f"the plan has {len(steps)} steps, over max_plan_steps={ctx.max_plan_steps}", reply, reason="schema"
+            )
         return reasoning, steps, check_plan(steps, len(input_images))
 
-    answer, structured = ask(model_for("planner", ctx, models), messages, "planner", parse,
-                             ctx, kind="plan")
+    answer, structured = ask(model_for("planner", ctx, models), messages, "planner", parse, ctx, kind="plan")
     if answer.value is None:
         saved = _save_failures(ctx.runs_dir, run_id, answer.failures)
         raise PlanParseError(
             f"the planner gave no usable plan in {len(answer.failures)} tries (last: "
             f"{answer.failures[-1]['error']}). Raw replies saved to {saved}. Check that the planner "
-            f"model follows the plan format, then resume the run ({run_id}).", answer.reply,
-            reason=answer.failures[-1]["reason"])
+            f"model follows the plan format, then resume the run ({run_id}).",
+            answer.reply,
+            reason=answer.failures[-1]["reason"],
+        )
     reasoning, steps, mode = answer.value
-    events.emit(runtime, events.PLAN_READY, run_id, steps=len(steps), mode=mode,
-                structured_output=structured,
-                step_names=[s["step_name"] for s in steps],
-                step_numbers=[s["step_number"] for s in steps])
-    return {"run_id": run_id, "images": stored_inputs, "input_images": input_images, "plan": steps,
-            "plan_reasoning": reasoning, "plan_mode": mode, "step_index": 0}
-
+    events.emit(
+        runtime,
+        events.PLAN_READY,
+        run_id,
+        steps=len(steps),
+        mode=mode,
+        structured_output=structured,
+        step_names=[s["step_name"] for s in steps],
+        step_numbers=[s["step_number"] for s in steps],
+    )
+    return {
+        "run_id": run_id,
+        "images": stored_inputs,
+        "input_images": input_images,
+        "plan": steps,
+        "plan_reasoning": reasoning,
+        "plan_mode": mode,
+        "step_index": 0,
+    }

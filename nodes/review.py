@@ -33,8 +33,10 @@ def reviewed_plan(answer: Any, input_count: int = 0) -> list[PlanStep] | None:
     if isinstance(answer, dict):  # {"plan": {"execution_plan": [...]}} from a saved planner answer
         answer = answer.get("execution_plan")
     if not isinstance(answer, list):
-        raise ValueError('a plan review answer is {"approve": true} or {"plan": [steps...]} '
-                         '(the steps as in the planner\'s execution_plan)')
+        raise ValueError(
+            'a plan review answer is {"approve": true} or {"plan": [steps...]} '
+            "(the steps as in the planner's execution_plan)"
+        )
     try:
         steps = plan_steps(answer)
         check_plan(steps, input_count)
@@ -47,9 +49,13 @@ def review(state: State, runtime: Runtime[Context]) -> dict:
     if not context_of(runtime).review_plan:
         return {}
     inputs = len(state.get("input_images", []))
-    question = {"kind": PLAN_REVIEW, "run_id": state["run_id"], "plan": state["plan"],
-                "input_images": inputs,
-                "resume_with": {"approve": True, "or": {"plan": "[edited steps]"}}}
+    question = {
+        "kind": PLAN_REVIEW,
+        "run_id": state["run_id"],
+        "plan": state["plan"],
+        "input_images": inputs,
+        "resume_with": {"approve": True, "or": {"plan": "[edited steps]"}},
+    }
     # An answer that is not a valid plan must not end the node with an error: LangGraph would
     # replay that same answer on every later resume, and the run could never be continued.
     # Instead the node asks again, saying what was wrong; the next answer goes to this new

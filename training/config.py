@@ -34,34 +34,60 @@ logger = logging.getLogger(__name__)
 #: ``--resume_from_checkpoint`` values that mean "the newest checkpoint in output_dir, if any".
 RESUME_LAST = ("last", "true", "True", "yes", "1")
 #: Files of a saved processor (tokenizer, chat template, image processor).
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
-                   "chat_template.json", "processor_config.json", "preprocessor_config.json")
+PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+)
 
 
 @dataclass
 class DataArguments:
     """Options of our scripts besides TRL's training and model configs."""
 
-    dataset_name: str | None = field(default=None, metadata={
-        "help": "Folder written by `interleave datagen export` (datasets.save_to_disk: planner_sft, "
-                "critic_sft or critic_rl) or a Hub dataset id."})
-    dataset_config: str | None = field(default=None, metadata={
-        "help": "Configuration name of a Hub dataset (ignored for a folder)."})
-    dataset_train_split: str = field(default="train", metadata={
-        "help": "Split to train on when the dataset has splits."})
-    dataset_test_split: str = field(default="test", metadata={
-        "help": "Split to evaluate on when eval_strategy is not 'no'."})
-    freeze_vision: bool = field(default=True, metadata={
-        "help": "Freeze the vision tower and its projector (merger); only the language model trains. "
-                "The reference freezes them for SFT (LLaMA-Factory freeze_vision_tower and "
-                "freeze_multi_modal_projector) and trains them in GRPO (EasyR1 freeze_vision_tower: "
-                "false); the recipes set it so."})
-    image_max_pixels: int = field(default=1024 * 1024, metadata={
-        "help": "Images larger than this many pixels are downscaled by the processor (paper: 1024x1024)."})
-    merge_lora: bool = field(default=True, metadata={
-        "help": "After a LoRA run, also save the merged full model in OUTPUT_DIR/merged (loads in "
-                "TransformersChatModel and `vllm serve`)."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder written by `interleave datagen export` (datasets.save_to_disk: planner_sft, "
+            "critic_sft or critic_rl) or a Hub dataset id."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration name of a Hub dataset (ignored for a folder)."}
+    )
+    dataset_train_split: str = field(
+        default="train", metadata={"help": "Split to train on when the dataset has splits."}
+    )
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split to evaluate on when eval_strategy is not 'no'."}
+    )
+    freeze_vision: bool = field(
+        default=True,
+        metadata={
+            "help": "Freeze the vision tower and its projector (merger); only the language model trains. "
+            "The reference freezes them for SFT (LLaMA-Factory freeze_vision_tower and "
+            "freeze_multi_modal_projector) and trains them in GRPO (EasyR1 freeze_vision_tower: "
+            "false); the recipes set it so."
+        },
+    )
+    image_max_pixels: int = field(
+        default=1024 * 1024,
+        metadata={"help": "Images larger than this many pixels are downscaled by the processor (paper: 1024x1024)."},
+    )
+    merge_lora: bool = field(
+        default=True,
+        metadata={
+            "help": "After a LoRA run, also save the merged full model in OUTPUT_DIR/merged (loads in "
+            "TransformersChatModel and `vllm serve`)."
+        },
+    )
 
 
 def parse(parser: Any, argv: list[str] | None) -> tuple:
@@ -74,8 +100,10 @@ def load_splits(args: DataArguments, eval_strategy: str) -> tuple[Any, Any]:
     import datasets
 
     if not args.dataset_name:
-        raise ValueError("no dataset: pass --dataset_name with a folder written by `interleave "
-                         "datagen export` (e.g. runs/export/critic_rl) or a Hub dataset id")
+        raise ValueError(
+            "no dataset: pass --dataset_name with a folder written by `interleave "
+            "datagen export` (e.g. runs/export/critic_rl) or a Hub dataset id"
+        )
     folder = Path(args.dataset_name).expanduser()
     if folder.exists():
         loaded = datasets.load_from_disk(str(folder))
@@ -84,8 +112,10 @@ def load_splits(args: DataArguments, eval_strategy: str) -> tuple[Any, Any]:
     if isinstance(loaded, datasets.Dataset):
         return loaded, None
     if args.dataset_train_split not in loaded:
-        raise ValueError(f"dataset {args.dataset_name!r} has splits {sorted(loaded)}, not "
-                         f"{args.dataset_train_split!r}; set --dataset_train_split")
+        raise ValueError(
+            f"dataset {args.dataset_name!r} has splits {sorted(loaded)}, not "
+            f"{args.dataset_train_split!r}; set --dataset_train_split"
+        )
     evaluate = eval_strategy != "no" and args.dataset_test_split in loaded
     return loaded[args.dataset_train_split], loaded[args.dataset_test_split] if evaluate else None
 
@@ -93,8 +123,10 @@ def load_splits(args: DataArguments, eval_strategy: str) -> tuple[Any, Any]:
 def check_columns(dataset: Any, required: tuple[str, ...], what: str) -> None:
     missing = [c for c in required if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"the {what} dataset lacks column(s) {missing} (has {dataset.column_names}); "
-                         f"build it with `interleave datagen export`")
+        raise ValueError(
+            f"the {what} dataset lacks column(s) {missing} (has {dataset.column_names}); "
+            f"build it with `interleave datagen export`"
+        )
 
 
 def freeze_vision_tower(model: Any) -> int:
@@ -102,8 +134,9 @@ def freeze_vision_tower(model: Any) -> int:
     inner = getattr(model, "model", model)
     vision = getattr(inner, "visual", None) or getattr(model, "visual", None)
     if vision is None:
-        raise ValueError(f"{type(model).__name__} has no `visual` module to freeze; pass "
-                         f"--freeze_vision false for this model")
+        raise ValueError(
+            f"{type(model).__name__} has no `visual` module to freeze; pass --freeze_vision false for this model"
+        )
     frozen = 0
     for parameter in vision.parameters():
         parameter.requires_grad_(False)
@@ -120,18 +153,21 @@ def load_model_and_processor(model_args: Any, data_args: DataArguments, training
     from tools.llm.local import load_processor
 
     if not model_args.model_name_or_path:
-        raise ValueError("no model: pass --model_name_or_path (a Hub id such as "
-                         "Qwen/Qwen3-VL-8B-Instruct or a local folder)")
+        raise ValueError(
+            "no model: pass --model_name_or_path (a Hub id such as Qwen/Qwen3-VL-8B-Instruct or a local folder)"
+        )
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     quantization = get_quantization_config(model_args)
-    kwargs = dict(revision=model_args.model_revision, dtype=dtype,
-                  attn_implementation=model_args.attn_implementation,
-                  trust_remote_code=getattr(training_args, "trust_remote_code", False))
+    kwargs = dict(
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=getattr(training_args, "trust_remote_code", False),
+    )
     if quantization is not None:  # QLoRA: each process holds its quantized copy on its own GPU
         from accelerate import PartialState
 
-        kwargs.update(quantization_config=quantization,
-                      device_map={"": PartialState().local_process_index})
+        kwargs.update(quantization_config=quantization, device_map={"": PartialState().local_process_index})
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
     if data_args.freeze_vision:
         logger.info("froze %d vision parameters", freeze_vision_tower(model))
@@ -160,8 +196,10 @@ def resume_point(training_args: Any) -> str | bool | None:
             logger.info("resuming from %s", last)
         return last
     if not Path(value).is_dir():
-        raise ValueError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder; pass one "
-                         f"(OUTPUT_DIR/checkpoint-N) or 'last'")
+        raise ValueError(
+            f"--resume_from_checkpoint {value!r} is not a checkpoint folder; pass one "
+            f"(OUTPUT_DIR/checkpoint-N) or 'last'"
+        )
     return value
 
 

@@ -34,64 +34,112 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from training.config import (DataArguments, check_columns, finish, load_model_and_processor,
-                             load_splits, parse, resume_point)
+from training.config import (
+    DataArguments,
+    check_columns,
+    finish,
+    load_model_and_processor,
+    load_splits,
+    parse,
+    resume_point,
+)
 
 logger = logging.getLogger(__name__)
 
-RL_COLUMNS = ("prompt", "images", "origin_prompt", "rewritten_prompt", "from_scratch", "success",
-              "semantics", "quality", "seed", "width", "height")
+RL_COLUMNS = (
+    "prompt",
+    "images",
+    "origin_prompt",
+    "rewritten_prompt",
+    "from_scratch",
+    "success",
+    "semantics",
+    "quality",
+    "seed",
+    "width",
+    "height",
+)
 
 
 @dataclass
 class RewardArguments:
     """Where the step-wise reward regenerates and judges."""
 
-    generator_model: str = field(default="black-forest-labs/FLUX.2-klein-4B", metadata={
-        "help": "Diffusers model id or folder of the image generator used to regenerate steps."})
-    generator_device: str = field(default="auto", metadata={
-        "help": "Torch device of the generator: auto (under `accelerate launch`: this process's own "
-                "GPU, so each rank regenerates beside its policy), cuda, cuda:1, cpu."})
-    generator_base_url: str | None = field(default=None, metadata={
-        "help": "OpenAI-style images endpoint to regenerate through (http://HOST:PORT/v1, e.g. "
-                "`interleave serve generator`), instead of a pipeline in this process; API key from "
-                "$INTERLEAVE_GENERATOR_API_KEY. --generator_model names the model it serves."})
-    generator_dtype: str = field(default="auto", metadata={
-        "help": "Generator dtype: auto (bf16 on CUDA), bfloat16, float16, float32."})
+    generator_model: str = field(
+        default="black-forest-labs/FLUX.2-klein-4B",
+        metadata={"help": "Diffusers model id or folder of the image generator used to regenerate steps."},
+    )
+    generator_device: str = field(
+        default="auto",
+        metadata={
+            "help": "Torch device of the generator: auto (under `accelerate launch`: this process's own "
+            "GPU, so each rank regenerates beside its policy), cuda, cuda:1, cpu."
+        },
+    )
+    generator_base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-style images endpoint to regenerate through (http://HOST:PORT/v1, e.g. "
+            "`interleave serve generator`), instead of a pipeline in this process; API key from "
+            "$INTERLEAVE_GENERATOR_API_KEY. --generator_model names the model it serves."
+        },
+    )
+    generator_dtype: str = field(
+        default="auto", metadata={"help": "Generator dtype: auto (bf16 on CUDA), bfloat16, float16, float32."}
+    )
     generator_steps: int = field(default=4, metadata={"help": "Denoising steps (klein: 4)."})
     generator_guidance: float = field(default=1.0, metadata={"help": "Guidance scale (klein: 1.0)."})
-    regen_batch_size: int = field(default=8, metadata={
-        "help": "Most regenerations of one origin image per generator call."})
-    regen_seed: str = field(default="0", metadata={
-        "help": "Seed of every regeneration: an integer (reference: 0 for all rollouts) or 'row' "
-                "(ours: each row's own seed, the one that made the judged image, so the new image "
-                "differs from it only by the prompt)."})
-    skip_unchanged_prompt: bool = field(default=False, metadata={
-        "help": "Give 0.5 without regenerating when the refined prompt equals the one that made the "
-                "judged image (ours; needs --regen_seed row, where regenerating would reproduce that "
-                "image). Reference: false, it regenerates."})
-    malformed_reply: str = field(default="regenerate", metadata={
-        "help": "Step-wise reward of a reply that fails the format check, on a failed step: "
-                "'regenerate' (reference: regenerate with the rewritten prompt when the reply has no "
-                "usable refined one) or 'zero' (ours: S = Q = 0, it proposed nothing)."})
-    judge_base_url: str | None = field(default=None, metadata={
-        "help": "OpenAI-compatible endpoint of the judge VLM (e.g. http://HOST:8000/v1)."})
+    regen_batch_size: int = field(
+        default=8, metadata={"help": "Most regenerations of one origin image per generator call."}
+    )
+    regen_seed: str = field(
+        default="0",
+        metadata={
+            "help": "Seed of every regeneration: an integer (reference: 0 for all rollouts) or 'row' "
+            "(ours: each row's own seed, the one that made the judged image, so the new image "
+            "differs from it only by the prompt)."
+        },
+    )
+    skip_unchanged_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Give 0.5 without regenerating when the refined prompt equals the one that made the "
+            "judged image (ours; needs --regen_seed row, where regenerating would reproduce that "
+            "image). Reference: false, it regenerates."
+        },
+    )
+    malformed_reply: str = field(
+        default="regenerate",
+        metadata={
+            "help": "Step-wise reward of a reply that fails the format check, on a failed step: "
+            "'regenerate' (reference: regenerate with the rewritten prompt when the reply has no "
+            "usable refined one) or 'zero' (ours: S = Q = 0, it proposed nothing)."
+        },
+    )
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible endpoint of the judge VLM (e.g. http://HOST:8000/v1)."}
+    )
     judge_model: str | None = field(default=None, metadata={"help": "Model name the judge endpoint serves."})
-    judge_api_key: str | None = field(default=None, metadata={
-        "help": "Judge API key (default: $INTERLEAVE_JUDGE_API_KEY, else EMPTY)."})
+    judge_api_key: str | None = field(
+        default=None, metadata={"help": "Judge API key (default: $INTERLEAVE_JUDGE_API_KEY, else EMPTY)."}
+    )
     judge_max_concurrency: int = field(default=16, metadata={"help": "Most judge requests in flight."})
     judge_max_tokens: int = field(default=2048, metadata={"help": "Most tokens per judge reply."})
     judge_timeout_s: float = field(default=300.0, metadata={"help": "Seconds to wait for one judge reply."})
-    reward_dir: str | None = field(default=None, metadata={
-        "help": "Folder for regenerated images and the judge cache (default OUTPUT_DIR/rewards)."})
+    reward_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder for regenerated images and the judge cache (default OUTPUT_DIR/rewards)."},
+    )
 
 
 def make_parser():
     from trl import GRPOConfig, ModelConfig, TrlParser
 
-    return TrlParser((DataArguments, RewardArguments, GRPOConfig, ModelConfig),
-                     prog="interleave train grpo",
-                     description="GRPO of the critic VLM with format, accuracy and step-wise rewards.")
+    return TrlParser(
+        (DataArguments, RewardArguments, GRPOConfig, ModelConfig),
+        prog="interleave train grpo",
+        description="GRPO of the critic VLM with format, accuracy and step-wise rewards.",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tools.judge.judge import judge_from_settings
     from tools.generator import diffusion
-    from training.rewards import (REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, check_policies,
-                                  format_reward)
+    from training.rewards import REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, check_policies, format_reward
 
     data_args, reward_args, training_args, model_args = parse(make_parser(), argv)
     if not reward_args.judge_base_url or not reward_args.judge_model:
@@ -119,28 +166,51 @@ def main(argv: list[str] | None = None) -> int:
     if reward_args.generator_base_url:
         from tools.generator.images_api import remote_generator
 
-        regenerate = remote_generator(reward_args.generator_base_url, reward_args.generator_model,
-                                      os.environ.get("INTERLEAVE_GENERATOR_API_KEY", "")).generate_batch
+        regenerate = remote_generator(
+            reward_args.generator_base_url,
+            reward_args.generator_model,
+            os.environ.get("INTERLEAVE_GENERATOR_API_KEY", ""),
+        ).generate_batch
     else:
-        regenerate = functools.partial(diffusion.generate_batch, diffusion.load_pipeline(
-            reward_args.generator_model, reward_generator_device(reward_args.generator_device),
-            reward_args.generator_dtype))
+        regenerate = functools.partial(
+            diffusion.generate_batch,
+            diffusion.load_pipeline(
+                reward_args.generator_model,
+                reward_generator_device(reward_args.generator_device),
+                reward_args.generator_dtype,
+            ),
+        )
     reward_dir = Path(reward_args.reward_dir or Path(training_args.output_dir) / "rewards")
     key = reward_args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY", "EMPTY")
     judge = judge_from_settings(
-        reward_args.judge_base_url, key, reward_args.judge_model, store_root=reward_dir,
-        cache_path=reward_dir / "judge-cache.sqlite", max_concurrency=reward_args.judge_max_concurrency,
-        max_tokens=reward_args.judge_max_tokens, timeout_s=reward_args.judge_timeout_s)
-    stepwise = StepwiseRewards(regenerate, judge,
-                               steps=reward_args.generator_steps,
-                               guidance=reward_args.generator_guidance,
-                               max_batch=reward_args.regen_batch_size, seed=reward_args.regen_seed,
-                               skip_unchanged_prompt=reward_args.skip_unchanged_prompt,
-                               malformed_reply=reward_args.malformed_reply)
+        reward_args.judge_base_url,
+        key,
+        reward_args.judge_model,
+        store_root=reward_dir,
+        cache_path=reward_dir / "judge-cache.sqlite",
+        max_concurrency=reward_args.judge_max_concurrency,
+        max_tokens=reward_args.judge_max_tokens,
+        timeout_s=reward_args.judge_timeout_s,
+    )
+    stepwise = StepwiseRewards(
+        regenerate,
+        judge,
+        steps=reward_args.generator_steps,
+        guidance=reward_args.generator_guidance,
+        max_batch=reward_args.regen_batch_size,
+        seed=reward_args.regen_seed,
+        skip_unchanged_prompt=reward_args.skip_unchanged_prompt,
+        malformed_reply=reward_args.malformed_reply,
+    )
     trainer = GRPOTrainer(
-        model=model, args=training_args, processing_class=processor,
+        model=model,
+        args=training_args,
+        processing_class=processor,
         reward_funcs=[format_reward, accuracy_reward, stepwise.semantics_reward, stepwise.quality_reward],
-        train_dataset=train, eval_dataset=evaluation, peft_config=get_peft_config(model_args))
+        train_dataset=train,
+        eval_dataset=evaluation,
+        peft_config=get_peft_config(model_args),
+    )
     with judge:
         trainer.train(resume_from_checkpoint=resume_point(training_args))
     folder = finish(trainer, model_args, data_args)
@@ -148,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("GRPO finished; the model to load is in %s; step-wise reward totals: %s", folder, totals)
     failed = totals.get("generator_failed", 0) + totals.get("judge_failed", 0)
     if failed:
-        logger.warning("%d rollout(s) got the neutral step-wise reward because the generator or the "
-                       "judge failed (see stepwise/* in the logs)", failed)
+        logger.warning(
+            "%d rollout(s) got the neutral step-wise reward because the generator or the "
+            "judge failed (see stepwise/* in the logs)",
+            failed,
+        )
     return 0
 
 

@@ -50,8 +50,10 @@ from dataclasses import dataclass
 from typing import Any
 
 #: The official source this reader follows (cited in logs, tests and the README).
-REFERENCE = ("zhengdian1/InterleaveThinker@94c7593ad600748444e4b2d5efd888a72a93a6bd "
-             "train/EasyR1/verl/reward_function/interleave_thinker_reward.py")
+REFERENCE = (
+    "zhengdian1/InterleaveThinker@94c7593ad600748444e4b2d5efd888a72a93a6bd "
+    "train/EasyR1/verl/reward_function/interleave_thinker_reward.py"
+)
 SUCCESS_KEY = "previous_step_success"
 REFINE_KEY = "refine_prompt"
 
@@ -135,8 +137,18 @@ def read(reply: str) -> Reading:
     answer = value if isinstance(value, dict) else {}
     success = answer.get(SUCCESS_KEY)
     refine = answer.get(REFINE_KEY)
-    format_ok = (bool(answer) and _tags_ok(text) and SUCCESS_KEY in answer and REFINE_KEY in answer
-                 and isinstance(success, bool) and isinstance(refine, str))
-    return Reading(text=text, answer=answer, format_ok=format_ok,
-                   success=success if isinstance(success, bool) else None,
-                   refine=refine if isinstance(refine, str) and refine != "" else None)
+    format_ok = (
+        bool(answer)
+        and _tags_ok(text)
+        and SUCCESS_KEY in answer
+        and REFINE_KEY in answer
+        and isinstance(success, bool)
+        and isinstance(refine, str)
+    )
+    return Reading(
+        text=text,
+        answer=answer,
+        format_ok=format_ok,
+        success=success if isinstance(success, bool) else None,
+        refine=refine if isinstance(refine, str) and refine != "" else None,
+    )

@@ -79,8 +79,17 @@ MALFORMED_POLICIES = ("regenerate", "zero")
 #: Every status a rollout's step-wise reward can end in (logged as ``stepwise/<status>``).
 STATUSES = ("regenerated", "generator_failed", "judge_failed", "malformed", "unchanged", "gt_success")
 #: Columns whose values change S and Q (the batch cache keys on all of them).
-RESULT_COLUMNS = ("success", "semantics", "quality", "origin_prompt", "rewritten_prompt",
-                  "from_scratch", "seed", "width", "height")
+RESULT_COLUMNS = (
+    "success",
+    "semantics",
+    "quality",
+    "origin_prompt",
+    "rewritten_prompt",
+    "from_scratch",
+    "seed",
+    "width",
+    "height",
+)
 
 
 def completion_text(completion: Any) -> str:
@@ -159,8 +168,10 @@ def parse_seed(value: int | str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"regeneration seed {value!r}: pass an integer (the reference uses "
-                         f"{REFERENCE_SEED}) or 'row' (each row's own seed)") from None
+        raise ValueError(
+            f"regeneration seed {value!r}: pass an integer (the reference uses "
+            f"{REFERENCE_SEED}) or 'row' (each row's own seed)"
+        ) from None
 
 
 def check_policies(seed: int | str, skip_unchanged_prompt: bool, malformed_reply: str) -> int | str:
@@ -177,9 +188,11 @@ def check_policies(seed: int | str, skip_unchanged_prompt: bool, malformed_reply
     if malformed_reply not in MALFORMED_POLICIES:
         raise ValueError(f"malformed_reply {malformed_reply!r}: choose one of {', '.join(MALFORMED_POLICIES)}")
     if skip_unchanged_prompt and seed != "row":
-        raise ValueError(f"skip_unchanged_prompt needs the row's seed (got seed {seed!r}): only with the "
-                         f"judged image's own seed would an unchanged prompt reproduce that image; "
-                         f"pass --regen_seed row, or --skip_unchanged_prompt false")
+        raise ValueError(
+            f"skip_unchanged_prompt needs the row's seed (got seed {seed!r}): only with the "
+            f"judged image's own seed would an unchanged prompt reproduce that image; "
+            f"pass --regen_seed row, or --skip_unchanged_prompt false"
+        )
     return seed
 
 
@@ -197,10 +210,18 @@ class StepwiseRewards:
     [0.5]
     """
 
-    def __init__(self, regenerate: Callable[[list[dict]], list[Any]] | None, judge: Any, *,
-                 steps: int = 4, guidance: float = 1.0, max_batch: int = 8,
-                 seed: int | str = REFERENCE_SEED, skip_unchanged_prompt: bool = False,
-                 malformed_reply: str = "regenerate") -> None:
+    def __init__(
+        self,
+        regenerate: Callable[[list[dict]], list[Any]] | None,
+        judge: Any,
+        *,
+        steps: int = 4,
+        guidance: float = 1.0,
+        max_batch: int = 8,
+        seed: int | str = REFERENCE_SEED,
+        skip_unchanged_prompt: bool = False,
+        malformed_reply: str = "regenerate",
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
         self.seed = check_policies(seed, skip_unchanged_prompt, malformed_reply)
@@ -233,9 +254,12 @@ class StepwiseRewards:
         """
         state = columns.get("trainer_state")
         sources = [row[0] if row else None for row in columns.get("images") or ()]
-        key = (getattr(state, "global_step", None), tuple(completion_text(c) for c in completions),
-               *(tuple(columns.get(name) or ()) for name in RESULT_COLUMNS),
-               tuple(id(image) for image in sources))
+        key = (
+            getattr(state, "global_step", None),
+            tuple(completion_text(c) for c in completions),
+            *(tuple(columns.get(name) or ()) for name in RESULT_COLUMNS),
+            tuple(id(image) for image in sources),
+        )
         if self._batch is None or self._batch[0] != key:
             self._batch = (key, sources, asyncio.ensure_future(self._compute(completions, columns)))
         return await self._batch[2]
@@ -269,8 +293,11 @@ class StepwiseRewards:
                 status[i] = "unchanged"
                 continue
             scratch = bool(columns["from_scratch"][i])
-            origin = (None if scratch else _pixels_key(columns["images"][i][0]),
-                      int(columns["width"][i]), int(columns["height"][i]))
+            origin = (
+                None if scratch else _pixels_key(columns["images"][i][0]),
+                int(columns["width"][i]),
+                int(columns["height"][i]),
+            )
             request = (prompt, self._seed(columns["seed"][i]), columns["origin_prompt"][i])
             groups.setdefault(origin, {}).setdefault(request, []).append(i)
 
@@ -283,15 +310,24 @@ class StepwiseRewards:
             before.add_done_callback(_retrieved)  # its error is reported by the judge tasks
             keys = list(by_request)
             for chunk_start in range(0, len(keys), self.max_batch):
-                chunk = keys[chunk_start:chunk_start + self.max_batch]
-                requests = [dict(prompt=prompt, seed=seed, width=width, height=height, steps=self.steps,
-                                 guidance=self.guidance, source=source) for prompt, seed, _ in chunk]
+                chunk = keys[chunk_start : chunk_start + self.max_batch]
+                requests = [
+                    dict(
+                        prompt=prompt,
+                        seed=seed,
+                        width=width,
+                        height=height,
+                        steps=self.steps,
+                        guidance=self.guidance,
+                        source=source,
+                    )
+                    for prompt, seed, _ in chunk
+                ]
                 began = time.perf_counter()
                 try:
                     afters = await asyncio.to_thread(self._generate, requests)
                 except Exception as exc:  # noqa: BLE001 - any backend error is counted, not raised
-                    logger.warning("regeneration of %d image(s) failed: %s: %s", len(chunk),
-                                   type(exc).__name__, exc)
+                    logger.warning("regeneration of %d image(s) failed: %s: %s", len(chunk), type(exc).__name__, exc)
                     for i in (i for key in chunk for i in by_request[key]):
                         status[i] = "generator_failed"
                     continue
@@ -319,9 +355,12 @@ class StepwiseRewards:
         done = time.perf_counter()
         counts = Counter(status)
         counts["regenerations"] = regenerations
-        timings = {"regenerate_s": regenerate_s,
-                   "judge_s": done - judge_start if judge_start else 0.0,
-                   "judge_wait_s": done - generated, "total_s": done - start}
+        timings = {
+            "regenerate_s": regenerate_s,
+            "judge_s": done - judge_start if judge_start else 0.0,
+            "judge_wait_s": done - generated,
+            "total_s": done - start,
+        }
         self._report(counts, timings, status, columns)
         return scores
 
@@ -332,8 +371,7 @@ class StepwiseRewards:
             raise RuntimeError("no generator backend was given to StepwiseRewards")
         images = self.regenerate(requests)
         if len(images) != len(requests):
-            raise RuntimeError(f"the generator returned {len(images)} images for {len(requests)} "
-                               f"requests")
+            raise RuntimeError(f"the generator returned {len(images)} images for {len(requests)} requests")
         return images
 
     async def _store(self, image: Any) -> Any:
@@ -342,16 +380,14 @@ class StepwiseRewards:
 
     async def _judge(self, before: asyncio.Future, afters: list[Any], plans: list[str]) -> list[Any]:
         """Store one call's images (in parallel) and judge them against their plan prompts."""
-        stored = await asyncio.gather(before, *(self._store(image) for image in afters),
-                                      return_exceptions=True)
+        stored = await asyncio.gather(before, *(self._store(image) for image in afters), return_exceptions=True)
         failed = next((r for r in stored if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed
         items = [(stored[0], ref, plan) for ref, plan in zip(stored[1:], plans)]
         return await asyncio.to_thread(self.judge.judge_many, items)
 
-    def _report(self, counts: Counter, timings: dict[str, float], status: list[str],
-                columns: dict) -> None:
+    def _report(self, counts: Counter, timings: dict[str, float], status: list[str], columns: dict) -> None:
         self.totals.update(counts)
         for name, seconds in timings.items():
             self.totals[name] += seconds
@@ -365,6 +401,10 @@ class StepwiseRewards:
         if log_extra is not None:
             log_extra("stepwise", status)
         if counts["generator_failed"] or counts["judge_failed"]:
-            logger.warning("step-wise reward: %d rollout(s) with a generator failure and %d with a "
-                           "judge failure got the neutral %.1f", counts["generator_failed"],
-                           counts["judge_failed"], NEUTRAL)
+            logger.warning(
+                "step-wise reward: %d rollout(s) with a generator failure and %d with a "
+                "judge failure got the neutral %.1f",
+                counts["generator_failed"],
+                counts["judge_failed"],
+                NEUTRAL,
+            )

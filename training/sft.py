@@ -23,8 +23,15 @@ from __future__ import annotations
 
 import logging
 
-from training.config import (DataArguments, check_columns, finish, load_model_and_processor,
-                             load_splits, parse, resume_point)
+from training.config import (
+    DataArguments,
+    check_columns,
+    finish,
+    load_model_and_processor,
+    load_splits,
+    parse,
+    resume_point,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +39,11 @@ logger = logging.getLogger(__name__)
 def make_parser():
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser((DataArguments, SFTConfig, ModelConfig),
-                     prog="interleave train sft",
-                     description="Supervised fine-tuning of the planner or critic VLM (TRL SFTTrainer).")
+    return TrlParser(
+        (DataArguments, SFTConfig, ModelConfig),
+        prog="interleave train sft",
+        description="Supervised fine-tuning of the planner or critic VLM (TRL SFTTrainer).",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     train, evaluation = load_splits(data_args, training_args.eval_strategy)
     check_columns(train, ("prompt", "completion"), "SFT")
     model, processor = load_model_and_processor(model_args, data_args, training_args)
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train,
-                         eval_dataset=evaluation, processing_class=processor,
-                         peft_config=get_peft_config(model_args))
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+    )
     trainer.train(resume_from_checkpoint=resume_point(training_args))
     folder = finish(trainer, model_args, data_args)
     logger.info("SFT finished; the model to load is in %s", folder)

@@ -12,6 +12,7 @@ from evals.benchmarks.data import Item
 from tools.judge.judge import Question
 from tools.store.images import ImageStore
 
+
 @dataclass(frozen=True)
 class Benchmark:
     """The parts that differ per benchmark (see ueval.py, wise.py, rise.py)."""
@@ -34,8 +35,10 @@ class Benchmark:
     # follows, where the judge prompt came from, the scoring rule, how the headline is defined.
     protocol: dict[str, str] = field(default_factory=dict, hash=False)
 
+
 def image_path(runs_dir: str | Path, ref: dict) -> str:
     return str((Path(runs_dir) / ref["path"]).resolve())
+
 
 def relative_link(target: str | None, base: Path) -> str | None:
     return os.path.relpath(target, base) if target else None

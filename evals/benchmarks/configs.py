@@ -44,13 +44,14 @@ def parse_config(spec: str) -> Config:
     """
     if ":" not in spec:
         if spec not in PRESETS:
-            raise ValueError(f"unknown configuration {spec!r}: use one of {', '.join(PRESETS)} or "
-                             f"NAME:setting=value,... (e.g. attempts-1:max_generations_per_step=1)")
+            raise ValueError(
+                f"unknown configuration {spec!r}: use one of {', '.join(PRESETS)} or "
+                f"NAME:setting=value,... (e.g. attempts-1:max_generations_per_step=1)"
+            )
         return PRESETS[spec]
     name, _, body = spec.partition(":")
     if not _SAFE_NAME.match(name):
-        raise ValueError(f"configuration name {name!r} may hold only letters, digits, '.', '_' "
-                         f"and '-'")
+        raise ValueError(f"configuration name {name!r} may hold only letters, digits, '.', '_' and '-'")
     types = {f.name: f.type for f in dataclasses.fields(Context)}
     kind, overrides = "graph", {}
     for pair in filter(None, (p.strip() for p in body.split(","))):
@@ -63,15 +64,14 @@ def parse_config(spec: str) -> Config:
             kind = value
             continue
         if key not in types or key in ("runs_dir", "review_plan"):
-            raise ValueError(f"configuration {name!r}: {key!r} is not a run setting that a "
-                             f"configuration may change (see `interleave run --help`)")
+            raise ValueError(
+                f"configuration {name!r}: {key!r} is not a run setting that a "
+                f"configuration may change (see `interleave run --help`)"
+            )
         caster = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
         try:
             overrides[key] = caster.get(str(types[key]), str)(value)
         except ValueError:
-            raise ValueError(f"configuration {name!r}: {key}={value!r} is not a valid "
-                             f"{types[key]}") from None
+            raise ValueError(f"configuration {name!r}: {key}={value!r} is not a valid {types[key]}") from None
     Context(**overrides)  # the same checks as a run's settings
     return Config(name, kind, overrides)
-
-

@@ -20,8 +20,7 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
         if not files:
-            raise DataFormatError(f"{path} holds no .json or .jsonl files; pass a data file or a "
-                                  f"folder of them")
+            raise DataFormatError(f"{path} holds no .json or .jsonl files; pass a data file or a folder of them")
         return [pair for file in files for pair in read_records(file)]
     if not path.is_file():
         raise DataFormatError(f"data file {path} does not exist; check --data")
@@ -34,13 +33,14 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     else:
         data = _loads(text, str(path))
         if not isinstance(data, list):
-            raise DataFormatError(f"{path} must hold a JSON list of items (or be a .jsonl file with "
-                                  f"one item per line), got a {type(data).__name__}")
+            raise DataFormatError(
+                f"{path} must hold a JSON list of items (or be a .jsonl file with "
+                f"one item per line), got a {type(data).__name__}"
+            )
         records = [(f"{path} item {index}", value) for index, value in enumerate(data)]
     for where, record in records:
         if not isinstance(record, dict):
-            raise DataFormatError(f"{where}: each item must be a JSON object, got "
-                                  f"{type(record).__name__}")
+            raise DataFormatError(f"{where}: each item must be a JSON object, got {type(record).__name__}")
     return records
 
 
@@ -51,13 +51,15 @@ def _loads(text: str, where: str) -> Any:
         raise DataFormatError(f"{where} is not valid JSON ({exc})") from None
 
 
-def need(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], where: str,
-         expected: str) -> None:
+def need(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], where: str, expected: str) -> None:
     """Raise a DataFormatError naming the item and the fields it lacks or has of a wrong type."""
-    problems = [f"{name} is missing" if name not in record else
-                f"{name} must be {getattr(kind, '__name__', kind)}, got {type(record[name]).__name__}"
-                for name, kind in fields.items()
-                if name not in record or not isinstance(record[name], kind)]
+    problems = [
+        f"{name} is missing"
+        if name not in record
+        else f"{name} must be {getattr(kind, '__name__', kind)}, got {type(record[name]).__name__}"
+        for name, kind in fields.items()
+        if name not in record or not isinstance(record[name], kind)
+    ]
     if problems:
         raise DataFormatError(f"{where}: {'; '.join(problems)}. Expected items with {expected}")
 
@@ -79,5 +81,3 @@ class Item:
     id: str
     category: str
     record: dict[str, Any] = field(hash=False, compare=False)
-
-

@@ -46,11 +46,21 @@ class Progress:
     detail: str = ""
 
 
-def evaluate(bench: Benchmark, items: list[Item], configs: list[Config], ctx: Context,
-             judge: Judge | None, results: ResultStore, *, stage: str = "all",
-             concurrency: int = 2, retry_failed: bool = False,
-             on_progress: Callable[[Progress], None] | None = None,
-             on_checkpoint: Callable[[], None] | None = None, checkpoint_every_s: float = 10.0) -> None:
+def evaluate(
+    bench: Benchmark,
+    items: list[Item],
+    configs: list[Config],
+    ctx: Context,
+    judge: Judge | None,
+    results: ResultStore,
+    *,
+    stage: str = "all",
+    concurrency: int = 2,
+    retry_failed: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
+    checkpoint_every_s: float = 10.0,
+) -> None:
     """Produce and judge every (configuration, item), ``concurrency`` at a time, resumably.
 
     ``on_checkpoint`` (the partial report) is called at most every ``checkpoint_every_s`` while
@@ -91,8 +101,7 @@ def evaluate(bench: Benchmark, items: list[Item], configs: list[Config], ctx: Co
             try:
                 made = make_output(bench, item, config, ctx)
             except Exception as exc:  # noqa: BLE001 -- recorded; a rerun tries again
-                results.put_output(bench.name, config.name, item.id, "failed", {},
-                                   f"{type(exc).__name__}: {exc}")
+                results.put_output(bench.name, config.name, item.id, "failed", {}, f"{type(exc).__name__}: {exc}")
                 return "generation_failed", f"{type(exc).__name__}: {exc}"
             results.put_output(bench.name, config.name, item.id, "ok", made)
             output = {"status": "ok", "error": None, **made}
@@ -101,13 +110,11 @@ def evaluate(bench: Benchmark, items: list[Item], configs: list[Config], ctx: Co
         if output is None or output["status"] != "ok":
             return "not_generated", output["error"] if output else "no output yet"
         assert judge is not None
-        stored = results.result(bench.name, config.name, item.id, judge.identity,
-                                bench.prompt_version)
+        stored = results.result(bench.name, config.name, item.id, judge.identity, bench.prompt_version)
         if stored is not None and stored["status"] == "scored":
             return "scored (stored)", ""
         result = judge_item(bench, judge, item, output, retry_failed=retry_failed)
-        results.put_result(bench.name, config.name, item.id, judge.identity,
-                           bench.prompt_version, result)
+        results.put_result(bench.name, config.name, item.id, judge.identity, bench.prompt_version, result)
         return result["status"], result.get("error") or ""
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench")
@@ -118,5 +125,3 @@ def evaluate(bench: Benchmark, items: list[Item], configs: list[Config], ctx: Co
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-
-

@@ -17,22 +17,24 @@ from evals.benchmarks.data import Item
 from tools.judge.judge import Judge
 
 
-def judge_item(bench: Benchmark, judge: Judge, item: Item, output: dict[str, Any], *,
-               retry_failed: bool = False) -> dict[str, Any]:
+def judge_item(
+    bench: Benchmark, judge: Judge, item: Item, output: dict[str, Any], *, retry_failed: bool = False
+) -> dict[str, Any]:
     """Ask an item's questions (sequentially; the judge bounds concurrency) and score it."""
     started = time.perf_counter()
     answers = []
     for question in bench.questions(item, output, judge.store):
         if question.system is None:
             question = dataclasses.replace(question, system=bench.judge_system)
-        answers.append(judge.ask(question, scope=bench.name, prompt_version=bench.prompt_version,
-                                 retry_failed=retry_failed))
+        answers.append(
+            judge.ask(question, scope=bench.name, prompt_version=bench.prompt_version, retry_failed=retry_failed)
+        )
     result = bench.score(item, output, answers)
     known = all(a["input_tokens"] is not None for a in answers if a["requests"])
     result["judge"] = {
         "requests": sum(a["requests"] or 0 for a in answers),
-        "tokens": sum((a["input_tokens"] or 0) + (a["output_tokens"] or 0) for a in answers)
-        if known else None,
+        "tokens": sum((a["input_tokens"] or 0) + (a["output_tokens"] or 0) for a in answers) if known else None,
         "asked_now": sum(not a["cached"] for a in answers),
-        "wall_s": round(time.perf_counter() - started, 3)}
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
     return result

@@ -36,15 +36,16 @@ def check_repo(path: str | Path | None, option: str, repo: str, files: tuple[str
     """The repository folder, after checking it holds ``files``; raises OfficialRepoError."""
     clone = f"git clone https://github.com/{repo} and pass {option} PATH_OF_THE_CLONE"
     if path is None:
-        raise OfficialRepoError(f"{option} is required: the judge prompt is read from your local "
-                                f"copy of the official repository {repo}; {clone}")
+        raise OfficialRepoError(
+            f"{option} is required: the judge prompt is read from your local "
+            f"copy of the official repository {repo}; {clone}"
+        )
     root = Path(path).expanduser()
     if not root.is_dir():
         raise OfficialRepoError(f"{option} {root} is not a folder; {clone}")
     missing = [name for name in files if not (root / name).is_file()]
     if missing:
-        raise OfficialRepoError(f"{option} {root} is not a copy of {repo}: it has no "
-                                f"{', '.join(missing)}; {clone}")
+        raise OfficialRepoError(f"{option} {root} is not a copy of {repo}: it has no {', '.join(missing)}; {clone}")
     return root
 
 
@@ -59,8 +60,13 @@ def _string(node: ast.AST) -> str | None:
     """The text of ``"..."`` or ``"...".strip()``; None for anything else."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "strip" and not node.args and not node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "strip"
+        and not node.args
+        and not node.keywords
+    ):
         inner = _string(node.func.value)
         return None if inner is None else inner.strip()
     return None
@@ -70,15 +76,21 @@ def module_strings(path: Path, names: tuple[str, ...]) -> dict[str, str]:
     """The module-level string constants ``names`` of the Python file ``path``."""
     found: dict[str, str] = {}
     for node in _parse(path).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id in names:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in names
+        ):
             text = _string(node.value)
             if text is not None:
                 found[node.targets[0].id] = text
     missing = [name for name in names if name not in found]
     if missing:
-        raise OfficialRepoError(f"{path} has no string constant {', '.join(missing)}; the "
-                                f"harness reads the judge prompt from it (check the checkout)")
+        raise OfficialRepoError(
+            f"{path} has no string constant {', '.join(missing)}; the "
+            f"harness reads the judge prompt from it (check the checkout)"
+        )
     return found
 
 
@@ -98,8 +110,7 @@ class MessagesTemplate:
 
     def render(self, values: dict[str, Any]) -> str:
         """The user text with ``values`` filled in, exactly as the f-string formats them."""
-        return "".join(part if isinstance(part, str) else format(values[part[0]])
-                       for part in self.user)
+        return "".join(part if isinstance(part, str) else format(values[part[0]]) for part in self.user)
 
     @property
     def digest(self) -> str:
@@ -109,8 +120,9 @@ class MessagesTemplate:
 
 
 def _dict_items(node: ast.Dict) -> dict[str, ast.AST]:
-    return {k.value: v for k, v in zip(node.keys, node.values)
-            if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    return {
+        k.value: v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant) and isinstance(k.value, str)
+    }
 
 
 def _fstring(node: ast.AST, argument: str, where: str) -> tuple[str | tuple[str], ...]:
@@ -125,11 +137,17 @@ def _fstring(node: ast.AST, argument: str, where: str) -> tuple[str | tuple[str]
             parts.append(value.value)
             continue
         expr = value.value if isinstance(value, ast.FormattedValue) else None
-        if (value.conversion != -1 or value.format_spec is not None
-                or not isinstance(expr, ast.Subscript) or not isinstance(expr.value, ast.Name)
-                or expr.value.id != argument or not isinstance(expr.slice, ast.Constant)):
-            raise OfficialRepoError(f"{where}: the user text fills in something other than "
-                                    f"{argument}[FIELD] ({ast.unparse(value)})")
+        if (
+            value.conversion != -1
+            or value.format_spec is not None
+            or not isinstance(expr, ast.Subscript)
+            or not isinstance(expr.value, ast.Name)
+            or expr.value.id != argument
+            or not isinstance(expr.slice, ast.Constant)
+        ):
+            raise OfficialRepoError(
+                f"{where}: the user text fills in something other than {argument}[FIELD] ({ast.unparse(value)})"
+            )
         parts.append((expr.slice.value,))
     return tuple(parts)
 
@@ -140,8 +158,10 @@ def messages_template(path: Path, function: str) -> MessagesTemplate:
     tree = _parse(path)
     defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function]
     if not defs or not defs[0].args.args:
-        raise OfficialRepoError(f"{path} has no function {function}(item, image); the harness "
-                                f"reads the judge prompt from it (check the checkout)")
+        raise OfficialRepoError(
+            f"{path} has no function {function}(item, image); the harness "
+            f"reads the judge prompt from it (check the checkout)"
+        )
     argument = defs[0].args.args[0].arg
     returned = [n.value for n in ast.walk(defs[0]) if isinstance(n, ast.Return)]
     if len(returned) != 1 or not isinstance(returned[0], ast.List):
@@ -168,6 +188,7 @@ def messages_template(path: Path, function: str) -> MessagesTemplate:
             order = [kind for kind, _ in kinds]
             text_first = "image_url" not in order or order.index("text") < order.index("image_url")
     if system is None or user is None:
-        raise OfficialRepoError(f"{where}: no system message with one text part, or no user "
-                                f"message with one text part, was found")
+        raise OfficialRepoError(
+            f"{where}: no system message with one text part, or no user message with one text part, was found"
+        )
     return MessagesTemplate(where, system, user, bool(text_first))

@@ -39,6 +39,7 @@ def counted_models(ctx: Context, usage: Usage) -> Any:
             return None
         # A shallow copy shares the shared client's connection pool; only the callbacks differ.
         return model_for(role, ctx).model_copy(update={"callbacks": [usage]})
+
     return ChatModels(planner=make("planner"), critic=make("critic"))
 
 
@@ -47,25 +48,26 @@ def _graph_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dic
 
     request, images = bench.request(item)
     usage = Usage()
-    run_id, outcome = run_one({"id": item.id, "request": request, "images": images}, batch, ctx,
-                              counted_models(ctx, usage))
+    run_id, outcome = run_one(
+        {"id": item.id, "request": request, "images": images}, batch, ctx, counted_models(ctx, usage)
+    )
     if outcome is not None and outcome.status != "finished":
-        raise RuntimeError(f"run {run_id} ended {outcome.status}: "
-                           f"{type(outcome.error).__name__}: {outcome.error}")
+        raise RuntimeError(f"run {run_id} ended {outcome.status}: {type(outcome.error).__name__}: {outcome.error}")
     folder = run_folder(ctx.runs_dir, run_id)  # item ids come from the data file
     document = json.loads((folder / "document.json").read_text(encoding="utf-8"))
     attempts = [a for step in document["steps"] for a in step["attempts"]]
     # A run that had finished before this call was not watched: its VLM use and time are unknown.
-    vlm = usage.as_dict() if outcome is not None else {
-        "requests": None, "input_tokens": None, "output_tokens": None}
-    cost = {"generator_calls": len(attempts),
-            "critic_calls": sum(a["verdict"] is not None for a in attempts),
-            "vlm_requests": vlm["requests"], "vlm_input_tokens": vlm["input_tokens"],
-            "vlm_output_tokens": vlm["output_tokens"]}
+    vlm = usage.as_dict() if outcome is not None else {"requests": None, "input_tokens": None, "output_tokens": None}
+    cost = {
+        "generator_calls": len(attempts),
+        "critic_calls": sum(a["verdict"] is not None for a in attempts),
+        "vlm_requests": vlm["requests"],
+        "vlm_input_tokens": vlm["input_tokens"],
+        "vlm_output_tokens": vlm["output_tokens"],
+    }
     if outcome is None:
         cost["wall_s"] = None
-    return {**bench.pick(item, document), "run_id": run_id,
-            "trajectory": str(folder / "document.html"), "cost": cost}
+    return {**bench.pick(item, document), "run_id": run_id, "trajectory": str(folder / "document.html"), "cost": cost}
 
 
 def _bare_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dict[str, Any]:
@@ -85,32 +87,51 @@ def _bare_output(bench: Benchmark, item: Item, batch: str, ctx: Context) -> dict
     settings = generation_settings(ctx, pool.spec)  # in-process pool or images-API backend
     seed = diffusion.derive_seed(ctx.seed, 1, 1)
     started = time.perf_counter()
-    image = pool.run(dict(
-        prompt=prompt, seed=seed, **settings, source=store.load(source) if source else None,
-        references=[]))
+    image = pool.run(
+        dict(prompt=prompt, seed=seed, **settings, source=store.load(source) if source else None, references=[])
+    )
     seconds = round(time.perf_counter() - started, 3)
     ref = store.put(image)
     number = 2 if source else 1
-    step = {"step_number": number, "step_name": "Generated image", "instruction": None,
-            "prompt": prompt, "auxiliary_text": None}
-    attempt = {"step_number": number, "attempt": 1, "prompt": prompt, "seed": seed,
-               "source": source, "image": ref, "last_allowed": True, "verdict": None,
-               "generate_s": seconds, "critique_s": None}
-    entries = ([{"step_number": 1, "step_name": "Given image 1", "text": "", "image": source}]
-               if source else []) + [{"step_number": number, "step_name": "Generated image",
-                                      "text": "", "image": ref}]
+    step = {
+        "step_number": number,
+        "step_name": "Generated image",
+        "instruction": None,
+        "prompt": prompt,
+        "auxiliary_text": None,
+    }
+    attempt = {
+        "step_number": number,
+        "attempt": 1,
+        "prompt": prompt,
+        "seed": seed,
+        "source": source,
+        "image": ref,
+        "last_allowed": True,
+        "verdict": None,
+        "generate_s": seconds,
+        "critique_s": None,
+    }
+    entries = ([{"step_number": 1, "step_name": "Given image 1", "text": "", "image": source}] if source else []) + [
+        {"step_number": number, "step_name": "Generated image", "text": "", "image": ref}
+    ]
     run_id = batch_run_id(batch, item.id)
     document = documents.build_record(
-        run_id=run_id, request=prompt, input_images=[source] if source else [], plan=[step],
-        plan_reasoning="bare generator: no planner, no critic", entries=entries,
-        attempts=[attempt], settings=ctx.to_record(), prompt_version=PROMPT_VERSION,
-        plan_mode="continue" if source else "narrative")
+        run_id=run_id,
+        request=prompt,
+        input_images=[source] if source else [],
+        plan=[step],
+        plan_reasoning="bare generator: no planner, no critic",
+        entries=entries,
+        attempts=[attempt],
+        settings=ctx.to_record(),
+        prompt_version=PROMPT_VERSION,
+        plan_mode="continue" if source else "narrative",
+    )
     folder = run_folder(ctx.runs_dir, run_id)  # item ids come from the data file
     documents.write_all(folder, document, Path(ctx.runs_dir))
-    cost = {"generator_calls": 1, "critic_calls": 0, "vlm_requests": 0, "vlm_input_tokens": 0,
-            "vlm_output_tokens": 0}
-    return {**bench.pick(item, document), "run_id": run_id,
-            "trajectory": str(folder / "document.html"), "cost": cost}
+    cost = {"generator_calls": 1, "critic_calls": 0, "vlm_requests": 0, "vlm_input_tokens": 0, "vlm_output_tokens": 0}
+    return {**bench.pick(item, document), "run_id": run_id, "trajectory": str(folder / "document.html"), "cost": cost}
 
 
 def make_output(bench: Benchmark, item: Item, config: Config, ctx: Context) -> dict[str, Any]:
@@ -121,5 +142,3 @@ def make_output(bench: Benchmark, item: Item, config: Config, ctx: Context) -> d
     made = (_bare_output if config.kind == "bare" else _graph_output)(bench, item, batch, ctx)
     made["cost"].setdefault("wall_s", round(time.perf_counter() - started, 3))
     return made
-
-

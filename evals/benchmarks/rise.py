@@ -68,22 +68,28 @@ PROMPT_VERSION = "rise-v1"
 CURRENT = "2026-04"
 RULES = {
     CURRENT: "accuracy as gpt_eval.py computes it since commit ce8cba3 (2026-04-13; all results "
-             "re-scored 2026-04-23): a consistency-free sample is accurate when reasoning and "
-             "plausibility are 5",
+    "re-scored 2026-04-23): a consistency-free sample is accurate when reasoning and "
+    "plausibility are 5",
     "pre-2026-04": "accuracy as gpt_eval.py computed it before commit ce8cba3 (the paper's "
-                   "numbers): a consistency-free sample is never accurate",
+    "numbers): a consistency-free sample is never accurate",
 }
 CATEGORIES = ("temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning")
 DIMENSIONS = ("consistency", "reasoning", "plausibility")
-EXPECTED = ("index, category (temporal_reasoning, causal_reasoning, spatial_reasoning or "
-            "logical_reasoning), instruction and image (a path under --images-root), plus "
-            "reference, reference_img or reference_txt, as in RISEBench's data_total.json")
+EXPECTED = (
+    "index, category (temporal_reasoning, causal_reasoning, spatial_reasoning or "
+    "logical_reasoning), instruction and image (a path under --images-root), plus "
+    "reference, reference_img or reference_txt, as in RISEBench's data_total.json"
+)
 
-SYSTEM = ("You evaluate images produced by AI image-editing models. You follow the scoring rules "
-          "you are given to the letter and answer in the exact format you are asked for.")
+SYSTEM = (
+    "You evaluate images produced by AI image-editing models. You follow the scoring rules "
+    "you are given to the letter and answer in the exact format you are asked for."
+)
 
-_SCALE = ("\nExplain your reasoning step by step, then end your reply with exactly one answer "
-          'block:\n<answer>{{"score": N}}</answer>\nwith N a whole number {scale}.')
+_SCALE = (
+    "\nExplain your reasoning step by step, then end your reply with exactly one answer "
+    'block:\n<answer>{{"score": N}}</answer>\nwith N a whole number {scale}.'
+)
 _FIVE, _BINARY = "from 1 to 5", "0 or 1"
 
 _CONSISTENCY = """The first image is the original; the second was made from it by an edit \
@@ -150,17 +156,16 @@ def _score_reader(binary: bool):
             value = int(value.strip())
         allowed = (0, 1) if binary else (1, 2, 3, 4, 5)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in allowed:
-            raise ReplyParseError(f"score must be one of {allowed}, got {value!r:.30}", text,
-                                  "schema")
+            raise ReplyParseError(f"score must be one of {allowed}, got {value!r:.30}", text, "schema")
         return 4 * int(value) + 1 if binary else int(value)
+
     return parse
 
 
 read_five, read_binary = _score_reader(False), _score_reader(True)
 
 
-def weighted_score(category: str, consistency: int | None, reasoning: int,
-                   plausibility: int | None) -> float:
+def weighted_score(category: str, consistency: int | None, reasoning: int, plausibility: int | None) -> float:
     """The official per-sample score (1-5).
 
     >>> weighted_score("causal_reasoning", 4, 5, 3), weighted_score("causal_reasoning", None, 1, 5)
@@ -185,8 +190,10 @@ def _flag(record: dict[str, Any], key: str) -> Any:
 def _path(root: Path, value: Any, where: str, key: str) -> str:
     path = root / str(value)
     if not path.is_file():
-        raise DataFormatError(f"{where}: {key} {path} does not exist; point --images-root at the "
-                              f"folder the data file's image paths are relative to")
+        raise DataFormatError(
+            f"{where}: {key} {path} does not exist; point --images-root at the "
+            f"folder the data file's image paths are relative to"
+        )
     return str(path)
 
 
@@ -194,32 +201,41 @@ def load(path: Path, images_root: Path | None = None) -> list[Item]:
     root = Path(images_root) if images_root else (path if path.is_dir() else path.parent)
     items = []
     for where, record in read_records(path):
-        need(record, {"index": (str, int), "category": str, "instruction": str, "image": str},
-             where, EXPECTED)
+        need(record, {"index": (str, int), "category": str, "instruction": str, "image": str}, where, EXPECTED)
         kind = record["category"]
         if kind not in CATEGORIES:
-            raise DataFormatError(f"{where}: category {kind!r} is not one of "
-                                  f"{', '.join(CATEGORIES)}")
+            raise DataFormatError(f"{where}: category {kind!r} is not one of {', '.join(CATEGORIES)}")
         reference_img = _flag(record, "reference_img")
         reference = _flag(record, "reference_txt" if kind == "logical_reasoning" else "reference")
         if reference is None and reference_img is None:
             wanted = "reference_txt" if kind == "logical_reasoning" else "reference"
-            raise DataFormatError(f"{where}: a {kind} sample needs {wanted} or reference_img. "
-                                  f"Expected items with {EXPECTED}")
-        items.append(Item(str(record["index"]), kind, {
-            "instruction": record["instruction"], "image": _path(root, record["image"], where, "image"),
-            "reference": reference, "subtask": record.get("subtask"),
-            "reference_img": _path(root, reference_img, where, "reference_img") if reference_img
-            else None,
-            "consistency_free": bool(_flag(record, "consistency_free")),
-            "reasoning_img": bool(_flag(record, "reasoning_img")),
-            "reasoning_wo_ins": bool(_flag(record, "reasoning_wo_ins"))}))
+            raise DataFormatError(
+                f"{where}: a {kind} sample needs {wanted} or reference_img. Expected items with {EXPECTED}"
+            )
+        items.append(
+            Item(
+                str(record["index"]),
+                kind,
+                {
+                    "instruction": record["instruction"],
+                    "image": _path(root, record["image"], where, "image"),
+                    "reference": reference,
+                    "subtask": record.get("subtask"),
+                    "reference_img": _path(root, reference_img, where, "reference_img") if reference_img else None,
+                    "consistency_free": bool(_flag(record, "consistency_free")),
+                    "reasoning_img": bool(_flag(record, "reasoning_img")),
+                    "reasoning_wo_ins": bool(_flag(record, "reasoning_wo_ins")),
+                },
+            )
+        )
     return unique_ids(items)
 
 
 def request(item: Item) -> tuple[str, list[str]]:
-    return ("<image> Continue from this image with exactly one new image, edited from it as "
-            "follows: " + item.record["instruction"]), [item.record["image"]]
+    return (
+        "<image> Continue from this image with exactly one new image, edited from it as "
+        "follows: " + item.record["instruction"]
+    ), [item.record["image"]]
 
 
 def bare_request(item: Item) -> tuple[str, str | None]:
@@ -243,15 +259,15 @@ def questions(item: Item, output: dict[str, Any], store: ImageStore) -> list[Que
     asked = []
     if not rec["consistency_free"]:
         if logical:
-            answer = (f"The correct answer: {rec['reference']}\n" if rec["reference"] else "")
+            answer = f"The correct answer: {rec['reference']}\n" if rec["reference"] else ""
             text = _CONSISTENCY_LOGIC.format(instruction=instruction, answer=answer)
             first = reference_ref or before
         else:
             text, first = _CONSISTENCY.format(instruction=instruction), before
-        asked.append(Question("consistency", text + _SCALE.format(scale=scale), (first, after),
-                              read))
-    told = ("" if rec["reasoning_wo_ins"] else
-            f"The edit instruction was:\n<instruction>\n{instruction}\n</instruction>\n")
+        asked.append(Question("consistency", text + _SCALE.format(scale=scale), (first, after), read))
+    told = (
+        "" if rec["reasoning_wo_ins"] else f"The edit instruction was:\n<instruction>\n{instruction}\n</instruction>\n"
+    )
     if reference_ref is not None:
         body = (_REASONING_LOGIC_IMAGE if logical else _REASONING_IMAGE).format(instruction=told)
         shown = (reference_ref, after)
@@ -260,27 +276,42 @@ def questions(item: Item, output: dict[str, Any], store: ImageStore) -> list[Que
     else:
         with_input = rec["reasoning_img"]
         body = _REASONING.format(
-            instruction=told, reference=rec["reference"],
-            shown="The first image is the input and the second the model's output." if with_input
-            else "The image is the model's output.")
+            instruction=told,
+            reference=rec["reference"],
+            shown="The first image is the input and the second the model's output."
+            if with_input
+            else "The image is the model's output.",
+        )
         shown = (before, after) if with_input else (after,)
     asked.append(Question("reasoning", body + _SCALE.format(scale=scale), shown, read))
     if not logical:
-        asked.append(Question("plausibility", _PLAUSIBILITY + _SCALE.format(scale=_FIVE),
-                              (after,), read_five))
+        asked.append(Question("plausibility", _PLAUSIBILITY + _SCALE.format(scale=_FIVE), (after,), read_five))
     return asked
 
 
 OFFICIAL_FILE = "utils.py"
-OFFICIAL_NAMES = ("prompt_consist", "prompt_reasoning", "prompt_reasoning_w_input",
-                  "prompt_generation", "prompt_spatial_ref", "prompt_spatial_ref_img",
-                  "prompt_spatial_ref_w_input", "prompt_spatial_qual", "prompt_spatial_cons",
-                  "prompt_logical_cons_ans", "prompt_logical_cons", "prompt_logical_txt",
-                  "prompt_logical_img", "prompt_logical_img_wo_q")
+OFFICIAL_NAMES = (
+    "prompt_consist",
+    "prompt_reasoning",
+    "prompt_reasoning_w_input",
+    "prompt_generation",
+    "prompt_spatial_ref",
+    "prompt_spatial_ref_img",
+    "prompt_spatial_ref_w_input",
+    "prompt_spatial_qual",
+    "prompt_spatial_cons",
+    "prompt_logical_cons_ans",
+    "prompt_logical_cons",
+    "prompt_logical_txt",
+    "prompt_logical_img",
+    "prompt_logical_img_wo_q",
+)
 # gpt_generate's request options (temperature 0 is the judge's own).
 OFFICIAL_CALL = {"max_tokens": 4096}
-_FINAL = (re.compile(r"\*?\*?Final Score\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE),
-          re.compile(r"\*?\*?Final Scores\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE))
+_FINAL = (
+    re.compile(r"\*?\*?Final Score\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE),
+    re.compile(r"\*?\*?Final Scores\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE),
+)
 
 
 def final_score(text: str) -> int | None:
@@ -308,11 +339,13 @@ def _official_reader(binary: bool):
         if value not in (1, 2, 3, 4, 5):
             raise ReplyParseError(f"Final Score {value} is outside 1-5", text, "schema")
         return value
+
     return parse
 
 
-def official_questions(item: Item, output: dict[str, Any], store: ImageStore, *,
-                       texts: dict[str, str]) -> list[Question]:
+def official_questions(
+    item: Item, output: dict[str, Any], store: ImageStore, *, texts: dict[str, str]
+) -> list[Question]:
     """The questions of gpt_eval.eval_vanilla with the texts of the user's utils.py: text first,
     then the images, no system message."""
     if not output["images"] or not output["inputs"]:
@@ -323,44 +356,63 @@ def official_questions(item: Item, output: dict[str, Any], store: ImageStore, *,
     five, binary = _official_reader(False), _official_reader(True)
 
     def ask(label: str, text: str, images: tuple, parse) -> Question:
-        return Question(label, text, images, parse, system="", text_first=True,
-                        call=OFFICIAL_CALL)
+        return Question(label, text, images, parse, system="", text_first=True, call=OFFICIAL_CALL)
+
     kind = item.category
     if kind in ("temporal_reasoning", "causal_reasoning"):
         first = before
         if rec["reasoning_img"]:
-            rea = ask("reasoning", texts["prompt_reasoning_w_input"].format(
-                instruct=instruct, reference=reference), (before, after), five)
+            rea = ask(
+                "reasoning",
+                texts["prompt_reasoning_w_input"].format(instruct=instruct, reference=reference),
+                (before, after),
+                five,
+            )
         else:
-            rea = ask("reasoning", texts["prompt_reasoning"].format(
-                instruct=instruct, reference=reference), (after,), five)
-        cons_text, read, quality = texts["prompt_consist"].format(instruct=instruct), five, \
-            texts["prompt_generation"]
+            rea = ask(
+                "reasoning", texts["prompt_reasoning"].format(instruct=instruct, reference=reference), (after,), five
+            )
+        cons_text, read, quality = texts["prompt_consist"].format(instruct=instruct), five, texts["prompt_generation"]
     elif kind == "spatial_reasoning":
         first = before
         if reference_img is not None:
             first = reference_img  # eval_vanilla judges consistency against it too
-            rea = ask("reasoning", texts["prompt_spatial_ref_img"].format(instruct=instruct),
-                      (reference_img, after), five)
+            rea = ask(
+                "reasoning", texts["prompt_spatial_ref_img"].format(instruct=instruct), (reference_img, after), five
+            )
         elif rec["reasoning_img"]:
-            rea = ask("reasoning", texts["prompt_spatial_ref_w_input"].format(
-                instruct=instruct, reference=reference), (before, after), five)
+            rea = ask(
+                "reasoning",
+                texts["prompt_spatial_ref_w_input"].format(instruct=instruct, reference=reference),
+                (before, after),
+                five,
+            )
         else:
-            rea = ask("reasoning", texts["prompt_spatial_ref"].format(
-                instruct=instruct, reference=reference), (after,), five)
-        cons_text, read, quality = texts["prompt_spatial_cons"].format(instruct=instruct), five, \
-            texts["prompt_spatial_qual"]
+            rea = ask(
+                "reasoning", texts["prompt_spatial_ref"].format(instruct=instruct, reference=reference), (after,), five
+            )
+        cons_text, read, quality = (
+            texts["prompt_spatial_cons"].format(instruct=instruct),
+            five,
+            texts["prompt_spatial_qual"],
+        )
     elif reference_img is None:  # logical, text answer
         first, read, quality = before, binary, None
         cons_text = texts["prompt_logical_cons_ans"].format(instruct=instruct, reference=reference)
-        rea = ask("reasoning", texts["prompt_logical_txt"].format(
-            instruct=instruct, reference=reference), (after,), binary)
+        rea = ask(
+            "reasoning", texts["prompt_logical_txt"].format(instruct=instruct, reference=reference), (after,), binary
+        )
     else:  # logical, reference image
         first, read, quality = reference_img, binary, None
         cons_text = texts["prompt_logical_cons"].format(instruct=instruct)
-        rea = ask("reasoning", texts["prompt_logical_img_wo_q"] if rec["reasoning_wo_ins"] else
-                  texts["prompt_logical_img"].format(instruct=instruct), (reference_img, after),
-                  binary)
+        rea = ask(
+            "reasoning",
+            texts["prompt_logical_img_wo_q"]
+            if rec["reasoning_wo_ins"]
+            else texts["prompt_logical_img"].format(instruct=instruct),
+            (reference_img, after),
+            binary,
+        )
     asked = [] if rec["consistency_free"] else [ask("consistency", cons_text, (first, after), read)]
     asked.append(rea)
     if quality is not None:
@@ -370,23 +422,35 @@ def official_questions(item: Item, output: dict[str, Any], store: ImageStore, *,
 
 def score(item: Item, output: dict[str, Any], answers: list[dict[str, Any]]) -> dict[str, Any]:
     if not answers:
-        return {"status": "judge_failed", "scores": {}, "failures": [],
-                "error": "the run produced no edited image"}
-    labels = [d for d in DIMENSIONS if not (d == "consistency" and item.record["consistency_free"])
-              and not (d == "plausibility" and item.category == "logical_reasoning")]
-    failures = [{"question": label, "reason": a["reason"], "error": a["error"]}
-                for label, a in zip(labels, answers) if a["error"] is not None]
+        return {"status": "judge_failed", "scores": {}, "failures": [], "error": "the run produced no edited image"}
+    labels = [
+        d
+        for d in DIMENSIONS
+        if not (d == "consistency" and item.record["consistency_free"])
+        and not (d == "plausibility" and item.category == "logical_reasoning")
+    ]
+    failures = [
+        {"question": label, "reason": a["reason"], "error": a["error"]}
+        for label, a in zip(labels, answers)
+        if a["error"] is not None
+    ]
     if failures:
-        return {"status": "judge_failed", "scores": {}, "failures": failures,
-                "error": "; ".join(f"{f['question']}: [{f['reason']}] {f['error']}"
-                                   for f in failures)}
+        return {
+            "status": "judge_failed",
+            "scores": {},
+            "failures": failures,
+            "error": "; ".join(f"{f['question']}: [{f['reason']}] {f['error']}" for f in failures),
+        }
     dims = {d: None for d in DIMENSIONS} | {label: a["value"] for label, a in zip(labels, answers)}
-    value = weighted_score(item.category, dims["consistency"], dims["reasoning"],
-                           dims["plausibility"])
+    value = weighted_score(item.category, dims["consistency"], dims["reasoning"], dims["plausibility"])
     # Whether the sample is accurate depends on the scoring rule, so it is decided when the
     # report is built (``accurate``), never stored: one stored judgment serves both rules.
-    return {"status": "scored", "failures": [], "error": None, "scores": {
-        **dims, "score": value, "consistency_free": item.record["consistency_free"]}}
+    return {
+        "status": "scored",
+        "failures": [],
+        "error": None,
+        "scores": {**dims, "score": value, "consistency_free": item.record["consistency_free"]},
+    }
 
 
 def accurate(category: str, scores: dict[str, Any] | None, rule: str = CURRENT) -> bool:
@@ -429,24 +493,31 @@ def _block(samples: list[tuple[str, dict[str, Any] | None]], rule: str) -> dict[
     denominator); the score and dimension means over the scored samples only (the official
     means skip NaN)."""
     scored = [s for _, s in samples if s is not None]
-    dims = {f"{d}_pct": _pct(_mean([r[d] for r in scored if r[d] is not None]))
-            for d in DIMENSIONS}
-    return {"accuracy": _mean([100.0 * accurate(kind, s, rule) for kind, s in samples]),
-            "score_pct": _pct(_mean([r["score"] for r in scored])), **dims,
-            "items": len(samples), "unscorable": len(samples) - len(scored)}
+    dims = {f"{d}_pct": _pct(_mean([r[d] for r in scored if r[d] is not None])) for d in DIMENSIONS}
+    return {
+        "accuracy": _mean([100.0 * accurate(kind, s, rule) for kind, s in samples]),
+        "score_pct": _pct(_mean([r["score"] for r in scored])),
+        **dims,
+        "items": len(samples),
+        "unscorable": len(samples) - len(scored),
+    }
 
 
-def summarize(scored: list[tuple[Item, dict[str, Any]]],
-              unscorable: list[tuple[Item, dict[str, Any]]] = (), *,
-              rule: str = CURRENT) -> dict[str, Any]:
+def summarize(
+    scored: list[tuple[Item, dict[str, Any]]],
+    unscorable: list[tuple[Item, dict[str, Any]]] = (),
+    *,
+    rule: str = CURRENT,
+) -> dict[str, Any]:
     """Accuracy and score (percent) overall and per reasoning category, under ``rule``."""
-    samples = ([(item, r["scores"]) for item, r in scored]
-               + [(item, None) for item, _ in unscorable])
-    by_category = {kind: _block([(i.category, s) for i, s in samples if i.category == kind], rule)
-                   for kind in CATEGORIES if any(i.category == kind for i, _ in samples)}
+    samples = [(item, r["scores"]) for item, r in scored] + [(item, None) for item, _ in unscorable]
+    by_category = {
+        kind: _block([(i.category, s) for i, s in samples if i.category == kind], rule)
+        for kind in CATEGORIES
+        if any(i.category == kind for i, _ in samples)
+    }
     overall = _block([(i.category, s) for i, s in samples], rule)
-    headline = {**overall, **{kind.split("_")[0]: by_category.get(kind, {}).get("accuracy")
-                              for kind in CATEGORIES}}
+    headline = {**overall, **{kind.split("_")[0]: by_category.get(kind, {}).get("accuracy") for kind in CATEGORIES}}
     return {"headline": headline, "by_category": by_category}
 
 
@@ -464,18 +535,29 @@ def benchmark(rule: str = CURRENT, repo: str | Path | None = None) -> Benchmark:
         digest = hashlib.sha256(repr(sorted(texts.items())).encode()).hexdigest()[:12]
         version, source = f"rise-official-{digest}", f"read from {root / OFFICIAL_FILE}"
     return Benchmark(
-        name="rise", prompt_version=version, judge_system=SYSTEM, load=load,
-        request=request, bare_request=bare_request, pick=pick, questions=asking, score=score,
+        name="rise",
+        prompt_version=version,
+        judge_system=SYSTEM,
+        load=load,
+        request=request,
+        bare_request=bare_request,
+        pick=pick,
+        questions=asking,
+        score=score,
         summarize=functools.partial(summarize, rule=rule),
-        headline=("accuracy", "temporal", "causal", "spatial", "logical", "score_pct",
-                  "unscorable"),
-        protocol={"protocol": "RISEBench", "scoring_rule": f"{rule}: {RULES[rule]}",
-                  "judge_prompts": source or "ours (our wording of the official rubrics; pass "
-                                             "--rise-repo to use utils.py's), so scores are "
-                                             "comparable in rule, not in prompt",
-                  "unscorable": "a sample the judge could not score counts as not accurate in "
-                                "the accuracy denominator (as gpt_eval.py counts it) and is left "
-                                "out of the score means; the unscorable column says how many"})
+        headline=("accuracy", "temporal", "causal", "spatial", "logical", "score_pct", "unscorable"),
+        protocol={
+            "protocol": "RISEBench",
+            "scoring_rule": f"{rule}: {RULES[rule]}",
+            "judge_prompts": source
+            or "ours (our wording of the official rubrics; pass "
+            "--rise-repo to use utils.py's), so scores are "
+            "comparable in rule, not in prompt",
+            "unscorable": "a sample the judge could not score counts as not accurate in "
+            "the accuracy denominator (as gpt_eval.py counts it) and is left "
+            "out of the score means; the unscorable column says how many",
+        },
+    )
 
 
 BENCHMARK = benchmark()

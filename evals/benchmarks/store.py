@@ -25,15 +25,15 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        conn = connect_file(self.path, what="results file", fix="pass another --out folder",
-                            autocommit=True)
+        conn = connect_file(self.path, what="results file", fix="pass another --out folder", autocommit=True)
         for ddl in (
             "CREATE TABLE IF NOT EXISTS outputs (benchmark TEXT, config TEXT, item TEXT, "
             "status TEXT, data TEXT, error TEXT, updated_at REAL, "
             "PRIMARY KEY (benchmark, config, item))",
             "CREATE TABLE IF NOT EXISTS results (benchmark TEXT, config TEXT, item TEXT, "
             "judge_model TEXT, prompt_version TEXT, status TEXT, data TEXT, updated_at REAL, "
-            "PRIMARY KEY (benchmark, config, item, judge_model, prompt_version))"):
+            "PRIMARY KEY (benchmark, config, item, judge_model, prompt_version))",
+        ):
             retry_locked(lambda ddl=ddl: conn.execute(ddl))
         self._conn = conn
 
@@ -42,28 +42,36 @@ class ResultStore:
             return retry_locked(lambda: self._conn.execute(sql, args).fetchall())
 
     def output(self, benchmark: str, config: str, item: str) -> dict[str, Any] | None:
-        rows = self._run("SELECT status, data, error FROM outputs WHERE benchmark=? AND config=? "
-                         "AND item=?", (benchmark, config, item))
-        return {"status": rows[0][0], "error": rows[0][2], **json.loads(rows[0][1] or "{}")} \
-            if rows else None
+        rows = self._run(
+            "SELECT status, data, error FROM outputs WHERE benchmark=? AND config=? AND item=?",
+            (benchmark, config, item),
+        )
+        return {"status": rows[0][0], "error": rows[0][2], **json.loads(rows[0][1] or "{}")} if rows else None
 
-    def put_output(self, benchmark: str, config: str, item: str, status: str,
-                   data: dict[str, Any], error: str | None = None) -> None:
-        self._run("INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?)",
-                  (benchmark, config, item, status, json.dumps(data), error, time.time()))
+    def put_output(
+        self, benchmark: str, config: str, item: str, status: str, data: dict[str, Any], error: str | None = None
+    ) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?)",
+            (benchmark, config, item, status, json.dumps(data), error, time.time()),
+        )
 
-    def result(self, benchmark: str, config: str, item: str, judge_model: str,
-               prompt_version: str) -> dict[str, Any] | None:
-        rows = self._run("SELECT data FROM results WHERE benchmark=? AND config=? AND item=? AND "
-                         "judge_model=? AND prompt_version=?",
-                         (benchmark, config, item, judge_model, prompt_version))
+    def result(
+        self, benchmark: str, config: str, item: str, judge_model: str, prompt_version: str
+    ) -> dict[str, Any] | None:
+        rows = self._run(
+            "SELECT data FROM results WHERE benchmark=? AND config=? AND item=? AND judge_model=? AND prompt_version=?",
+            (benchmark, config, item, judge_model, prompt_version),
+        )
         return json.loads(rows[0][0]) if rows else None
 
-    def put_result(self, benchmark: str, config: str, item: str, judge_model: str,
-                   prompt_version: str, data: dict[str, Any]) -> None:
-        self._run("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?)",
-                  (benchmark, config, item, judge_model, prompt_version, data["status"],
-                   json.dumps(data), time.time()))
+    def put_result(
+        self, benchmark: str, config: str, item: str, judge_model: str, prompt_version: str, data: dict[str, Any]
+    ) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?)",
+            (benchmark, config, item, judge_model, prompt_version, data["status"], json.dumps(data), time.time()),
+        )
 
     def close(self) -> None:
         with self._lock:

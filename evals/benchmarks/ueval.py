@@ -64,21 +64,33 @@ from tools.replies.parsing import read_answer
 PROMPT_VERSION = "ueval-v1"
 OPEN_TASKS = ("art", "life", "tech", "exercise")
 CLOSED_TASKS = ("space", "textbook", "diagram", "paper")
-EXPECTED = ("id, prompt, task (or task_type), text_rubrics and image_rubrics (lists of "
-            "{\"criterion\": text}), as in primerL/UEval-all exported to JSON/JSONL")
+EXPECTED = (
+    "id, prompt, task (or task_type), text_rubrics and image_rubrics (lists of "
+    '{"criterion": text}), as in primerL/UEval-all exported to JSON/JSONL'
+)
 MET = frozenset({"true", "yes", "y", "1"})  # criteria_value_to_bool: the only strings met
 OFFICIAL_FILE = "ueval_eval.py"
-OFFICIAL_NAMES = ("SYSTEM_INSTRUCTION", "TEXT_TEMPLATE", "TEXT_RUBRIC_TEMPLATE",
-                  "IMAGE_TEMPLATE_OPEN", "IMAGE_TEMPLATE_CLOSED", "IMAGE_RUBRIC_TEMPLATE")
+OFFICIAL_NAMES = (
+    "SYSTEM_INSTRUCTION",
+    "TEXT_TEMPLATE",
+    "TEXT_RUBRIC_TEMPLATE",
+    "IMAGE_TEMPLATE_OPEN",
+    "IMAGE_TEMPLATE_CLOSED",
+    "IMAGE_RUBRIC_TEMPLATE",
+)
 
-SYSTEM = ("You check answers to multimodal requests against one rubric item at a time. You judge "
-          "only the item you are given, strictly: an item is met only when the answer fully "
-          "satisfies it. You answer in the exact format you are asked for.")
+SYSTEM = (
+    "You check answers to multimodal requests against one rubric item at a time. You judge "
+    "only the item you are given, strictly: an item is met only when the answer fully "
+    "satisfies it. You answer in the exact format you are asked for."
+)
 
-_REPLY = ("\nThink it through briefly, then end your reply with exactly one answer block:\n"
-          '<answer>{"criteria_met": true, "explanation": "one sentence"}</answer>\n'
-          'where criteria_met is true, false, or "not sure" (only when the answer gives too '
-          "little to decide).")
+_REPLY = (
+    "\nThink it through briefly, then end your reply with exactly one answer block:\n"
+    '<answer>{"criteria_met": true, "explanation": "one sentence"}</answer>\n'
+    'where criteria_met is true, false, or "not sure" (only when the answer gives too '
+    "little to decide)."
+)
 
 _TEXT = """A model answered the request below with text (and images, which are judged separately).
 
@@ -182,8 +194,10 @@ def _rubrics(record: dict[str, Any], key: str, where: str) -> list[str]:
     for index, rubric in enumerate(record[key]):
         text = rubric.get("criterion") if isinstance(rubric, dict) else rubric
         if not isinstance(text, str) or not text.strip():
-            raise DataFormatError(f"{where}: {key}[{index}] must be {{\"criterion\": text}} or a "
-                                  f"text, got {rubric!r:.60}. Expected items with {EXPECTED}")
+            raise DataFormatError(
+                f'{where}: {key}[{index}] must be {{"criterion": text}} or a '
+                f"text, got {rubric!r:.60}. Expected items with {EXPECTED}"
+            )
         criteria.append(text.strip())
     return criteria
 
@@ -191,17 +205,23 @@ def _rubrics(record: dict[str, Any], key: str, where: str) -> list[str]:
 def load(path: Path, images_root: Path | None = None) -> list[Item]:
     items = []
     for where, record in read_records(path):
-        need(record, {"id": (str, int), "prompt": str, "text_rubrics": list, "image_rubrics": list},
-             where, EXPECTED)
+        need(record, {"id": (str, int), "prompt": str, "text_rubrics": list, "image_rubrics": list}, where, EXPECTED)
         task = record.get("task", record.get("task_type"))
         if not isinstance(task, str) or not task.strip():
-            raise DataFormatError(f"{where}: task (or task_type) is missing. Expected items with "
-                                  f"{EXPECTED}")
+            raise DataFormatError(f"{where}: task (or task_type) is missing. Expected items with {EXPECTED}")
         kind = question_type(task)  # from the task alone, as the official evaluator decides
-        items.append(Item(str(record["id"]), task.strip().lower(), {
-            "prompt": record["prompt"], "question_type": kind,
-            "text_rubrics": _rubrics(record, "text_rubrics", where),
-            "image_rubrics": _rubrics(record, "image_rubrics", where)}))
+        items.append(
+            Item(
+                str(record["id"]),
+                task.strip().lower(),
+                {
+                    "prompt": record["prompt"],
+                    "question_type": kind,
+                    "text_rubrics": _rubrics(record, "text_rubrics", where),
+                    "image_rubrics": _rubrics(record, "image_rubrics", where),
+                },
+            )
+        )
     return unique_ids(items)
 
 
@@ -236,24 +256,23 @@ def pick(item: Item, document: dict[str, Any]) -> dict[str, Any]:
     return {"text": klein_text(steps), "images": images, "inputs": []}
 
 
-def questions(item: Item, output: dict[str, Any], store: Any = None, *,
-              official: dict[str, str] | None = None) -> list[Question]:
+def questions(
+    item: Item, output: dict[str, Any], store: Any = None, *, official: dict[str, str] | None = None
+) -> list[Question]:
     """One question per rubric; ``official`` holds the texts of ueval_eval.py when read."""
     prompt, answer = item.record["prompt"], output["text"]
     closed = item.record["question_type"] == "closed"
     if official is not None:
+
         def text_question(criterion: str) -> str:
-            context = official["TEXT_TEMPLATE"].replace("<<question>>", prompt) \
-                .replace("<<text_answer>>", answer or "")
-            return context + "\n\n" + official["TEXT_RUBRIC_TEMPLATE"].replace(
-                "<<rubric_item>>", criterion)
+            context = official["TEXT_TEMPLATE"].replace("<<question>>", prompt).replace("<<text_answer>>", answer or "")
+            return context + "\n\n" + official["TEXT_RUBRIC_TEMPLATE"].replace("<<rubric_item>>", criterion)
 
         def image_question(criterion: str) -> str:
             template = official["IMAGE_TEMPLATE_CLOSED" if closed else "IMAGE_TEMPLATE_OPEN"]
-            context = template.replace("<<question>>", prompt).replace("<<text_answer>>",
-                                                                       answer or "")
-            return context + "\n\n" + official["IMAGE_RUBRIC_TEMPLATE"].replace(
-                "<<rubric_item>>", criterion)
+            context = template.replace("<<question>>", prompt).replace("<<text_answer>>", answer or "")
+            return context + "\n\n" + official["IMAGE_RUBRIC_TEMPLATE"].replace("<<rubric_item>>", criterion)
+
         system = official["SYSTEM_INSTRUCTION"]
     else:
         shown = answer or "(no text answer)"
@@ -262,25 +281,32 @@ def questions(item: Item, output: dict[str, Any], store: Any = None, *,
             return _TEXT.format(prompt=prompt, answer=shown, criterion=criterion) + _REPLY
 
         def image_question(criterion: str) -> str:
-            return (_IMAGE_CLOSED.format(prompt=prompt, criterion=criterion) if closed else
-                    _IMAGE_OPEN.format(prompt=prompt, answer=shown, criterion=criterion)) + _REPLY
+            return (
+                _IMAGE_CLOSED.format(prompt=prompt, criterion=criterion)
+                if closed
+                else _IMAGE_OPEN.format(prompt=prompt, answer=shown, criterion=criterion)
+            ) + _REPLY
+
         system = None
-    asked = [Question(f"text:{i}", text_question(c), (), criteria_met, system=system)
-             for i, c in enumerate(item.record["text_rubrics"])]
+    asked = [
+        Question(f"text:{i}", text_question(c), (), criteria_met, system=system)
+        for i, c in enumerate(item.record["text_rubrics"])
+    ]
     if output["images"]:
-        asked += [Question(f"image:{i}", image_question(c), tuple(output["images"]),
-                           criteria_met, system=system)
-                  for i, c in enumerate(item.record["image_rubrics"])]
+        asked += [
+            Question(f"image:{i}", image_question(c), tuple(output["images"]), criteria_met, system=system)
+            for i, c in enumerate(item.record["image_rubrics"])
+        ]
     return asked
 
 
-def _rate(answers: list[dict[str, Any]], total: int, kind: str,
-          failures: list[dict[str, Any]]) -> tuple[float | None, int]:
+def _rate(
+    answers: list[dict[str, Any]], total: int, kind: str, failures: list[dict[str, Any]]
+) -> tuple[float | None, int]:
     failed = [a for a in answers if a["error"] is not None]
     for number, answer in enumerate(answers):
         if answer["error"] is not None:
-            failures.append({"question": f"{kind}:{number}", "reason": answer["reason"],
-                             "error": answer["error"]})
+            failures.append({"question": f"{kind}:{number}", "reason": answer["reason"], "error": answer["error"]})
     if total == 0 or failed:
         return None, 0
     met = sum(is_met(a["value"]) for a in answers)
@@ -291,24 +317,29 @@ def score(item: Item, output: dict[str, Any], answers: list[dict[str, Any]]) -> 
     """Per-item text and image rates (fractions; see the module docstring for failures)."""
     texts, images = item.record["text_rubrics"], item.record["image_rubrics"]
     failures: list[dict[str, Any]] = []
-    text_rate, text_met = _rate(answers[:len(texts)], len(texts), "text", failures)
+    text_rate, text_met = _rate(answers[: len(texts)], len(texts), "text", failures)
     if output["images"]:
-        image_rate, image_met = _rate(answers[len(texts):], len(images), "image", failures)
+        image_rate, image_met = _rate(answers[len(texts) :], len(images), "image", failures)
     else:  # nothing to show the judge: every image rubric is unmet
         image_rate, image_met = (0.0 if images else None), 0
     rates = [r for r in (text_rate, image_rate) if r is not None]
     judged = [a for a in answers if a["error"] is None]
     status = "scored" if not failures else "partial" if rates else "judge_failed"
-    return {"status": status,
-            "scores": {"text_rate": text_rate, "image_rate": image_rate,
-                       "score": sum(rates) / len(rates) if rates else None,
-                       "text_met": text_met, "text_total": len(texts), "image_met": image_met,
-                       "image_total": len(images),
-                       "not_met_unsure": sum(not isinstance(a["value"], bool)
-                                             for a in judged)},
-            "failures": failures,
-            "error": "; ".join(f"{f['question']}: [{f['reason']}] {f['error']}"
-                               for f in failures) or None}
+    return {
+        "status": status,
+        "scores": {
+            "text_rate": text_rate,
+            "image_rate": image_rate,
+            "score": sum(rates) / len(rates) if rates else None,
+            "text_met": text_met,
+            "text_total": len(texts),
+            "image_met": image_met,
+            "image_total": len(images),
+            "not_met_unsure": sum(not isinstance(a["value"], bool) for a in judged),
+        },
+        "failures": failures,
+        "error": "; ".join(f"{f['question']}: [{f['reason']}] {f['error']}" for f in failures) or None,
+    }
 
 
 def _mean(values: list[float]) -> float | None:
@@ -317,35 +348,44 @@ def _mean(values: list[float]) -> float | None:
 
 def _rates(results: list[dict[str, Any]]) -> dict[str, Any]:
     text = _mean([r["scores"]["text_rate"] for r in results if r["scores"]["text_rate"] is not None])
-    image = _mean([r["scores"]["image_rate"] for r in results
-                   if r["scores"]["image_rate"] is not None])
+    image = _mean([r["scores"]["image_rate"] for r in results if r["scores"]["image_rate"] is not None])
     both = [v for v in (text, image) if v is not None]
-    pct = (lambda v: None if v is None else 100 * v)
-    return {"overall": pct(_mean(both)), "text_avg_rate": pct(text), "image_avg_rate": pct(image),
-            "items": len(results)}
+    pct = lambda v: None if v is None else 100 * v
+    return {
+        "overall": pct(_mean(both)),
+        "text_avg_rate": pct(text),
+        "image_avg_rate": pct(image),
+        "items": len(results),
+    }
 
 
-def summarize(scored: list[tuple[Item, dict[str, Any]]],
-              unscorable: list[tuple[Item, dict[str, Any]]] = ()) -> dict[str, Any]:
+def summarize(
+    scored: list[tuple[Item, dict[str, Any]]], unscorable: list[tuple[Item, dict[str, Any]]] = ()
+) -> dict[str, Any]:
     """Averages in percent: overall, per task, and the mean over tasks (the paper's Avg)."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for item, result in scored:
         by_task.setdefault(item.category, []).append(result)
     order = [t for t in CLOSED_TASKS + OPEN_TASKS if t in by_task] + sorted(
-        set(by_task) - set(CLOSED_TASKS + OPEN_TASKS))
+        set(by_task) - set(CLOSED_TASKS + OPEN_TASKS)
+    )
     tasks = {task: _rates(by_task[task]) for task in order}
     overall = _rates([result for _, result in scored])
     task_scores = [t["overall"] for t in tasks.values() if t["overall"] is not None]
     return {"headline": {**overall, "task_avg": _mean(task_scores)}, "by_category": tasks}
 
 
-def export(out_dir: Path, config: str, outputs: list[tuple[Item, dict[str, Any]]],
-           runs_dir: Path) -> Path:
+def export(out_dir: Path, config: str, outputs: list[tuple[Item, dict[str, Any]]], runs_dir: Path) -> Path:
     """The official submission file: [{id, text_answer, image_answer: [absolute paths]}]."""
     path = out_dir / f"submission-{config}.json"
-    rows = [{"id": item.id, "text_answer": output["text"],
-             "image_answer": [image_path(runs_dir, ref) for ref in output["images"]]}
-            for item, output in outputs]
+    rows = [
+        {
+            "id": item.id,
+            "text_answer": output["text"],
+            "image_answer": [image_path(runs_dir, ref) for ref in output["images"]],
+        }
+        for item, output in outputs
+    ]
     path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
     return path
 
@@ -356,24 +396,35 @@ def benchmark(repo: str | Path | None = None) -> Benchmark:
     if repo is not None:
         root = check_repo(repo, "--ueval-repo", "zlab-princeton/UEval", (OFFICIAL_FILE,))
         official = module_strings(root / OFFICIAL_FILE, OFFICIAL_NAMES)
-    digest = (hashlib.sha256(repr(sorted(official.items())).encode()).hexdigest()[:12]
-              if official else None)
+    digest = hashlib.sha256(repr(sorted(official.items())).encode()).hexdigest()[:12] if official else None
     return Benchmark(
-        name="ueval", prompt_version=f"ueval-official-{digest}" if digest else PROMPT_VERSION,
-        judge_system=SYSTEM, load=load, request=request, bare_request=bare_request, pick=pick,
-        questions=functools.partial(questions, official=official), score=score,
-        summarize=summarize, headline=("task_avg", "overall", "text_avg_rate", "image_avg_rate"),
+        name="ueval",
+        prompt_version=f"ueval-official-{digest}" if digest else PROMPT_VERSION,
+        judge_system=SYSTEM,
+        load=load,
+        request=request,
+        bare_request=bare_request,
+        pick=pick,
+        questions=functools.partial(questions, official=official),
+        score=score,
+        summarize=summarize,
+        headline=("task_avg", "overall", "text_avg_rate", "image_avg_rate"),
         export=export,
-        protocol={"protocol": "UEval rubrics (ueval_eval.py, 3a5b5ea)",
-                  "judge_prompt": (f"read from {root / OFFICIAL_FILE}" if official else
-                                   "ours (pass --ueval-repo to use the official texts)"),
-                  "verdicts": "met only for true / \"true\", \"yes\", \"y\", \"1\"; false, "
-                              "\"not sure\", null and anything else count as not met",
-                  "task_avg": "the leaderboard's Avg: mean over tasks of (text avg + image "
-                              "avg) / 2, in percent; overall: mean of the two averages over all "
-                              "items (the README's overall_avg_rate)",
-                  "text_answer": "laid out as ueval_klein.py: each step's auxiliary text, else "
-                                 "its instruction, concatenated"})
+        protocol={
+            "protocol": "UEval rubrics (ueval_eval.py, 3a5b5ea)",
+            "judge_prompt": (
+                f"read from {root / OFFICIAL_FILE}"
+                if official
+                else "ours (pass --ueval-repo to use the official texts)"
+            ),
+            "verdicts": 'met only for true / "true", "yes", "y", "1"; false, '
+            '"not sure", null and anything else count as not met',
+            "task_avg": "the leaderboard's Avg: mean over tasks of (text avg + image "
+            "avg) / 2, in percent; overall: mean of the two averages over all "
+            "items (the README's overall_avg_rate)",
+            "text_answer": "laid out as ueval_klein.py: each step's auxiliary text, else its instruction, concatenated",
+        },
+    )
 
 
 BENCHMARK = benchmark()

@@ -74,24 +74,38 @@ PROTOCOLS = (VERIFIED, LEGACY)
 PROMPT_VERSION = "wise-v1"  # our own legacy wording
 REPO = "PKU-YuanGroup/WISE"
 VERIFIED_FILE, LEGACY_FILE = "vllm_eval.py", "WISE_legacy/gpt_eval.py"
-VERIFIED_DATA = ("data_verified/cultural_common_sense_verified.json",
-                 "data_verified/spatio-temporal_reasoning_verified.json",
-                 "data_verified/natural_science_verified.json")
-CATEGORIES = (("CULTURE", 1, 400, 0.4), ("TIME", 401, 567, 0.167), ("SPACE", 568, 700, 0.133),
-              ("BIOLOGY", 701, 800, 0.1), ("PHYSICS", 801, 900, 0.1),
-              ("CHEMISTRY", 901, 1000, 0.1))
-VERIFIED_CATEGORIES = (("CULTURE", 1, 400, 0.4), ("TIME", 401, 520, 0.12),
-                       ("SPACE", 521, 640, 0.12), ("BIOLOGY", 641, 760, 0.12),
-                       ("PHYSICS", 761, 880, 0.12), ("CHEMISTRY", 881, 1000, 0.12))
+VERIFIED_DATA = (
+    "data_verified/cultural_common_sense_verified.json",
+    "data_verified/spatio-temporal_reasoning_verified.json",
+    "data_verified/natural_science_verified.json",
+)
+CATEGORIES = (
+    ("CULTURE", 1, 400, 0.4),
+    ("TIME", 401, 567, 0.167),
+    ("SPACE", 568, 700, 0.133),
+    ("BIOLOGY", 701, 800, 0.1),
+    ("PHYSICS", 801, 900, 0.1),
+    ("CHEMISTRY", 901, 1000, 0.1),
+)
+VERIFIED_CATEGORIES = (
+    ("CULTURE", 1, 400, 0.4),
+    ("TIME", 401, 520, 0.12),
+    ("SPACE", 521, 640, 0.12),
+    ("BIOLOGY", 641, 760, 0.12),
+    ("PHYSICS", 761, 880, 0.12),
+    ("CHEMISTRY", 881, 1000, 0.12),
+)
 DIMENSIONS = ("consistency", "realism", "aesthetic_quality")
 EXPECTED = "prompt_id (1-1000), Prompt and Explanation, as in PKU-YuanGroup/WISE's data files"
 # vllm_eval.py's request options beside model and messages (temperature 0 is the judge's own).
 VERIFIED_CALL = {"max_tokens": 500, "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}
 LEGACY_CALL = {"max_tokens": 2000}
 
-SYSTEM = ("You audit images made by text-to-image models. You are exceptionally strict: the top "
-          "score is rare and reserved for images without any flaw, and when in doubt you give the "
-          "lower score. You answer in the exact format you are asked for.")
+SYSTEM = (
+    "You audit images made by text-to-image models. You are exceptionally strict: the top "
+    "score is rare and reserved for images without any flaw, and when in doubt you give the "
+    "lower score. You answer in the exact format you are asked for."
+)
 
 _QUESTION = """The image above was generated from this prompt:
 <prompt>
@@ -125,7 +139,7 @@ def category(prompt_id: int, protocol: str = LEGACY) -> str:
     >>> category(520, VERIFIED), category(521, VERIFIED), category(641, VERIFIED)
     ('TIME', 'SPACE', 'BIOLOGY')
     """
-    for name, first, last, _ in (VERIFIED_CATEGORIES if protocol == VERIFIED else CATEGORIES):
+    for name, first, last, _ in VERIFIED_CATEGORIES if protocol == VERIFIED else CATEGORIES:
         if first <= prompt_id <= last:
             return name
     raise ValueError(f"prompt_id {prompt_id} is outside 1-1000, so it has no WISE category")
@@ -166,8 +180,7 @@ def _without_thinking(text: str) -> str:
 
 
 _VERIFIED_SCORE = re.compile(r"\*{0,2}Score\*{0,2}\s*:?\s*([01])\b", re.IGNORECASE)
-_LEGACY_SCORE = re.compile(r"\*{0,2}(Consistency|Realism|Aesthetic Quality)\*{0,2}\s*:?\s*(\d)",
-                           re.IGNORECASE)
+_LEGACY_SCORE = re.compile(r"\*{0,2}(Consistency|Realism|Aesthetic Quality)\*{0,2}\s*:?\s*(\d)", re.IGNORECASE)
 
 
 def parse_verified(text: str) -> int:
@@ -196,8 +209,7 @@ def parse_legacy(text: str) -> dict[str, int]:
     {'consistency': 2, 'realism': 1, 'aesthetic_quality': 0}
     """
     text = text.replace("\\n", "\n")
-    found = {name.lower().replace(" ", "_"): int(value)
-             for name, value in _LEGACY_SCORE.findall(text)}
+    found = {name.lower().replace(" ", "_"): int(value) for name, value in _LEGACY_SCORE.findall(text)}
     if not found:
         bare = re.findall(r"(?m)^\s*([0-2])\s*$", text)
         if len(bare) >= 3:
@@ -219,9 +231,17 @@ def load(path: Path, images_root: Path | None = None, *, protocol: str = LEGACY)
             name = category(record["prompt_id"], protocol)
         except ValueError as exc:
             raise DataFormatError(f"{where}: {exc}. Expected items with {EXPECTED}") from None
-        items.append(Item(str(record["prompt_id"]), name, {
-            "prompt": record["Prompt"], "explanation": record["Explanation"],
-            "subcategory": record.get("Subcategory")}))
+        items.append(
+            Item(
+                str(record["prompt_id"]),
+                name,
+                {
+                    "prompt": record["Prompt"],
+                    "explanation": record["Explanation"],
+                    "subcategory": record.get("Subcategory"),
+                },
+            )
+        )
     return unique_ids(items)
 
 
@@ -229,13 +249,11 @@ def _load_verified(path: Path | None, images_root: Path | None, *, repo: Path) -
     """``--data``, or the three verified prompt files of the official repository."""
     if path is not None and str(path) != "":
         return load(path, images_root, protocol=VERIFIED)
-    return unique_ids([item for name in VERIFIED_DATA
-                       for item in load(repo / name, images_root, protocol=VERIFIED)])
+    return unique_ids([item for name in VERIFIED_DATA for item in load(repo / name, images_root, protocol=VERIFIED)])
 
 
 def request(item: Item) -> tuple[str, list[str]]:
-    return ("Make a single image, in one step, that shows exactly this: "
-            + item.record["prompt"]), []
+    return ("Make a single image, in one step, that shows exactly this: " + item.record["prompt"]), []
 
 
 def bare_request(item: Item) -> tuple[str, str | None]:
@@ -255,32 +273,45 @@ def questions(item: Item, output: dict[str, Any], store: Any = None) -> list[Que
     return [Question("scores", text, tuple(output["images"]), parse_scores)]
 
 
-def official_questions(item: Item, output: dict[str, Any], store: Any = None, *,
-                       template: MessagesTemplate, verified: bool) -> list[Question]:
+def official_questions(
+    item: Item, output: dict[str, Any], store: Any = None, *, template: MessagesTemplate, verified: bool
+) -> list[Question]:
     """The official messages: system text, user text with the item filled in, then the image."""
     if not output["images"]:
         return []
-    values = {"Prompt": item.record["prompt"], "Explanation": item.record["explanation"],
-              "Subcategory": item.record["subcategory"]}
+    values = {
+        "Prompt": item.record["prompt"],
+        "Explanation": item.record["explanation"],
+        "Subcategory": item.record["subcategory"],
+    }
     unknown = [name for name in template.fields if name not in values]
     if unknown:
         raise ValueError(f"{template.source} fills in {unknown}, which a WISE item does not have")
-    return [Question("verified" if verified else "scores", template.render(values),
-                     tuple(output["images"][-1:]), parse_verified if verified else parse_legacy,
-                     system=template.system, text_first=template.text_first,
-                     call=VERIFIED_CALL if verified else LEGACY_CALL, resample=not verified)]
+    return [
+        Question(
+            "verified" if verified else "scores",
+            template.render(values),
+            tuple(output["images"][-1:]),
+            parse_verified if verified else parse_legacy,
+            system=template.system,
+            text_first=template.text_first,
+            call=VERIFIED_CALL if verified else LEGACY_CALL,
+            resample=not verified,
+        )
+    ]
 
 
 def score(item: Item, output: dict[str, Any], answers: list[dict[str, Any]]) -> dict[str, Any]:
     if not answers:
-        return {"status": "judge_failed", "scores": {}, "failures": [],
-                "error": "the run produced no image"}
+        return {"status": "judge_failed", "scores": {}, "failures": [], "error": "the run produced no image"}
     answer = answers[0]
     if answer["error"] is not None:
-        return {"status": "judge_failed", "scores": {},
-                "failures": [{"question": "scores", "reason": answer["reason"],
-                              "error": answer["error"]}],
-                "error": f"[{answer['reason']}] {answer['error']}"}
+        return {
+            "status": "judge_failed",
+            "scores": {},
+            "failures": [{"question": "scores", "reason": answer["reason"], "error": answer["error"]}],
+            "error": f"[{answer['reason']}] {answer['error']}",
+        }
     values = answer["value"]
     if isinstance(values, dict):
         scores = {**values, "wiscore": wiscore(*(values[d] for d in DIMENSIONS))}
@@ -293,9 +324,12 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(scored: list[tuple[Item, dict[str, Any]]],
-              unscorable: list[tuple[Item, dict[str, Any]]] = (), *,
-              protocol: str = LEGACY) -> dict[str, Any]:
+def summarize(
+    scored: list[tuple[Item, dict[str, Any]]],
+    unscorable: list[tuple[Item, dict[str, Any]]] = (),
+    *,
+    protocol: str = LEGACY,
+) -> dict[str, Any]:
     """Mean WiScore per category and the weighted overall (None until every item is scored and
     all six categories have items)."""
     table = VERIFIED_CATEGORIES if protocol == VERIFIED else CATEGORIES
@@ -304,15 +338,19 @@ def summarize(scored: list[tuple[Item, dict[str, Any]]],
     for name, *_ in table:
         results = [r["scores"] for item, r in scored if item.category == name]
         if results:
-            by_category[name] = {"wiscore": _mean([r["wiscore"] for r in results]),
-                                 **{d: _mean([r[d] for r in results if d in r]) for d in keys},
-                                 "items": len(results)}
+            by_category[name] = {
+                "wiscore": _mean([r["wiscore"] for r in results]),
+                **{d: _mean([r[d] for r in results if d in r]) for d in keys},
+                "items": len(results),
+            }
     complete = len(by_category) == len(table) and not unscorable
-    overall = sum(weight * by_category[name]["wiscore"] for name, _, _, weight in table) \
-        if complete else None
-    headline = {"overall": overall, **{name.lower(): by_category.get(name, {}).get("wiscore")
-                                       for name, *_ in table},
-                "items": len(scored) + len(unscorable), "unscorable": len(unscorable)}
+    overall = sum(weight * by_category[name]["wiscore"] for name, _, _, weight in table) if complete else None
+    headline = {
+        "overall": overall,
+        **{name.lower(): by_category.get(name, {}).get("wiscore") for name, *_ in table},
+        "items": len(scored) + len(unscorable),
+        "unscorable": len(unscorable),
+    }
     return {"headline": headline, "by_category": by_category}
 
 
@@ -321,11 +359,17 @@ def benchmark(protocol: str = VERIFIED, repo: str | Path | None = None) -> Bench
     WISE_Verified, whose judge prompt is read from it; optional for legacy)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--wise-protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    headline = ("overall", "culture", "time", "space", "biology", "physics", "chemistry",
-                "items", "unscorable")
-    common = dict(name="wise", judge_system=SYSTEM, request=request, bare_request=bare_request,
-                  pick=pick, score=score, headline=headline,
-                  summarize=functools.partial(summarize, protocol=protocol))
+    headline = ("overall", "culture", "time", "space", "biology", "physics", "chemistry", "items", "unscorable")
+    common = dict(
+        name="wise",
+        judge_system=SYSTEM,
+        request=request,
+        bare_request=bare_request,
+        pick=pick,
+        score=score,
+        headline=headline,
+        summarize=functools.partial(summarize, protocol=protocol),
+    )
     if protocol == VERIFIED:
         root = check_repo(repo, "--wise-repo", REPO, (VERIFIED_FILE, *VERIFIED_DATA))
         template = messages_template(root / VERIFIED_FILE, "build_evaluation_messages")
@@ -333,28 +377,41 @@ def benchmark(protocol: str = VERIFIED, repo: str | Path | None = None) -> Bench
             prompt_version=f"wise-verified-{template.digest}",
             load=lambda path, images_root: _load_verified(path, images_root, repo=root),
             questions=functools.partial(official_questions, template=template, verified=True),
-            protocol={"protocol": "WISE_Verified (binary score; Overall = 0.40 CULTURE + 0.12 "
-                                  "each of TIME, SPACE, BIOLOGY, PHYSICS, CHEMISTRY)",
-                      "official_code": f"{REPO} vllm_eval.py, calculate_verified.py (d6bfe42)",
-                      "judge_prompt": f"read from {template.source}",
-                      "official_judge": "Qwen3.5-35B-A3B via vLLM, temperature 0, max_tokens "
-                                        "500, thinking off"}, **common)
+            protocol={
+                "protocol": "WISE_Verified (binary score; Overall = 0.40 CULTURE + 0.12 "
+                "each of TIME, SPACE, BIOLOGY, PHYSICS, CHEMISTRY)",
+                "official_code": f"{REPO} vllm_eval.py, calculate_verified.py (d6bfe42)",
+                "judge_prompt": f"read from {template.source}",
+                "official_judge": "Qwen3.5-35B-A3B via vLLM, temperature 0, max_tokens 500, thinking off",
+            },
+            **common,
+        )
     if repo is None:
         return Benchmark(
-            prompt_version=PROMPT_VERSION, load=load, questions=questions,
-            protocol={"protocol": "WISE legacy (WiScore 0.7/0.2/0.1 of three 0-2 scores)",
-                      "official_code": f"{REPO} WISE_legacy/gpt_eval.py, Calculate.py (5663144)",
-                      "judge_prompt": "ours (pass --wise-repo to use the official legacy prompt; "
-                                      "scores are not comparable with the leaderboard without "
-                                      "it)",
-                      "official_judge": "gpt-4o-2024-05-13, temperature 0"}, **common)
+            prompt_version=PROMPT_VERSION,
+            load=load,
+            questions=questions,
+            protocol={
+                "protocol": "WISE legacy (WiScore 0.7/0.2/0.1 of three 0-2 scores)",
+                "official_code": f"{REPO} WISE_legacy/gpt_eval.py, Calculate.py (5663144)",
+                "judge_prompt": "ours (pass --wise-repo to use the official legacy prompt; "
+                "scores are not comparable with the leaderboard without "
+                "it)",
+                "official_judge": "gpt-4o-2024-05-13, temperature 0",
+            },
+            **common,
+        )
     root = check_repo(repo, "--wise-repo", REPO, (LEGACY_FILE,))
     template = messages_template(root / LEGACY_FILE, "build_evaluation_messages")
     return Benchmark(
-        prompt_version=f"wise-legacy-{template.digest}", load=load,
+        prompt_version=f"wise-legacy-{template.digest}",
+        load=load,
         questions=functools.partial(official_questions, template=template, verified=False),
-        protocol={"protocol": "WISE legacy (WiScore 0.7/0.2/0.1 of three 0-2 scores)",
-                  "official_code": f"{REPO} WISE_legacy/gpt_eval.py, Calculate.py (5663144)",
-                  "judge_prompt": f"read from {template.source}",
-                  "official_judge": "gpt-4o-2024-05-13, temperature 0, max_tokens 2000"},
-        **common)
+        protocol={
+            "protocol": "WISE legacy (WiScore 0.7/0.2/0.1 of three 0-2 scores)",
+            "official_code": f"{REPO} WISE_legacy/gpt_eval.py, Calculate.py (5663144)",
+            "judge_prompt": f"read from {template.source}",
+            "official_judge": "gpt-4o-2024-05-13, temperature 0, max_tokens 2000",
+        },
+        **common,
+    )

@@ -32,14 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.scoring import score_runs
 
     silence_library_progress_bars()
-    with tempfile.TemporaryDirectory() as root, \
-            ScriptedChatServer(demo_script.respond) as teacher, \
-            ScriptedChatServer(lambda body: '<answer>{"scores": [7, 8], "reasoning": "ok"}</answer>') as judge_server:
+    with (
+        tempfile.TemporaryDirectory() as root,
+        ScriptedChatServer(demo_script.respond) as teacher,
+        ScriptedChatServer(lambda body: '<answer>{"scores": [7, 8], "reasoning": "ok"}</answer>') as judge_server,
+    ):
         runs_dir = str(Path(root) / "runs")
         pipeline = save_tiny_klein(Path(root) / "tiny-klein")
         context = demo_context(runs_dir, teacher.base_url, pipeline, width=args.size, height=args.size)
-        items = [{"id": f"r{n}", "request": f"How do I make thing number {n}?"}
-                 for n in range(args.requests)]
+        items = [{"id": f"r{n}", "request": f"How do I make thing number {n}?"} for n in range(args.requests)]
         run_batch(items[:1], context, batch="warmup", concurrency=1)  # loads the pipeline once
         rates = {}
         for concurrency in (1, 8):
@@ -48,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - started
             assert len(report.finished) == args.requests, report.failed
             rates[concurrency] = args.requests / seconds * 60
-        with judge_from_settings(judge_server.base_url, "k", "scripted-judge", store_root=runs_dir,
-                                 cache_path=Path(runs_dir) / "judge-cache.sqlite") as judge:
+        with judge_from_settings(
+            judge_server.base_url,
+            "k",
+            "scripted-judge",
+            store_root=runs_dir,
+            cache_path=Path(runs_dir) / "judge-cache.sqlite",
+        ) as judge:
             first = score_runs(runs_dir, judge, batch="c8")
             asked_first = len(judge_server.requests)
         # A re-run as a new process would see it: a fresh Judge over the same cache, and the scores
@@ -58,16 +64,23 @@ def main(argv: list[str] | None = None) -> int:
 
         with sqlite3.connect(Path(runs_dir) / "interleave.sqlite") as conn:
             conn.execute("DELETE FROM attempt_scores")
-        with judge_from_settings(judge_server.base_url, "k", "scripted-judge", store_root=runs_dir,
-                                 cache_path=Path(runs_dir) / "judge-cache.sqlite") as judge:
+        with judge_from_settings(
+            judge_server.base_url,
+            "k",
+            "scripted-judge",
+            store_root=runs_dir,
+            cache_path=Path(runs_dir) / "judge-cache.sqlite",
+        ) as judge:
             second = score_runs(runs_dir, judge, batch="c8")
         asked_again = len(judge_server.requests) - asked_first
     print(f"tiny klein {args.size}², scripted teacher and judge, {args.requests} requests per batch")
     print(f"  concurrency 1: {rates[1]:7.1f} trajectories/min")
     print(f"  concurrency 8: {rates[8]:7.1f} trajectories/min   {rates[8] / rates[1]:.2f}x")
-    print(f"  scoring: {first.scored} attempts, {asked_first} judge requests; re-scoring from the "
-          f"cache: {second.scored} attempts, {asked_again} judge requests "
-          f"({100.0 * (1 - asked_again / max(asked_first, 1)):.0f}% cache hits)")
+    print(
+        f"  scoring: {first.scored} attempts, {asked_first} judge requests; re-scoring from the "
+        f"cache: {second.scored} attempts, {asked_again} judge requests "
+        f"({100.0 * (1 - asked_again / max(asked_first, 1)):.0f}% cache hits)"
+    )
     return 0
 
 

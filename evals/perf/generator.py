@@ -57,15 +57,30 @@ EDIT_PROMPT = "Make the sky orange at sunset and add birds flying over the valle
 
 #: FLUX.2 [klein] 4B transformer (see shared/ENVIRONMENT.md).
 KLEIN_4B_TRANSFORMER = dict(
-    patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
-    num_attention_heads=24, joint_attention_dim=7680, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
-    rope_theta=2000, guidance_embeds=False,
+    patch_size=1,
+    in_channels=128,
+    num_layers=5,
+    num_single_layers=20,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=7680,
+    mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32),
+    rope_theta=2000,
+    guidance_embeds=False,
 )
 #: Qwen3-4B text encoder shapes.
 QWEN3_4B = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-    rms_norm_eps=1e-6, tie_word_embeddings=True,
+    vocab_size=151936,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
 )
 
 log = logging.getLogger("bench_generator")
@@ -75,33 +90,53 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evals.perf.generator",
         description="Time eager diffusers FLUX.2 [klein] (baseline) against "
-                    "tools.generator.klein_speed.optimize_pipeline "
-                    "in one process: 1024² text-to-image and 1024² edit with one reference, ms per image "
-                    "(median), peak GPU memory, first-call (warm-up) cost, ratio optimized/baseline, where the "
-                    "time goes, and optional fp8 with its image difference. Builds the full klein-4B "
-                    "architecture with random weights on the GPU (no download). Targets: text-to-image <= "
-                    "250 ms, edit <= 450 ms.")
-    p.add_argument("--tiny", action="store_true",
-                   help="smoke test: the tiny random klein pipeline on CPU, 128², compile off (seconds)")
+        "tools.generator.klein_speed.optimize_pipeline "
+        "in one process: 1024² text-to-image and 1024² edit with one reference, ms per image "
+        "(median), peak GPU memory, first-call (warm-up) cost, ratio optimized/baseline, where the "
+        "time goes, and optional fp8 with its image difference. Builds the full klein-4B "
+        "architecture with random weights on the GPU (no download). Targets: text-to-image <= "
+        "250 ms, edit <= 450 ms.",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke test: the tiny random klein pipeline on CPU, 128², compile off (seconds)",
+    )
     p.add_argument("--size", type=int, help="image side in pixels, a multiple of 16 (default 1024; 128 with --tiny)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps (default 4, klein's distilled schedule)")
     p.add_argument("--runs", type=int, default=7, help="timed calls per measurement, median reported (default 7, >= 5)")
     p.add_argument("--seed", type=int, default=0, help="generator seed of every call (default 0)")
     p.add_argument("--fp8", action="store_true", help="also measure the fp8 lever (changes outputs; off by default)")
     p.add_argument("--no-study", action="store_true", help="skip the per-lever study on eager components")
-    p.add_argument("--ablation", action="store_true",
-                   help="also compile variants with single levers off (attention kernel, fused q/k/v, VAE "
-                        "layout) and time the transformer and VAE under each (~1-2 min more)")
-    p.add_argument("--trace", action="store_true",
-                   help="also profile one optimized transformer forward per case: GPU time by kernel family")
-    p.add_argument("--kernels", action="store_true",
-                   help="also time the raw kernels (each SDPA backend, bf16 and fp8 matmul) against the chip")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also compile variants with single levers off (attention kernel, fused q/k/v, VAE "
+        "layout) and time the transformer and VAE under each (~1-2 min more)",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also profile one optimized transformer forward per case: GPU time by kernel family",
+    )
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also time the raw kernels (each SDPA backend, bf16 and fp8 matmul) against the chip",
+    )
     p.add_argument("--no-kv", action="store_true", help="skip the informational Flux2KleinKVPipeline edit timing")
-    p.add_argument("--no-cache-probe", action="store_true",
-                   help="skip the second process that measures warm-up with a warm compile cache")
+    p.add_argument(
+        "--no-cache-probe",
+        action="store_true",
+        help="skip the second process that measures warm-up with a warm compile cache",
+    )
     p.add_argument("--cache-dir", help="compile cache folder (default: a temp folder)")
-    p.add_argument("--budget-s", type=float, default=540.0,
-                   help="wall-clock budget; optional phases are skipped when they would not fit (default 540)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=540.0,
+        help="wall-clock budget; optional phases are skipped when they would not fit (default 540)",
+    )
     p.add_argument("--out", help="write every figure as JSON to this path")
     p.add_argument("--cache-probe", metavar="DIR", help=argparse.SUPPRESS)  # internal: child process mode
     return p
@@ -114,8 +149,12 @@ def make_parser() -> argparse.ArgumentParser:
 def build_full_klein_pipeline(device: str = "cuda", seed: int = 0):
     """The klein-4B architecture with random weights, built on ``device`` in bf16 (no I/O)."""
     import torch
-    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
-                           Flux2Transformer2DModel)
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from tools.doubles.tiny_klein import _build_tokenizer
@@ -124,13 +163,28 @@ def build_full_klein_pipeline(device: str = "cuda", seed: int = 0):
     torch.manual_seed(seed)
     with torch.device(device):
         transformer = Flux2Transformer2DModel(**KLEIN_4B_TRANSFORMER).to(torch.bfloat16).eval()
-        text_encoder = Qwen3ForCausalLM(Qwen3Config(
-            **QWEN3_4B, bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id)).to(torch.bfloat16).eval()
+        text_encoder = (
+            Qwen3ForCausalLM(
+                Qwen3Config(
+                    **QWEN3_4B,
+                    bos_token_id=None,
+                    eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            )
+            .to(torch.bfloat16)
+            .eval()
+        )
         vae = AutoencoderKLFlux2().to(torch.bfloat16).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
-    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              transformer=transformer, is_distilled=True)
+    return Flux2KleinPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=True,
+    )
 
 
 def build_pipeline(args):
@@ -193,9 +247,16 @@ class Bench:
         # klein is distilled: guidance is ignored; 1.0 only keeps diffusers from warning about it
         # (the KV pipeline has no such argument).
         extra = {"guidance_scale": 1.0} if "guidance_scale" in inspect.signature(pipe.__call__).parameters else {}
-        return pipe(image=image, prompt=prompt, height=self.args.size, width=self.args.size,
-                    num_inference_steps=self.args.steps, generator=generator, output_type=output_type,
-                    **extra).images[0]
+        return pipe(
+            image=image,
+            prompt=prompt,
+            height=self.args.size,
+            width=self.args.size,
+            num_inference_steps=self.args.steps,
+            generator=generator,
+            output_type=output_type,
+            **extra,
+        ).images[0]
 
     def peak_gib(self) -> float | None:
         return self.torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
@@ -222,9 +283,16 @@ class Bench:
             image = self.call(case, pipe)
             self.sync()
             times.append((time.perf_counter() - start) * 1e3)
-        return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-                "runs_ms": [round(t, 2) for t in times], "peak_gib": self.peak_gib(),
-                "warmup_peak_gib": warmup_peak, "first_call_s": first_s, "image": image}
+        return {
+            "median_ms": statistics.median(times),
+            "min_ms": min(times),
+            "max_ms": max(times),
+            "runs_ms": [round(t, 2) for t in times],
+            "peak_gib": self.peak_gib(),
+            "warmup_peak_gib": warmup_peak,
+            "first_call_s": first_s,
+            "image": image,
+        }
 
     def median_ms(self, fn, runs: int | None = None) -> float:
         fn()
@@ -260,8 +328,9 @@ class Bench:
         channels = pipe.vae.config.latent_channels
         z = torch.randn(1, channels, latent_side, latent_side, device=self.device, dtype=pipe.vae.dtype)
         # The pipeline hands the encoder a (1, 3, H, W) view of (1, H, W, 3) memory; keep that layout.
-        x = (torch.rand(1, self.args.size, self.args.size, 3, device=self.device, dtype=pipe.vae.dtype) * 2 - 1
-             ).permute(0, 3, 1, 2)
+        x = (
+            torch.rand(1, self.args.size, self.args.size, 3, device=self.device, dtype=pipe.vae.dtype) * 2 - 1
+        ).permute(0, 3, 1, 2)
         decoded = torch.rand(1, 3, self.args.size, self.args.size, device=self.device, dtype=pipe.vae.dtype) * 2 - 1
         size = self.args.size
         with torch.no_grad():
@@ -271,8 +340,11 @@ class Bench:
                 "transformer_edit_ms": self.median_ms(lambda: pipe.transformer(**inputs["edit"])),
                 "vae_decode_ms": self.median_ms(lambda: pipe.vae.decode(z)),
                 "vae_encode_ms": self.median_ms(lambda: pipe.vae.encode(x)),
-                "image_preprocess_ms": self.median_ms(lambda: pipe.image_processor.preprocess(
-                    self.reference, height=size, width=size, resize_mode="crop").to(self.device)),
+                "image_preprocess_ms": self.median_ms(
+                    lambda: pipe.image_processor.preprocess(
+                        self.reference, height=size, width=size, resize_mode="crop"
+                    ).to(self.device)
+                ),
                 "image_postprocess_ms": self.median_ms(lambda: pipe.image_processor.postprocess(decoded)),
             }
         return out
@@ -285,8 +357,12 @@ def image_diff(image, reference) -> dict:
     a = np.asarray(image, dtype=np.float64)
     b = np.asarray(reference, dtype=np.float64)
     mse = float(((a - b) ** 2).mean())
-    return {"mean_abs_diff": float(np.abs(a - b).mean()), "max_abs_diff": float(np.abs(a - b).max()),
-            "psnr_db": None if mse == 0 else 10 * math.log10(255.0**2 / mse), "reference_std": float(b.std())}
+    return {
+        "mean_abs_diff": float(np.abs(a - b).mean()),
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "psnr_db": None if mse == 0 else 10 * math.log10(255.0**2 / mse),
+        "reference_std": float(b.std()),
+    }
 
 
 def relative_error(a, b) -> float:
@@ -307,25 +383,29 @@ def run_study(bench: Bench, inputs: dict) -> dict:
             try:
                 pipe.transformer.set_attention_backend(backend)
                 study[f"attention:{backend}"] = {
-                    case: bench.median_ms(lambda c=case: pipe.transformer(**inputs[c]), runs=5) for case in inputs}
+                    case: bench.median_ms(lambda c=case: pipe.transformer(**inputs[c]), runs=5) for case in inputs
+                }
             except Exception as error:  # a backend that does not fit these shapes or this GPU
                 study[f"attention:{backend}"] = {"error": f"{type(error).__name__}: {error}"[:300]}
         pipe.transformer.set_attention_backend("native")
         pipe.transformer.fuse_qkv_projections()
         study["fuse_qkv (native attention)"] = {
-            case: bench.median_ms(lambda c=case: pipe.transformer(**inputs[c]), runs=5) for case in inputs}
+            case: bench.median_ms(lambda c=case: pipe.transformer(**inputs[c]), runs=5) for case in inputs
+        }
         pipe.transformer.unfuse_qkv_projections()
 
         latent_side = bench.args.size // pipe.vae_scale_factor
-        z = torch.randn(1, pipe.vae.config.latent_channels, latent_side, latent_side,
-                        device=bench.device, dtype=pipe.vae.dtype)
+        z = torch.randn(
+            1, pipe.vae.config.latent_channels, latent_side, latent_side, device=bench.device, dtype=pipe.vae.dtype
+        )
         study["vae_decode contiguous"] = {"ms": bench.median_ms(lambda: pipe.vae.decode(z), runs=5)}
         pipe.vae.to(memory_format=torch.channels_last)
         study["vae_decode channels_last"] = {"ms": bench.median_ms(lambda: pipe.vae.decode(z), runs=5)}
         benchmark_before = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = True
         study["vae_decode channels_last + cudnn.benchmark"] = {
-            "ms": bench.median_ms(lambda: pipe.vae.decode(z), runs=5)}
+            "ms": bench.median_ms(lambda: pipe.vae.decode(z), runs=5)
+        }
         torch.backends.cudnn.benchmark = benchmark_before
         pipe.vae.to(memory_format=torch.contiguous_format)
     return study
@@ -347,10 +427,12 @@ def run_ablation(bench: Bench, inputs: dict) -> dict:
 
     torch, pipe = bench.torch, bench.pipe
     latent_side = bench.args.size // pipe.vae_scale_factor
-    z = torch.randn(1, pipe.vae.config.latent_channels, latent_side, latent_side, device=bench.device,
-                    dtype=pipe.vae.dtype)
-    x = (torch.rand(1, bench.args.size, bench.args.size, 3, device=bench.device, dtype=pipe.vae.dtype) * 2 - 1
-         ).permute(0, 3, 1, 2)
+    z = torch.randn(
+        1, pipe.vae.config.latent_channels, latent_side, latent_side, device=bench.device, dtype=pipe.vae.dtype
+    )
+    x = (torch.rand(1, bench.args.size, bench.args.size, 3, device=bench.device, dtype=pipe.vae.dtype) * 2 - 1).permute(
+        0, 3, 1, 2
+    )
     variants = {  # order matters: fusing is not undone
         "compiled, native attention, unfused, VAE NCHW": dict(attention_backend="native", fuse=False),
         "compiled, cuDNN attention, unfused": dict(attention_backend="_native_cudnn", fuse=False),
@@ -397,11 +479,13 @@ def run_kernels(bench: Bench) -> dict:
                     args = [t.contiguous() for t in args]
                 label = f"sdpa S={seq} {backend.name if backend else 'default'} {layout}"
                 try:
+
                     def attend(a=args, b=backend):
                         if b is None:
                             return F.scaled_dot_product_attention(*a)
                         with sdpa_kernel(b):
                             return F.scaled_dot_product_attention(*a)
+
                     ms = bench.median_ms(attend, runs=20)
                     out[label] = {"ms": ms, "tflops": flop / ms / 1e9}
                 except Exception as error:
@@ -415,8 +499,10 @@ def run_kernels(bench: Bench) -> dict:
     a8, w8 = a.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
     sa = torch.ones(rows, 1, device=device)
     sb = torch.ones(1, n_dim, device=device)
-    ms = bench.median_ms(lambda: torch._scaled_mm(a8, w8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
-                                                  use_fast_accum=True), runs=20)
+    ms = bench.median_ms(
+        lambda: torch._scaled_mm(a8, w8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=True),
+        runs=20,
+    )
     out["fp8 rowwise scaled_mm 4608x3072x27648"] = {"ms": ms, "tflops": flop / ms / 1e9}
     return out
 
@@ -427,9 +513,11 @@ def run_trace(bench: Bench, inputs: dict) -> dict:
 
     torch, out = bench.torch, {}
     # Triton first: inductor names fused kernels after every op they contain, attention included.
-    families = {"triton (fused elementwise)": ("triton",),
-                "matmul": ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "f8f8"),
-                "attention": ("fmha", "flash", "attention", "sdpa", "cudnn")}
+    families = {
+        "triton (fused elementwise)": ("triton",),
+        "matmul": ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "f8f8"),
+        "attention": ("fmha", "flash", "attention", "sdpa", "cudnn"),
+    }
     for case in inputs:
         with torch.no_grad():
             bench.pipe.transformer(**inputs[case])
@@ -439,19 +527,25 @@ def run_trace(bench: Bench, inputs: dict) -> dict:
                 bench.pipe.transformer(**inputs[case])
                 bench.sync()
                 wall_ms = (time.perf_counter() - start) * 1e3
-        events = [e for e in prof.key_averages()
-                  if getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) > 0]
+        events = [
+            e for e in prof.key_averages() if getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) > 0
+        ]
+
         def gpu_us(e):
             return getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+
         by_family: dict[str, float] = {}
         for event in events:
             name = event.key.lower()
             family = next((f for f, keys in families.items() if any(k in name for k in keys)), "other")
             by_family[family] = by_family.get(family, 0.0) + gpu_us(event) / 1e3
         top = sorted(events, key=gpu_us, reverse=True)[:8]
-        out[case] = {"wall_ms_profiled": wall_ms, "gpu_kernel_ms": sum(by_family.values()),
-                     **{f"{family}_ms": ms for family, ms in sorted(by_family.items())},
-                     "top": [f"{gpu_us(e) / 1e3:.2f} ms x{e.count} {e.key[:90]}" for e in top]}
+        out[case] = {
+            "wall_ms_profiled": wall_ms,
+            "gpu_kernel_ms": sum(by_family.values()),
+            **{f"{family}_ms": ms for family, ms in sorted(by_family.items())},
+            "top": [f"{gpu_us(e) / 1e3:.2f} ms x{e.count} {e.key[:90]}" for e in top],
+        }
     return out
 
 
@@ -459,7 +553,11 @@ def run_kv(bench: Bench) -> dict:
     """Edit through Flux2KleinKVPipeline on the same components, then restore the processors."""
     from diffusers import Flux2KleinKVPipeline
     from diffusers.models.transformers.transformer_flux2 import (
-        Flux2Attention, Flux2AttnProcessor, Flux2ParallelSelfAttention, Flux2ParallelSelfAttnProcessor)
+        Flux2Attention,
+        Flux2AttnProcessor,
+        Flux2ParallelSelfAttention,
+        Flux2ParallelSelfAttnProcessor,
+    )
 
     kv_pipe = Flux2KleinKVPipeline(**bench.pipe.components)
     kv_pipe.set_progress_bar_config(disable=True)
@@ -514,11 +612,14 @@ def _fmt(value, spec: str = ".1f") -> str:
 
 def print_report(results: dict) -> None:
     base = results.get("baseline", {})
-    lines = ["", f"FLUX.2 [klein] generator benchmark ({results['config']['mode']}, "
-                 f"{results['config']['size']}², {results['config']['steps']} steps, "
-                 f"median of {results['config']['runs']})",
-             f"{'path':<22}{'case':<6}{'median ms':>10}{'min':>8}{'max':>8}{'peak GiB':>10}"
-             f"{'1st call s':>11}{'ratio':>7}{'target':>8}"]
+    lines = [
+        "",
+        f"FLUX.2 [klein] generator benchmark ({results['config']['mode']}, "
+        f"{results['config']['size']}², {results['config']['steps']} steps, "
+        f"median of {results['config']['runs']})",
+        f"{'path':<22}{'case':<6}{'median ms':>10}{'min':>8}{'max':>8}{'peak GiB':>10}"
+        f"{'1st call s':>11}{'ratio':>7}{'target':>8}",
+    ]
     for name in ("baseline", "optimized", "fp8", "kv_edit_eager"):
         phase = results.get(name)
         if not phase:
@@ -528,9 +629,11 @@ def print_report(results: dict) -> None:
             if not isinstance(r, dict) or "median_ms" not in r:
                 continue
             ratio = r["median_ms"] / base[case]["median_ms"] if case in base else None
-            lines.append(f"{name:<22}{case:<6}{r['median_ms']:>10.1f}{r['min_ms']:>8.1f}{r['max_ms']:>8.1f}"
-                         f"{_fmt(r['peak_gib'], '.2f'):>10}{r['first_call_s']:>11.2f}{_fmt(ratio, '.2f'):>7}"
-                         f"{TARGET_MS[case]:>8.0f}")
+            lines.append(
+                f"{name:<22}{case:<6}{r['median_ms']:>10.1f}{r['min_ms']:>8.1f}{r['max_ms']:>8.1f}"
+                f"{_fmt(r['peak_gib'], '.2f'):>10}{r['first_call_s']:>11.2f}{_fmt(ratio, '.2f'):>7}"
+                f"{TARGET_MS[case]:>8.0f}"
+            )
     if "profile" in results:
         lines += ["", "where the time goes (ms, median)" + " " * 6 + "baseline   optimized"]
         prof = results["profile"]
@@ -538,18 +641,28 @@ def print_report(results: dict) -> None:
         for name, p in prof.items():  # what the components leave unexplained: pipeline overhead
             phase = results.get(name, {})
             if p and "t2i" in phase and "edit" in phase:
-                p["rest_t2i_ms"] = (phase["t2i"]["median_ms"] - p["text_encoder_ms"]
-                                    - steps * p["transformer_t2i_ms"] - p["vae_decode_ms"])
-                p["rest_edit_ms"] = (phase["edit"]["median_ms"] - p["text_encoder_ms"]
-                                     - steps * p["transformer_edit_ms"] - p["vae_decode_ms"] - p["vae_encode_ms"])
+                p["rest_t2i_ms"] = (
+                    phase["t2i"]["median_ms"]
+                    - p["text_encoder_ms"]
+                    - steps * p["transformer_t2i_ms"]
+                    - p["vae_decode_ms"]
+                )
+                p["rest_edit_ms"] = (
+                    phase["edit"]["median_ms"]
+                    - p["text_encoder_ms"]
+                    - steps * p["transformer_edit_ms"]
+                    - p["vae_decode_ms"]
+                    - p["vae_encode_ms"]
+                )
         for key in prof.get("baseline", {}):
-            optimized = _fmt(prof.get('optimized', {}).get(key))
+            optimized = _fmt(prof.get("optimized", {}).get(key))
             lines.append(f"  {key:<34}{_fmt(prof['baseline'].get(key)):>9}{optimized:>12}")
     if "study" in results:
         lines += ["", "single levers on eager components (ms, median)"]
         for lever, r in results["study"].items():
-            lines.append(f"  {lever:<44}" + "  ".join(f"{k}={_fmt(v) if not isinstance(v, str) else v}"
-                                                   for k, v in r.items()))
+            lines.append(
+                f"  {lever:<44}" + "  ".join(f"{k}={_fmt(v) if not isinstance(v, str) else v}" for k, v in r.items())
+            )
     for section in ("kernels", "ablation", "trace"):
         if results.get(section):
             lines += ["", f"{section}:"]
@@ -582,6 +695,7 @@ def _jsonable(results: dict) -> dict:
         if isinstance(value, float) and not math.isfinite(value):
             return None
         return value
+
     return clean(results)
 
 
@@ -602,10 +716,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     t0 = time.perf_counter()
-    results: dict = {"config": {"mode": "tiny-cpu" if args.tiny else "klein-4B random weights, bf16",
-                                "size": args.size, "steps": args.steps, "runs": args.runs, "seed": args.seed,
-                                "torch": torch.__version__},
-                     "errors": []}
+    results: dict = {
+        "config": {
+            "mode": "tiny-cpu" if args.tiny else "klein-4B random weights, bf16",
+            "size": args.size,
+            "steps": args.steps,
+            "runs": args.runs,
+            "seed": args.seed,
+            "torch": torch.__version__,
+        },
+        "errors": [],
+    }
 
     def save() -> None:
         if args.out:
@@ -663,8 +784,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         measure_both(bench, results, "optimized")
     except Exception:
-        results["errors"].append(f"optimized (retrying without the attention backend): "
-                                 f"{traceback.format_exc(limit=3)[-1500:]}")
+        results["errors"].append(
+            f"optimized (retrying without the attention backend): {traceback.format_exc(limit=3)[-1500:]}"
+        )
         log.exception("optimized path failed; retrying with native attention")
         torch._dynamo.reset()
         pipe.transformer.set_attention_backend("native")
@@ -680,14 +802,16 @@ def main(argv: list[str] | None = None) -> int:
         embeds["optimized"] = pipe.encode_prompt(PROMPT, device=bench.device)[0]
     quality["prompt embeds (text encoder levers)"] = {
         "max_abs_diff": float((embeds["optimized"].float() - embeds["baseline"].float()).abs().max()),
-        "rel_err": relative_error(embeds["optimized"], embeds["baseline"])}
+        "rel_err": relative_error(embeds["optimized"], embeds["baseline"]),
+    }
     with torch.no_grad():
         velocity["optimized"] = {c: pipe.transformer(**inputs[c])[0].float() for c in inputs}
     for case in ("t2i", "edit"):
         quality[f"optimized vs baseline, {case}"] = {
             **image_diff(results["optimized"][case]["image"], results["baseline"][case]["image"]),
             "latent_rel_err": relative_error(latents["optimized"][case], latents["baseline"][case]),
-            "velocity_rel_err": relative_error(velocity["optimized"][case], velocity["baseline"][case])}
+            "velocity_rel_err": relative_error(velocity["optimized"][case], velocity["baseline"][case]),
+        }
     if bench.cuda:
         from tools.generator.klein_speed import save_compile_cache
 
@@ -696,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("optimized done at %.0f s", time.perf_counter() - t0)
 
     if args.fp8 and bench.cuda and left() > 150:
+
         def fp8_phase():
             results["levers_fp8"] = optimize(bench, cache_dir, fp8=True)
             measure_both(bench, results, "fp8")
@@ -706,23 +831,40 @@ def main(argv: list[str] | None = None) -> int:
                 quality[f"fp8 vs bf16 optimized, {case}"] = {
                     **image_diff(results["fp8"][case]["image"], results["optimized"][case]["image"]),
                     "latent_rel_err": relative_error(fp8_latents[case], latents["optimized"][case]),
-                    "velocity_rel_err": relative_error(fp8_velocity[case], velocity["optimized"][case])}
+                    "velocity_rel_err": relative_error(fp8_velocity[case], velocity["optimized"][case]),
+                }
+
         guarded("fp8", fp8_phase)
 
     probe_file = Path(cache_dir) / "klein_compile_cache.bin"
     if bench.cuda and not args.no_cache_probe and probe_file.is_file() and left() > 150:
+
         def probe_phase():
             fresh = Path(tempfile.mkdtemp(prefix="klein-probe-"))
             shutil.copy(probe_file, fresh / probe_file.name)
             out = fresh / "probe.json"
             env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-            cmd = [sys.executable, "-m", "evals.perf.generator", "--cache-probe", str(fresh), "--out", str(out),
-                   "--size", str(args.size), "--steps", str(args.steps), "--seed", str(args.seed)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "evals.perf.generator",
+                "--cache-probe",
+                str(fresh),
+                "--out",
+                str(out),
+                "--size",
+                str(args.size),
+                "--steps",
+                str(args.steps),
+                "--seed",
+                str(args.seed),
+            ]
             subprocess.run(cmd, env=env, check=True, timeout=max(left() - 10, 30))
             probe = json.loads(out.read_text())
             probe["cold_first_call_s"] = {c: results["optimized"][c]["first_call_s"] for c in ("t2i", "edit")}
             probe["cache_file_mib"] = probe_file.stat().st_size / 2**20
             return probe
+
         results["cache_probe"] = guarded("cache probe", probe_phase)
 
     results["config"]["total_s"] = time.perf_counter() - t0

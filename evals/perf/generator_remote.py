@@ -43,8 +43,11 @@ LEVELS = (1, 8, 32)
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full-klein", action="store_true",
-                        help="klein-4B architecture with random weights on CUDA (default: tiny klein on CPU)")
+    parser.add_argument(
+        "--full-klein",
+        action="store_true",
+        help="klein-4B architecture with random weights on CUDA (default: tiny klein on CPU)",
+    )
     parser.add_argument("--model", default=None, help="a saved pipeline folder instead (Ray replicas load it)")
     parser.add_argument("--size", type=int, default=None, help="image side (default 64 tiny, 1024 full)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 2 tiny, 4 full)")
@@ -70,8 +73,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def measure(run: Callable[[dict], Image.Image], concurrency: int, per_thread: int, size: int,
-            steps: int, offset: int) -> dict[str, float]:
+def measure(
+    run: Callable[[dict], Image.Image], concurrency: int, per_thread: int, size: int, steps: int, offset: int
+) -> dict[str, float]:
     """``concurrency`` threads, each running ``per_thread`` requests in turn; throughput and latency."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -80,8 +84,9 @@ def measure(run: Callable[[dict], Image.Image], concurrency: int, per_thread: in
     def client(index: int) -> None:
         for turn in range(per_thread):
             number = offset + index * per_thread + turn
-            request = dict(prompt=f"a paper crane, view {number}", seed=number, width=size, height=size,
-                           steps=steps, guidance=1.0)
+            request = dict(
+                prompt=f"a paper crane, view {number}", seed=number, width=size, height=size, steps=steps, guidance=1.0
+            )
             began = time.perf_counter()
             try:
                 image = run(request)
@@ -101,8 +106,12 @@ def measure(run: Callable[[dict], Image.Image], concurrency: int, per_thread: in
     wall = time.perf_counter() - began
     if errors:
         raise errors[0]
-    return {"images_per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
-            "p95_ms": 1000 * percentile(latencies, 0.95), "images": len(latencies)}
+    return {
+        "images_per_s": len(latencies) / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p95_ms": 1000 * percentile(latencies, 0.95),
+        "images": len(latencies),
+    }
 
 
 def _pipeline(args: argparse.Namespace, workdir: Path) -> tuple[Any, str, str, str]:
@@ -118,8 +127,12 @@ def _pipeline(args: argparse.Namespace, workdir: Path) -> tuple[Any, str, str, s
         from evals.perf.generator import build_full_klein_pipeline
 
         name = "black-forest-labs/FLUX.2-klein-4B"
-        return diffusion.register_pipeline(name, build_full_klein_pipeline("cuda"), "cuda", "bfloat16"), \
-            name, "cuda", "bfloat16"
+        return (
+            diffusion.register_pipeline(name, build_full_klein_pipeline("cuda"), "cuda", "bfloat16"),
+            name,
+            "cuda",
+            "bfloat16",
+        )
     from tools.doubles.tiny_klein import save_tiny_klein
 
     torch.set_num_threads(1)  # as each one-CPU Ray replica (see the module docstring)
@@ -127,8 +140,9 @@ def _pipeline(args: argparse.Namespace, workdir: Path) -> tuple[Any, str, str, s
     return diffusion.load_pipeline(folder, "cpu", "float32"), folder, "cpu", "float32"
 
 
-def _ray_backends(stack: contextlib.ExitStack, model: str, device: str, dtype: str, max_batch: int,
-                  gpu: bool) -> dict[str, Callable[[dict], Image.Image]]:
+def _ray_backends(
+    stack: contextlib.ExitStack, model: str, device: str, dtype: str, max_batch: int, gpu: bool
+) -> dict[str, Callable[[dict], Image.Image]]:
     """Ray Serve with 1 and with 2 replicas, side by side on one local cluster (two applications
     under /r1 and /r2), so every round measures both under the same machine load."""
     import os
@@ -143,16 +157,31 @@ def _ray_backends(stack: contextlib.ExitStack, model: str, device: str, dtype: s
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ray.init(address="local", num_cpus=max(3, os.cpu_count() or 3), include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=max(3, os.cpu_count() or 3),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     stack.callback(ray.shutdown)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     stack.callback(serve.shutdown)
     runs = {}
     for replicas in (1, 2):
-        serve.run(generator_application(model, num_replicas=replicas, gpus_per_replica=1 if gpu else 0,
-                                        cpus_per_replica=1, max_batch=max_batch, device=device, dtype=dtype),
-                  name=f"generator{replicas}", route_prefix=f"/r{replicas}")
+        serve.run(
+            generator_application(
+                model,
+                num_replicas=replicas,
+                gpus_per_replica=1 if gpu else 0,
+                cpus_per_replica=1,
+                max_batch=max_batch,
+                device=device,
+                dtype=dtype,
+            ),
+            name=f"generator{replicas}",
+            route_prefix=f"/r{replicas}",
+        )
         client = ImagesAPIGenerator(f"http://127.0.0.1:{port}/r{replicas}/v1", model, max_concurrency=64)
         stack.callback(client.close)
         runs[f"ray-{replicas}"] = client.run
@@ -174,39 +203,48 @@ def main(argv: list[str] | None = None) -> int:
         pipe, model, device, dtype = _pipeline(args, Path(tmp))
         gpu = device.startswith("cuda")
         pool = GeneratorPool([GeneratorWorker(pipe, max_batch=args.max_batch)])
-        server = stack.enter_context(BackgroundServer(images_app(local_generate(pool), model=model,
-                                                                 spec=pool.spec)))
+        server = stack.enter_context(BackgroundServer(images_app(local_generate(pool), model=model, spec=pool.spec)))
         client = ImagesAPIGenerator(server.base_url, model, max_concurrency=64, spec=pool.spec)
         stack.callback(client.close)
         backends: dict[str, Callable[[dict], Image.Image]] = {"in-process": pool.run, "api-no-ray": client.run}
         if args.no_ray:
             pass
         elif gpu and not args.model:
-            print("Ray Serve left out: its replicas load the model from a folder (--model), and the "
-                  "random-weight klein exists only in this process")
+            print(
+                "Ray Serve left out: its replicas load the model from a folder (--model), and the "
+                "random-weight klein exists only in this process"
+            )
         else:
             backends.update(_ray_backends(stack, model, device, dtype, args.max_batch, gpu))
         for name, run in backends.items():  # kernels, connections, batch shapes, every replica
-            measure(run, 8, 1, size, steps, offset=10 ** 6)
+            measure(run, 8, 1, size, steps, offset=10**6)
         # Rounds interleave the backends, so a busy neighbour on the machine hurts all alike.
         for round_number in range(args.rounds):
             for level in levels:
                 for name, run in backends.items():
-                    figures = measure(run, level, args.per_thread, size, steps,
-                                      offset=10 ** 5 * round_number + 1000 * level)
+                    figures = measure(
+                        run, level, args.per_thread, size, steps, offset=10**5 * round_number + 1000 * level
+                    )
                     rounds.setdefault(name, {}).setdefault(level, []).append(figures)
 
-    results = {name: {level: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-                      for level, runs in by_level.items()} for name, by_level in rounds.items()}
+    results = {
+        name: {
+            level: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for level, runs in by_level.items()
+        }
+        for name, by_level in rounds.items()
+    }
     print(f"{size}x{size}, {steps} steps, {'GPU' if gpu else 'CPU'}; medians of {args.rounds} rounds")
     for name, by_level in results.items():
         for level, figures in by_level.items():
             ratio = figures["images_per_s"] / results["in-process"][level]["images_per_s"]
-            print(f"{name:<12} c={level:<3} {figures['images_per_s']:7.2f} images/s ({ratio:.2f}x in-process)  "
-                  f"p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms")
+            print(
+                f"{name:<12} c={level:<3} {figures['images_per_s']:7.2f} images/s ({ratio:.2f}x in-process)  "
+                f"p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms"
+            )
     if args.out:
-        Path(args.out).write_text(json.dumps({"size": size, "steps": steps, "gpu": gpu, "rounds": args.rounds,
-                                              "results": results}, indent=2))
+        Path(args.out).write_text(
+            json.dumps({"size": size, "steps": steps, "gpu": gpu, "rounds": args.rounds, "results": results}, indent=2)
+        )
     return 0
 
 

@@ -61,23 +61,22 @@ def main(argv: list[str] | None = None) -> None:
             Image.open(path).convert("RGB").save(buffer, format="PNG")
             base64.b64encode(buffer.getvalue())
 
-        few = vlm_images.MessageImages(store, transport="data", max_pixels=args.size ** 2, image_count=2)
-        crowded = vlm_images.MessageImages(store, transport="data", max_pixels=args.size ** 2,
-                                           image_count=8)
-        files = vlm_images.MessageImages(store, transport="file", max_pixels=args.size ** 2,
-                                         image_count=2)
+        few = vlm_images.MessageImages(store, transport="data", max_pixels=args.size**2, image_count=2)
+        crowded = vlm_images.MessageImages(store, transport="data", max_pixels=args.size**2, image_count=8)
+        files = vlm_images.MessageImages(store, transport="file", max_pixels=args.size**2, image_count=2)
         cold = iter(refs[1:])
         rows = [
             ("baseline: PIL decode + PNG re-encode + base64", median_ms(naive, args.repeat)),
             ("data URL, stored PNG as is (1-4 images)", median_ms(lambda: few.part(refs[0]), args.repeat)),
-            ("data URL, 384x384 JPEG, first time (5+ images)",
-             median_ms(lambda: crowded.part(next(cold)), args.repeat)),
+            (
+                "data URL, 384x384 JPEG, first time (5+ images)",
+                median_ms(lambda: crowded.part(next(cold)), args.repeat),
+            ),
             ("data URL, 384x384 JPEG, cached", median_ms(lambda: crowded.part(refs[1]), args.repeat)),
             ("file:// URL", median_ms(lambda: files.part(refs[0]), args.repeat)),
         ]
         png_kib = path.stat().st_size / 1024
-    print(f"{args.size}x{args.size} photo-like image, stored PNG {png_kib:.0f} KiB, "
-          f"median of {args.repeat}")
+    print(f"{args.size}x{args.size} photo-like image, stored PNG {png_kib:.0f} KiB, median of {args.repeat}")
     baseline = rows[0][1]
     for name, ms in rows:
         print(f"  {name:<50} {ms:8.2f} ms   {baseline / ms:6.1f}x faster than baseline")

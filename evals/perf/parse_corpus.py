@@ -42,12 +42,21 @@ def check(entry: dict[str, Any]) -> dict[str, Any]:
     try:
         fields = _fields(entry)
     except ReplyParseError as exc:
-        return {"id": entry["id"], "expect": entry["expect"], "got": exc.reason,
-                "agrees": exc.reason == entry["expect"], "detail": str(exc)}
+        return {
+            "id": entry["id"],
+            "expect": entry["expect"],
+            "got": exc.reason,
+            "agrees": exc.reason == entry["expect"],
+            "detail": str(exc),
+        }
     wrong = {k: v for k, v in fields.items() if k in entry and entry[k] != v}
-    return {"id": entry["id"], "expect": entry["expect"], "got": "ok",
-            "agrees": entry["expect"] == "ok" and not wrong,
-            "detail": f"fields differ: {wrong}" if wrong else ""}
+    return {
+        "id": entry["id"],
+        "expect": entry["expect"],
+        "got": "ok",
+        "agrees": entry["expect"] == "ok" and not wrong,
+        "detail": f"fields differ: {wrong}" if wrong else "",
+    }
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        print(f"parse rate: {summary['parsed']}/{summary['should_parse']} replies that should parse "
-              f"({summary['parse_rate']:.1%})")
+        print(
+            f"parse rate: {summary['parsed']}/{summary['should_parse']} replies that should parse "
+            f"({summary['parse_rate']:.1%})"
+        )
         print(f"labels agree: {summary['labels_agree']}/{summary['entries']}")
         print("outcomes: " + ", ".join(f"{k}={v}" for k, v in summary["outcomes"].items()))
         for r in summary["disagreements"]:

@@ -31,38 +31,53 @@ from tools.replies.parsing import parse_plan
 from tools.store.images import ImageStore
 
 REQUESTS = [
-    "How do I fold a paper crane?", "Show how a seed grows into a sunflower.",
-    "Illustrate making a cup of pour-over coffee.", "How does a caterpillar become a butterfly?",
-    "Show the phases of the moon over a month.", "How to plant a tomato seedling.",
-    "Illustrate building a snowman.", "Show how bread dough rises and bakes.",
-    "How to tie a bowline knot.", "Show a day in the life of a lighthouse keeper.",
-    "Illustrate how a volcano erupts.", "How to change a bicycle tyre.",
-    "Show ice melting into water and then evaporating.", "How to make a paper airplane.",
-    "Illustrate the water cycle.", "Show how to brew green tea.",
-    "How does a frog grow from a tadpole?", "Illustrate setting up a tent.",
-    "Show how a candle burns down over an evening.", "How to draw a simple cat in four steps.",
+    "How do I fold a paper crane?",
+    "Show how a seed grows into a sunflower.",
+    "Illustrate making a cup of pour-over coffee.",
+    "How does a caterpillar become a butterfly?",
+    "Show the phases of the moon over a month.",
+    "How to plant a tomato seedling.",
+    "Illustrate building a snowman.",
+    "Show how bread dough rises and bakes.",
+    "How to tie a bowline knot.",
+    "Show a day in the life of a lighthouse keeper.",
+    "Illustrate how a volcano erupts.",
+    "How to change a bicycle tyre.",
+    "Show ice melting into water and then evaporating.",
+    "How to make a paper airplane.",
+    "Illustrate the water cycle.",
+    "Show how to brew green tea.",
+    "How does a frog grow from a tadpole?",
+    "Illustrate setting up a tent.",
+    "Show how a candle burns down over an evening.",
+    "How to draw a simple cat in four steps.",
 ]
 
 
-def measure(base_url: str, model_name: str, mode: str, count: int, max_tokens: int,
-            timeout_s: float) -> dict:
+def measure(base_url: str, model_name: str, mode: str, count: int, max_tokens: int, timeout_s: float) -> dict:
     ctx = Context(vlm_structured_output=mode, runs_dir=tempfile.mkdtemp())
     model = openai_model(base_url, "none", model_name, max_tokens, 0.0, timeout_s, 0)
     store = ImageStore(ctx.runs_dir)
     reasons: Counter = Counter()
     valid, started = 0, time.perf_counter()
     for request in REQUESTS[:count]:
-        reply, _ = complete(model, planner_messages(request, [], ctx, store), "planner",
-                            **(structured_output(ctx, "plan") or {}))
+        reply, _ = complete(
+            model, planner_messages(request, [], ctx, store), "planner", **(structured_output(ctx, "plan") or {})
+        )
         try:
             _, steps = parse_plan(reply)
             check_plan(steps, 0)
             valid += 1
         except ValueError as exc:
             reasons[getattr(exc, "reason", "contract")] += 1
-    return {"structured_output": mode, "requests": count, "valid": valid,
-            "share": round(valid / count, 3), "failures": dict(reasons),
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "structured_output": mode,
+        "requests": count,
+        "valid": valid,
+        "share": round(valid / count, 3),
+        "failures": dict(reasons),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-s", type=float, default=600.0)
     args = parser.parse_args(argv)
     count = max(1, min(args.requests, len(REQUESTS)))
-    rows = [measure(args.base_url, args.model, mode, count, args.max_tokens, args.timeout_s)
-            for mode in ("off", args.structured)]
+    rows = [
+        measure(args.base_url, args.model, mode, count, args.max_tokens, args.timeout_s)
+        for mode in ("off", args.structured)
+    ]
     for row in rows:
         print(json.dumps(row))
     off, on = rows

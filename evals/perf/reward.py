@@ -51,8 +51,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evals.perf.reward",
         description="Regenerations per second of the step-wise GRPO reward on klein-4B (random weights, "
-                    "bf16, GPU): 8 edits of one origin image with one seed and 8 prompts, batched in one "
-                    "generate_batch call against one call each, plus the whole reward path.")
+        "bf16, GPU): 8 edits of one origin image with one seed and 8 prompts, batched in one "
+        "generate_batch call against one call each, plus the whole reward path.",
+    )
     p.add_argument("--tiny", action="store_true", help="smoke test: tiny random klein on CPU at 64²")
     p.add_argument("--sizes", type=int, nargs="+", help="image sides (default 1024 512; 64 with --tiny)")
     p.add_argument("--count", type=int, default=8, help="regenerations per group (GRPO group size)")
@@ -105,9 +106,18 @@ def measure(pipe, size: int, args) -> dict:
 
     cuda = torch.cuda.is_available() and not args.tiny
     origin = reference_image(size, args.seed + 1)
-    requests = [dict(prompt=PROMPTS[i % len(PROMPTS)] + (f" ({i})" if i >= len(PROMPTS) else ""),
-                     seed=1234, width=size, height=size, steps=args.steps, guidance=1.0, source=origin)
-                for i in range(args.count)]
+    requests = [
+        dict(
+            prompt=PROMPTS[i % len(PROMPTS)] + (f" ({i})" if i >= len(PROMPTS) else ""),
+            seed=1234,
+            width=size,
+            height=size,
+            steps=args.steps,
+            guidance=1.0,
+            source=origin,
+        )
+        for i in range(args.count)
+    ]
 
     def sync():
         if cuda:
@@ -120,15 +130,25 @@ def measure(pipe, size: int, args) -> dict:
         return generate_batch(pipe, requests)
 
     store = tempfile.mkdtemp(prefix="bench-reward-")
-    rewards = StepwiseRewards(lambda reqs: generate_batch(pipe, reqs), InstantJudge(store),
-                              steps=args.steps, max_batch=args.count)
-    columns = {"success": [False] * args.count, "semantics": [4.0] * args.count,
-               "quality": [5.0] * args.count, "origin_prompt": ["a village by a lake"] * args.count,
-               "rewritten_prompt": ["a village"] * args.count, "from_scratch": [False] * args.count,
-               "seed": [1234] * args.count, "width": [size] * args.count, "height": [size] * args.count,
-               "images": [[origin, origin]] * args.count}
-    replies = [f'<answer>{{"previous_step_success": false, "refine_prompt": {json.dumps(r["prompt"])}}}'
-               f'</answer>' for r in requests]
+    rewards = StepwiseRewards(
+        lambda reqs: generate_batch(pipe, reqs), InstantJudge(store), steps=args.steps, max_batch=args.count
+    )
+    columns = {
+        "success": [False] * args.count,
+        "semantics": [4.0] * args.count,
+        "quality": [5.0] * args.count,
+        "origin_prompt": ["a village by a lake"] * args.count,
+        "rewritten_prompt": ["a village"] * args.count,
+        "from_scratch": [False] * args.count,
+        "seed": [1234] * args.count,
+        "width": [size] * args.count,
+        "height": [size] * args.count,
+        "images": [[origin, origin]] * args.count,
+    }
+    replies = [
+        f'<answer>{{"previous_step_success": false, "refine_prompt": {json.dumps(r["prompt"])}}}</answer>'
+        for r in requests
+    ]
     step = [0]
 
     def reward():
@@ -155,14 +175,17 @@ def measure(pipe, size: int, args) -> dict:
     result = {"size": size, "count": args.count, "steps": args.steps}
     for name, values in times.items():
         seconds = statistics.median(values)
-        result[name] = {"seconds": round(seconds, 3), "runs_s": [round(v, 3) for v in values],
-                        "per_second": round(args.count / seconds, 3),
-                        "ms_per_image": round(seconds / args.count * 1e3, 1),
-                        "peak_gib": round(peaks[name], 2) if name in peaks else None}
-    result["batched_speedup"] = round(statistics.median(times["one_by_one"])
-                                      / statistics.median(times["batched"]), 3)
+        result[name] = {
+            "seconds": round(seconds, 3),
+            "runs_s": [round(v, 3) for v in values],
+            "per_second": round(args.count / seconds, 3),
+            "ms_per_image": round(seconds / args.count * 1e3, 1),
+            "peak_gib": round(peaks[name], 2) if name in peaks else None,
+        }
+    result["batched_speedup"] = round(statistics.median(times["one_by_one"]) / statistics.median(times["batched"]), 3)
     result["reward_overhead_ms_per_image"] = round(
-        (statistics.median(times["reward"]) - statistics.median(times["batched"])) / args.count * 1e3, 1)
+        (statistics.median(times["reward"]) - statistics.median(times["batched"])) / args.count * 1e3, 1
+    )
     return result
 
 
@@ -177,18 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     pipe = build_pipeline(args.tiny, args.seed)
     log.info("pipeline ready in %.1f s", time.perf_counter() - start)
-    results = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny
-               else "cpu", "model": "tiny klein" if args.tiny else "klein-4B architecture, random weights, bf16",
-               "sizes": []}
+    results = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "cpu",
+        "model": "tiny klein" if args.tiny else "klein-4B architecture, random weights, bf16",
+        "sizes": [],
+    }
     for size in sizes:
         result = measure(pipe, size, args)
         results["sizes"].append(result)
-        print(f"{size}²: one by one {result['one_by_one']['per_second']:.2f}/s "
-              f"({result['one_by_one']['ms_per_image']} ms/image), batched "
-              f"{result['batched']['per_second']:.2f}/s ({result['batched']['ms_per_image']} ms/image), "
-              f"speed-up x{result['batched_speedup']:.2f} (target x2); reward path "
-              f"{result['reward']['per_second']:.2f}/s (+{result['reward_overhead_ms_per_image']} ms/image "
-              f"over batched); peak {result['batched']['peak_gib']} GiB batched", flush=True)
+        print(
+            f"{size}²: one by one {result['one_by_one']['per_second']:.2f}/s "
+            f"({result['one_by_one']['ms_per_image']} ms/image), batched "
+            f"{result['batched']['per_second']:.2f}/s ({result['batched']['ms_per_image']} ms/image), "
+            f"speed-up x{result['batched_speedup']:.2f} (target x2); reward path "
+            f"{result['reward']['per_second']:.2f}/s (+{result['reward_overhead_ms_per_image']} ms/image "
+            f"over batched); peak {result['batched']['peak_gib']} GiB batched",
+            flush=True,
+        )
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

@@ -75,10 +75,14 @@ class ScriptedAfterCompute(BaseChatModel):
         with _lock:
             thread = threading.get_ident()
             VLM_WAITS[thread] = VLM_WAITS.get(thread, 0.0) + time.perf_counter() - started
-        body = {"model": self.role_model,
-                "messages": [{"role": m.type, "content": m.content} for m in messages]}
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(
-            content=demo_script.respond(body), response_metadata={"finish_reason": "stop"}))])
+        body = {"model": self.role_model, "messages": [{"role": m.type, "content": m.content} for m in messages]}
+        return ChatResult(
+            generations=[
+                ChatGeneration(
+                    message=AIMessage(content=demo_script.respond(body), response_metadata={"finish_reason": "stop"})
+                )
+            ]
+        )
 
 
 class BusySampler:
@@ -147,12 +151,18 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (smoke test)")
     parser.add_argument("--levels", default="1,8,32", help="concurrent trajectories (ours)")
-    parser.add_argument("--reference-runs", type=int, default=3,
-                        help="single-trajectory samples of the reference loop (default 3)")
-    parser.add_argument("--same-stream-levels", default="",
-                        help="levels to measure again with the VLM on the generator's stream")
-    parser.add_argument("--generator-speedups", default="on", choices=("off", "on", "fp8"),
-                        help="klein speedups for ours (tools.generator.klein_speed; default on)")
+    parser.add_argument(
+        "--reference-runs", type=int, default=3, help="single-trajectory samples of the reference loop (default 3)"
+    )
+    parser.add_argument(
+        "--same-stream-levels", default="", help="levels to measure again with the VLM on the generator's stream"
+    )
+    parser.add_argument(
+        "--generator-speedups",
+        default="on",
+        choices=("off", "on", "fp8"),
+        help="klein speedups for ours (tools.generator.klein_speed; default on)",
+    )
     parser.add_argument("--planner-tokens", type=int, default=400, help="forced planner reply length")
     parser.add_argument("--critic-tokens", type=int, default=200, help="forced critic reply length")
     parser.add_argument("--size", type=int, default=None, help="image side (default 1024; 64 tiny)")
@@ -172,17 +182,14 @@ def build_models(tiny: bool, folder: str, speedups: str = "off") -> tuple[str, s
     if tiny:
         from tools.doubles.tiny_klein import build_tiny_klein_pipeline
 
-        diffusion.register_pipeline(KLEIN_ID, time_pipeline_calls(build_tiny_klein_pipeline()), "cpu",
-                                    "float32")
+        diffusion.register_pipeline(KLEIN_ID, time_pipeline_calls(build_tiny_klein_pipeline()), "cpu", "float32")
         return vlm_folder, "cpu"
     from evals.perf.generator import build_full_klein_pipeline
     from evals.perf.vlm_decode import _build_8b
 
     processor = load_processor(vlm_folder)
-    register_vlm("random-qwen3-vl-8b", _build_8b(processor, "cuda"), processor, device="cuda",
-                 dtype="bfloat16")
-    diffusion.register_pipeline(KLEIN_ID, time_pipeline_calls(build_full_klein_pipeline("cuda")),
-                                "cuda", "bfloat16")
+    register_vlm("random-qwen3-vl-8b", _build_8b(processor, "cuda"), processor, device="cuda", dtype="bfloat16")
+    diffusion.register_pipeline(KLEIN_ID, time_pipeline_calls(build_full_klein_pipeline("cuda")), "cuda", "bfloat16")
     if speedups != "off":
         from tools.generator.klein_speed import optimize_pipeline
 
@@ -201,16 +208,19 @@ def chat_models(vlm: str, device: str, fast: bool, batched: bool, args: argparse
     from tools.llm.local import TransformersChatModel
     from tools.llm.batcher import BatchingChatModel
 
-    inner = TransformersChatModel(model_path=vlm, device=device, temperature=0.0,
-                                  max_new_tokens=max(args.planner_tokens, args.critic_tokens),
-                                  fast_decode=fast)
+    inner = TransformersChatModel(
+        model_path=vlm,
+        device=device,
+        temperature=0.0,
+        max_new_tokens=max(args.planner_tokens, args.critic_tokens),
+        fast_decode=fast,
+    )
     if batched:
         inner = BatchingChatModel(inner=inner, max_batch=64)
     return ChatModels(
-        planner=ScriptedAfterCompute(inner=inner, tokens=args.planner_tokens,
-                                     role_model=demo_script.PLANNER_MODEL),
-        critic=ScriptedAfterCompute(inner=inner, tokens=args.critic_tokens,
-                                    role_model=demo_script.CRITIC_MODEL))
+        planner=ScriptedAfterCompute(inner=inner, tokens=args.planner_tokens, role_model=demo_script.PLANNER_MODEL),
+        critic=ScriptedAfterCompute(inner=inner, tokens=args.critic_tokens, role_model=demo_script.CRITIC_MODEL),
+    )
 
 
 def engine_timeline(vlm: str, device: str) -> list[tuple[str, float, float, int]]:
@@ -234,13 +244,11 @@ def prepare_engine(vlm: str, device: str) -> None:
         print(f"  captured {count} decode graphs in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-def measure(label: str, count: int, concurrency: int, models: Any, context: Any, vlm: str,
-            device: str) -> dict:
+def measure(label: str, count: int, concurrency: int, models: Any, context: Any, vlm: str, device: str) -> dict:
     from graph.runs.batch import run_batch
     from graph.runs.inspection import run_details
 
-    items = [{"id": f"{label}-{n}", "request": f"How do I build model number {n}?"}
-             for n in range(count)]
+    items = [{"id": f"{label}-{n}", "request": f"How do I build model number {n}?"} for n in range(count)]
     ended: dict[str, tuple[int, float]] = {}
 
     def on_progress(_done: int, _total: int, run_id: str, _label: str) -> None:
@@ -250,8 +258,7 @@ def measure(label: str, count: int, concurrency: int, models: Any, context: Any,
     generator_before = len(GENERATOR_CALLS)
     with BusySampler() as sampler:
         started = time.perf_counter()
-        report = run_batch(items, context, batch=label, concurrency=concurrency, models=models,
-                           on_progress=on_progress)
+        report = run_batch(items, context, batch=label, concurrency=concurrency, models=models, on_progress=on_progress)
         finished = time.perf_counter()
     seconds = finished - started
     if report.failed:
@@ -267,20 +274,33 @@ def measure(label: str, count: int, concurrency: int, models: Any, context: Any,
         busy = vlm_busy + gen_busy
     overhead = None
     if concurrency >= count and ended:  # every run started at `started`: its wall time is its end
-        generator_waits = sum(a.get("generate_s") or 0.0 for run_id in ended
-                              for a in run_details(context.runs_dir, run_id)["state"].get("attempts", []))
+        generator_waits = sum(
+            a.get("generate_s") or 0.0
+            for run_id in ended
+            for a in run_details(context.runs_dir, run_id)["state"].get("attempts", [])
+        )
         walls = sum(end - started for _, end in ended.values())
         # the graph runs nodes on threads of its own, so the waits are summed over all threads
         overhead = (walls - sum(VLM_WAITS.values()) - generator_waits) / len(ended)
     decode_rows = [rows for kind, _, _, rows in rounds if kind == "decode"]
-    row = {"label": label, "trajectories": count, "concurrency": concurrency, "seconds": seconds,
-           "per_hour": count / seconds * 3600, "gpu_busy": sampler.busy,
-           "vlm_s": vlm_busy, "prefill_s": union(prefill) if rounds else None,
-           "decode_s": union(decode) if rounds else None, "generator_s": gen_busy,
-           "overlap_s": vlm_busy + gen_busy - busy, "idle_s": seconds - busy,
-           "prefills": len(prefill), "generator_calls": len(generator),
-           "mean_decode_rows": statistics.fmean(decode_rows) if decode_rows else None,
-           "cpu_overhead_per_trajectory_s": overhead}
+    row = {
+        "label": label,
+        "trajectories": count,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "per_hour": count / seconds * 3600,
+        "gpu_busy": sampler.busy,
+        "vlm_s": vlm_busy,
+        "prefill_s": union(prefill) if rounds else None,
+        "decode_s": union(decode) if rounds else None,
+        "generator_s": gen_busy,
+        "overlap_s": vlm_busy + gen_busy - busy,
+        "idle_s": seconds - busy,
+        "prefills": len(prefill),
+        "generator_calls": len(generator),
+        "mean_decode_rows": statistics.fmean(decode_rows) if decode_rows else None,
+        "cpu_overhead_per_trajectory_s": overhead,
+    }
     print(f"  measured {label}: {count} in {seconds:.1f} s", flush=True)
     return row
 
@@ -296,19 +316,23 @@ def same_stream(vlm: str, device: str, own: bool) -> None:
 
 
 def print_table(rows: list[dict], base: float) -> None:
-    print(f"  {'loop':<20}{'n':>4}{'wall s':>9}{'per hour':>10}{'vs ref':>8}{'GPU':>6}{'VLM':>8}"
-          f"{'prefill':>9}{'decode':>8}{'gen':>8}{'overlap':>9}{'idle':>7}{'rows':>6}{'CPU/traj':>10}")
+    print(
+        f"  {'loop':<20}{'n':>4}{'wall s':>9}{'per hour':>10}{'vs ref':>8}{'GPU':>6}{'VLM':>8}"
+        f"{'prefill':>9}{'decode':>8}{'gen':>8}{'overlap':>9}{'idle':>7}{'rows':>6}{'CPU/traj':>10}"
+    )
     for row in rows:
         busy = "n/a" if row["gpu_busy"] is None else f"{row['gpu_busy']:.0%}"
         rows_ = "" if row["mean_decode_rows"] is None else f"{row['mean_decode_rows']:.1f}"
         cpu = row["cpu_overhead_per_trajectory_s"]
         prefill = "-" if row["prefill_s"] is None else f"{row['prefill_s']:.1f}"
         decode = "-" if row["decode_s"] is None else f"{row['decode_s']:.1f}"
-        print(f"  {row['label']:<20}{row['trajectories']:>4}{row['seconds']:>9.1f}"
-              f"{row['per_hour']:>10.1f}{row['per_hour'] / base:>7.2f}x{busy:>6}{row['vlm_s']:>8.1f}"
-              f"{prefill:>9}{decode:>8}{row['generator_s']:>8.1f}"
-              f"{row['overlap_s']:>9.1f}{row['idle_s']:>7.1f}{rows_:>6}"
-              f"{'' if cpu is None else f'{cpu:.2f} s':>10}")
+        print(
+            f"  {row['label']:<20}{row['trajectories']:>4}{row['seconds']:>9.1f}"
+            f"{row['per_hour']:>10.1f}{row['per_hour'] / base:>7.2f}x{busy:>6}{row['vlm_s']:>8.1f}"
+            f"{prefill:>9}{decode:>8}{row['generator_s']:>8.1f}"
+            f"{row['overlap_s']:>9.1f}{row['idle_s']:>7.1f}{rows_:>6}"
+            f"{'' if cpu is None else f'{cpu:.2f} s':>10}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,12 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         speedups = "off" if args.tiny else args.generator_speedups
         vlm, device = build_models(args.tiny, folder, speedups)
-        context = Context(runs_dir=str(Path(folder) / "runs"), generator_model=KLEIN_ID,
-                          device=device, dtype="float32" if args.tiny else "bfloat16",
-                          width=size, height=size,
-                          # compiled klein (dynamic=False) recompiles for every new batch size
-                          # (~25 s each); at 1024² batching gains ~8% (evals.perf.worker)
-                          generator_max_batch=1 if speedups != "off" else 8)
+        context = Context(
+            runs_dir=str(Path(folder) / "runs"),
+            generator_model=KLEIN_ID,
+            device=device,
+            dtype="float32" if args.tiny else "bfloat16",
+            width=size,
+            height=size,
+            # compiled klein (dynamic=False) recompiles for every new batch size
+            # (~25 s each); at 1024² batching gains ~8% (evals.perf.worker)
+            generator_max_batch=1 if speedups != "off" else 8,
+        )
         m = dict(vlm=vlm, device=device)
         ours_context = dataclasses.replace(context, generator_speedups=speedups)
         ours = chat_models(vlm, device, fast=True, batched=True, args=args)
@@ -355,28 +384,41 @@ def main(argv: list[str] | None = None) -> int:
         # call of generate (cold), which the median leaves out
         reference = []
         for n in range(args.reference_runs):
-            reference.append(measure(f"reference-{n + 1}", 1, 1, chat_models(
-                vlm, device, fast=False, batched=False, args=args), context, **m))
+            reference.append(
+                measure(
+                    f"reference-{n + 1}",
+                    1,
+                    1,
+                    chat_models(vlm, device, fast=False, batched=False, args=args),
+                    context,
+                    **m,
+                )
+            )
             rows.append(reference[-1])
             save()
     per_hour = [row["per_hour"] for row in reference]
     base = statistics.median(per_hour) if per_hour else rows[0]["per_hour"]
-    print(f"{'tiny models on CPU' if args.tiny else 'Qwen3-VL-8B-sized + FLUX.2-klein-4B, random weights'}"
-          f": {size}², plan 3 steps (step 2 rejected once: 4 generations, 4 critic calls, 1 plan), "
-          f"planner {args.planner_tokens} / critic {args.critic_tokens} tokens per reply; ours with "
-          f"generator speedups {speedups}")
+    print(
+        f"{'tiny models on CPU' if args.tiny else 'Qwen3-VL-8B-sized + FLUX.2-klein-4B, random weights'}"
+        f": {size}², plan 3 steps (step 2 rejected once: 4 generations, 4 critic calls, 1 plan), "
+        f"planner {args.planner_tokens} / critic {args.critic_tokens} tokens per reply; ours with "
+        f"generator speedups {speedups}"
+    )
     if per_hour:
         walls = sorted(row["seconds"] for row in reference)
-        print(f"  reference, {len(walls)} runs: {walls[0]:.1f} / {statistics.median(walls):.1f} / "
-              f"{walls[-1]:.1f} s per trajectory (min / median / max); ratios are to the median")
-    print("  seconds of wall time: VLM, prefill, decode, gen = time the VLM ran (the reference: its "
-          "calls) / prefilled / decoded / the generator ran; overlap = VLM and generator at once; "
-          "idle = neither; rows = mean rows per decode round; CPU/traj = a trajectory's wall time "
-          "minus its model waits")
+        print(
+            f"  reference, {len(walls)} runs: {walls[0]:.1f} / {statistics.median(walls):.1f} / "
+            f"{walls[-1]:.1f} s per trajectory (min / median / max); ratios are to the median"
+        )
+    print(
+        "  seconds of wall time: VLM, prefill, decode, gen = time the VLM ran (the reference: its "
+        "calls) / prefilled / decoded / the generator ran; overlap = VLM and generator at once; "
+        "idle = neither; rows = mean rows per decode round; CPU/traj = a trajectory's wall time "
+        "minus its model waits"
+    )
     print_table(rows, base)
     if args.out:
-        Path(args.out).write_text(json.dumps({"reference_median_per_hour": base, "rows": rows},
-                                             indent=2))
+        Path(args.out).write_text(json.dumps({"reference_median_per_hour": base, "rows": rows}, indent=2))
     return 0
 
 

@@ -48,37 +48,58 @@ import statistics
 import tempfile
 import time
 
-EIGHT_B_TEXT = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                    num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                    max_position_embeddings=262144,
-                    rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
-                                     "mrope_section": [24, 20, 20], "mrope_interleaved": True})
-EIGHT_B_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
-                      patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                      out_hidden_size=4096, num_position_embeddings=2304,
-                      deepstack_visual_indexes=[8, 16, 24])
+EIGHT_B_TEXT = dict(
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=262144,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0,
+        "mrope_section": [24, 20, 20],
+        "mrope_interleaved": True,
+    },
+)
+EIGHT_B_VISION = dict(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    out_hidden_size=4096,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[8, 16, 24],
+)
 EIGHT_B_VOCAB = 151936
 HBM_BYTES_PER_S = 4.8e12  # H200 spec sheet
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m evals.perf.vlm_decode", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true",
-                        help="use the tiny random Qwen3-VL on CPU (a smoke test of this script)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8],
-                        help="batch sizes to measure (default: 1 8)")
-    parser.add_argument("--new-tokens", type=int, default=128,
-                        help="new tokens per reply in the decode measurement (default: 128)")
-    parser.add_argument("--text-tokens", type=int, default=1500,
-                        help="text tokens in the critic prompt (default: 1500)")
-    parser.add_argument("--image-size", type=int, default=1024,
-                        help="side of the two square prompt images in pixels (default: 1024)")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the plain forward-loop baseline")
-    parser.add_argument("--no-fast", action="store_true",
-                        help="skip the fast decode path (tools.llm.fast_decode)")
+        prog="python -m evals.perf.vlm_decode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="use the tiny random Qwen3-VL on CPU (a smoke test of this script)"
+    )
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes to measure (default: 1 8)")
+    parser.add_argument(
+        "--new-tokens", type=int, default=128, help="new tokens per reply in the decode measurement (default: 128)"
+    )
+    parser.add_argument(
+        "--text-tokens", type=int, default=1500, help="text tokens in the critic prompt (default: 1500)"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=1024, help="side of the two square prompt images in pixels (default: 1024)"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the plain forward-loop baseline")
+    parser.add_argument("--no-fast", action="store_true", help="skip the fast decode path (tools.llm.fast_decode)")
     return parser
 
 
@@ -102,10 +123,16 @@ def _critic_messages(tokenizer, text_tokens: int, image_size: int):
     while len(ids) < text_tokens:
         ids += tokenizer.encode(_CORPUS, add_special_tokens=False)
     text = tokenizer.decode(ids[:text_tokens])
-    return [SystemMessage("You judge one editing step of a visual plan."),
-            HumanMessage([{"type": "image_url", "image_url": {"url": _png_data_url(1, image_size)}},
-                          {"type": "image_url", "image_url": {"url": _png_data_url(2, image_size)}},
-                          {"type": "text", "text": text}])]
+    return [
+        SystemMessage("You judge one editing step of a visual plan."),
+        HumanMessage(
+            [
+                {"type": "image_url", "image_url": {"url": _png_data_url(1, image_size)}},
+                {"type": "image_url", "image_url": {"url": _png_data_url(2, image_size)}},
+                {"type": "text", "text": text},
+            ]
+        ),
+    ]
 
 
 def _build_8b(processor, device: str):
@@ -115,8 +142,7 @@ def _build_8b(processor, device: str):
 
     from tools.doubles.tiny_qwen3vl import set_generation_defaults, tiny_config
 
-    config = tiny_config(processor.tokenizer, vocab_size=EIGHT_B_VOCAB, text=EIGHT_B_TEXT,
-                         vision=EIGHT_B_VISION)
+    config = tiny_config(processor.tokenizer, vocab_size=EIGHT_B_VOCAB, text=EIGHT_B_TEXT, vision=EIGHT_B_VISION)
     config.tie_word_embeddings = False
     torch.manual_seed(0)
     with torch.device(device):
@@ -145,8 +171,9 @@ def _forward_loop(chat, messages, batch: int, steps: int, sync: bool = False) ->
     loaded = chat.loaded
     model, processor = loaded.model, loaded.processor
     prompt = chat._prompt(messages)
-    inputs = processor(text=[prompt.text] * batch, images=prompt.images * batch, padding=True,
-                       return_tensors="pt").to(model.device)
+    inputs = processor(text=[prompt.text] * batch, images=prompt.images * batch, padding=True, return_tensors="pt").to(
+        model.device
+    )
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     with loaded.lock, torch.inference_mode():
         out = model(**inputs, use_cache=True, logits_to_keep=1)
@@ -173,15 +200,17 @@ def _fast_variant(chat, messages, batch: int, new_tokens: int, **options) -> dic
     loaded = chat.loaded
     model, processor = loaded.model, loaded.processor
     prompt = chat._prompt(messages)
-    inputs = processor(text=[prompt.text] * batch, images=prompt.images * batch, padding=True,
-                       return_tensors="pt").to(model.device)
+    inputs = processor(text=[prompt.text] * batch, images=prompt.images * batch, padding=True, return_tensors="pt").to(
+        model.device
+    )
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     stats: dict = {}
     with loaded.lock, torch.inference_mode():
-        fast_generate(model, inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                      stats=stats, **options)
-    return {"tokens_per_s": round(batch * stats["steps"] / stats["decode_s"], 2),
-            "capture_s": round(stats.get("capture_s", 0.0), 3)}
+        fast_generate(model, inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, stats=stats, **options)
+    return {
+        "tokens_per_s": round(batch * stats["steps"] / stats["decode_s"], 2),
+        "capture_s": round(stats.get("capture_s", 0.0), 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -201,11 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
             device, name, path = "cuda", "random Qwen3-VL-8B-sized", "random-qwen3-vl-8b"
             processor = load_processor(folder)
             start = time.perf_counter()
-            register_vlm(path, _build_8b(processor, device), processor, device=device,
-                         dtype="bfloat16")
+            register_vlm(path, _build_8b(processor, device), processor, device=device, dtype="bfloat16")
             build_s = time.perf_counter() - start
-        chat = TransformersChatModel(model_path=path, device=device, temperature=0.0,
-                                     max_new_tokens=args.new_tokens)
+        chat = TransformersChatModel(model_path=path, device=device, temperature=0.0, max_new_tokens=args.new_tokens)
         loaded = chat.loaded
         if args.tiny:
             build_s = loaded.load_s
@@ -218,8 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
             """(end-to-end s, generate s, prompt tokens) of one batched call."""
             _sync(device)
             start = time.perf_counter()
-            replies = model.batch([messages] * batch, max_new_tokens=new_tokens,
-                                  min_new_tokens=new_tokens)
+            replies = model.batch([messages] * batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
             _sync(device)
             total = time.perf_counter() - start
             assert all(r.usage_metadata["output_tokens"] == new_tokens for r in replies)
@@ -241,10 +267,15 @@ def main(argv: list[str] | None = None) -> dict:
             decode_s = gen_n - gen_1
             steps = args.new_tokens - 1
             ok = decode_s > 0  # a loaded CPU can make the difference noise
-            row = {"batch": batch, "prompt_tokens": prompt_tokens, "prefill_s": round(total_1, 4),
-                   "prefill_generate_s": round(gen_1, 4), "reply_s": round(total_n, 3),
-                   "decode_tokens_per_s": round(batch * steps / decode_s, 2) if ok else None,
-                   "decode_tokens_per_s_per_seq": round(steps / decode_s, 2) if ok else None}
+            row = {
+                "batch": batch,
+                "prompt_tokens": prompt_tokens,
+                "prefill_s": round(total_1, 4),
+                "prefill_generate_s": round(gen_1, 4),
+                "reply_s": round(total_n, 3),
+                "decode_tokens_per_s": round(batch * steps / decode_s, 2) if ok else None,
+                "decode_tokens_per_s_per_seq": round(steps / decode_s, 2) if ok else None,
+            }
             if not args.no_fast:
                 try:
                     timed(batch, 2, fast_chat)
@@ -260,7 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
                         for name, options in (
                             ("graph+matmul", {"cuda_graph": True, "attention": "matmul"}),
                             ("graph+sdpa", {"cuda_graph": True, "attention": "sdpa"}),
-                            ("eager+matmul", {"cuda_graph": False, "attention": "matmul"}))}
+                            ("eager+matmul", {"cuda_graph": False, "attention": "matmul"}),
+                        )
+                    }
                 except Exception as exc:  # noqa: BLE001 - a failure here must not hide the rest
                     row["fast_error"] = f"{type(exc).__name__}: {exc}"[:300]
             if not args.no_baseline:
@@ -277,44 +310,80 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
             print(json.dumps(row), flush=True)  # survives a run cut short later
 
-    result = {"bench": "vlm_decode", "model": name, "device": device,
-              "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-              "dtype": loaded.dtype, "torch": torch.__version__,
-              "transformers": __import__("transformers").__version__,
-              "params_gib": round(params / 2**30, 2), "build_or_load_s": round(build_s, 2),
-              "image_size": args.image_size, "text_tokens": args.text_tokens,
-              "new_tokens": args.new_tokens,
-              "bandwidth_floor_tokens_per_s_batch1": round(floor, 1) if floor else None,
-              "rows": rows}
+    result = {
+        "bench": "vlm_decode",
+        "model": name,
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "dtype": loaded.dtype,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "params_gib": round(params / 2**30, 2),
+        "build_or_load_s": round(build_s, 2),
+        "image_size": args.image_size,
+        "text_tokens": args.text_tokens,
+        "new_tokens": args.new_tokens,
+        "bandwidth_floor_tokens_per_s_batch1": round(floor, 1) if floor else None,
+        "rows": rows,
+    }
     _print_table(result)
     print(json.dumps(result))
     return result
 
 
 def _print_table(result: dict) -> None:
-    print(f"{result['model']} on {result['gpu'] or result['device']} ({result['dtype']}), "
-          f"{result['params_gib']} GiB of weights, built/loaded in {result['build_or_load_s']} s; "
-          f"two {result['image_size']}^2 images + {result['text_tokens']} text tokens, "
-          f"{result['new_tokens']} new tokens")
-    header = ("batch", "prompt tok", "prefill s", "gen-only s", "reply s", "decode tok/s",
-              "per seq", "fwd-loop tok/s", "gen/loop", "synced tok/s", "fast tok/s", "fast/gen",
-              "same reply", "peak GiB")
+    print(
+        f"{result['model']} on {result['gpu'] or result['device']} ({result['dtype']}), "
+        f"{result['params_gib']} GiB of weights, built/loaded in {result['build_or_load_s']} s; "
+        f"two {result['image_size']}^2 images + {result['text_tokens']} text tokens, "
+        f"{result['new_tokens']} new tokens"
+    )
+    header = (
+        "batch",
+        "prompt tok",
+        "prefill s",
+        "gen-only s",
+        "reply s",
+        "decode tok/s",
+        "per seq",
+        "fwd-loop tok/s",
+        "gen/loop",
+        "synced tok/s",
+        "fast tok/s",
+        "fast/gen",
+        "same reply",
+        "peak GiB",
+    )
     print(" | ".join(f"{h:>12}" for h in header))
     for row in result["rows"]:
-        cells = (row["batch"], row["prompt_tokens"], row["prefill_s"], row["prefill_generate_s"],
-                 row["reply_s"], row["decode_tokens_per_s"], row["decode_tokens_per_s_per_seq"],
-                 row.get("forward_loop_tokens_per_s", "-"), row.get("generate_vs_forward_loop", "-"),
-                 row.get("synced_loop_tokens_per_s", "-"), row.get("fast_tokens_per_s", "-"),
-                 row.get("fast_vs_generate", "-"), row.get("fast_same_replies", "-"),
-                 row.get("peak_gib", "-"))
+        cells = (
+            row["batch"],
+            row["prompt_tokens"],
+            row["prefill_s"],
+            row["prefill_generate_s"],
+            row["reply_s"],
+            row["decode_tokens_per_s"],
+            row["decode_tokens_per_s_per_seq"],
+            row.get("forward_loop_tokens_per_s", "-"),
+            row.get("generate_vs_forward_loop", "-"),
+            row.get("synced_loop_tokens_per_s", "-"),
+            row.get("fast_tokens_per_s", "-"),
+            row.get("fast_vs_generate", "-"),
+            row.get("fast_same_replies", "-"),
+            row.get("peak_gib", "-"),
+        )
         print(" | ".join(f"{c!s:>12}" for c in cells))
     for row in result["rows"]:
         for name, variant in row.get("fast_variants", {}).items():
-            print(f"fast path at batch {row['batch']}, {name}: {variant['tokens_per_s']} tokens/s "
-                  f"(graph capture {variant['capture_s']} s)")
+            print(
+                f"fast path at batch {row['batch']}, {name}: {variant['tokens_per_s']} tokens/s "
+                f"(graph capture {variant['capture_s']} s)"
+            )
     if result["bandwidth_floor_tokens_per_s_batch1"]:
-        print(f"memory-bandwidth floor at batch 1: ~{result['bandwidth_floor_tokens_per_s_batch1']} "
-              f"tokens/s (weights / {HBM_BYTES_PER_S / 1e12} TB/s)")
+        print(
+            f"memory-bandwidth floor at batch 1: ~{result['bandwidth_floor_tokens_per_s_batch1']} "
+            f"tokens/s (weights / {HBM_BYTES_PER_S / 1e12} TB/s)"
+        )
     for row in result["rows"]:
         if "forward_loop_error" in row:
             print(f"baseline failed at batch {row['batch']}: {row['forward_loop_error']}")

@@ -30,9 +30,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-thread", type=int, default=4, help="images each thread asks for")
     parser.add_argument("--max-batch", type=int, default=4, help="worker's largest batch")
     parser.add_argument("--levels", default="1,4,8", help="concurrency levels (default 1,4,8)")
-    parser.add_argument("--devices", default=None,
-                        help="comma-separated GPUs: also measure a pool with one pipeline per GPU "
-                             "(least-loaded dispatch) at each level, against one GPU")
+    parser.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated GPUs: also measure a pool with one pipeline per GPU "
+        "(least-loaded dispatch) at each level, against one GPU",
+    )
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     return parser
 
@@ -82,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         for other in others:
             other.set_progress_bar_config(disable=True)
             diffusion.generate(other, prompt="warm-up", seed=0, **request)
-        pools.append((f"{1 + len(others)} pipelines", lambda: GeneratorPool(
-            [GeneratorWorker(p, max_batch=args.max_batch) for p in [pipe, *others]])))
+        pools.append(
+            (
+                f"{1 + len(others)} pipelines",
+                lambda: GeneratorPool([GeneratorWorker(p, max_batch=args.max_batch) for p in [pipe, *others]]),
+            )
+        )
     for (label, make), level in [(p, lv) for p in pools for lv in map(int, args.levels.split(","))]:
         worker = make()
 
@@ -101,17 +108,26 @@ def main(argv: list[str] | None = None) -> int:
         _sync()
         rate = level * args.per_thread / (time.perf_counter() - started)
         workers = getattr(worker, "workers", [worker])
-        rows.append({"concurrency": f"{level} ({label})", "images_per_s": rate,
-                     "ratio": rate / baseline,
-                     "batches": sorted({b for w in workers for b in w.batch_sizes})})
+        rows.append(
+            {
+                "concurrency": f"{level} ({label})",
+                "images_per_s": rate,
+                "ratio": rate / baseline,
+                "batches": sorted({b for w in workers for b in w.batch_sizes}),
+            }
+        )
         for w in workers:
             w.close()
 
-    print(f"{'tiny CPU' if args.tiny else 'FLUX.2-klein-4B random weights, CUDA'}: {size}², "
-          f"{args.steps} steps, max batch {args.max_batch}, {args.per_thread} images per thread")
+    print(
+        f"{'tiny CPU' if args.tiny else 'FLUX.2-klein-4B random weights, CUDA'}: {size}², "
+        f"{args.steps} steps, max batch {args.max_batch}, {args.per_thread} images per thread"
+    )
     for row in rows:
-        print(f"  concurrency {str(row['concurrency']):<17} {row['images_per_s']:7.2f} images/s  "
-              f"{row['ratio']:5.2f}x direct   batch sizes {row['batches']}")
+        print(
+            f"  concurrency {str(row['concurrency']):<17} {row['images_per_s']:7.2f} images/s  "
+            f"{row['ratio']:5.2f}x direct   batch sizes {row['batches']}"
+        )
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=2)

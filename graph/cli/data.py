@@ -40,7 +40,7 @@ def _split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
             leading.append(argv[index])
             index += 1
         elif argv[index] == "--runs-dir" and index + 1 < len(argv):
-            leading += argv[index:index + 2]
+            leading += argv[index : index + 2]
             index += 2
         else:
             break
@@ -52,77 +52,104 @@ def pass_through(argv: list[str]) -> int | None:
     before the command (``--runs-dir``, ``-v``) are passed on after it."""
     leading, rest = _split_global_options(argv)
     for prefix, (module, function) in PASS_THROUGH.items():
-        if tuple(rest[:len(prefix)]) == prefix:
+        if tuple(rest[: len(prefix)]) == prefix:
             import importlib
 
             command = getattr(importlib.import_module(module), function)
             try:
-                return command(rest[len(prefix):] + leading)
+                return command(rest[len(prefix) :] + leading)
             except ValueError as exc:  # bad settings: the message says what; no traceback
-                hint = (" (start from a recipe: --config training/recipes/…yaml; on a machine "
-                        "without a GPU add --use_cpu true --bf16 false)" if prefix[0] == "train" else "")
+                hint = (
+                    " (start from a recipe: --config training/recipes/…yaml; on a machine "
+                    "without a GPU add --use_cpu true --bf16 false)"
+                    if prefix[0] == "train"
+                    else ""
+                )
                 print(f"error: {exc}{hint}", file=sys.stderr)
                 return 2
     return None
 
 
 def _add_batch_options(parser: argparse.ArgumentParser, default_name: str | None) -> None:
-    parser.add_argument("--prompts", required=True, metavar="FILE",
-                        help="JSONL with one request per line ({id, request, images?}) or plain text "
-                             "(one request per line); malformed lines are reported and skipped")
-    parser.add_argument("--name", default=default_name,
-                        help="batch name: run ids are NAME-<request id>; running the same batch again "
-                             "skips finished requests and resumes the others"
-                             + (" (default: the prompt file's name)" if default_name is None else
-                                f" (default: {default_name})"))
-    parser.add_argument("--concurrency", type=int, default=4,
-                        help="runs at once in this process; they share one generator pipeline and "
-                             "batch their generations (default 4)")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse the whole prompt file if any line is malformed (default: report "
-                             "each bad line with its number and skip it)")
+    parser.add_argument(
+        "--prompts",
+        required=True,
+        metavar="FILE",
+        help="JSONL with one request per line ({id, request, images?}) or plain text "
+        "(one request per line); malformed lines are reported and skipped",
+    )
+    parser.add_argument(
+        "--name",
+        default=default_name,
+        help="batch name: run ids are NAME-<request id>; running the same batch again "
+        "skips finished requests and resumes the others"
+        + (" (default: the prompt file's name)" if default_name is None else f" (default: {default_name})"),
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="runs at once in this process; they share one generator pipeline and batch their generations (default 4)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse the whole prompt file if any line is malformed (default: report "
+        "each bad line with its number and skip it)",
+    )
 
 
-def add_commands(commands: Any, add_settings: Callable[[argparse.ArgumentParser, list[str]], None],
-                 setting_names: list[str]) -> None:
+def add_commands(
+    commands: Any, add_settings: Callable[[argparse.ArgumentParser, list[str]], None], setting_names: list[str]
+) -> None:
     batch = commands.add_parser(
-        "batch", help="run many requests at once, resumably",
+        "batch",
+        help="run many requests at once, resumably",
         description="Runs every request of a prompt file through the graph, several at once. Each "
-                    "request is an ordinary run (see `interleave list`); running the same batch again "
-                    "skips finished requests and resumes failed or interrupted ones.")
+        "request is an ordinary run (see `interleave list`); running the same batch again "
+        "skips finished requests and resumes failed or interrupted ones.",
+    )
     _add_batch_options(batch, None)
     add_settings(batch, setting_names)
 
     datagen = commands.add_parser(
-        "datagen", help="build training data: prompts, teacher runs, scores, datasets",
+        "datagen",
+        help="build training data: prompts, teacher runs, scores, datasets",
         description="The data pipeline of SPEC §5: `prompts` asks a teacher LLM for requests per "
-                    "taxonomy subcategory; `run` runs them with teacher planner/critic endpoints; "
-                    "`score` judges every attempt; `export` writes planner SFT, critic SFT and critic "
-                    "RL datasets. `interleave datagen prompts --help` lists its own options.")
-    steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP",
-                                   parser_class=LazyParser)
-    steps.add_parser("prompts", help="ask a teacher LLM for requests per subcategory (own --help)",
-                     add_help=False)
+        "taxonomy subcategory; `run` runs them with teacher planner/critic endpoints; "
+        "`score` judges every attempt; `export` writes planner SFT, critic SFT and critic "
+        "RL datasets. `interleave datagen prompts --help` lists its own options.",
+    )
+    steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP", parser_class=LazyParser)
+    steps.add_parser("prompts", help="ask a teacher LLM for requests per subcategory (own --help)", add_help=False)
     run = steps.add_parser("run", help="run a prompt set with the teacher models (a resumable batch)")
     _add_batch_options(run, "datagen")
     add_settings(run, setting_names)
 
-    score = steps.add_parser("score", help="judge every attempt of a batch's finished runs",
-                             description="Scores each attempt (SC, PQ, overall) with a judge model "
-                                         "against the step's plan prompt. Resumable; cached.")
+    score = steps.add_parser(
+        "score",
+        help="judge every attempt of a batch's finished runs",
+        description="Scores each attempt (SC, PQ, overall) with a judge model "
+        "against the step's plan prompt. Resumable; cached.",
+    )
     score.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
     _add_judge_options(score)
     score.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
 
-    steps.add_parser("export", help="write the SFT and RL datasets of a scored batch",
-                     description="Writes planner_sft, critic_sft and critic_rl (Hugging Face "
-                                 "datasets with images) and prints what each filter kept.",
-                     populate=_add_export_options)
+    steps.add_parser(
+        "export",
+        help="write the SFT and RL datasets of a scored batch",
+        description="Writes planner_sft, critic_sft and critic_rl (Hugging Face "
+        "datasets with images) and prints what each filter kept.",
+        populate=_add_export_options,
+    )
 
     train = commands.add_parser(
-        "train", help="SFT / GRPO training with TRL (own --help: train sft --help)",
+        "train",
+        help="SFT / GRPO training with TRL (own --help: train sft --help)",
         description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
-                    "sft --help` and training/recipes/.")
+        "sft --help` and training/recipes/.",
+    )
     train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
     commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
 
@@ -133,30 +160,44 @@ def _add_export_options(export: argparse.ArgumentParser) -> None:
     export.add_argument("--batch", default="datagen", help="batch name (default: datagen)")
     export.add_argument("--out", required=True, help="folder for the three datasets")
     export.add_argument("--judge-model", required=True, help="whose scores to use (as in `score`)")
-    export.add_argument("--overwrite", action="store_true",
-                        help="replace datasets already in --out (default: refuse, nothing is written)")
-    export.add_argument("--strict", action="store_true",
-                        help="fail if any run of the batch is unfinished or unreadable, or any "
-                             "attempt is unscored (default: leave them out and count them)")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace datasets already in --out (default: refuse, nothing is written)",
+    )
+    export.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if any run of the batch is unfinished or unreadable, or any "
+        "attempt is unscored (default: leave them out and count them)",
+    )
     from training.data.export import ExportOptions
 
     for item in dataclasses.fields(ExportOptions):
         flag = "--" + item.name.replace("_", "-")
         if item.type == "bool":
-            export.add_argument("--no-" + item.name.replace("_", "-"), dest=item.name,
-                                action="store_false", default=True,
-                                help="do not: " + item.metadata["help"])
+            export.add_argument(
+                "--no-" + item.name.replace("_", "-"),
+                dest=item.name,
+                action="store_false",
+                default=True,
+                help="do not: " + item.metadata["help"],
+            )
         else:
             kind = float if item.type == "float" else int
-            export.add_argument(flag, dest=item.name, type=kind, default=item.default,
-                                help=f"{item.metadata['help']} (default {item.default})")
+            export.add_argument(
+                flag,
+                dest=item.name,
+                type=kind,
+                default=item.default,
+                help=f"{item.metadata['help']} (default {item.default})",
+            )
 
 
 def _add_judge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-base-url", required=True, help="OpenAI-compatible judge endpoint")
     parser.add_argument("--judge-model", required=True, help="judge model name")
-    parser.add_argument("--judge-api-key", default=None,
-                        help="API key (default: $INTERLEAVE_JUDGE_API_KEY or EMPTY)")
+    parser.add_argument("--judge-api-key", default=None, help="API key (default: $INTERLEAVE_JUDGE_API_KEY or EMPTY)")
 
 
 def _prompt_items(path: str, strict: bool = False) -> list[dict]:
@@ -166,8 +207,9 @@ def _prompt_items(path: str, strict: bool = False) -> list[dict]:
     for problem in problems:
         print(f"{'bad' if strict else 'skipped'}: {path} {problem}", file=sys.stderr)
     if problems and strict:
-        raise ValueError(f"{path} has {len(problems)} malformed line(s) (listed above); fix them or "
-                         f"drop --strict to skip them")
+        raise ValueError(
+            f"{path} has {len(problems)} malformed line(s) (listed above); fix them or drop --strict to skip them"
+        )
     if not rows:
         raise ValueError(f"{path} holds no usable request ({len(problems)} problem(s) above)")
     return rows
@@ -182,20 +224,23 @@ def cmd_batch(args: argparse.Namespace, context: Context) -> int:
     from graph.cli.progress import CountProgress
 
     counter = CountProgress("runs")
-    print(f"batch {name}: {len(items)} request(s), {args.concurrency} at a time", file=sys.stderr,
-          flush=True)
+    print(f"batch {name}: {len(items)} request(s), {args.concurrency} at a time", file=sys.stderr, flush=True)
 
     def progress(done: int, total: int, run_id: str, outcome: str) -> None:
         counter.line(done, total, f"{run_id}: {outcome}")
 
     report = run_batch(items, context, batch=name, concurrency=args.concurrency, on_progress=progress)
-    print(f"batch {name}: {len(report.finished)} finished, {len(report.skipped)} already finished, "
-          f"{len(report.failed)} failed, {len(report.waiting)} waiting for plan review")
+    print(
+        f"batch {name}: {len(report.finished)} finished, {len(report.skipped)} already finished, "
+        f"{len(report.failed)} failed, {len(report.waiting)} waiting for plan review"
+    )
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error}")
     if report.failed:
-        print(f"run the same command again to resume them (interleave {args.command} --prompts "
-              f"{args.prompts} --name {name})")
+        print(
+            f"run the same command again to resume them (interleave {args.command} --prompts "
+            f"{args.prompts} --name {name})"
+        )
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
 
 
@@ -211,14 +256,21 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
 
         key = args.judge_api_key or os.environ.get("INTERLEAVE_JUDGE_API_KEY", "EMPTY")
         runs_dir = context.runs_dir
-        with judge_from_settings(args.judge_base_url, key, args.judge_model, store_root=runs_dir,
-                                 cache_path=Path(runs_dir) / "judge-cache.sqlite",
-                                 max_concurrency=args.concurrency) as judge:
+        with judge_from_settings(
+            args.judge_base_url,
+            key,
+            args.judge_model,
+            store_root=runs_dir,
+            cache_path=Path(runs_dir) / "judge-cache.sqlite",
+            max_concurrency=args.concurrency,
+        ) as judge:
             counter = CountProgress("judged")
             report = score_runs(runs_dir, judge, batch=args.batch, on_progress=counter.update)
             counter.finish()
-        print(f"runs {report.runs}, attempts {report.attempts}: {report.already_scored} scored "
-              f"before, {report.scored} scored now, failed {report.failed or 0}")
+        print(
+            f"runs {report.runs}, attempts {report.attempts}: {report.already_scored} scored "
+            f"before, {report.scored} scored now, failed {report.failed or 0}"
+        )
         for run_id, why in report.skipped_runs.items():
             print(f"  left out {run_id}: {why}")
         return EXIT_SOME_FAILED if report.failed else EXIT_OK
@@ -226,9 +278,16 @@ def cmd_datagen(args: argparse.Namespace, context: Context) -> int:
     from training.data.export import ExportOptions, export
 
     options = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
-    report = export(context.runs_dir, args.out, judge_model=args.judge_model,
-                    judge_prompt_version=JUDGE_PROMPT_VERSION, batch=args.batch, options=options,
-                    overwrite=args.overwrite, strict=args.strict)
+    report = export(
+        context.runs_dir,
+        args.out,
+        judge_model=args.judge_model,
+        judge_prompt_version=JUDGE_PROMPT_VERSION,
+        batch=args.batch,
+        options=options,
+        overwrite=args.overwrite,
+        strict=args.strict,
+    )
     print("\n".join(report.lines()))
     print(f"datasets written under {args.out}")
     return EXIT_OK

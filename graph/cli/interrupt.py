@@ -35,13 +35,16 @@ def mark_interrupted(runs_dir: str, since: str) -> list[str]:
     try:
         with closing(connect(runs_dir, create=False)) as conn:
             registry = RunRegistry(conn)
-            rows = list(registry.table.rows_where(
-                "pid = ? AND (status = 'running' OR (status = 'interrupted' AND updated_at >= ?))",
-                [os.getpid(), since], order_by="created_at"))
+            rows = list(
+                registry.table.rows_where(
+                    "pid = ? AND (status = 'running' OR (status = 'interrupted' AND updated_at >= ?))",
+                    [os.getpid(), since],
+                    order_by="created_at",
+                )
+            )
             for row in rows:
                 if row["status"] == "running":
-                    registry.update(row["run_id"], status="interrupted",
-                                    error="interrupted by the user")
+                    registry.update(row["run_id"], status="interrupted", error="interrupted by the user")
     except (FileNotFoundError, LookupError):  # no runs folder yet: nothing was started
         return []
     return [row["run_id"] for row in rows]
@@ -49,11 +52,11 @@ def mark_interrupted(runs_dir: str, since: str) -> list[str]:
 
 def interrupted_message(run_ids: list[str]) -> str:
     if len(run_ids) == 1:
-        return (f"interrupted; run {run_ids[0]} is saved at its last completed node "
-                f"(interleave resume {run_ids[0]})")
+        return f"interrupted; run {run_ids[0]} is saved at its last completed node (interleave resume {run_ids[0]})"
     if run_ids:
-        return (f"interrupted; runs {', '.join(run_ids)} are saved at their last completed node "
-                f"(interleave resume RUN_ID)")
+        return (
+            f"interrupted; runs {', '.join(run_ids)} are saved at their last completed node (interleave resume RUN_ID)"
+        )
     return "interrupted"
 
 
@@ -74,8 +77,7 @@ class StopOnInterrupt:
         """Say which runs were interrupted and how to continue them (once)."""
         if not self.reported.is_set():
             self.reported.set()
-            self.stream.write("\n" + interrupted_message(mark_interrupted(self.runs_dir, self.since))
-                              + "\n")
+            self.stream.write("\n" + interrupted_message(mark_interrupted(self.runs_dir, self.since)) + "\n")
             self.stream.flush()
 
     def __enter__(self) -> "StopOnInterrupt":

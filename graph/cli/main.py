@@ -18,8 +18,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from graph.cli.parser import (accept_global_options_anywhere, add_global_options, add_settings,
-                              as_cli)
+from graph.cli.parser import accept_global_options_anywhere, add_global_options, add_settings, as_cli
 from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -31,50 +30,73 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interleave",
         description="Agentic interleaved text-image generation: a planner VLM writes the plan, a "
-                    "diffusers model draws and edits each step, a critic VLM judges every image "
-                    "and asks for regeneration with a refined prompt.",
+        "diffusers model draws and edits each step, a critic VLM judges every image "
+        "and asks for regeneration with a refined prompt.",
         epilog="Exit codes: 0 done, 1 run failed (saved; resume it), 2 bad input, 3 unknown run, "
-               "4 endpoint unreachable, 5 waiting for plan review, 130 interrupted.")
+        "4 endpoint unreachable, 5 waiting for plan review, 130 interrupted.",
+    )
     add_global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     setting_names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
 
-    run = commands.add_parser("run", help="generate an interleaved document for a request",
-                              description="Plan, generate and critique a new run; prints where the "
-                                          "document is written.")
+    run = commands.add_parser(
+        "run",
+        help="generate an interleaved document for a request",
+        description="Plan, generate and critique a new run; prints where the document is written.",
+    )
     run.add_argument("request", help='what to show, e.g. "How do I fold a paper crane?"')
-    run.add_argument("--image", action="append", default=[], metavar="PATH",
-                     help="an input image (repeat for several; a file or a data URL). A request with "
-                          "images is in guidance mode: the planner answers about them or continues "
-                          "the sequence. <image> markers in the request place them in order; "
-                          "without markers they follow the text.")
+    run.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an input image (repeat for several; a file or a data URL). A request with "
+        "images is in guidance mode: the planner answers about them or continues "
+        "the sequence. <image> markers in the request place them in order; "
+        "without markers they follow the text.",
+    )
     run.add_argument("--run-id", default=None, help="id for the new run (default: time + random)")
-    run.add_argument("--no-preflight", action="store_true",
-                     help="skip checking that the planner and critic endpoints answer before starting")
+    run.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip checking that the planner and critic endpoints answer before starting",
+    )
     add_settings(run, setting_names)
 
-    resume = commands.add_parser("resume", help="continue an interrupted or failed run",
-                                 description="Continue a run from its last checkpoint with its "
-                                             "stored settings; completed steps are not redone.")
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted or failed run",
+        description="Continue a run from its last checkpoint with its stored settings; completed steps are not redone.",
+    )
     resume.add_argument("run_id")
     answer = resume.add_mutually_exclusive_group()
-    answer.add_argument("--approve-plan", action="store_true",
-                        help="for a run paused for plan review: keep the plan and go on")
-    answer.add_argument("--plan-file", metavar="JSON",
-                        help='for a run paused for plan review: use this plan instead (a JSON list of '
-                             'steps, or {"execution_plan": [...]}, as `interleave show RUN_ID --json` prints)')
+    answer.add_argument(
+        "--approve-plan", action="store_true", help="for a run paused for plan review: keep the plan and go on"
+    )
+    answer.add_argument(
+        "--plan-file",
+        metavar="JSON",
+        help="for a run paused for plan review: use this plan instead (a JSON list of "
+        'steps, or {"execution_plan": [...]}, as `interleave show RUN_ID --json` prints)',
+    )
     add_settings(resume, list(RESUME_OVERRIDES), stored=True)
 
-    history = commands.add_parser("history", help="list a run's checkpoints, oldest first",
-                                  description="Every checkpoint of a run: which node produced it, "
-                                              "what runs next, the step and attempt it stands at.")
+    history = commands.add_parser(
+        "history",
+        help="list a run's checkpoints, oldest first",
+        description="Every checkpoint of a run: which node produced it, "
+        "what runs next, the step and attempt it stands at.",
+    )
     history.add_argument("run_id")
     history.add_argument("--json", action="store_true", help="print the checkpoints as JSON")
 
-    fork = commands.add_parser("fork", help="start a new run from a step of an existing run",
-                               description="Copy a run's state as it stood before step N was "
-                                           "generated into a new run (sharing its images), "
-                                           "optionally with a new prompt for step N, and continue.")
+    fork = commands.add_parser(
+        "fork",
+        help="start a new run from a step of an existing run",
+        description="Copy a run's state as it stood before step N was "
+        "generated into a new run (sharing its images), "
+        "optionally with a new prompt for step N, and continue.",
+    )
     fork.add_argument("run_id")
     fork.add_argument("--at", type=int, required=True, metavar="STEP", help="the step to redo (1-based)")
     fork.add_argument("--prompt", default=None, help="new generator prompt for that step")
@@ -91,14 +113,17 @@ def make_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a finished run's document as html, md or json")
     export.add_argument("run_id")
     export.add_argument("--format", choices=("html", "md", "json"), default="html")
-    export.add_argument("--output", default=None,
-                        help="file to write (default: print the path of the document in the run folder)")
+    export.add_argument(
+        "--output", default=None, help="file to write (default: print the path of the document in the run folder)"
+    )
 
     demo = commands.add_parser(
-        "demo", help="offline demo with random-weight models (images are noise)",
+        "demo",
+        help="offline demo with random-weight models (images are noise)",
         description="Runs the whole loop offline: a tiny random-weight FLUX.2-klein pipeline and "
-                    "scripted planner/critic replies from a local OpenAI-compatible server. The "
-                    "images are noise because the weights are random; see the README for real models.")
+        "scripted planner/critic replies from a local OpenAI-compatible server. The "
+        "images are noise because the weights are random; see the README for real models.",
+    )
     demo.add_argument("--request", default=None, help="the request (default: fold a paper crane)")
 
     from graph.cli.data import add_commands
@@ -160,8 +185,7 @@ def _report(outcome: Any) -> int:
     if outcome.status == "awaiting_review":
         print(f"run {outcome.run_id} waits for plan review:")
         _print_plan(outcome.review["plan"])
-        print(f"continue with: interleave resume {outcome.run_id} --approve-plan "
-              f"(or --plan-file edited.json)")
+        print(f"continue with: interleave resume {outcome.run_id} --approve-plan (or --plan-file edited.json)")
         return EXIT_AWAITING_REVIEW
     if outcome.status == "finished":
         print(f"run {outcome.run_id} finished")
@@ -177,19 +201,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from graph.cli.progress import ProgressPrinter, quiet_transformers_bars
     from graph.runs.runner import start_run
 
-    context = Context(runs_dir=_runs_dir(args), **_settings(args, [
-        f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]))
+    context = Context(
+        runs_dir=_runs_dir(args),
+        **_settings(args, [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]),
+    )
     quiet_transformers_bars(context)
     with ProgressPrinter() as printer:
-        outcome = start_run(args.request, context, images=args.image, run_id=args.run_id,
-                            preflight=not args.no_preflight, on_event=printer)
+        outcome = start_run(
+            args.request,
+            context,
+            images=args.image,
+            run_id=args.run_id,
+            preflight=not args.no_preflight,
+            on_event=printer,
+        )
     if outcome.status == "awaiting_review" and sys.stdin.isatty():
         answer = _review_in_terminal(outcome)
         if answer is not None:
             from graph.runs.runner import resume_run
+
             with ProgressPrinter() as printer:
-                outcome = resume_run(outcome.run_id, context.runs_dir, review=answer,
-                                     on_event=printer)
+                outcome = resume_run(outcome.run_id, context.runs_dir, review=answer, on_event=printer)
     return _report(outcome)
 
 
@@ -207,10 +239,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             raise ValueError(f"--plan-file {args.plan_file} is not valid JSON ({exc})") from None
     from graph.runs.demo import demo_endpoints
 
-    with demo_endpoints(_runs_dir(args), args.run_id, _settings(args, RESUME_OVERRIDES)) as overrides, \
-            ProgressPrinter() as printer:
-        outcome = resume_run(args.run_id, _runs_dir(args), overrides=overrides, review=review,
-                             on_event=printer)
+    with (
+        demo_endpoints(_runs_dir(args), args.run_id, _settings(args, RESUME_OVERRIDES)) as overrides,
+        ProgressPrinter() as printer,
+    ):
+        outcome = resume_run(args.run_id, _runs_dir(args), overrides=overrides, review=review, on_event=printer)
     return _report(outcome)
 
 
@@ -226,8 +259,10 @@ def _cmd_history(args: argparse.Namespace) -> int:
         step = f"{r['step']}/{r['steps_total']}" if r["step"] else "-"
         verdict = {None: "-", True: "passed", False: "rejected"}.get(r["last_verdict"], "?")
         last = f"({r['last_attempt']})" if r["last_attempt"] else ""
-        print(f"{r['index']:>3}  {r['checkpoint_id']:<36}  {r['after']:<9} {','.join(r['next']) or '-':<9} "
-              f"{step:<6} {r['attempts']:>3} {last:<6} {verdict}")
+        print(
+            f"{r['index']:>3}  {r['checkpoint_id']:<36}  {r['after']:<9} {','.join(r['next']) or '-':<9} "
+            f"{step:<6} {r['attempts']:>3} {last:<6} {verdict}"
+        )
     return EXIT_OK
 
 
@@ -238,10 +273,16 @@ def _cmd_fork(args: argparse.Namespace) -> int:
     overrides = _settings(args, list(RESUME_OVERRIDES) + ["seed", "max_generations_per_step"])
     from graph.runs.demo import demo_endpoints
 
-    with demo_endpoints(_runs_dir(args), args.run_id, overrides) as overrides, \
-            ProgressPrinter() as printer:
-        outcome = fork_run(_runs_dir(args), args.run_id, args.at, prompt=args.prompt,
-                           overrides=overrides, new_id=args.new_run_id, on_event=printer)
+    with demo_endpoints(_runs_dir(args), args.run_id, overrides) as overrides, ProgressPrinter() as printer:
+        outcome = fork_run(
+            _runs_dir(args),
+            args.run_id,
+            args.at,
+            prompt=args.prompt,
+            overrides=overrides,
+            new_id=args.new_run_id,
+            on_event=printer,
+        )
     print(f"forked {args.run_id} at step {args.at} into {outcome.run_id}")
     return _report(outcome)
 
@@ -250,8 +291,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from graph.runs.demo import DEFAULT_REQUEST, run_demo
     from graph.cli.progress import ProgressPrinter
 
-    print("offline demo: random-weight models, so the images are noise; the loop is real",
-          file=sys.stderr)
+    print("offline demo: random-weight models, so the images are noise; the loop is real", file=sys.stderr)
     with ProgressPrinter() as printer:
         outcome = run_demo(_runs_dir(args), args.request or DEFAULT_REQUEST, on_event=printer)
     return _report(outcome)
@@ -267,11 +307,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet")
     for row in rows:
-        origin = (f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})"
-                  if row.get("parent_run_id") else "")
-        print(printable(f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/"
-                        f"{row['steps_total']} steps  {row['generations']} images  "
-                        f"{row['created_at']}  {row['request'][:60]}{origin}"))
+        origin = (
+            f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})" if row.get("parent_run_id") else ""
+        )
+        print(
+            printable(
+                f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/"
+                f"{row['steps_total']} steps  {row['generations']} images  "
+                f"{row['created_at']}  {row['request'][:60]}{origin}"
+            )
+        )
     return EXIT_OK
 
 
@@ -287,9 +332,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(details, indent=2, ensure_ascii=False, default=str))
         return EXIT_OK
     row, state = details["run"], details["state"]
-    print(f"run {row['run_id']}: {row['status']} · {row['steps_done']}/{row['steps_total']} steps · "
-          f"{row['generations']} generations · {row['critic_calls']} critic calls · "
-          f"{row['rejections']} rejected")
+    print(
+        f"run {row['run_id']}: {row['status']} · {row['steps_done']}/{row['steps_total']} steps · "
+        f"{row['generations']} generations · {row['critic_calls']} critic calls · "
+        f"{row['rejections']} rejected"
+    )
     print(f"request: {row['request']}")
     if row.get("parent_run_id"):
         print(f"forked from {row['parent_run_id']} at step {row['forked_at_step']}")
@@ -299,10 +346,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"  {step['step_number']}. {step['step_name']}: {step['prompt']}")
         for a in [a for a in state.get("attempts", []) if a["step_number"] == step["step_number"]]:
             verdict = a["verdict"]
-            said = ("accepted without critic" if verdict is None and a["last_allowed"] else
-                    "pending" if verdict is None else
-                    "passed" if verdict["success"] else
-                    "rejected" if verdict["success"] is False else f"unusable: {verdict['error']}")
+            said = (
+                "accepted without critic"
+                if verdict is None and a["last_allowed"]
+                else "pending"
+                if verdict is None
+                else "passed"
+                if verdict["success"]
+                else "rejected"
+                if verdict["success"] is False
+                else f"unusable: {verdict['error']}"
+            )
             print(f"     attempt {a['attempt']} seed {a['seed']}: {said} · {a['image']['path']}")
     if row.get("document_dir"):
         print(f"document: {Path(row['document_dir']) / 'document.html'}")
@@ -318,9 +372,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _with_context(handler: Any) -> Any:
     """A command handler that gets the run settings from its flags and the environment."""
+
     def call(args: argparse.Namespace) -> int:
         names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
         return handler(args, Context(runs_dir=_runs_dir(args), **_settings(args, names)))
+
     return call
 
 
@@ -329,6 +385,7 @@ def _data_command(name: str) -> Any:
         from graph.cli import data as cli_data
 
         return _with_context(getattr(cli_data, name))(args)
+
     return call
 
 
@@ -338,10 +395,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return cmd_serve(args)
 
 
-COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "show": _cmd_show, "list": _cmd_list,
-            "export": _cmd_export, "demo": _cmd_demo, "history": _cmd_history, "fork": _cmd_fork,
-            "batch": _data_command("cmd_batch"), "datagen": _data_command("cmd_datagen"),
-            "serve": _cmd_serve}
+COMMANDS = {
+    "run": _cmd_run,
+    "resume": _cmd_resume,
+    "show": _cmd_show,
+    "list": _cmd_list,
+    "export": _cmd_export,
+    "demo": _cmd_demo,
+    "history": _cmd_history,
+    "fork": _cmd_fork,
+    "batch": _data_command("cmd_batch"),
+    "datagen": _data_command("cmd_datagen"),
+    "serve": _cmd_serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     if delegated is not None:
         return delegated
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from checkpoints.registry import RunNotFoundError
     from graph.runs.preflight import EndpointUnreachableError
 

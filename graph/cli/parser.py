@@ -23,13 +23,19 @@ _TYPES = {"str": str, "int": int, "float": float}
 # goes to the group that names it, else to the first whose prefix starts it; a field may also
 # name its group in its metadata ("group").
 GROUPS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("planner and critic", "the two VLMs: where they run and how they are asked",
-     (), ("planner_", "critic_", "vlm_")),
-    ("generator", "the diffusers image model and the images it makes",
-     ("device", "dtype", "width", "height", "num_inference_steps", "guidance_scale",
-      "reference_policy"), ("generator_",)),
-    ("loop", "how steps are generated, judged and regenerated",
-     ("max_plan_steps", "max_generations_per_step", "critic_unparsed", "review_plan", "seed"), ()),
+    ("planner and critic", "the two VLMs: where they run and how they are asked", (), ("planner_", "critic_", "vlm_")),
+    (
+        "generator",
+        "the diffusers image model and the images it makes",
+        ("device", "dtype", "width", "height", "num_inference_steps", "guidance_scale", "reference_policy"),
+        ("generator_",),
+    ),
+    (
+        "loop",
+        "how steps are generated, judged and regenerated",
+        ("max_plan_steps", "max_generations_per_step", "critic_unparsed", "review_plan", "seed"),
+        (),
+    ),
 )
 OTHER_GROUP = ("other settings", "")
 GLOBAL_TITLE = "output and logging (before or after the command)"
@@ -80,8 +86,7 @@ def default_text(item: dataclasses.Field, stored: bool = False) -> str:
     return f"default: {_shown(value)}{origin}"
 
 
-def add_settings(parser: argparse.ArgumentParser, names: list[str] | tuple[str, ...], *,
-                 stored: bool = False) -> None:
+def add_settings(parser: argparse.ArgumentParser, names: list[str] | tuple[str, ...], *, stored: bool = False) -> None:
     """One flag per run setting named, under its concern's group, with default and choices.
 
     ``stored``: the flags override a run's stored settings (``resume``, ``fork``), so the default
@@ -109,14 +114,13 @@ def _add_one(group: Any, item: dataclasses.Field, stored: bool) -> None:
     help_text = f"{text} ({default_text(item, stored)})"
     kind = str(item.type)
     if kind == "bool":
-        group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction,
-                           default=None, help=help_text)
+        group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     elif item.metadata.get("choices"):
-        group.add_argument(flag, dest=item.name, choices=item.metadata["choices"], default=None,
-                           help=help_text)
+        group.add_argument(flag, dest=item.name, choices=item.metadata["choices"], default=None, help=help_text)
     else:
-        group.add_argument(flag, dest=item.name, type=_TYPES[kind], default=None,
-                           metavar=_metavar(item.name, kind), help=help_text)
+        group.add_argument(
+            flag, dest=item.name, type=_TYPES[kind], default=None, metavar=_metavar(item.name, kind), help=help_text
+        )
 
 
 def _metavar(name: str, kind: str) -> str:
@@ -144,11 +148,14 @@ def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     given before the command is kept unless the same option is given again after it."""
     default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     group = parser.add_argument_group(GLOBAL_TITLE)
-    group.add_argument("--runs-dir", **({"default": None} if top else default),
-                       help="folder holding the run database, images and documents "
-                            "(default: $INTERLEAVE_RUNS_DIR or ./runs)")
-    group.add_argument("-v", "--verbose", action="store_true",
-                       **({"default": False} if top else default), help="log library messages")
+    group.add_argument(
+        "--runs-dir",
+        **({"default": None} if top else default),
+        help="folder holding the run database, images and documents (default: $INTERLEAVE_RUNS_DIR or ./runs)",
+    )
+    group.add_argument(
+        "-v", "--verbose", action="store_true", **({"default": False} if top else default), help="log library messages"
+    )
 
 
 def accept_global_options_anywhere(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +203,6 @@ def as_cli(message: str) -> str:
     >>> as_cli("Allow more time (vlm_timeout_s) or set critic_base_url.")
     'Allow more time (--vlm-timeout-s) or set --critic-base-url.'
     """
-    names = sorted((f.name for f in dataclasses.fields(Context) if "_" in f.name), key=len,
-                   reverse=True)
+    names = sorted((f.name for f in dataclasses.fields(Context) if "_" in f.name), key=len, reverse=True)
     pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
     return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)

@@ -61,8 +61,8 @@ def reason_once(error: str | None) -> str:
     found = _REASON.match(text)
     if not found:
         return text
-    rest = text[found.end():]
-    return rest if found.group(1) in rest[:len(found.group(1)) + 2] else f"{found.group(1)}: {rest}"
+    rest = text[found.end() :]
+    return rest if found.group(1) in rest[: len(found.group(1)) + 2] else f"{found.group(1)}: {rest}"
 
 
 class _Display:
@@ -181,12 +181,12 @@ class ProgressPrinter:
             self.phase(None)
             self.display.line(f"plan ready: {plural(event['steps'], 'step')} ({names})")
         elif kind == events.ATTEMPT_STARTED:
-            self.display.line(f"{self._where(event)} · {event['mode']} (seed {event['seed']}): "
-                              f"{_short(event['prompt'])}")
+            self.display.line(
+                f"{self._where(event)} · {event['mode']} (seed {event['seed']}): {_short(event['prompt'])}"
+            )
             self.phase(f"{self._where(event)} · generating", announce=False)
         elif kind == events.DENOISE_PROGRESS:
-            self.phase(f"{self._where(event)} · denoising {event['done']}/{event['total']}",
-                       announce=False)
+            self.phase(f"{self._where(event)} · denoising {event['done']}/{event['total']}", announce=False)
             self.tick()
         elif kind == events.IMAGE_READY:
             self.phase(None)
@@ -203,7 +203,7 @@ class ProgressPrinter:
         elif kind == events.STEP_ACCEPTED:
             self.phase(None)
             total = f"/{self.steps_total}" if self.steps_total else ""
-            how = (f"attempt {event['attempt']}" if event["attempt"] else "your image, answered")
+            how = f"attempt {event['attempt']}" if event["attempt"] else "your image, answered"
             self.display.line(f"step {event['step_number']}{total} accepted ({how})")
         elif kind == events.RUN_FINISHED:
             self.phase(None)
@@ -275,12 +275,10 @@ class _LogBridge(logging.Handler):
             return
         if record.name == "openai._base_client" and message.startswith("Retrying request"):
             found = re.search(r"in ([\d.]+) seconds \(retry (\d+) of (\d+)\)", message)
-            detail = (f" in {float(found.group(1)):.1f}s (retry {found.group(2)} of {found.group(3)})"
-                      if found else "")
+            detail = f" in {float(found.group(1)):.1f}s (retry {found.group(2)} of {found.group(3)})" if found else ""
             self.printer.note(f"the endpoint did not answer; retrying{detail}")
         elif message.startswith("loading generator"):
-            self.printer.note(message.replace("loading generator", "loading the generator", 1),
-                              phase=True)
+            self.printer.note(message.replace("loading generator", "loading the generator", 1), phase=True)
         elif message.startswith("Loaded VLM"):
             self.printer.note(message.replace("Loaded VLM", "loaded the VLM", 1))
         elif record.levelno >= logging.WARNING:
@@ -307,8 +305,7 @@ class CountProgress:
         return f"{clock(elapsed)} elapsed, ETA {clock(left)}"
 
     def update(self, done: int, total: int, detail: str = "") -> None:
-        text = f"{self.what} {done}/{total}" + (f" · {detail}" if detail else "") + \
-            f" · {self.eta(done, total)}"
+        text = f"{self.what} {done}/{total}" + (f" · {detail}" if detail else "") + f" · {self.eta(done, total)}"
         every = self.every or max(1, total // 10)
         if self.display.tty and done < total:
             self.display.status(text)

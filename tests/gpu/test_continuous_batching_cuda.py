@@ -17,8 +17,7 @@ import torch
 
 from vlm_inputs import critic_messages  # noqa: E402  (beside this file)
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 AGREE = 16  # as test_fast_decode_cuda.py
@@ -39,9 +38,12 @@ def chat(tmp_path_factory):
 def conversations():
     from langchain_core.messages import HumanMessage
 
-    return [critic_messages(1, 2), [HumanMessage("Plan a visual story about a fox.")],
-            critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the lake"),
-            [HumanMessage("Two words.")]]
+    return [
+        critic_messages(1, 2),
+        [HumanMessage("Plan a visual story about a fox.")],
+        critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the lake"),
+        [HumanMessage("Two words.")],
+    ]
 
 
 def one_prompt(chat, messages):
@@ -55,16 +57,18 @@ def alone(chat, messages, new: int) -> list[int]:
         inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
     with torch.inference_mode():
         out = chat.loaded.model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, **GREEDY)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def serve(chat, lengths, **settings):
     from tools.llm.continuous import ContinuousEngine
 
-    engine = ContinuousEngine(chat.loaded.model, chat.loaded.processor.tokenizer, max_batch=2,
-                              check_every=4, **settings)
-    futures = [engine.submit(one_prompt(chat, m), max_new_tokens=n, min_new_tokens=n)
-               for m, n in zip(conversations(), lengths)]
+    engine = ContinuousEngine(
+        chat.loaded.model, chat.loaded.processor.tokenizer, max_batch=2, check_every=4, **settings
+    )
+    futures = [
+        engine.submit(one_prompt(chat, m), max_new_tokens=n, min_new_tokens=n) for m, n in zip(conversations(), lengths)
+    ]
     done = [f.result(timeout=300) for f in futures]
     graphs = len(engine.graphs)
     engine.close()
@@ -79,9 +83,11 @@ def test_joins_and_leaves_agree_with_generate_alone(chat):
         reference = alone(chat, messages, n)
         assert len(completion.tokens) == n
         agree.append(next((i for i, (a, b) in enumerate(zip(reference, completion.tokens)) if a != b), n))
-    print(f"\ncontinuous batching (2 slots, 4 requests) vs generate alone, bf16: agreeing tokens "
-          f"{' '.join(f'{a}/{n}' for a, n in zip(agree, lengths))}; "
-          f"rows per round {[c.batch_sizes for c in done]}; graphs {graphs}")
+    print(
+        f"\ncontinuous batching (2 slots, 4 requests) vs generate alone, bf16: agreeing tokens "
+        f"{' '.join(f'{a}/{n}' for a, n in zip(agree, lengths))}; "
+        f"rows per round {[c.batch_sizes for c in done]}; graphs {graphs}"
+    )
     assert max(max(c.batch_sizes) for c in done) == 2
     assert all(a >= min(AGREE, n) for a, n in zip(agree, lengths))
 

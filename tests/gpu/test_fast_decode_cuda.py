@@ -25,8 +25,7 @@ import torch
 
 from vlm_inputs import critic_messages  # noqa: E402  (beside this file)
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
@@ -45,20 +44,22 @@ def chat(tmp_path_factory):
     return model
 
 
-
-
 def batch_messages():
     from langchain_core.messages import HumanMessage
 
-    return [critic_messages(1, 2), [HumanMessage("Plan a visual story about a fox.")],
-            critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the lake")]
+    return [
+        critic_messages(1, 2),
+        [HumanMessage("Plan a visual story about a fox.")],
+        critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the lake"),
+    ]
 
 
 def encode(chat, conversations):
     prompts = [chat._prompt(messages) for messages in conversations]
     images = [image for prompt in prompts for image in prompt.images]
-    inputs = chat.loaded.processor(text=[p.text for p in prompts], images=images or None,
-                                   padding=True, return_tensors="pt").to("cuda")
+    inputs = chat.loaded.processor(
+        text=[p.text for p in prompts], images=images or None, padding=True, return_tensors="pt"
+    ).to("cuda")
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
     return inputs
@@ -68,8 +69,9 @@ def agreeing(reference, fast, prompt_len: int) -> list[int]:
     """Per row: how many new tokens agree before the first difference."""
     counts = []
     for ref_row, fast_row in zip(reference[:, prompt_len:].tolist(), fast[:, prompt_len:].tolist()):
-        counts.append(next((i for i, (a, b) in enumerate(zip(ref_row, fast_row)) if a != b),
-                           min(len(ref_row), len(fast_row))))
+        counts.append(
+            next((i for i, (a, b) in enumerate(zip(ref_row, fast_row)) if a != b), min(len(ref_row), len(fast_row)))
+        )
     return counts
 
 
@@ -88,11 +90,14 @@ def test_greedy_tokens_agree_with_generate_in_bf16_with_graphs(chat, conversatio
     with torch.inference_mode():
         reference = model.generate(**inputs, max_new_tokens=48, **GREEDY)
         stats: dict = {}
-        fast = fast_generate(model, inputs, max_new_tokens=48, cuda_graph=True, attention=attention,
-                             stats=stats, **GREEDY)
+        fast = fast_generate(
+            model, inputs, max_new_tokens=48, cuda_graph=True, attention=attention, stats=stats, **GREEDY
+        )
     prompt_len = inputs["input_ids"].shape[1]
-    print(f"\n[{conversations}, {attention}] new tokens agreeing with generate per row: "
-          f"{agreement(reference, fast, prompt_len)}; capture {stats.get('capture_s', 0):.3f} s")
+    print(
+        f"\n[{conversations}, {attention}] new tokens agreeing with generate per row: "
+        f"{agreement(reference, fast, prompt_len)}; capture {stats.get('capture_s', 0):.3f} s"
+    )
     assert "capture_s" in stats  # the graph was captured and replayed
     rows = agreeing(reference, fast, prompt_len)
     if attention == "matmul" and conversations == "batch of 3":
@@ -117,8 +122,9 @@ def test_graph_replay_equals_eager_steps_bit_for_bit(chat):
         sampled = []
         for _ in range(2):
             torch.manual_seed(11)
-            sampled.append(fast_generate(model, inputs, max_new_tokens=40, do_sample=True, temperature=1.0,
-                                         top_k=50, top_p=0.95))
+            sampled.append(
+                fast_generate(model, inputs, max_new_tokens=40, do_sample=True, temperature=1.0, top_k=50, top_p=0.95)
+            )
     assert torch.equal(sampled[0], sampled[1])
 
 
@@ -156,6 +162,7 @@ def test_tokens_per_second_printed(chat):
         inputs = encode(chat, [[HumanMessage("Plan a visual story about a fox.")]] * batch)
         speeds = {}
         for name in ("generate", "fast"):
+
             def run(new: int):
                 torch.cuda.synchronize()
                 start = time.perf_counter()
@@ -167,10 +174,13 @@ def test_tokens_per_second_printed(chat):
                 torch.cuda.synchronize()
                 assert out.shape[1] == inputs["input_ids"].shape[1] + new
                 return time.perf_counter() - start
+
             run(8)  # warm-up
             one = min(run(1) for _ in range(3))
             speeds[name] = batch * 127 / (run(128) - one)
-        lines.append(f"batch {batch}: generate {speeds['generate']:.0f} tok/s, fast {speeds['fast']:.0f} tok/s "
-                     f"({speeds['fast'] / speeds['generate']:.1f}x)")
+        lines.append(
+            f"batch {batch}: generate {speeds['generate']:.0f} tok/s, fast {speeds['fast']:.0f} tok/s "
+            f"({speeds['fast'] / speeds['generate']:.1f}x)"
+        )
         assert speeds["fast"] > speeds["generate"]
     print("\n[tiny model, bf16] " + "; ".join(lines))

@@ -7,8 +7,7 @@ Uses only tools.generator.diffusion and the tiny random-weight klein pipeline, l
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,16 @@ def pipe(tmp_path_factory):
 def generate(pipe, seed, source=None, size=128):
     from tools.generator import diffusion
 
-    return diffusion.generate(pipe, prompt="a paper crane on a table", seed=seed, width=size,
-                              height=size, steps=4, guidance=1.0, source=source)
+    return diffusion.generate(
+        pipe,
+        prompt="a paper crane on a table",
+        seed=seed,
+        width=size,
+        height=size,
+        steps=4,
+        guidance=1.0,
+        source=source,
+    )
 
 
 def test_pipeline_runs_in_bf16_on_cuda(pipe):
@@ -64,8 +71,9 @@ def test_speedups_keep_the_images_and_batched_worker_runs_on_cuda(tmp_path_facto
 
     path = str(save_tiny_klein(tmp_path_factory.mktemp("models") / "tiny-klein-fast"))
     eager = diffusion.load_pipeline(path, device="cuda", dtype="auto")
-    fast = diffusion.load_pipeline(path, device="cuda", dtype="auto", speedups="on",
-                                   compile_cache=str(tmp_path_factory.mktemp("compile")))
+    fast = diffusion.load_pipeline(
+        path, device="cuda", dtype="auto", speedups="on", compile_cache=str(tmp_path_factory.mktemp("compile"))
+    )
     assert fast is not eager
     for source in (None, generate(eager, seed=5)):
         a = np.asarray(generate(eager, seed=3, source=source), dtype=np.int16)

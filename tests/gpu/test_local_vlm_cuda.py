@@ -13,15 +13,13 @@ import torch
 
 from vlm_inputs import critic_messages  # noqa: E402  (beside this file)
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def greedy(path: str, max_new_tokens: int = 16):
     from tools.llm.local import TransformersChatModel
 
-    return TransformersChatModel(model_path=path, device="cuda", temperature=0.0,
-                                 max_new_tokens=max_new_tokens)
+    return TransformersChatModel(model_path=path, device="cuda", temperature=0.0, max_new_tokens=max_new_tokens)
 
 
 def test_loads_in_bf16_on_cuda_and_answers(tiny_vlm):
@@ -38,8 +36,11 @@ def test_batch_equals_one_by_one_greedy_on_cuda(tiny_vlm):
     from langchain_core.messages import HumanMessage
 
     model = greedy(tiny_vlm)
-    inputs = [critic_messages(1, 2), [HumanMessage("Plan a visual story about a fox.")],
-              critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the lake")]
+    inputs = [
+        critic_messages(1, 2),
+        [HumanMessage("Plan a visual story about a fox.")],
+        critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the lake"),
+    ]
     one_by_one = [model.invoke(messages).content for messages in inputs]
     assert [reply.content for reply in model.batch(inputs)] == one_by_one
 

@@ -18,18 +18,21 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "critic_grpo.yaml"
 SIZE = 128
 ROWS = 4
-CRITIC_TEXT = ("Original instruction: a cat sits on a blue chair\nRewritten prompt: a cat\n"
-               "The first image is BEFORE, the second is AFTER.")
-REPLIES = ['<answer>{"previous_step_success": false, "refine_prompt": "a red cat on a chair"}</answer>',
-           '<answer>{"previous_step_success": false, "refine_prompt": "a blue cat"}</answer>',
-           '<answer>{"previous_step_success": false, "refine_prompt": "a cat on a green chair"}</answer>',
-           '<answer>{"previous_step_success": true, "refine_prompt": "a cat"}</answer>']
+CRITIC_TEXT = (
+    "Original instruction: a cat sits on a blue chair\nRewritten prompt: a cat\n"
+    "The first image is BEFORE, the second is AFTER."
+)
+REPLIES = [
+    '<answer>{"previous_step_success": false, "refine_prompt": "a red cat on a chair"}</answer>',
+    '<answer>{"previous_step_success": false, "refine_prompt": "a blue cat"}</answer>',
+    '<answer>{"previous_step_success": false, "refine_prompt": "a cat on a green chair"}</answer>',
+    '<answer>{"previous_step_success": true, "refine_prompt": "a cat"}</answer>',
+]
 
 
 def picture(seed: int):
@@ -40,17 +43,32 @@ def picture(seed: int):
 
 
 def prompt() -> list[dict]:
-    return [{"role": "system", "content": [{"type": "text", "text": "You judge one step."}]},
-            {"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                         {"type": "text", "text": CRITIC_TEXT}]}]
+    return [
+        {"role": "system", "content": [{"type": "text", "text": "You judge one step."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": CRITIC_TEXT}]},
+    ]
 
 
 def rows() -> list[dict]:
-    return [{"prompt": prompt(), "images": [picture(10 + i), picture(20 + i)],
-             "origin_prompt": "a cat sits on a blue chair", "rewritten_prompt": "a cat",
-             "from_scratch": False, "success": False, "semantics": 4.0, "quality": 5.0,
-             "seed": 100 + i, "width": SIZE, "height": SIZE, "run_id": f"r{i}", "step_number": 2,
-             "attempt": 1} for i in range(ROWS)]
+    return [
+        {
+            "prompt": prompt(),
+            "images": [picture(10 + i), picture(20 + i)],
+            "origin_prompt": "a cat sits on a blue chair",
+            "rewritten_prompt": "a cat",
+            "from_scratch": False,
+            "success": False,
+            "semantics": 4.0,
+            "quality": 5.0,
+            "seed": 100 + i,
+            "width": SIZE,
+            "height": SIZE,
+            "run_id": f"r{i}",
+            "step_number": 2,
+            "attempt": 1,
+        }
+        for i in range(ROWS)
+    ]
 
 
 def taught_critic(folder) -> str:
@@ -67,9 +85,12 @@ def taught_critic(folder) -> str:
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32).cuda()
     text = processor.apply_chat_template(prompt(), tokenize=False, add_generation_prompt=True)
     images = [image for row in rows() for image in row["images"]]
-    batch = processor(text=[text + r + "<|im_end|>" for _ in range(ROWS) for r in REPLIES],
-                      images=[image for i in range(ROWS) for _ in REPLIES for image in images[2 * i:2 * i + 2]],
-                      padding=True, return_tensors="pt").to("cuda")
+    batch = processor(
+        text=[text + r + "<|im_end|>" for _ in range(ROWS) for r in REPLIES],
+        images=[image for i in range(ROWS) for _ in REPLIES for image in images[2 * i : 2 * i + 2]],
+        padding=True,
+        return_tensors="pt",
+    ).to("cuda")
     prompt_len = len(processor(text=[text], images=images[:2], return_tensors="pt")["input_ids"][0])
     labels = batch["input_ids"].clone()
     labels[:, :prompt_len] = -100
@@ -138,15 +159,53 @@ def test_grpo_steps_in_bf16_on_cuda_with_a_time_breakdown(tmp_path, tiny_klein, 
     critic, data = taught_critic(tmp_path), rl_dataset(tmp_path)
     steps = 5
     with ScriptedChatServer(judge_reply) as judge:
-        assert grpo.main([
-            "--config", str(RECIPE), "--model_name_or_path", critic,
-            "--dataset_name", data, "--output_dir", str(tmp_path / "grpo"), "--max_steps", str(steps),
-            "--num_generations", "8", "--per_device_train_batch_size", "8",
-            "--gradient_accumulation_steps", "1", "--max_completion_length", "48",
-            "--bf16", "true", "--dtype", "bfloat16", "--report_to", "none", "--save_strategy", "no",
-            "--log_completions", "false", "--logging_steps", "1", "--generator_model", tiny_klein,
-            "--generator_device", "cuda", "--generator_dtype", "bfloat16",
-            "--judge_base_url", judge.base_url, "--judge_model", "scripted-judge"]) == 0
+        assert (
+            grpo.main(
+                [
+                    "--config",
+                    str(RECIPE),
+                    "--model_name_or_path",
+                    critic,
+                    "--dataset_name",
+                    data,
+                    "--output_dir",
+                    str(tmp_path / "grpo"),
+                    "--max_steps",
+                    str(steps),
+                    "--num_generations",
+                    "8",
+                    "--per_device_train_batch_size",
+                    "8",
+                    "--gradient_accumulation_steps",
+                    "1",
+                    "--max_completion_length",
+                    "48",
+                    "--bf16",
+                    "true",
+                    "--dtype",
+                    "bfloat16",
+                    "--report_to",
+                    "none",
+                    "--save_strategy",
+                    "no",
+                    "--log_completions",
+                    "false",
+                    "--logging_steps",
+                    "1",
+                    "--generator_model",
+                    tiny_klein,
+                    "--generator_device",
+                    "cuda",
+                    "--generator_dtype",
+                    "bfloat16",
+                    "--judge_base_url",
+                    judge.base_url,
+                    "--judge_model",
+                    "scripted-judge",
+                ]
+            )
+            == 0
+        )
 
     trainer = record["trainer"]
     assert next(trainer.model.parameters()).dtype == torch.bfloat16
@@ -161,12 +220,20 @@ def test_grpo_steps_in_bf16_on_cuda_with_a_time_breakdown(tmp_path, tiny_klein, 
         scoring = record["_generate_and_score_completions"][i]
         generation = record["_generate"][i]
         rewards = record["_calculate_rewards"][i]
-        rows.append({"step": entry["step"], "step_s": entry["step_time"], "generation_s": generation,
-                     "rewards_s": rewards, "regenerate_s": entry["stepwise/regenerate_s"],
-                     "judge_s": entry["stepwise/judge_s"], "judge_wait_s": entry["stepwise/judge_wait_s"],
-                     "other_scoring_s": scoring - generation - rewards,
-                     "update_s": entry["step_time"] - scoring,
-                     "regenerations": entry["stepwise/regenerations"]})
+        rows.append(
+            {
+                "step": entry["step"],
+                "step_s": entry["step_time"],
+                "generation_s": generation,
+                "rewards_s": rewards,
+                "regenerate_s": entry["stepwise/regenerate_s"],
+                "judge_s": entry["stepwise/judge_s"],
+                "judge_wait_s": entry["stepwise/judge_wait_s"],
+                "other_scoring_s": scoring - generation - rewards,
+                "update_s": entry["step_time"] - scoring,
+                "regenerations": entry["stepwise/regenerations"],
+            }
+        )
     warm = rows[1:]  # the first step pays CUDA start-up
     summary = {key: statistics.median(r[key] for r in warm) for key in rows[0] if key != "step"}
     summary["rewards_share_of_step"] = summary["rewards_s"] / summary["step_s"]

@@ -23,7 +23,13 @@ def data_url(seed: int, size: int = 96) -> str:
 def critic_messages(before: int, after: int, text: str = "Original instruction: add a red kite"):
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    return [SystemMessage("You judge one editing step."),
-            HumanMessage([{"type": "image_url", "image_url": {"url": data_url(before)}},
-                          {"type": "image_url", "image_url": {"url": data_url(after)}},
-                          {"type": "text", "text": text}])]
+    return [
+        SystemMessage("You judge one editing step."),
+        HumanMessage(
+            [
+                {"type": "image_url", "image_url": {"url": data_url(before)}},
+                {"type": "image_url", "image_url": {"url": data_url(after)}},
+                {"type": "text", "text": text},
+            ]
+        ),
+    ]

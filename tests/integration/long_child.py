@@ -29,5 +29,10 @@ if __name__ == "__main__":
         outcome = resume_run(run_id, runs_dir, on_event=show)
     else:
         raise SystemExit(f"unknown mode {mode!r}; use start or resume")
-    show({"event": "child_done", "status": outcome.status,
-          "error": None if outcome.error is None else repr(outcome.error)})
+    show(
+        {
+            "event": "child_done",
+            "status": outcome.status,
+            "error": None if outcome.error is None else repr(outcome.error),
+        }
+    )

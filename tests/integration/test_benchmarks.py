@@ -37,13 +37,11 @@ def judge_reply(body: dict) -> str:
         return "I would rather not say."
     rubric = re.search(r"<rubric>\n(.*?)\n</rubric>", text, re.S)
     if rubric:
-        verdict = ("true" if "[met]" in rubric.group(1) else
-                   "false" if "[unmet]" in rubric.group(1) else '"not sure"')
+        verdict = "true" if "[met]" in rubric.group(1) else "false" if "[unmet]" in rubric.group(1) else '"not sure"'
         return f'Checked.\n<answer>{{"criteria_met": {verdict}, "explanation": "scripted"}}</answer>'
     scores = re.search(r"\[scores (\d) (\d) (\d)\]", text)
     if scores:
-        return ('<answer>{"consistency": %s, "realism": %s, "aesthetic_quality": %s}</answer>'
-                % scores.groups())
+        return '<answer>{"consistency": %s, "realism": %s, "aesthetic_quality": %s}</answer>' % scores.groups()
     if "realism and generation quality" in text:
         return '<answer>{"score": 5}</answer>'
     kind = "cons" if "keeps everything" in text or "keeps the first image" in text else "reas"
@@ -58,19 +56,50 @@ def judge_requests(server) -> list[dict]:
 def server():
     def respond(body):
         return judge_reply(body) if body["model"] == JUDGE else demo_script.respond(body)
+
     with ScriptedChatServer(respond) as running:
         yield running
 
 
 def cli_args(bench, data, out, runs_dir, server, pipeline, *configs, extra=()):
-    return [bench, "--data", str(data), "--out", str(out), "--runs-dir", str(runs_dir),
-            *[a for c in configs for a in ("--config", c)],
-            "--planner-base-url", server.base_url, "--planner-model", demo_script.PLANNER_MODEL,
-            "--critic-base-url", server.base_url, "--critic-model", demo_script.CRITIC_MODEL,
-            "--generator-model", str(pipeline), "--device", "cpu", "--dtype", "float32",
-            "--width", "64", "--height", "64", "--num-inference-steps", "2",
-            "--judge", JUDGE, "--judge-base-url", server.base_url, "--judge-retries", "1",
-            "--quiet", *extra]
+    return [
+        bench,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--runs-dir",
+        str(runs_dir),
+        *[a for c in configs for a in ("--config", c)],
+        "--planner-base-url",
+        server.base_url,
+        "--planner-model",
+        demo_script.PLANNER_MODEL,
+        "--critic-base-url",
+        server.base_url,
+        "--critic-model",
+        demo_script.CRITIC_MODEL,
+        "--generator-model",
+        str(pipeline),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--num-inference-steps",
+        "2",
+        "--judge",
+        JUDGE,
+        "--judge-base-url",
+        server.base_url,
+        "--judge-retries",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def load_report(out: Path) -> dict:
@@ -87,9 +116,18 @@ def items(sec):
 
 def test_wise_configurations_side_by_side(tmp_path, server, tiny_pipeline):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    args = cli_args("wise", DATA / "wise", out, runs, server, tiny_pipeline,
-                    "bare", "full", "critic-off",
-                    extra=["--judge-version", "judge-m-2026-11", "--wise-protocol", "legacy"])
+    args = cli_args(
+        "wise",
+        DATA / "wise",
+        out,
+        runs,
+        server,
+        tiny_pipeline,
+        "bare",
+        "full",
+        "critic-off",
+        extra=["--judge-version", "judge-m-2026-11", "--wise-protocol", "legacy"],
+    )
     assert main(args) == 1  # one item's judge reply is unreadable: reported, exit 1
     report = load_report(out)
     assert report["complete"] and report["judge"]["model"] == JUDGE
@@ -107,8 +145,14 @@ def test_wise_configurations_side_by_side(tmp_path, server, tiny_pipeline):
             assert (out / rows[pid]["trajectory"]).is_file()
         assert rows["2"]["status"] == "judge_failed" and "no_answer" in rows["2"]["error"]
         assert rows["2"]["cost"]["judge_requests"] == 2  # asked, then re-asked once; no score
-        assert sec["counts"] == {"scored": 6, "partial": 0, "judge_failed": 1,
-                                 "generation_failed": 0, "generated": 0, "pending": 0}
+        assert sec["counts"] == {
+            "scored": 6,
+            "partial": 0,
+            "judge_failed": 1,
+            "generation_failed": 0,
+            "generated": 0,
+            "pending": 0,
+        }
     # Cost per item: the demo critic rejects step 2 once, so the full loop makes 4 images.
     bare, full, off = (section(report, n)["cost_per_item"] for n in ("bare", "full", "critic-off"))
     assert (bare["generator_calls"], bare["critic_calls"], bare["vlm_requests"]) == (1, 0, 0)
@@ -130,8 +174,9 @@ def test_wise_configurations_side_by_side(tmp_path, server, tiny_pipeline):
 
 def test_ueval_rubrics_submission_and_a_planner_variant(tmp_path, server, tiny_pipeline):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    args = cli_args("ueval", DATA / "ueval.jsonl", out, runs, server, tiny_pipeline,
-                    "full", "planner-b:planner_model=planner-b")
+    args = cli_args(
+        "ueval", DATA / "ueval.jsonl", out, runs, server, tiny_pipeline, "full", "planner-b:planner_model=planner-b"
+    )
     assert main(args) == 1  # life_1 has an unreadable text rubric
     report = load_report(out)
     assert any(b["model"] == "planner-b" for b in server.requests)
@@ -156,23 +201,23 @@ def test_ueval_rubrics_submission_and_a_planner_variant(tmp_path, server, tiny_p
             assert len(row["image_answer"]) == 3 and all(Path(p).is_file() for p in row["image_answer"])
             # Laid out as ueval_klein.py: each step's instruction (no auxiliary text), joined.
             assert row["text_answer"].startswith("Lay out everything needed for: ")
-            assert row["text_answer"].endswith(
-                "The work is about half done.The finished result, neat and complete.")
+            assert row["text_answer"].endswith("The work is about half done.The finished result, neat and complete.")
     asked = judge_requests(server)
     orbit = [b for b in asked if "elliptical orbit" in request_text(b)]
     materials = [b for b in asked if "the paints and brushes" in request_text(b)]
     wet = [b for b in asked if "wet the paper" in request_text(b)]
-    assert orbit and all(count_images(b) == 3 and "<text_answer>" not in request_text(b)
-                         for b in orbit)  # closed task: images alone
-    assert materials and all(count_images(b) == 3 and "Lay out everything" in request_text(b)
-                             for b in materials)  # open task: images with the text answer
+    assert orbit and all(
+        count_images(b) == 3 and "<text_answer>" not in request_text(b) for b in orbit
+    )  # closed task: images alone
+    assert materials and all(
+        count_images(b) == 3 and "Lay out everything" in request_text(b) for b in materials
+    )  # open task: images with the text answer
     assert wet and all(count_images(b) == 0 for b in wet)  # text rubric: the text alone
 
 
 def test_rise_edits_scores_and_accuracy(tmp_path, server, tiny_pipeline):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    args = cli_args("rise", DATA / "rise" / "data.json", out, runs, server, tiny_pipeline,
-                    "bare", "full")
+    args = cli_args("rise", DATA / "rise" / "data.json", out, runs, server, tiny_pipeline, "bare", "full")
     assert main(args) == 0
     report = load_report(out)
     for name in ("bare", "full"):
@@ -200,12 +245,12 @@ def test_rise_edits_scores_and_accuracy(tmp_path, server, tiny_pipeline):
     assert section(old, "full")["metrics"]["headline"]["accuracy"] == 25
     assert section(old, "full")["metrics"]["headline"]["causal"] == 0
     asked = judge_requests(server)
-    assert not any("ice cube" in request_text(b) and "keeps everything" in request_text(b)
-                   for b in asked)  # consistency-free: no consistency request
+    assert not any(
+        "ice cube" in request_text(b) and "keeps everything" in request_text(b) for b in asked
+    )  # consistency-free: no consistency request
     banana = [b for b in asked if "banana" in request_text(b) and "<expected>" in request_text(b)]
     assert banana and all(count_images(b) == 2 for b in banana)  # reasoning_img: input + output
-    left = [b for b in asked if "from the left" in request_text(b) and "expected result;" in
-            request_text(b)]
+    left = [b for b in asked if "from the left" in request_text(b) and "expected result;" in request_text(b)]
     assert left and all(count_images(b) == 2 for b in left)  # reference image + output
     assert not any("pattern" in request_text(b) and "realism" in request_text(b) for b in asked)
 
@@ -231,16 +276,34 @@ def test_an_evaluation_killed_mid_way_resumes_without_asking_again(tmp_path, tin
 
     out, runs = tmp_path / "out", tmp_path / "runs"
     with ScriptedChatServer(slow) as server:
-        args = cli_args("wise", DATA / "wise", out, runs, server, tiny_pipeline, "bare",
-                        extra=["--concurrency", "1", "--wise-protocol", "legacy"])
+        args = cli_args(
+            "wise",
+            DATA / "wise",
+            out,
+            runs,
+            server,
+            tiny_pipeline,
+            "bare",
+            extra=["--concurrency", "1", "--wise-protocol", "legacy"],
+        )
         assert main(args + ["--stage", "generate"]) == 0
         assert not judge_requests(server)
         child = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from evals.benchmarks.cli import main; "
-                                   "sys.exit(main(sys.argv[1:]))", *args, "--stage", "judge",
-             "--report-every-s", "0"],
-            cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from evals.benchmarks.cli import main; sys.exit(main(sys.argv[1:]))",
+                *args,
+                "--stage",
+                "judge",
+                "--report-every-s",
+                "0",
+            ],
+            cwd=REPO,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 60
         while result_rows(out / "results.sqlite") < 2 and child.poll() is None:
             assert time.monotonic() < deadline, "the child judged nothing within 60 s"
@@ -272,8 +335,15 @@ def test_an_evaluation_killed_mid_way_resumes_without_asking_again(tmp_path, tin
         assert all(v >= 0 for v in extra.values())
 
 
-MARKERS = {"1": "carnations", "2": "Zongzi", "401": "red and orange", "568": "square outline",
-           "701": "caterpillar", "801": "looks bent", "901": "Bright blue"}
+MARKERS = {
+    "1": "carnations",
+    "2": "Zongzi",
+    "401": "red and orange",
+    "568": "square outline",
+    "701": "caterpillar",
+    "801": "looks bent",
+    "901": "Bright blue",
+}
 
 
 def max_tokens_of(body: dict) -> int | None:
@@ -284,9 +354,16 @@ def test_benchmark_runs_honour_the_planner_and_critic_reply_budgets(tmp_path, se
     """The item's planner and critic clients come from the run's own factory, so the per-role
     reply budgets reach every request (they were once built by hand with vlm_max_tokens)."""
     out, runs = tmp_path / "out", tmp_path / "runs"
-    args = cli_args("rise", DATA / "rise" / "data.json", out, runs, server, tiny_pipeline,
-                    "full", extra=["--stage", "generate", "--limit", "1",
-                                   "--planner-max-tokens", "321", "--critic-max-tokens", "123"])
+    args = cli_args(
+        "rise",
+        DATA / "rise" / "data.json",
+        out,
+        runs,
+        server,
+        tiny_pipeline,
+        "full",
+        extra=["--stage", "generate", "--limit", "1", "--planner-max-tokens", "321", "--critic-max-tokens", "123"],
+    )
     assert main(args) == 0
     planner = [b for b in server.requests if b["model"] == demo_script.PLANNER_MODEL]
     critic = [b for b in server.requests if b["model"] == demo_script.CRITIC_MODEL]
@@ -313,13 +390,25 @@ def fake_wise_repo(root: Path) -> Path:
     """A folder with the file layout of PKU-YuanGroup/WISE (our own texts, not the official)."""
     (root / "data_verified").mkdir(parents=True)
     (root / "vllm_eval.py").write_text(FAKE_VLLM_EVAL)
-    files = {"cultural_common_sense_verified.json": [1, 2],
-             "spatio-temporal_reasoning_verified.json": [401, 521],
-             "natural_science_verified.json": [641, 761, 881]}
+    files = {
+        "cultural_common_sense_verified.json": [1, 2],
+        "spatio-temporal_reasoning_verified.json": [401, 521],
+        "natural_science_verified.json": [641, 761, 881],
+    }
     for name, ids in files.items():
-        (root / "data_verified" / name).write_text(json.dumps([
-            {"prompt_id": i, "Prompt": f"prompt {i}", "Subcategory": "s",
-             "Explanation": f"[verdict {int(i not in (2, 521))}] explanation {i}"} for i in ids]))
+        (root / "data_verified" / name).write_text(
+            json.dumps(
+                [
+                    {
+                        "prompt_id": i,
+                        "Prompt": f"prompt {i}",
+                        "Subcategory": "s",
+                        "Explanation": f"[verdict {int(i not in (2, 521))}] explanation {i}",
+                    }
+                    for i in ids
+                ]
+            )
+        )
     return root
 
 
@@ -334,15 +423,13 @@ def test_wise_verified_reads_the_judge_prompt_from_the_official_repo(tmp_path, t
 
     out, runs = tmp_path / "out", tmp_path / "runs"
     with ScriptedChatServer(respond) as server:
-        args = cli_args("wise", None, out, runs, server, tiny_pipeline, "bare",
-                        extra=["--wise-repo", str(repo)])
+        args = cli_args("wise", None, out, runs, server, tiny_pipeline, "bare", extra=["--wise-repo", str(repo)])
         args = [a for a in args if a not in ("--data", "None")]
         assert main(args) == 0
         asked = judge_requests(server)
     report = load_report(out)
     assert "WISE_Verified" in report["protocol"]["protocol"]
-    assert report["protocol"]["judge_prompt"] == f"read from {repo / 'vllm_eval.py'}:" \
-                                                 f"build_evaluation_messages"
+    assert report["protocol"]["judge_prompt"] == f"read from {repo / 'vllm_eval.py'}:build_evaluation_messages"
     head = section(report, "bare")["metrics"]["headline"]
     # Categories of calculate_verified.py: CULTURE 1-400 (1: 1, 2: 0), TIME 401-520 (1),
     # SPACE 521-640 (0), BIOLOGY, PHYSICS, CHEMISTRY (1 each); weights 0.40 and 0.12.

@@ -30,21 +30,19 @@ class ScriptedChatModel(BaseChatModel):
         return "scripted-test"
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs):
-        body = {"model": self.role_model, "messages": [
-            {"role": "user", "content": m.content} for m in messages]}
+        body = {"model": self.role_model, "messages": [{"role": "user", "content": m.content} for m in messages]}
         self.calls.append(body)
         text = demo_script.respond(body)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(
-            content=text, response_metadata={"finish_reason": "stop"}))])
+        return ChatResult(
+            generations=[ChatGeneration(message=AIMessage(content=text, response_metadata={"finish_reason": "stop"}))]
+        )
 
     role_model: str = demo_script.PLANNER_MODEL
 
 
 def test_planner_and_critic_on_different_endpoints(runs_dir, tiny_pipeline):
-    with ScriptedChatServer(demo_script.respond) as planner, \
-            ScriptedChatServer(demo_script.respond) as critic:
-        context = demo_context(runs_dir, planner.base_url, tiny_pipeline,
-                               critic_base_url=critic.base_url)
+    with ScriptedChatServer(demo_script.respond) as planner, ScriptedChatServer(demo_script.respond) as critic:
+        context = demo_context(runs_dir, planner.base_url, tiny_pipeline, critic_base_url=critic.base_url)
         outcome = start_run(REQUEST, context)
         assert outcome.status == "finished", outcome.error
         assert {r["model"] for r in planner.requests} == {demo_script.PLANNER_MODEL}
@@ -89,8 +87,16 @@ def test_unusable_replies_are_retried_with_growing_pauses_and_resampled():
     with ScriptedChatServer(lambda body: next(replies)) as server:
         pauses = []
         model = openai_model(server.base_url, "k", "critic", 64, 0.0, 5.0, 0)
-        answer = ask_until_parsed(model, critic_messages(), "critic", parse_verdict, retries=2,
-                                  backoff_s=0.25, temperature=0.0, sleep=pauses.append)
+        answer = ask_until_parsed(
+            model,
+            critic_messages(),
+            "critic",
+            parse_verdict,
+            retries=2,
+            backoff_s=0.25,
+            temperature=0.0,
+            sleep=pauses.append,
+        )
         assert answer.value[1] is True
         assert pauses == [0.25, 0.5]
         assert len(answer.failures) == 2 and all(f["reason"] for f in answer.failures)
@@ -101,8 +107,9 @@ def test_unusable_replies_are_retried_with_growing_pauses_and_resampled():
 def test_retries_are_bounded_and_every_reply_is_kept():
     with ScriptedChatServer(lambda body: "no verdict here") as server:
         model = openai_model(server.base_url, "k", "critic", 64, 0.7, 5.0, 0)
-        answer = ask_until_parsed(model, critic_messages(), "critic", parse_verdict, retries=1,
-                                  backoff_s=0, temperature=0.7)
+        answer = ask_until_parsed(
+            model, critic_messages(), "critic", parse_verdict, retries=1, backoff_s=0, temperature=0.7
+        )
         assert answer.value is None
         assert len(server.requests) == 2
         assert [f["reply"] for f in answer.failures] == ["no verdict here"] * 2
@@ -123,8 +130,12 @@ def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting():
     with ScriptedChatServer(slow) as server:
         model = openai_model(server.base_url, "k", "critic-limited", 64, 0.7, 5.0, 0)
         options = {"retries": 0, "backoff_s": 0, "temperature": 0.7, "max_concurrency": 2}
-        threads = [threading.Thread(target=ask_until_parsed, args=(
-            model, critic_messages(), "critic", parse_verdict), kwargs=options) for _ in range(6)]
+        threads = [
+            threading.Thread(
+                target=ask_until_parsed, args=(model, critic_messages(), "critic", parse_verdict), kwargs=options
+            )
+            for _ in range(6)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -137,6 +148,7 @@ def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting():
 def test_structured_output_is_requested_and_a_bare_json_answer_is_used(runs_dir, tiny_pipeline, mode):
     """With structured outputs the server constrains the reply; in json mode the reply is the bare
     answer object (no <think>), which the parsers take as it is."""
+
     def constrained(body):
         text = demo_script.respond(body)
         return text.split("<answer>", 1)[1].split("</answer>", 1)[0] if mode == "json" else text
@@ -156,8 +168,7 @@ def test_structured_output_is_requested_and_a_bare_json_answer_is_used(runs_dir,
 
 
 @pytest.mark.parametrize("status", [400, 500])  # vLLM refuses with 400, llama.cpp's server with 500
-def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_dir, tiny_pipeline,
-                                                                          status):
+def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_dir, tiny_pipeline, status):
     import http.server
     import json as jsonlib
     import threading as th
@@ -165,8 +176,9 @@ def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_di
     class Refuse(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
-            data = jsonlib.dumps({"error": {"message": "unknown field response_format",
-                                            "type": "invalid_request_error"}}).encode()
+            data = jsonlib.dumps(
+                {"error": {"message": "unknown field response_format", "type": "invalid_request_error"}}
+            ).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -180,8 +192,7 @@ def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_di
     th.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        outcome = start_run(REQUEST, demo_context(runs_dir, url, tiny_pipeline,
-                                                  vlm_structured_output="json"))
+        outcome = start_run(REQUEST, demo_context(runs_dir, url, tiny_pipeline, vlm_structured_output="json"))
         assert outcome.status == "failed"
         assert "vlm_structured_output off" in str(outcome.error)
         assert "response_format type 'json_schema'" in str(outcome.error)
@@ -189,9 +200,9 @@ def test_a_server_that_refuses_structured_output_says_how_to_turn_it_off(runs_di
         server.shutdown()
 
 
-def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accepts(runs_dir,
-                                                                                   tiny_pipeline):
+def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accepts(runs_dir, tiny_pipeline):
     """Like llama.cpp's server: json_schema answers HTTP 500, json_object + schema is honoured."""
+
     def llamacpp_like(body):
         kind = (body.get("response_format") or {}).get("type")
         if kind == "json_schema":
@@ -201,16 +212,17 @@ def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accept
 
     events = []
     with ScriptedChatServer(llamacpp_like) as server:
-        context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_structured_output="auto",
-                               vlm_retries=0)
+        context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_structured_output="auto", vlm_retries=0)
         outcome = start_run(REQUEST, context, on_event=events.append)
         assert outcome.status == "finished", outcome.error
-        planner = [r["response_format"]["type"] for r in server.requests
-                   if r["model"] == demo_script.PLANNER_MODEL]
+        planner = [r["response_format"]["type"] for r in server.requests if r["model"] == demo_script.PLANNER_MODEL]
         assert planner[:2] == ["json_schema", "json_object"]
-        assert "schema" in next(r for r in server.requests
-                                if r.get("response_format", {}).get("type") == "json_object")[
-            "response_format"]
+        assert (
+            "schema"
+            in next(r for r in server.requests if r.get("response_format", {}).get("type") == "json_object")[
+                "response_format"
+            ]
+        )
     ready = next(e for e in events if e["event"] == "plan_ready")
     assert ready["structured_output"] == "json_object"
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REQUEST
-from graph.cli.main import (EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE,
-                       main)
+from graph.cli.main import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE, main
 from graph.runs.runner import start_run
 
 
@@ -32,24 +31,44 @@ def cli(capsys, *args):
     return code, out, err
 
 
-ONE_PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAA"
-             "MBAQDJ/pLvAAAAAElFTkSuQmCC")
+ONE_PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "   "], "the request is empty"),
-    (["run", REQUEST, "--image", "missing.png"], "does not exist"),
-    (["run", REQUEST, "--width", "1000"], "multiple of 16"),
-    (["run", REQUEST, "--run-id", "done", "--no-preflight",
-      "--image", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQ"
-                 "DJ/pLvAAAAAElFTkSuQmCC"],
-     "a run with id 'done' already exists"),
-    (["run", REQUEST, "--generator-model", "acme/unknown-model", "--no-preflight"],
-     "neither a local diffusers folder nor a known model id"),
-    (["run", REQUEST, "--num-inference-steps", "80", "--no-preflight"], "--num-inference-steps=80 is outside 1..50"),
-    (["run", "Just one <image> marker", "--no-preflight"] + ["--image", ONE_PIXEL] * 2,
-     "1 <image> marker(s) but 2 image(s)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "   "], "the request is empty"),
+        (["run", REQUEST, "--image", "missing.png"], "does not exist"),
+        (["run", REQUEST, "--width", "1000"], "multiple of 16"),
+        (
+            [
+                "run",
+                REQUEST,
+                "--run-id",
+                "done",
+                "--no-preflight",
+                "--image",
+                "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQ"
+                "DJ/pLvAAAAAElFTkSuQmCC",
+            ],
+            "a run with id 'done' already exists",
+        ),
+        (
+            ["run", REQUEST, "--generator-model", "acme/unknown-model", "--no-preflight"],
+            "neither a local diffusers folder nor a known model id",
+        ),
+        (
+            ["run", REQUEST, "--num-inference-steps", "80", "--no-preflight"],
+            "--num-inference-steps=80 is outside 1..50",
+        ),
+        (
+            ["run", "Just one <image> marker", "--no-preflight"] + ["--image", ONE_PIXEL] * 2,
+            "1 <image> marker(s) but 2 image(s)",
+        ),
+    ],
+)
 def test_bad_input_is_refused_and_stored_runs_are_untouched(capsys, runs_dir, finished_run, args, message, tmp_path):
     before = files_under(runs_dir)
     code, _, err = cli(capsys, "--runs-dir", runs_dir, *args)
@@ -68,8 +87,7 @@ def test_non_image_and_truncated_input_files(capsys, runs_dir, tmp_path):
 
 
 def test_unreachable_endpoint_is_named_and_nothing_is_written(capsys, runs_dir):
-    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST,
-                       "--planner-base-url", "http://127.0.0.1:9/v1")
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--planner-base-url", "http://127.0.0.1:9/v1")
     assert code == EXIT_UNREACHABLE
     assert "planner endpoint http://127.0.0.1:9/v1" in err and "nothing listens at 127.0.0.1:9" in err
     assert "`vllm serve Qwen/Qwen3-VL-8B-Instruct --port 9`" in err
@@ -87,10 +105,26 @@ def test_unknown_run_id_and_missing_runs_folder(capsys, runs_dir, finished_run, 
 
 
 def test_run_list_show_export(capsys, runs_dir, chat_server, tiny_pipeline, tmp_path):
-    settings = ["--planner-base-url", chat_server.base_url, "--critic-base-url", chat_server.base_url,
-                "--planner-model", "demo-planner", "--critic-model", "demo-critic",
-                "--generator-model", str(tiny_pipeline), "--device", "cpu", "--width", "64",
-                "--height", "64", "--num-inference-steps", "2"]
+    settings = [
+        "--planner-base-url",
+        chat_server.base_url,
+        "--critic-base-url",
+        chat_server.base_url,
+        "--planner-model",
+        "demo-planner",
+        "--critic-model",
+        "demo-critic",
+        "--generator-model",
+        str(tiny_pipeline),
+        "--device",
+        "cpu",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--num-inference-steps",
+        "2",
+    ]
     code, out, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--run-id", "mine", *settings)
     assert code == EXIT_OK, err
     assert "run mine finished" in out and "document: " in out
@@ -122,25 +156,55 @@ def test_failed_run_exits_1_and_says_how_to_resume(capsys, runs_dir, tiny_pipeli
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "model_index.json").write_text('{"_class_name": "Flux2KleinPipeline", "is_distilled": true}')
-    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--run-id", "broken",
-                       "--planner-base-url", chat_server.base_url, "--critic-base-url", chat_server.base_url,
-                       "--planner-model", "demo-planner", "--critic-model", "demo-critic",
-                       "--generator-model", str(broken), "--device", "cpu")
+    code, _, err = cli(
+        capsys,
+        "--runs-dir",
+        runs_dir,
+        "run",
+        REQUEST,
+        "--run-id",
+        "broken",
+        "--planner-base-url",
+        chat_server.base_url,
+        "--critic-base-url",
+        chat_server.base_url,
+        "--planner-model",
+        "demo-planner",
+        "--critic-model",
+        "demo-critic",
+        "--generator-model",
+        str(broken),
+        "--device",
+        "cpu",
+    )
     assert code == EXIT_RUN_FAILED
     assert "could not be loaded" in err and "interleave resume broken" in err
 
 
 def test_a_generator_model_that_does_not_exist_is_refused_before_the_run(capsys, runs_dir):
-    code, _, err = cli(capsys, "--runs-dir", runs_dir, "run", REQUEST, "--no-preflight",
-                       "--generator-model", str(Path(runs_dir).parent / "no-such-model"))
+    code, _, err = cli(
+        capsys,
+        "--runs-dir",
+        runs_dir,
+        "run",
+        REQUEST,
+        "--no-preflight",
+        "--generator-model",
+        str(Path(runs_dir).parent / "no-such-model"),
+    )
     assert code == EXIT_BAD_INPUT
     assert "no-such-model" in err and not Path(runs_dir).exists()
 
 
 def test_demo_console_script_writes_a_document(tmp_path):
     env = {**os.environ, "INTERLEAVE_RUNS_DIR": str(tmp_path / "runs")}
-    done = subprocess.run([str(Path(sys.executable).with_name("interleave")), "demo"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("interleave")), "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     html_path = Path(done.stdout.split("document: ")[1].strip())
     assert html_path.is_file() and html_path.parent.parent == tmp_path / "runs"
@@ -151,8 +215,9 @@ def test_demo_console_script_writes_a_document(tmp_path):
 def test_delegated_commands_get_global_options_and_report_bad_settings(capsys, runs_dir, tmp_path):
     """`train`, `eval` and `datagen prompts` read their own command lines; options given before
     them still reach them, and bad settings are an error message (exit 2), not a traceback."""
-    code = main(["train", "sft", "--output_dir", str(tmp_path / "o"), "--bf16", "false",
-                 "--use_cpu", "true"])  # no dataset given
+    code = main(
+        ["train", "sft", "--output_dir", str(tmp_path / "o"), "--bf16", "false", "--use_cpu", "true"]
+    )  # no dataset given
     err = capsys.readouterr()[1]
     assert code == 2
     assert err.startswith("error: no dataset: pass --dataset_name") and "Traceback" not in err

@@ -29,8 +29,9 @@ class Terminal:
     def __init__(self, args: list[str]) -> None:
         master, slave = pty.openpty()
         self.master = master
-        self.process = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
-                                        env={**os.environ, "PYTHONPATH": str(REPO)})
+        self.process = subprocess.Popen(
+            args, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
         os.close(slave)
         self.text = ""
 
@@ -62,12 +63,40 @@ def test_ctrl_c_stops_a_run_while_the_planner_is_asked_and_it_resumes(runs_dir, 
         return demo_script.respond(body)
 
     with ScriptedChatServer(respond) as server:
-        settings = ["--planner-base-url", server.base_url, "--critic-base-url", server.base_url,
-                    "--planner-model", demo_script.PLANNER_MODEL,
-                    "--critic-model", demo_script.CRITIC_MODEL, "--generator-model", str(tiny_pipeline),
-                    "--device", "cpu", "--width", "64", "--height", "64", "--num-inference-steps", "2"]
-        terminal = Terminal([sys.executable, "-m", "graph.cli.main", "run", REQUEST, "--run-id", "slow",
-                             "--runs-dir", runs_dir, *settings])
+        settings = [
+            "--planner-base-url",
+            server.base_url,
+            "--critic-base-url",
+            server.base_url,
+            "--planner-model",
+            demo_script.PLANNER_MODEL,
+            "--critic-model",
+            demo_script.CRITIC_MODEL,
+            "--generator-model",
+            str(tiny_pipeline),
+            "--device",
+            "cpu",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--num-inference-steps",
+            "2",
+        ]
+        terminal = Terminal(
+            [
+                sys.executable,
+                "-m",
+                "graph.cli.main",
+                "run",
+                REQUEST,
+                "--run-id",
+                "slow",
+                "--runs-dir",
+                runs_dir,
+                *settings,
+            ]
+        )
         try:
             assert terminal.read_until("planning: waiting for the planner (demo-planner)", 120), terminal.text
             # At a terminal the waiting line ticks with its elapsed time, redrawn in place.
@@ -83,8 +112,7 @@ def test_ctrl_c_stops_a_run_while_the_planner_is_asked_and_it_resumes(runs_dir, 
             terminal.close()
         assert code == EXIT_INTERRUPTED
         assert stopped_in < 5, f"Ctrl-C took {stopped_in:.1f}s"
-        assert "interrupted; run slow is saved at its last completed node (interleave resume slow)" in \
-            terminal.text
+        assert "interrupted; run slow is saved at its last completed node (interleave resume slow)" in terminal.text
 
         assert main(["--runs-dir", runs_dir, "list"]) == EXIT_OK
         assert "slow  interrupted" in capsys.readouterr().out

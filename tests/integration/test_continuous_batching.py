@@ -18,11 +18,13 @@ from tools.llm.local import TransformersChatModel
 
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
-CONVERSATIONS = [critic_messages(1, 2),
-                 [HumanMessage("Plan a visual story about a small cat in four steps.")],
-                 critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the calm sea"),
-                 [HumanMessage("Two words.")],
-                 critic_messages(5, 6, text="Original instruction: add a red kite")]
+CONVERSATIONS = [
+    critic_messages(1, 2),
+    [HumanMessage("Plan a visual story about a small cat in four steps.")],
+    critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the calm sea"),
+    [HumanMessage("Two words.")],
+    critic_messages(5, 6, text="Original instruction: add a red kite"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def alone(chat: TransformersChatModel, messages, max_new_tokens: int) -> list[in
     inputs = one_prompt(chat, messages)
     with torch.inference_mode():
         sequences = chat.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, **GREEDY)
-    row = sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    row = sequences[0, inputs["input_ids"].shape[1] :].tolist()
     eos = chat.loaded.model.generation_config.eos_token_id
     end = next((i + 1 for i, token in enumerate(row) if token in eos), None)
     return row if end is None else row[:end]
@@ -56,8 +58,9 @@ def engine(chat: TransformersChatModel, **settings) -> ContinuousEngine:
 def test_more_requests_than_slots_each_equal_generate_alone(chat):
     lengths = [30, 7, 19, 3, 12]  # different reply budgets: rows leave at different steps
     served = engine(chat, max_batch=2, check_every=4)
-    futures = [served.submit(one_prompt(chat, messages), max_new_tokens=n)
-               for messages, n in zip(CONVERSATIONS, lengths)]
+    futures = [
+        served.submit(one_prompt(chat, messages), max_new_tokens=n) for messages, n in zip(CONVERSATIONS, lengths)
+    ]
     done = [future.result(timeout=120) for future in futures]
 
     for messages, n, completion in zip(CONVERSATIONS, lengths, done):
@@ -88,8 +91,9 @@ def test_a_newcomer_joins_the_running_batch_and_leaves_first(chat):
 
 def test_seeded_sampling_is_the_same_alone_and_in_a_batch(chat):
     options = dict(max_new_tokens=20, do_sample=True, temperature=1.3)
-    by_itself = engine(chat, max_batch=1).submit(one_prompt(chat, CONVERSATIONS[1]), seed=11,
-                                                  **options).result(timeout=60)
+    by_itself = (
+        engine(chat, max_batch=1).submit(one_prompt(chat, CONVERSATIONS[1]), seed=11, **options).result(timeout=60)
+    )
     crowded = engine(chat, max_batch=4)
     others = [crowded.submit(one_prompt(chat, m), max_new_tokens=20) for m in CONVERSATIONS[2:]]
     mine = crowded.submit(one_prompt(chat, CONVERSATIONS[1]), seed=11, **options)

@@ -18,17 +18,40 @@ REQUESTS = ["How do I fold a paper boat?", "How do I plant a tulip bulb?", "How 
 
 
 def image_hashes(body):
-    urls = [part["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
-            for part in m["content"] if part.get("type") == "image_url"]
+    urls = [
+        part["image_url"]["url"]
+        for m in body["messages"]
+        if isinstance(m["content"], list)
+        for part in m["content"]
+        if part.get("type") == "image_url"
+    ]
     return [hashlib.sha256(base64.b64decode(u.split(",", 1)[1])).hexdigest() for u in urls]
 
 
 @pytest.fixture
 def teacher_settings(chat_server, tiny_pipeline):
-    return ["--planner-base-url", chat_server.base_url, "--planner-model", demo_script.PLANNER_MODEL,
-            "--critic-base-url", chat_server.base_url, "--critic-model", demo_script.CRITIC_MODEL,
-            "--generator-model", str(tiny_pipeline), "--device", "cpu", "--dtype", "float32",
-            "--width", "128", "--height", "128", "--num-inference-steps", "2"]
+    return [
+        "--planner-base-url",
+        chat_server.base_url,
+        "--planner-model",
+        demo_script.PLANNER_MODEL,
+        "--critic-base-url",
+        chat_server.base_url,
+        "--critic-model",
+        demo_script.CRITIC_MODEL,
+        "--generator-model",
+        str(tiny_pipeline),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--num-inference-steps",
+        "2",
+    ]
 
 
 def test_prompts_to_runs_to_scores_to_datasets(tmp_path, runs_dir, teacher_settings, capsys):
@@ -39,8 +62,21 @@ def test_prompts_to_runs_to_scores_to_datasets(tmp_path, runs_dir, teacher_setti
     lines.insert(1, '{"id": "broken", "request": ')  # malformed: reported, skipped
     prompts.write_text("\n".join(lines) + "\n")
 
-    code = main(["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--name", "t",
-                 "--concurrency", "2", *teacher_settings])
+    code = main(
+        [
+            "--runs-dir",
+            runs_dir,
+            "datagen",
+            "run",
+            "--prompts",
+            str(prompts),
+            "--name",
+            "t",
+            "--concurrency",
+            "2",
+            *teacher_settings,
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert "skipped:" in err and "line 2" in err
@@ -57,8 +93,18 @@ def test_prompts_to_runs_to_scores_to_datasets(tmp_path, runs_dir, teacher_setti
         return f'Looks as it does.<answer>{{"scores": [{score}, {score}], "reasoning": "ok"}}</answer>'
 
     with ScriptedChatServer(judge) as judge_server:
-        score = ["--runs-dir", runs_dir, "datagen", "score", "--batch", "t", "--judge-base-url",
-                 judge_server.base_url, "--judge-model", "scripted-judge"]
+        score = [
+            "--runs-dir",
+            runs_dir,
+            "datagen",
+            "score",
+            "--batch",
+            "t",
+            "--judge-base-url",
+            judge_server.base_url,
+            "--judge-model",
+            "scripted-judge",
+        ]
         assert main(score) == 0
         out, _ = capsys.readouterr()
         assert "attempts 12: 0 scored before, 12 scored now" in out
@@ -70,8 +116,23 @@ def test_prompts_to_runs_to_scores_to_datasets(tmp_path, runs_dir, teacher_setti
         assert "12 scored before, 0 scored now" in capsys.readouterr()[0]
 
     target = tmp_path / "datasets"
-    assert main(["--runs-dir", runs_dir, "datagen", "export", "--batch", "t", "--out", str(target),
-                 "--judge-model", "scripted-judge"]) == 0
+    assert (
+        main(
+            [
+                "--runs-dir",
+                runs_dir,
+                "datagen",
+                "export",
+                "--batch",
+                "t",
+                "--out",
+                str(target),
+                "--judge-model",
+                "scripted-judge",
+            ]
+        )
+        == 0
+    )
     report = capsys.readouterr()[0]
     assert "samples dropped to balance (true) 6" in report
 
@@ -103,23 +164,35 @@ def test_export_without_finished_runs_says_what_to_do(tmp_path, runs_dir, capsys
     from checkpoints.saver import connect
 
     connect(runs_dir).close()
-    code = main(["--runs-dir", runs_dir, "datagen", "export", "--out", str(tmp_path / "d"),
-                 "--judge-model", "j"])
+    code = main(["--runs-dir", runs_dir, "datagen", "export", "--out", str(tmp_path / "d"), "--judge-model", "j"])
     assert code == 2
     assert "run `interleave datagen run` first" in capsys.readouterr()[1]
 
 
 def test_export_refuses_to_replace_datasets_and_strict_mode_names_what_is_missing(
-        tmp_path, runs_dir, teacher_settings, capsys):
+    tmp_path, runs_dir, teacher_settings, capsys
+):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "a", "request": REQUESTS[0]}) + "\n")
-    assert main(["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--name", "s",
-                 *teacher_settings]) == 0
+    assert (
+        main(["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--name", "s", *teacher_settings])
+        == 0
+    )
     target = tmp_path / "out"
     (target / "critic_sft").mkdir(parents=True)
     (target / "critic_sft" / "mine.txt").write_text("keep me")
-    export = ["--runs-dir", runs_dir, "datagen", "export", "--batch", "s", "--out", str(target),
-              "--judge-model", "nobody"]
+    export = [
+        "--runs-dir",
+        runs_dir,
+        "datagen",
+        "export",
+        "--batch",
+        "s",
+        "--out",
+        str(target),
+        "--judge-model",
+        "nobody",
+    ]
     assert main(export) == 2
     assert "already holds critic_sft" in capsys.readouterr()[1]
     assert (target / "critic_sft" / "mine.txt").read_text() == "keep me"
@@ -128,12 +201,10 @@ def test_export_refuses_to_replace_datasets_and_strict_mode_names_what_is_missin
     assert (target / "critic_sft" / "mine.txt").exists()  # refused before writing anything
 
 
-def test_a_strict_batch_refuses_a_prompt_file_with_a_bad_line(tmp_path, runs_dir, teacher_settings,
-                                                              capsys):
+def test_a_strict_batch_refuses_a_prompt_file_with_a_bad_line(tmp_path, runs_dir, teacher_settings, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "a", "request": "x"}) + "\n" + "{not json\n")
-    code = main(["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--strict",
-                 *teacher_settings])
+    code = main(["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--strict", *teacher_settings])
     assert code == 2
     err = capsys.readouterr()[1]
     assert "bad:" in err and "line 2" in err and "drop --strict" in err
@@ -141,7 +212,8 @@ def test_a_strict_batch_refuses_a_prompt_file_with_a_bad_line(tmp_path, runs_dir
 
 
 def test_a_datagen_run_killed_midway_resumes_without_redoing_finished_requests(
-        tmp_path, runs_dir, teacher_settings, chat_server, capsys):
+    tmp_path, runs_dir, teacher_settings, chat_server, capsys
+):
     import os
     import signal
     import subprocess
@@ -152,13 +224,28 @@ def test_a_datagen_run_killed_midway_resumes_without_redoing_finished_requests(
     from checkpoints.saver import connect
 
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"k{n}", "request": f"How do I make a thing {n}?"})
-                               + "\n" for n in range(4)))
-    command = ["--runs-dir", runs_dir, "datagen", "run", "--prompts", str(prompts), "--name", "k",
-               "--concurrency", "1", *teacher_settings]
-    child = subprocess.Popen([str(Path(sys.executable).with_name("interleave")), *command],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    prompts.write_text(
+        "".join(json.dumps({"id": f"k{n}", "request": f"How do I make a thing {n}?"}) + "\n" for n in range(4))
+    )
+    command = [
+        "--runs-dir",
+        runs_dir,
+        "datagen",
+        "run",
+        "--prompts",
+        str(prompts),
+        "--name",
+        "k",
+        "--concurrency",
+        "1",
+        *teacher_settings,
+    ]
+    child = subprocess.Popen(
+        [str(Path(sys.executable).with_name("interleave")), *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
     def finished():
         if not (Path(runs_dir) / "interleave.sqlite").exists():
@@ -178,8 +265,9 @@ def test_a_datagen_run_killed_midway_resumes_without_redoing_finished_requests(
     assert 1 <= len(done_before) < 4, done_before
 
     def planner_calls_for(run_text):
-        return sum(r["model"] == demo_script.PLANNER_MODEL and run_text in str(r["messages"])
-                   for r in chat_server.requests)
+        return sum(
+            r["model"] == demo_script.PLANNER_MODEL and run_text in str(r["messages"]) for r in chat_server.requests
+        )
 
     before = {run: planner_calls_for(f"thing {run[-1]}?") for run in done_before}
     assert main(command) == 0

@@ -16,15 +16,24 @@ from graph.runs.runner import start_run
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("INTERLEAVE_REQUIRE_BROWSER") != "1",
-    reason="no Chromium on this machine (apt-get install chromium)")
+    reason="no Chromium on this machine (apt-get install chromium)",
+)
 
 
 @pytest.mark.browser
 @needs_browser
 def launch(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"])
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
 
 
 @pytest.mark.browser
@@ -48,9 +57,13 @@ def test_document_reads_well_on_a_phone_and_a_desktop(make_context, tmp_path):
             shot = tmp_path / f"page-{width}.png"
             page.screenshot(path=str(shot), full_page=True)
             prompt_cells = page.eval_on_selector_all(
-                "td[data-label='prompt used']", "els => els.map(e => e.getBoundingClientRect().width)")
-            measured[width] = (Image.open(shot).size, page.evaluate(
-                "document.documentElement.scrollWidth"), prompt_cells)
+                "td[data-label='prompt used']", "els => els.map(e => e.getBoundingClientRect().width)"
+            )
+            measured[width] = (
+                Image.open(shot).size,
+                page.evaluate("document.documentElement.scrollWidth"),
+                prompt_cells,
+            )
             page.close()
         browser.close()
     for width, ((shot_w, shot_h), scroll_w, cells) in measured.items():
@@ -75,9 +88,11 @@ def test_document_html_renders_every_image(make_context, tmp_path):
         page.goto(f"file://{page_path}")
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all(
-            "img", "els => els.map(e => ({ok: e.complete && e.naturalWidth > 0, w: e.naturalWidth}))")
+            "img", "els => els.map(e => ({ok: e.complete && e.naturalWidth > 0, w: e.naturalWidth}))"
+        )
         boxes = page.eval_on_selector_all(
-            "main img", "els => els.map(e => e.getBoundingClientRect()).map(r => [r.width, r.height])")
+            "main img", "els => els.map(e => e.getBoundingClientRect()).map(r => [r.width, r.height])"
+        )
         headings = page.eval_on_selector_all("main h2", "els => els.map(e => e.textContent)")
         page.screenshot(path=str(shot), full_page=True)
         browser.close()

@@ -49,10 +49,17 @@ def test_a_continued_sequence_reads_as_the_user_gave_it(make_context, tmp_path):
 
 
 class _Lines:
-    def __init__(self, out): self.out = out
-    def write(self, text): self.out.append(text)
-    def flush(self): pass
-    def isatty(self): return False
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, text):
+        self.out.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
 
 
 def test_models_are_named_without_local_paths_and_files_are_0644(make_context, tiny_pipeline):
@@ -72,8 +79,7 @@ def test_models_are_named_without_local_paths_and_files_are_0644(make_context, t
 
 def test_a_demo_document_says_its_images_are_noise(make_context, runs_dir):
     pipeline = demo_pipeline_path(runs_dir)
-    outcome = start_run("How do I fold a paper crane?", make_context(generator_model=str(pipeline)),
-                        run_id="demo-like")
+    outcome = start_run("How do I fold a paper crane?", make_context(generator_model=str(pipeline)), run_id="demo-like")
     assert outcome.status == "finished", outcome.error
     page = (Path(outcome.document_dir) / "document.html").read_text()
     assert "These images are noise: the generator has random weights" in page

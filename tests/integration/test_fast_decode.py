@@ -24,8 +24,9 @@ def encode(chat: TransformersChatModel, conversations: list) -> dict:
     """The processor's left-padded batch for ``conversations``, as the chat model builds it."""
     prompts = [chat._prompt(messages) for messages in conversations]
     images = [image for prompt in prompts for image in prompt.images]
-    return chat.loaded.processor(text=[prompt.text for prompt in prompts], images=images or None,
-                                 padding=True, return_tensors="pt")
+    return chat.loaded.processor(
+        text=[prompt.text for prompt in prompts], images=images or None, padding=True, return_tensors="pt"
+    )
 
 
 def both(chat: TransformersChatModel, inputs: dict, **options):
@@ -35,9 +36,11 @@ def both(chat: TransformersChatModel, inputs: dict, **options):
         return model.generate(**inputs, **options), fast_generate(model, inputs, **options)
 
 
-BATCH = [critic_messages(1, 2),
-         [HumanMessage("Plan a visual story about a small cat in four steps.")],
-         critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the calm sea")]
+BATCH = [
+    critic_messages(1, 2),
+    [HumanMessage("Plan a visual story about a small cat in four steps.")],
+    critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center of the calm sea"),
+]
 
 
 def test_one_prompt_with_two_images_gives_generates_greedy_tokens(chat):
@@ -80,7 +83,7 @@ def test_eos_stops_rows_and_pads_them_like_generate(chat, monkeypatch):
         every_token = fast_generate(chat.loaded.model, inputs, max_new_tokens=24, check_every=1, **GREEDY)
     assert torch.equal(every_token, reference)
     pad = chat.loaded.model.generation_config.pad_token_id
-    assert fast[0, prompt_len + 5:].eq(pad).all()  # the row that ended is padded
+    assert fast[0, prompt_len + 5 :].eq(pad).all()  # the row that ended is padded
 
 
 def test_min_new_tokens_holds_back_the_end_like_generate(chat, monkeypatch):
@@ -100,8 +103,7 @@ def test_repetition_penalty_of_the_checkpoint_is_applied_like_generate(chat, mon
 
 def test_chat_model_replies_and_finish_reasons_match_generate(chat, monkeypatch):
     fast_chat = chat.model_copy(update={"fast_decode": True})
-    short = [chat.invoke(critic_messages(), max_new_tokens=3),
-             fast_chat.invoke(critic_messages(), max_new_tokens=3)]
+    short = [chat.invoke(critic_messages(), max_new_tokens=3), fast_chat.invoke(critic_messages(), max_new_tokens=3)]
     assert [r.response_metadata["finish_reason"] for r in short] == ["length", "length"]
     assert short[0].content == short[1].content
     assert short[0].usage_metadata == short[1].usage_metadata
@@ -121,7 +123,7 @@ def test_chat_model_replies_and_finish_reasons_match_generate(chat, monkeypatch)
 
 def test_stop_strings_cut_the_reply_like_generate(chat):
     full = chat.invoke(critic_messages()).content
-    marker = full[len(full) // 2:len(full) // 2 + 2]
+    marker = full[len(full) // 2 : len(full) // 2 + 2]
     fast_chat = chat.model_copy(update={"fast_decode": True})
 
     reply = fast_chat.invoke(critic_messages(), stop=[marker])
@@ -131,8 +133,9 @@ def test_stop_strings_cut_the_reply_like_generate(chat):
 
 def test_sampling_with_a_seed_is_reproducible(chat, tiny_vlm):
     def sampler(seed: int) -> TransformersChatModel:
-        return TransformersChatModel(model_path=tiny_vlm, device="cpu", temperature=0.9, seed=seed,
-                                     max_new_tokens=24, fast_decode=True)
+        return TransformersChatModel(
+            model_path=tiny_vlm, device="cpu", temperature=0.9, seed=seed, max_new_tokens=24, fast_decode=True
+        )
 
     first = [r.content for r in sampler(7).batch(BATCH)]
     assert [r.content for r in sampler(7).batch(BATCH)] == first
@@ -143,8 +146,11 @@ def test_sampling_with_a_seed_is_reproducible(chat, tiny_vlm):
     for _ in range(2):
         torch.manual_seed(3)
         with torch.inference_mode():
-            runs.append(fast_generate(chat.loaded.model, inputs, max_new_tokens=16, do_sample=True,
-                                      temperature=1.2, top_k=40, top_p=0.9))
+            runs.append(
+                fast_generate(
+                    chat.loaded.model, inputs, max_new_tokens=16, do_sample=True, temperature=1.2, top_k=40, top_p=0.9
+                )
+            )
     assert torch.equal(runs[0], runs[1])
 
 

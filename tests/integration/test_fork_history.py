@@ -26,9 +26,24 @@ def test_history_lists_every_node_in_order(parent, runs_dir):
     rows = run_history(runs_dir, "parent")
     after = [r["after"] for r in rows]
     # input, plan, then per step generate/critique(/generate/critique)/accept, then compose
-    assert after == ["(input)", "__start__", "plan", "review", "generate", "critique", "accept",
-                     "generate", "critique", "generate", "critique", "accept",
-                     "generate", "critique", "accept", "compose"]
+    assert after == [
+        "(input)",
+        "__start__",
+        "plan",
+        "review",
+        "generate",
+        "critique",
+        "accept",
+        "generate",
+        "critique",
+        "generate",
+        "critique",
+        "accept",
+        "generate",
+        "critique",
+        "accept",
+        "compose",
+    ]
     assert rows[-1]["next"] == [] and rows[-1]["attempts"] == 4
     assert [r["last_verdict"] for r in rows if r["after"] == "critique"] == [True, False, True, True]
 

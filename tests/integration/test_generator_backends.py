@@ -59,6 +59,7 @@ def klein(tiny_pipeline):
 
 # --- FLUX.2 [klein] --------------------------------------------------------------------------
 
+
 def test_klein_text_to_image_is_deterministic_per_seed(klein):
     first = diffusion.generate(klein, prompt="a paper crane", seed=3, **KW)
     again = diffusion.generate(klein, prompt="a paper crane", seed=3, **KW)
@@ -71,8 +72,9 @@ def test_klein_text_to_image_is_deterministic_per_seed(klein):
 def test_klein_edit_uses_the_extra_reference(klein, calls):
     source, reference = _photo(1), _photo(2, 96, 64)
     edit = diffusion.generate(klein, prompt="put the cup on it", seed=5, source=source, **KW)
-    with_reference = diffusion.generate(klein, prompt="put the cup on it", seed=5, source=source,
-                                        references=[reference], **KW)
+    with_reference = diffusion.generate(
+        klein, prompt="put the cup on it", seed=5, source=source, references=[reference], **KW
+    )
     assert with_reference.size == (64, 64)
     assert calls[1]["image"] == [source, reference]
     assert np.abs(_px(edit) - _px(with_reference)).mean() > 1
@@ -123,6 +125,7 @@ def test_unsupported_folder_is_refused_with_the_families(tmp_path):
 
 # --- LoRA ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def lora_dir(tmp_path_factory):
     """A LoRA on the tiny klein transformer, made with PEFT and saved in diffusers' format."""
@@ -133,8 +136,9 @@ def lora_dir(tmp_path_factory):
     from tools.doubles.tiny_klein import build_tiny_klein_pipeline
 
     transformer = build_tiny_klein_pipeline().transformer
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                       target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
     weights = get_peft_model_state_dict(transformer)
     generator = torch.Generator().manual_seed(0)
     for name, tensor in weights.items():
@@ -164,8 +168,7 @@ def test_lora_changes_the_image_and_scale_zero_restores_it(own_klein, lora_dir):
 
     weights_file = str(lora_dir / "pytorch_lora_weights.safetensors")  # a file path works too
     off = diffusion.load_pipeline(own_klein, "cpu", "float32", lora=weights_file, lora_scale=0.0)
-    np.testing.assert_array_equal(_px(diffusion.generate(off, prompt="a paper crane", seed=3, **KW)),
-                                  _px(base))
+    np.testing.assert_array_equal(_px(diffusion.generate(off, prompt="a paper crane", seed=3, **KW)), _px(base))
 
 
 def test_bad_lora_is_a_load_error(own_klein, tmp_path):
@@ -174,6 +177,7 @@ def test_bad_lora_is_a_load_error(own_klein, tmp_path):
 
 
 # --- FLUX.1 Kontext --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def kontext(tmp_path_factory):
@@ -200,12 +204,14 @@ def test_kontext_keeps_the_requested_size_and_edits_one_image(kontext, calls):
 def test_kontext_batch_matches_one_by_one(kontext):
     source = _photo(5)
     requests = [dict(prompt=p, seed=s, source=source, **KW) for p, s in (("blue", 1), ("red", 2))]
-    for together, alone in zip(diffusion.generate_batch(kontext, requests),
-                               [diffusion.generate(kontext, **r) for r in requests]):
+    for together, alone in zip(
+        diffusion.generate_batch(kontext, requests), [diffusion.generate(kontext, **r) for r in requests]
+    ):
         assert np.abs(_px(together) - _px(alone)).max() <= 1
 
 
 # --- Qwen-Image-Edit-Plus --------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):

@@ -92,7 +92,8 @@ def _client(server, tiny_pipeline, **kw) -> ImagesAPIGenerator:
 def _form_fields(headers: dict, body: bytes) -> tuple[dict, list[bytes]]:
     """(text fields, image file bytes) of a multipart body, parsed by the standard library."""
     message = BytesParser(policy=email_policy).parsebytes(
-        b"Content-Type: " + headers["content-type"].encode() + b"\r\n\r\n" + body)
+        b"Content-Type: " + headers["content-type"].encode() + b"\r\n\r\n" + body
+    )
     fields, files = {}, []
     for part in message.iter_parts():
         if part.get_filename():
@@ -110,11 +111,14 @@ def images_server(tiny_pipeline):
         yield server
 
 
-def test_a_run_through_the_images_api_equals_the_in_process_run(chat_server, tiny_pipeline, images_server,
-                                                                 tmp_path):
+def test_a_run_through_the_images_api_equals_the_in_process_run(chat_server, tiny_pipeline, images_server, tmp_path):
     local = start_run(REQUEST, demo_context(str(tmp_path / "local"), chat_server.base_url, tiny_pipeline))
-    remote = start_run(REQUEST, demo_context(str(tmp_path / "remote"), chat_server.base_url, tiny_pipeline,
-                                             generator_base_url=images_server.base_url))
+    remote = start_run(
+        REQUEST,
+        demo_context(
+            str(tmp_path / "remote"), chat_server.base_url, tiny_pipeline, generator_base_url=images_server.base_url
+        ),
+    )
     assert local.status == remote.status == "finished", (local.error, remote.error)
     documents = [json.loads((Path(o.document_dir) / "document.json").read_text()) for o in (local, remote)]
     assert content(documents[0]) == content(documents[1])
@@ -125,9 +129,11 @@ def test_a_run_through_the_images_api_equals_the_in_process_run(chat_server, tin
 
 
 def test_the_app_refuses_a_setting_the_model_cannot_serve_and_the_client_names_the_endpoint(
-        images_server, tiny_pipeline):
-    client = ImagesAPIGenerator(images_server.base_url, str(tiny_pipeline), backoff_s=0.01,
-                                spec=FAMILIES["klein-base"])  # allows 200 steps
+    images_server, tiny_pipeline
+):
+    client = ImagesAPIGenerator(
+        images_server.base_url, str(tiny_pipeline), backoff_s=0.01, spec=FAMILIES["klein-base"]
+    )  # allows 200 steps
     with pytest.raises(ImagesAPIError) as caught:
         client.run(dict(prompt="a crane", seed=1, **{**KW, "steps": 120}))
     message = str(caught.value)
@@ -136,8 +142,7 @@ def test_the_app_refuses_a_setting_the_model_cannot_serve_and_the_client_names_t
     assert client.requests_sent == 1  # a refusal is not retried
 
 
-def test_an_edit_sends_the_source_and_references_as_image_files_and_the_same_request_twice_is_identical(
-        tiny_pipeline):
+def test_an_edit_sends_the_source_and_references_as_image_files_and_the_same_request_twice_is_identical(tiny_pipeline):
     with GarbageServer((200, _json({"data": [{"b64_json": _png()}]}))) as server:
         client = _client(server, tiny_pipeline)
         source, reference = (Image.open(io.BytesIO(base64.b64decode(_png(seed=s)))) for s in (1, 2))
@@ -147,21 +152,35 @@ def test_an_edit_sends_the_source_and_references_as_image_files_and_the_same_req
     (path, headers, first), (_, headers2, second) = server.received
     assert path == "/v1/images/edits"
     fields, files = _form_fields({k.lower(): v for k, v in headers.items()}, first)
-    assert fields == {"model": str(tiny_pipeline), "prompt": "fold it", "n": "1", "size": "64x64",
-                      "response_format": "b64_json", "output_format": "png", "seed": "7",
-                      "num_inference_steps": "2", "guidance_scale": "1.0"}
-    assert [np.asarray(Image.open(io.BytesIO(f))).tolist() for f in files] == \
-        [np.asarray(source).tolist(), np.asarray(reference).tolist()]
+    assert fields == {
+        "model": str(tiny_pipeline),
+        "prompt": "fold it",
+        "n": "1",
+        "size": "64x64",
+        "response_format": "b64_json",
+        "output_format": "png",
+        "seed": "7",
+        "num_inference_steps": "2",
+        "guidance_scale": "1.0",
+    }
+    assert [np.asarray(Image.open(io.BytesIO(f))).tolist() for f in files] == [
+        np.asarray(source).tolist(),
+        np.asarray(reference).tolist(),
+    ]
     assert _form_fields({k.lower(): v for k, v in headers2.items()}, second) == (fields, files)
 
 
-@pytest.mark.parametrize("answer, problem", [
-    (_json({"data": [{"b64_json": _png()}, {"b64_json": _png()}]}), "returned 2 images for a request of n=1"),
-    (_json({"data": [{"b64_json": base64.b64encode(b"not a png").decode()}]}), "bytes that are not an image"),
-    (_json({"data": [{"b64_json": _png((32, 64))}]}), "returned a 32x64 image for a 64x64 request"),
-    (_json({"data": [{"url": "/v1/images/1/content"}]}), "returned no b64_json image"),
-    (b"<html>proxy error</html>", "with a body that is not JSON"),
-], ids=["two-images", "not-an-image", "other-size", "url-only", "not-json"])
+@pytest.mark.parametrize(
+    "answer, problem",
+    [
+        (_json({"data": [{"b64_json": _png()}, {"b64_json": _png()}]}), "returned 2 images for a request of n=1"),
+        (_json({"data": [{"b64_json": base64.b64encode(b"not a png").decode()}]}), "bytes that are not an image"),
+        (_json({"data": [{"b64_json": _png((32, 64))}]}), "returned a 32x64 image for a 64x64 request"),
+        (_json({"data": [{"url": "/v1/images/1/content"}]}), "returned no b64_json image"),
+        (b"<html>proxy error</html>", "with a body that is not JSON"),
+    ],
+    ids=["two-images", "not-an-image", "other-size", "url-only", "not-json"],
+)
 def test_a_garbage_answer_is_a_clear_error_naming_the_endpoint(tiny_pipeline, answer, problem):
     with GarbageServer((200, answer)) as server:
         client = _client(server, tiny_pipeline)
@@ -172,8 +191,9 @@ def test_a_garbage_answer_is_a_clear_error_naming_the_endpoint(tiny_pipeline, an
 
 
 def test_overload_and_outages_are_retried_with_backoff(tiny_pipeline):
-    with GarbageServer((429, b'{"error": {"message": "busy"}}'), (503, b"{}"),
-                       (200, _json({"data": [{"b64_json": _png()}]}))) as server:
+    with GarbageServer(
+        (429, b'{"error": {"message": "busy"}}'), (503, b"{}"), (200, _json({"data": [{"b64_json": _png()}]}))
+    ) as server:
         client = _client(server, tiny_pipeline)
         image = client.run(dict(prompt="a crane", seed=1, **KW))
     assert image.size == (64, 64) and len(server.received) == 3
@@ -183,8 +203,7 @@ def test_overload_and_outages_are_retried_with_backoff(tiny_pipeline):
         assert len(server.received) == 3
 
 
-def test_a_run_against_a_garbage_server_fails_naming_it_and_stores_no_image(make_context, tiny_pipeline,
-                                                                            runs_dir):
+def test_a_run_against_a_garbage_server_fails_naming_it_and_stores_no_image(make_context, tiny_pipeline, runs_dir):
     with GarbageServer((200, _json({"data": [{"b64_json": _png((32, 32))}]}))) as server:
         outcome = start_run(REQUEST, make_context(generator_base_url=server.base_url))
     assert outcome.status == "failed"
@@ -198,8 +217,9 @@ def test_a_bad_endpoint_setting_is_refused_before_anything_is_written(make_conte
     assert not Path(runs_dir).exists()
 
 
-def test_interleave_batch_sends_every_generation_to_the_images_server(images_server, chat_server, tiny_pipeline,
-                                                                      runs_dir, tmp_path, capsys):
+def test_interleave_batch_sends_every_generation_to_the_images_server(
+    images_server, chat_server, tiny_pipeline, runs_dir, tmp_path, capsys
+):
     from graph.cli.main import main
     from tools.doubles import demo_script
     from tools.generator.images_api import remote_generator
@@ -208,12 +228,37 @@ def test_interleave_batch_sends_every_generation_to_the_images_server(images_ser
     prompts.write_text("How do I fold a paper crane?\nHow do I fold a paper boat?\n")
     client = remote_generator(images_server.base_url, str(tiny_pipeline))
     sent = client.requests_sent
-    code = main(["--runs-dir", runs_dir, "batch", "--prompts", str(prompts), "--name", "remote",
-                 "--concurrency", "2", "--generator-base-url", images_server.base_url,
-                 "--generator-model", str(tiny_pipeline), "--planner-base-url", chat_server.base_url,
-                 "--planner-model", demo_script.PLANNER_MODEL, "--critic-base-url", chat_server.base_url,
-                 "--critic-model", demo_script.CRITIC_MODEL, "--width", "64", "--height", "64",
-                 "--num-inference-steps", "2"])
+    code = main(
+        [
+            "--runs-dir",
+            runs_dir,
+            "batch",
+            "--prompts",
+            str(prompts),
+            "--name",
+            "remote",
+            "--concurrency",
+            "2",
+            "--generator-base-url",
+            images_server.base_url,
+            "--generator-model",
+            str(tiny_pipeline),
+            "--planner-base-url",
+            chat_server.base_url,
+            "--planner-model",
+            demo_script.PLANNER_MODEL,
+            "--critic-base-url",
+            chat_server.base_url,
+            "--critic-model",
+            demo_script.CRITIC_MODEL,
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--num-inference-steps",
+            "2",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     assert "2 finished" in capsys.readouterr().out
     assert client.requests_sent - sent == 8  # 2 runs x (3 steps + 1 regeneration), all remote
@@ -231,10 +276,25 @@ def test_interleave_serve_generator_without_ray_answers_the_images_api(tiny_pipe
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "graph.cli.main", "serve", "generator", "--model",
-                               str(tiny_pipeline), "--no-ray", "--device", "cpu", "--port", str(port)],
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "graph.cli.main",
+            "serve",
+            "generator",
+            "--model",
+            str(tiny_pipeline),
+            "--no-ray",
+            "--device",
+            "cpu",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -248,8 +308,7 @@ def test_interleave_serve_generator_without_ray_answers_the_images_api(tiny_pipe
         client = ImagesAPIGenerator(f"http://127.0.0.1:{port}/v1", str(tiny_pipeline))
         image = client.run(dict(prompt="a crane", seed=3, **KW))
         pipe = diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32")
-        assert np.array_equal(np.asarray(image), np.asarray(diffusion.generate(pipe, prompt="a crane", seed=3,
-                                                                               **KW)))
+        assert np.array_equal(np.asarray(image), np.asarray(diffusion.generate(pipe, prompt="a crane", seed=3, **KW)))
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -50,13 +50,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def fleet(tiny_pipeline):
     """Base URL of a 2-replica Ray Serve generator on a Ray cluster started for this module."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(generator_application(str(tiny_pipeline), num_replicas=2, gpus_per_replica=0,
-                                    cpus_per_replica=1, device="cpu", dtype="float32"),
-              name="generator", route_prefix="/")
+    serve.run(
+        generator_application(
+            str(tiny_pipeline), num_replicas=2, gpus_per_replica=0, cpus_per_replica=1, device="cpu", dtype="float32"
+        ),
+        name="generator",
+        route_prefix="/",
+    )
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
@@ -74,8 +77,11 @@ def one_thread():
 
 
 def _replicas() -> list[str]:
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith("SERVE_REPLICA::generator#")]
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::generator#")
+    ]
 
 
 def _wait_for_running_replicas(count: int, timeout_s: float = 120) -> dict:
@@ -98,11 +104,11 @@ def _pixels(runs_dir: Path, document: dict) -> list[np.ndarray]:
     return [np.asarray(Image.open(runs_dir / step["image"]["path"])) for step in document["steps"]]
 
 
-def test_a_run_through_ray_serve_equals_the_in_process_run(fleet, chat_server, tiny_pipeline, tmp_path,
-                                                            one_thread):
+def test_a_run_through_ray_serve_equals_the_in_process_run(fleet, chat_server, tiny_pipeline, tmp_path, one_thread):
     assert _wait_for_running_replicas(2) == {"RUNNING": 2}  # one replica per (CPU here, GPU there)
-    remote = start_run(REQUEST, demo_context(str(tmp_path / "remote"), chat_server.base_url, tiny_pipeline,
-                                             generator_base_url=fleet))
+    remote = start_run(
+        REQUEST, demo_context(str(tmp_path / "remote"), chat_server.base_url, tiny_pipeline, generator_base_url=fleet)
+    )
     # A fresh copy of the same weights: the in-process pool is then loaded for this run, as each
     # replica was, not reused from an earlier test of the session.
     fresh = shutil.copytree(tiny_pipeline, tmp_path / "tiny-klein")
@@ -112,27 +118,32 @@ def test_a_run_through_ray_serve_equals_the_in_process_run(fleet, chat_server, t
         assert np.array_equal(a, b)
 
 
-def test_killing_the_replicas_mid_run_retries_and_gives_the_uninterrupted_document(fleet, chat_server,
-                                                                                  tiny_pipeline, tmp_path):
+def test_killing_the_replicas_mid_run_retries_and_gives_the_uninterrupted_document(
+    fleet, chat_server, tiny_pipeline, tmp_path
+):
     # Large enough that an edit takes most of a second on CPU: the kill lands while it runs.
     settings = dict(generator_base_url=fleet, width=512, height=512, num_inference_steps=8)
     _wait_for_running_replicas(2)
-    clean = start_run(REQUEST, demo_context(str(tmp_path / "clean"), chat_server.base_url, tiny_pipeline,
-                                            **settings))
+    clean = start_run(REQUEST, demo_context(str(tmp_path / "clean"), chat_server.base_url, tiny_pipeline, **settings))
     client = remote_generator(fleet, str(tiny_pipeline))
     sent_before, killed = client.requests_sent, []
 
     def kill_replicas_soon(chunk) -> None:
         if chunk.get("event") == events.ATTEMPT_STARTED and chunk.get("step_number") == 2 and not killed:
+
             def kill() -> None:
                 time.sleep(0.3)  # the edit request is in flight on a replica now
                 for name in _replicas():
                     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
                     killed.append(name)
+
             threading.Thread(target=kill, daemon=True).start()
 
-    hurt = start_run(REQUEST, demo_context(str(tmp_path / "hurt"), chat_server.base_url, tiny_pipeline,
-                                           **settings), on_event=kill_replicas_soon)
+    hurt = start_run(
+        REQUEST,
+        demo_context(str(tmp_path / "hurt"), chat_server.base_url, tiny_pipeline, **settings),
+        on_event=kill_replicas_soon,
+    )
     assert len(killed) == 2
     assert _document(hurt) == _document(clean)
     attempts = sum(len(step["attempts"]) for step in _document(hurt)["steps"])
@@ -151,18 +162,28 @@ def _scripted_judge(body: dict) -> str:
 
 
 def _stepwise(regenerate, root: Path, judge_url: str) -> tuple[list[float], list[float], set[str]]:
-    judge = judge_from_settings(judge_url, "none", "scripted-judge", store_root=root,
-                                cache_path=root / "judge-cache.sqlite")
+    judge = judge_from_settings(
+        judge_url, "none", "scripted-judge", store_root=root, cache_path=root / "judge-cache.sqlite"
+    )
     source = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     # One regeneration per generator call: concurrent requests on a replica would be batched,
     # and a batch rounds differently from one-by-one (tools.generator.diffusion.generate_batch).
     rewards = StepwiseRewards(regenerate, judge, steps=2, guidance=1.0, max_batch=1)
     prompts = ["a red paper crane", "a blue paper crane", "a crane on a desk", "a folded crane"]
     n = len(prompts)
-    columns = dict(success=[False] * n, semantics=[4.0] * n, quality=[5.0] * n,
-                   origin_prompt=["a paper crane"] * n, rewritten_prompt=["a crane"] * n,
-                   from_scratch=[False, False, True, True], seed=[11] * n, width=[64] * n, height=[64] * n,
-                   images=[[source, source]] * n, trainer_state=SimpleNamespace(global_step=1))
+    columns = dict(
+        success=[False] * n,
+        semantics=[4.0] * n,
+        quality=[5.0] * n,
+        origin_prompt=["a paper crane"] * n,
+        rewritten_prompt=["a crane"] * n,
+        from_scratch=[False, False, True, True],
+        seed=[11] * n,
+        width=[64] * n,
+        height=[64] * n,
+        images=[[source, source]] * n,
+        trainer_state=SimpleNamespace(global_step=1),
+    )
     replies = [f'<answer>{{"previous_step_success": false, "refine_prompt": "{p}"}}</answer>' for p in prompts]
     with judge:
         semantics = asyncio.run(rewards.semantics_reward(replies, **columns))
@@ -171,14 +192,15 @@ def _stepwise(regenerate, root: Path, judge_url: str) -> tuple[list[float], list
     return semantics, quality, {p.name for p in (root / "images").rglob("*.png")}
 
 
-def test_the_grpo_stepwise_reward_through_ray_serve_equals_the_in_process_reward(fleet, tiny_pipeline,
-                                                                                 tmp_path, one_thread):
+def test_the_grpo_stepwise_reward_through_ray_serve_equals_the_in_process_reward(
+    fleet, tiny_pipeline, tmp_path, one_thread
+):
     _wait_for_running_replicas(2)
     pipe = diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32")
     with ScriptedChatServer(_scripted_judge) as judge:
-        local = _stepwise(functools.partial(diffusion.generate_batch, pipe), tmp_path / "local",
-                          judge.base_url)
-        remote = _stepwise(remote_generator(fleet, str(tiny_pipeline)).generate_batch,
-                           tmp_path / "remote", judge.base_url)
+        local = _stepwise(functools.partial(diffusion.generate_batch, pipe), tmp_path / "local", judge.base_url)
+        remote = _stepwise(
+            remote_generator(fleet, str(tiny_pipeline)).generate_batch, tmp_path / "remote", judge.base_url
+        )
     assert remote == local
     assert len(local[2]) == 5  # the source and 4 regenerations, identical files on both sides

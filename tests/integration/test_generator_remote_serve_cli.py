@@ -22,14 +22,34 @@ def test_serve_generator_deploys_replicas_on_ray_that_answer_the_images_api(tiny
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     try:
-        assert main(["serve", "generator", "--model", str(tiny_pipeline), "--num-replicas", "2",
-                     "--cpus-per-replica", "1", "--device", "cpu", "--dtype", "float32",
-                     "--port", str(port), "--detach"]) == 0
+        assert (
+            main(
+                [
+                    "serve",
+                    "generator",
+                    "--model",
+                    str(tiny_pipeline),
+                    "--num-replicas",
+                    "2",
+                    "--cpus-per-replica",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--dtype",
+                    "float32",
+                    "--port",
+                    str(port),
+                    "--detach",
+                ]
+            )
+            == 0
+        )
         assert f"http://127.0.0.1:{port}/v1 (Ray Serve, 2 replica(s), 0 GPU each)" in capsys.readouterr().err
         deployment = serve.status().applications["generator"].deployments["generator"]
         assert deployment.replica_states == {"RUNNING": 2}
         image = ImagesAPIGenerator(f"http://127.0.0.1:{port}/v1", str(tiny_pipeline)).run(
-            dict(prompt="a crane", seed=5, **KW))
+            dict(prompt="a crane", seed=5, **KW)
+        )
         assert image.size == (64, 64)
         pipe = diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32")
         threads = torch.get_num_threads()

@@ -58,8 +58,7 @@ def test_progress_arrives_on_the_callers_thread(pipe):
     worker = GeneratorWorker(pipe)
     try:
         seen = []
-        worker.run(request(), on_step=lambda done, total: seen.append(
-            (done, total, threading.get_ident())))
+        worker.run(request(), on_step=lambda done, total: seen.append((done, total, threading.get_ident())))
         assert [(d, t) for d, t, _ in seen] == [(1, 2), (2, 2)]
         assert {thread for _, _, thread in seen} == {threading.get_ident()}
     finally:

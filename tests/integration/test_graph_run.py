@@ -46,6 +46,7 @@ def test_run_plans_generates_critiques_and_writes_the_document(make_context, cha
     assert "Rewritten prompt:" in message_text(first_critic["messages"][-1])
     import base64
     import io
+
     before_url = first_critic["messages"][-1]["content"][0]["image_url"]["url"]
     before = Image.open(io.BytesIO(base64.b64decode(before_url.split(",", 1)[1]))).convert("RGB")
     assert before.size == (context.width, context.height)
@@ -67,8 +68,7 @@ def test_last_allowed_attempt_is_accepted_without_a_critic_call(make_context, ch
     assert critic_requests(chat_server) == []
 
 
-def test_critic_that_always_rejects_gets_three_generations_and_two_critic_calls(make_context, runs_dir,
-                                                                                  tiny_pipeline):
+def test_critic_that_always_rejects_gets_three_generations_and_two_critic_calls(make_context, runs_dir, tiny_pipeline):
     def always_reject(body):
         if body["model"] == demo_script.CRITIC_MODEL:
             return '<think>no</think><answer>{"previous_step_success": false, "refine_prompt": "again"}</answer>'
@@ -76,6 +76,7 @@ def test_critic_that_always_rejects_gets_three_generations_and_two_critic_calls(
 
     with ScriptedChatServer(always_reject) as server:
         from graph.runs.demo import demo_context
+
         outcome = start_run(REQUEST, demo_context(runs_dir, server.base_url, tiny_pipeline))
         assert outcome.status == "finished", outcome.error
         assert len(critic_requests(server)) == 3 * 2  # 3 steps x (attempts 1 and 2 only)
@@ -99,6 +100,7 @@ def test_unusable_critic_reply_regenerates_with_same_prompt_and_new_seed(runs_di
 
     with ScriptedChatServer(garbled_once) as server:
         from graph.runs.demo import demo_context
+
         context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_retries=1)
         outcome = start_run(REQUEST, context)
     assert outcome.status == "finished", outcome.error

@@ -42,15 +42,22 @@ def store(tmp_path):
 
 @pytest.fixture
 def images(store):
-    return {name: store.put(Image.new("RGB", (64, 48), color))
-            for name, color in (("before", (20, 90, 200)), ("after", (200, 90, 20)),
-                                ("other", (10, 200, 10)))}
+    return {
+        name: store.put(Image.new("RGB", (64, 48), color))
+        for name, color in (("before", (20, 90, 200)), ("after", (200, 90, 20)), ("other", (10, 200, 10)))
+    }
 
 
 def make_judge(base_url, tmp_path, model="judge-m", **options):
     options.setdefault("http_retries", 0)
-    return judge_from_settings(base_url, "test-key", model, store_root=tmp_path / "runs",
-                               cache_path=tmp_path / "cache" / "judge.sqlite", **options)
+    return judge_from_settings(
+        base_url,
+        "test-key",
+        model,
+        store_root=tmp_path / "runs",
+        cache_path=tmp_path / "cache" / "judge.sqlite",
+        **options,
+    )
 
 
 def image_of(part: dict) -> Image.Image:
@@ -78,8 +85,7 @@ def test_scores_come_from_two_calls_with_the_right_images(server, tmp_path, imag
     assert image_of(quality["messages"][1]["content"][0]).getpixel((0, 0)) == (200, 90, 20)
 
 
-def test_no_before_image_sends_a_white_canvas_and_judges_from_scratch(server, tmp_path, images,
-                                                                       store):
+def test_no_before_image_sends_a_white_canvas_and_judges_from_scratch(server, tmp_path, images, store):
     with make_judge(server.base_url, tmp_path) as judge:
         result = judge.judge(None, images["after"], "a cat in a red hat")
         semantic = server.requests[0]
@@ -118,8 +124,13 @@ def test_another_instruction_image_model_or_prompt_version_is_asked_again(server
     with make_judge(server.base_url, tmp_path, model="judge-n") as other_model:
         assert not other_model.judge(images["before"], images["after"], "add a hat").cached
     chat = openai_model(server.base_url, "test-key", "judge-m", 2048, 0.0, 120.0, 0)
-    with Judge(chat, model_name="judge-m", store_root=tmp_path / "runs",
-               cache_path=tmp_path / "cache" / "judge.sqlite", prompt_version="judge-v0") as old:
+    with Judge(
+        chat,
+        model_name="judge-m",
+        store_root=tmp_path / "runs",
+        cache_path=tmp_path / "cache" / "judge.sqlite",
+        prompt_version="judge-v0",
+    ) as old:
         assert not old.judge(images["before"], images["after"], "add a hat").cached
     # Seven SC questions; the PQ question shows the after-image alone, so it is asked once per
     # (after-image, judge model, prompt version): after, other, judge-n, judge-v0.
@@ -134,8 +145,7 @@ def test_unusable_replies_become_a_recorded_failure_retried_only_when_asked(tmp_
     def responder(body):
         return answers["sc"] if count_images(body) == 2 else PQ_REPLY
 
-    with ScriptedChatServer(responder) as server, make_judge(server.base_url, tmp_path,
-                                                             retries=2) as judge:
+    with ScriptedChatServer(responder) as server, make_judge(server.base_url, tmp_path, retries=2) as judge:
         failed = judge.judge(images["before"], images["after"], "add a hat")
         assert not failed.ok and failed.reason == "no_answer"
         assert "semantic consistency: [no_answer]" in failed.error and "3 replies" in failed.error
@@ -158,8 +168,10 @@ def test_unusable_replies_become_a_recorded_failure_retried_only_when_asked(tmp_
 
 
 def test_out_of_range_scores_are_a_schema_failure(tmp_path, images):
-    with ScriptedChatServer(lambda body: '<answer>{"scores": [11, 6]}</answer>') as server, \
-            make_judge(server.base_url, tmp_path, retries=1) as judge:
+    with (
+        ScriptedChatServer(lambda body: '<answer>{"scores": [11, 6]}</answer>') as server,
+        make_judge(server.base_url, tmp_path, retries=1) as judge,
+    ):
         result = judge.judge(images["before"], images["after"], "add a hat")
     assert result.reason == "schema" and (result.sc, result.pq, result.overall) == (None,) * 3
     assert len(server.requests) == 4
@@ -175,16 +187,14 @@ def test_a_batch_keeps_order_and_never_exceeds_the_concurrency_bound(tmp_path, s
         time.sleep(0.1)
         with lock:
             state["now"] -= 1
-        number = int(re.search(r"item (\d+)", request_text(body)).group(1)) if count_images(
-            body) == 2 else 10
+        number = int(re.search(r"item (\d+)", request_text(body)).group(1)) if count_images(body) == 2 else 10
         return f'<answer>{{"scores": [{number}, 10]}}</answer>'
 
     afters = [store.put(Image.new("RGB", (32, 32), (i * 20, 0, 0))) for i in range(10)]
     items = [(None, afters[i], f"item {i}") for i in range(10)]
     items.append(items[3])  # asked once, answered twice
     progress = []
-    with ScriptedChatServer(slow) as server, make_judge(server.base_url, tmp_path,
-                                                        max_concurrency=3) as judge:
+    with ScriptedChatServer(slow) as server, make_judge(server.base_url, tmp_path, max_concurrency=3) as judge:
         results = judge.judge_many(items, on_done=lambda done, total: progress.append((done, total)))
     assert [r.sc for r in results] == [float(i) for i in range(10)] + [3.0]
     assert [r.cached for r in results].count(True) == 1 and results[10].cached
@@ -204,8 +214,7 @@ def test_a_bad_item_is_refused_before_any_request(server, tmp_path, images):
 
 def test_an_endpoint_that_is_down_is_a_failure_not_an_exception(tmp_path, images):
     with make_judge("http://127.0.0.1:9/v1", tmp_path, timeout_s=5) as judge:
-        results = judge.judge_many([(images["before"], images["after"], "add a hat"),
-                                    (None, images["after"], "a hat")])
+        results = judge.judge_many([(images["before"], images["after"], "add a hat"), (None, images["after"], "a hat")])
     for result in results:
         assert result.reason == "endpoint" and "refused the connection" in result.error
         assert (result.sc, result.pq, result.overall) == (None, None, None)

@@ -38,9 +38,10 @@ def data_url(seed: int) -> str:
 
 
 def critic_messages(before: int = 1, after: int = 2, text: str = "Original instruction: make the sky orange"):
-    return [SystemMessage("You judge one editing step."),
-            HumanMessage([image_part(data_url(before)), image_part(data_url(after)),
-                          {"type": "text", "text": text}])]
+    return [
+        SystemMessage("You judge one editing step."),
+        HumanMessage([image_part(data_url(before)), image_part(data_url(after)), {"type": "text", "text": text}]),
+    ]
 
 
 def greedy(path: str, **overrides) -> TransformersChatModel:
@@ -68,8 +69,9 @@ def test_file_urls_and_paths_read_the_same_image_as_data_urls(tiny_vlm, tmp_path
     model = greedy(tiny_vlm)
 
     by_data = model.invoke([HumanMessage([image_part(data_url(1)), image_part(data_url(2)), text])])
-    by_file = model.invoke([HumanMessage([image_part((tmp_path / "a.png").as_uri()),
-                                          image_part(str(tmp_path / "b.png")), text])])
+    by_file = model.invoke(
+        [HumanMessage([image_part((tmp_path / "a.png").as_uri()), image_part(str(tmp_path / "b.png")), text])]
+    )
     assert by_data.content == by_file.content
 
 
@@ -83,7 +85,7 @@ def test_finish_reason_is_length_when_the_token_budget_runs_out(tiny_vlm):
 def test_stop_strings_cut_the_reply(tiny_vlm):
     model = greedy(tiny_vlm, max_new_tokens=16)
     full = model.invoke(critic_messages()).content
-    marker = full[len(full) // 2:len(full) // 2 + 2]
+    marker = full[len(full) // 2 : len(full) // 2 + 2]
     prefix = full.split(marker, 1)[0]
 
     reply = model.invoke(critic_messages(), stop=[marker])
@@ -93,16 +95,19 @@ def test_stop_strings_cut_the_reply(tiny_vlm):
 
 def test_batch_runs_one_generate_call_and_matches_one_by_one(tiny_vlm, monkeypatch):
     model = greedy(tiny_vlm)
-    inputs = [critic_messages(1, 2),
-              [HumanMessage("Plan a visual story about a small cat in four steps.")],
-              critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center")]
+    inputs = [
+        critic_messages(1, 2),
+        [HumanMessage("Plan a visual story about a small cat in four steps.")],
+        critic_messages(3, 4, text="Rewritten prompt: keep the boat in the center"),
+    ]
     one_by_one = [model.invoke(messages).content for messages in inputs]
 
     loaded = model.loaded
     calls = []
     real_generate = loaded.model.generate
-    monkeypatch.setattr(loaded.model, "generate",
-                        lambda **kw: calls.append(kw["input_ids"].shape) or real_generate(**kw))
+    monkeypatch.setattr(
+        loaded.model, "generate", lambda **kw: calls.append(kw["input_ids"].shape) or real_generate(**kw)
+    )
     replies = model.batch(inputs)
 
     assert len(calls) == 1 and calls[0][0] == 3
@@ -114,8 +119,7 @@ def test_batch_runs_one_generate_call_and_matches_one_by_one(tiny_vlm, monkeypat
 def test_abatch_matches_batch(tiny_vlm):
     model = greedy(tiny_vlm)
     inputs = [critic_messages(1, 2), critic_messages(2, 1)]
-    assert [r.content for r in asyncio.run(model.abatch(inputs))] == \
-        [r.content for r in model.batch(inputs)]
+    assert [r.content for r in asyncio.run(model.abatch(inputs))] == [r.content for r in model.batch(inputs)]
 
 
 def test_batch_reports_a_bad_input_without_losing_the_others(tiny_vlm):
@@ -146,8 +150,9 @@ def test_weights_load_once_for_instances_sharing_a_path(tiny_vlm, tmp_path, monk
     shutil.copytree(tiny_vlm, path)  # a fresh cache key
     loads = []
     real = AutoModelForImageTextToText.from_pretrained
-    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained",
-                        lambda *a, **k: loads.append(a) or real(*a, **k))
+    monkeypatch.setattr(
+        AutoModelForImageTextToText, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k)
+    )
     planner, critic = greedy(path), greedy(path, max_new_tokens=4)
 
     threads = [threading.Thread(target=m.invoke, args=(critic_messages(),)) for m in (planner, critic)]
@@ -196,8 +201,7 @@ def test_works_through_chat_complete(tiny_vlm):
     assert finish in ("stop", "length")
 
 
-def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_vlm, make_context,
-                                                                          runs_dir):
+def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_vlm, make_context, runs_dir):
     """--planner-backend transformers: the run's planner is the in-process model. A random-weight
     model cannot write a plan, so the run fails with every raw reply saved, and resuming it with a
     working planner endpoint finishes it."""
@@ -206,8 +210,9 @@ def test_the_graph_runs_its_planner_in_process_and_saves_unusable_replies(tiny_v
 
     from graph.runs.runner import resume_run, start_run
 
-    context = make_context(planner_backend="transformers", planner_model=tiny_vlm,
-                           vlm_max_tokens=8, vlm_retries=1, vlm_retry_backoff_s=0)
+    context = make_context(
+        planner_backend="transformers", planner_model=tiny_vlm, vlm_max_tokens=8, vlm_retries=1, vlm_retry_backoff_s=0
+    )
     outcome = start_run("How do I fold a paper crane?", context, run_id="local-planner")
     assert outcome.status == "failed"
     assert "no usable plan in 2 tries" in str(outcome.error)
@@ -258,8 +263,10 @@ def test_a_bad_input_fails_only_its_own_caller(tiny_vlm):
             results[name] = exc
 
     bad = [HumanMessage(content=[image_part("http://example.com/x.png")])]
-    threads = [threading.Thread(target=ask, args=("good", critic_messages())),
-               threading.Thread(target=ask, args=("bad", bad))]
+    threads = [
+        threading.Thread(target=ask, args=("good", critic_messages())),
+        threading.Thread(target=ask, args=("bad", bad)),
+    ]
     for t in threads:
         t.start()
     for t in threads:

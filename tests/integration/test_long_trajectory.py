@@ -50,23 +50,35 @@ COUNTERS = ("steps_total", "steps_done", "generations", "critic_calls", "rejecti
 
 def long_plan() -> list[dict]:
     """Step 1 draws from text; steps 2..30 edit the image before; every prompt is distinct."""
-    steps = [{"step_number": 1, "step_name": "Lay out the parts",
-              "instruction": "Lay out the boards, nails and tools on the workbench.",
-              "prompt": "A top-down photo of a workbench with pine boards, nails, a hammer and a saw; "
-                        "soft daylight, sharp focus, no text",
-              "auxiliary_text": None}]
+    steps = [
+        {
+            "step_number": 1,
+            "step_name": "Lay out the parts",
+            "instruction": "Lay out the boards, nails and tools on the workbench.",
+            "prompt": "A top-down photo of a workbench with pine boards, nails, a hammer and a saw; "
+            "soft daylight, sharp focus, no text",
+            "auxiliary_text": None,
+        }
+    ]
     for n in range(2, STEPS + 1):
-        steps.append({"step_number": n, "step_name": f"Stage {n}",
-                      "instruction": f"Carry out stage {n} of the build.",
-                      "prompt": f"Carry out build stage {n} of {STEPS} on the birdhouse; keep the "
-                                f"workbench, lighting and camera angle unchanged",
-                      "auxiliary_text": f"Stage {n}: check the joints before moving on."
-                      if n % 5 == 0 else None})
+        steps.append(
+            {
+                "step_number": n,
+                "step_name": f"Stage {n}",
+                "instruction": f"Carry out stage {n} of the build.",
+                "prompt": f"Carry out build stage {n} of {STEPS} on the birdhouse; keep the "
+                f"workbench, lighting and camera angle unchanged",
+                "auxiliary_text": f"Stage {n}: check the joints before moving on." if n % 5 == 0 else None,
+            }
+        )
     return steps
 
 
-REJECTED_PROMPTS = {s["prompt"]: f"{s['prompt']}, shown clearly in the centre of the frame"
-                    for s in long_plan() if s["step_number"] in REJECTED_STEPS}
+REJECTED_PROMPTS = {
+    s["prompt"]: f"{s['prompt']}, shown clearly in the centre of the frame"
+    for s in long_plan()
+    if s["step_number"] in REJECTED_STEPS
+}
 
 
 def respond(body: dict) -> str:
@@ -133,16 +145,26 @@ class Child:
 
     def run(self, kill_when=None) -> "Child":
         with open(self.log, "w") as stderr:
-            proc = subprocess.Popen([sys.executable, str(CHILD), *self.args], stdout=subprocess.PIPE,
-                                    stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.Popen(
+                [sys.executable, str(CHILD), *self.args],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             watchdog = threading.Timer(CHILD_TIMEOUT_S, proc.kill)
             watchdog.start()
             try:
                 for line in proc.stdout:
                     self._take(line)
                     event = self.events[-1] if self.events else None
-                    if (kill_when and event and self.kill_sent_at is None and event["event"] != "child_done"
-                            and kill_when(event)):
+                    if (
+                        kill_when
+                        and event
+                        and self.kill_sent_at is None
+                        and event["event"] != "child_done"
+                        and kill_when(event)
+                    ):
                         proc.send_signal(signal.SIGKILL)
                         self.kill_sent_at = event
                         break
@@ -153,7 +175,8 @@ class Child:
             finally:
                 watchdog.cancel()
         assert self.returncode is not None and self.returncode != -signal.SIGKILL or self.kill_sent_at, (
-            f"child {self.args[0]} was killed by the watchdog after {CHILD_TIMEOUT_S} s")
+            f"child {self.args[0]} was killed by the watchdog after {CHILD_TIMEOUT_S} s"
+        )
         return self
 
     def _take(self, line: str) -> None:
@@ -175,9 +198,11 @@ class Child:
     def describe(self) -> str:
         last = [event_key(e) for e in self.events[-2:]]
         stderr = self.log.read_text()[-2000:] if self.log.exists() else ""
-        return (f"{self.args[0]}: rc={self.returncode} kill sent at "
-                f"{self.kill_sent_at and event_key(self.kill_sent_at)}, {len(self.events)} events, last {last}"
-                + (f"\n  stderr tail: {stderr}" if self.returncode not in (0, -signal.SIGKILL) else ""))
+        return (
+            f"{self.args[0]}: rc={self.returncode} kill sent at "
+            f"{self.kill_sent_at and event_key(self.kill_sent_at)}, {len(self.events)} events, last {last}"
+            + (f"\n  stderr tail: {stderr}" if self.returncode not in (0, -signal.SIGKILL) else "")
+        )
 
 
 def pick_kill_points(events: list[dict], rng: random.Random) -> list[int]:
@@ -204,8 +229,7 @@ def long_server():
 def reference(tmp_path_factory, tiny_pipeline, long_server):
     """The uninterrupted 30-step run: its document, events, model calls and registry row."""
     runs_dir = str(tmp_path_factory.mktemp("long-reference") / "runs")
-    context = demo_context(runs_dir, long_server.base_url, tiny_pipeline, width=64, height=64,
-                           num_inference_steps=2)
+    context = demo_context(runs_dir, long_server.base_url, tiny_pipeline, width=64, height=64, num_inference_steps=2)
     since = len(long_server.requests)
     events = []
 
@@ -225,20 +249,25 @@ def reference(tmp_path_factory, tiny_pipeline, long_server):
     assert steps[0]["attempts"][0]["source"] is None and all(s["attempts"][0]["source"] for s in steps[1:])
     assert calls(long_server, demo_script.PLANNER_MODEL, since) == 1
 
-    return {"runs_dir": runs_dir, "context": context, "document": document, "events": events,
-            "critic_calls": calls(long_server, demo_script.CRITIC_MODEL, since),
-            "row": registry_row(runs_dir, "reference"),
-            "images": {a["image"]["path"] for s in steps for a in s["attempts"]}}
+    return {
+        "runs_dir": runs_dir,
+        "context": context,
+        "document": document,
+        "events": events,
+        "critic_calls": calls(long_server, demo_script.CRITIC_MODEL, since),
+        "row": registry_row(runs_dir, "reference"),
+        "images": {a["image"]["path"] for s in steps for a in s["attempts"]},
+    }
 
 
 # ----------------------------------------------------------------------------- tests
 
 
-def test_killed_at_random_points_and_resumed_each_time_equals_the_uninterrupted_run(
-        reference, long_server, tmp_path):
+def test_killed_at_random_points_and_resumed_each_time_equals_the_uninterrupted_run(reference, long_server, tmp_path):
     runs_dir = str(tmp_path / "runs")
-    context = demo_context(runs_dir, long_server.base_url, reference["context"].generator_model,
-                           width=64, height=64, num_inference_steps=2)
+    context = demo_context(
+        runs_dir, long_server.base_url, reference["context"].generator_model, width=64, height=64, num_inference_steps=2
+    )
     order = {event_key(e): i for i, e in enumerate(reference["events"])}
     assert len(order) == len(reference["events"]), "event keys must be unique within a trajectory"
     # Kill points are positions in the reference trajectory's event sequence, strictly increasing,
@@ -249,9 +278,11 @@ def test_killed_at_random_points_and_resumed_each_time_equals_the_uninterrupted_
     children: list[Child] = []
 
     def story() -> str:
-        return (f"seed {SEED} (LONG_TRAJECTORY_SEED), kill points {kill_points} = "
-                f"{[event_key(reference['events'][p]) for p in kill_points]}\n"
-                + "\n".join(f"  child {i}: {c.describe()}" for i, c in enumerate(children)))
+        return (
+            f"seed {SEED} (LONG_TRAJECTORY_SEED), kill points {kill_points} = "
+            f"{[event_key(reference['events'][p]) for p in kill_points]}\n"
+            + "\n".join(f"  child {i}: {c.describe()}" for i, c in enumerate(children))
+        )
 
     start_args = ["start", json.dumps(context.to_record()), REQUEST, "long"]
     resume_args = ["resume", runs_dir, "long"]
@@ -264,7 +295,8 @@ def test_killed_at_random_points_and_resumed_each_time_equals_the_uninterrupted_
             break
         # (A kill sent at run_finished may arrive after the run was marked finished.)
         assert registry_row(runs_dir, "long")["status"] == "interrupted" or (
-            child.kill_sent_at["event"] == "run_finished"), story()
+            child.kill_sent_at["event"] == "run_finished"
+        ), story()
     if not (children and children[-1].done):
         final = Child(resume_args, tmp_path / f"child-{len(children)}.log")
         children.append(final.run())
@@ -287,21 +319,26 @@ def test_killed_at_random_points_and_resumed_each_time_equals_the_uninterrupted_
     started = [(e["step_number"], e["attempt"]) for e in events if e["event"] == "attempt_started"]
     accepted = [e["step_number"] for e in events if e["event"] == "step_accepted"]
     finished = [e for e in events if e["event"] == "run_finished"]
-    reruns = {"plan": planner_calls - 1,
-              "generate": len(started) - len(set(started)),
-              "critique": calls(long_server, demo_script.CRITIC_MODEL, since) - reference["critic_calls"],
-              "accept": len(accepted) - STEPS,
-              "compose": len(finished) - 1}
+    reruns = {
+        "plan": planner_calls - 1,
+        "generate": len(started) - len(set(started)),
+        "critique": calls(long_server, demo_script.CRITIC_MODEL, since) - reference["critic_calls"],
+        "accept": len(accepted) - STEPS,
+        "compose": len(finished) - 1,
+    }
     assert min(reruns.values()) >= 0 and sum(reruns.values()) <= kills, (reruns, kills, story())
-    reference_attempts = {(a["step_number"], a["attempt"]) for s in reference["document"]["steps"]
-                          for a in s["attempts"]}
+    reference_attempts = {
+        (a["step_number"], a["attempt"]) for s in reference["document"]["steps"] for a in s["attempts"]
+    }
     assert set(started) == reference_attempts, story()
 
     # Every step accepted, none twice in the state; duplicated events only from re-run accepts.
     assert sorted(set(accepted)) == list(range(1, STEPS + 1)), story()
     assert [a["step_number"] for a in values["accepted"]] == list(range(1, STEPS + 1))
-    assert values["accepted"] == [{"step_number": s["step_number"], "attempt": s["attempts"][-1]["attempt"],
-                                   "image": s["image"]} for s in reference["document"]["steps"]]
+    assert values["accepted"] == [
+        {"step_number": s["step_number"], "attempt": s["attempts"][-1]["attempt"], "image": s["image"]}
+        for s in reference["document"]["steps"]
+    ]
 
     # Each accepted image is in this run's store (sha256 checked on load), and the store holds
     # exactly the images of the reference trajectory: a re-run generation lands on the same file.
@@ -323,8 +360,7 @@ def test_killed_at_random_points_and_resumed_each_time_equals_the_uninterrupted_
 def test_fork_at_any_step_reproduces_the_uninterrupted_run(reference, long_server, at_step):
     since = len(long_server.requests)
     events = []
-    outcome = fork_run(reference["runs_dir"], "reference", at_step, new_id=f"fork-{at_step}",
-                       on_event=events.append)
+    outcome = fork_run(reference["runs_dir"], "reference", at_step, new_id=f"fork-{at_step}", on_event=events.append)
     assert outcome.status == "finished", outcome.error
     document = document_of(outcome.document_dir)
     assert document["forked_from"] == {"run_id": "reference", "step_number": at_step, "prompt_changed": False}

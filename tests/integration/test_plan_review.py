@@ -46,10 +46,26 @@ def test_edited_plan_is_what_gets_generated(paused, runs_dir):
 
 
 def test_cli_review_flow_and_bad_edits(capsys, runs_dir, chat_server, tiny_pipeline, tmp_path):
-    settings = ["--planner-base-url", chat_server.base_url, "--critic-base-url", chat_server.base_url,
-                "--planner-model", "demo-planner", "--critic-model", "demo-critic",
-                "--generator-model", str(tiny_pipeline), "--device", "cpu", "--width", "64",
-                "--height", "64", "--num-inference-steps", "2"]
+    settings = [
+        "--planner-base-url",
+        chat_server.base_url,
+        "--critic-base-url",
+        chat_server.base_url,
+        "--planner-model",
+        "demo-planner",
+        "--critic-model",
+        "demo-critic",
+        "--generator-model",
+        str(tiny_pipeline),
+        "--device",
+        "cpu",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--num-inference-steps",
+        "2",
+    ]
     code = main(["--runs-dir", runs_dir, "run", REQUEST, "--run-id", "r", "--review-plan", *settings])
     out = capsys.readouterr().out
     assert code == EXIT_AWAITING_REVIEW and "interleave resume r --approve-plan" in out
@@ -63,9 +79,26 @@ def test_cli_review_flow_and_bad_edits(capsys, runs_dir, chat_server, tiny_pipel
     assert "is not valid JSON" in capsys.readouterr().err
 
     good = tmp_path / "plan.json"
-    good.write_text(json.dumps({"execution_plan": [
-        {"step_number": 1, "step_name": "Paper", "instruction": "A square sheet", "prompt": "a square sheet"},
-        {"step_number": 2, "step_name": "Crane", "instruction": "The crane", "prompt": "fold it into a crane"}]}))
+    good.write_text(
+        json.dumps(
+            {
+                "execution_plan": [
+                    {
+                        "step_number": 1,
+                        "step_name": "Paper",
+                        "instruction": "A square sheet",
+                        "prompt": "a square sheet",
+                    },
+                    {
+                        "step_number": 2,
+                        "step_name": "Crane",
+                        "instruction": "The crane",
+                        "prompt": "fold it into a crane",
+                    },
+                ]
+            }
+        )
+    )
     assert main(["--runs-dir", runs_dir, "resume", "r", "--plan-file", str(good)]) == EXIT_OK
     assert "run r finished" in capsys.readouterr().out
     assert main(["--runs-dir", runs_dir, "show", "r"]) == EXIT_OK

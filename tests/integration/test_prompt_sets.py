@@ -7,8 +7,15 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from tools.doubles.scripted_chat import ScriptedChatServer, message_text
-from training.data.prompt_sets import (PromptProblem, build_prompt_file, generate_prompts,
-                                  load_taxonomy, main, make_parser, read_prompt_file)
+from training.data.prompt_sets import (
+    PromptProblem,
+    build_prompt_file,
+    generate_prompts,
+    load_taxonomy,
+    main,
+    make_parser,
+    read_prompt_file,
+)
 
 TAXONOMY = """\
 domains:
@@ -33,15 +40,21 @@ domains:
         description: Why the moon changes shape.
 """
 
-KITE_REPLY = json.dumps({"requests": [
-    "Show how to build a diamond kite from newspaper, bamboo skewers and tape, in six steps.",
-    "show how to build a DIAMOND kite from newspaper, bamboo skewers and tape in six steps!",
-    "Show how to build a diamond kite from newspaper, bamboo skewers and some tape, in six steps.",
-    "Illustrate making a box kite for a windy beach day.",
-    "Teach a child to decorate a kite tail with ribbons.",
-]})
-SKETCH_REPLY = ("```json\n[\"Here is my sketch of a harbour <image>. Ink it and colour it in three "
-                "steps.\", \"Illustrate making a box kite for a windy beach day\"]\n```")
+KITE_REPLY = json.dumps(
+    {
+        "requests": [
+            "Show how to build a diamond kite from newspaper, bamboo skewers and tape, in six steps.",
+            "show how to build a DIAMOND kite from newspaper, bamboo skewers and tape in six steps!",
+            "Show how to build a diamond kite from newspaper, bamboo skewers and some tape, in six steps.",
+            "Illustrate making a box kite for a windy beach day.",
+            "Teach a child to decorate a kite tail with ribbons.",
+        ]
+    }
+)
+SKETCH_REPLY = (
+    '```json\n["Here is my sketch of a harbour <image>. Ink it and colour it in three '
+    'steps.", "Illustrate making a box kite for a windy beach day"]\n```'
+)
 MOON_REPLY = '{"requests": ["Explain the phases of the moon in eight pictures."]}'
 
 
@@ -77,9 +90,27 @@ def taxonomy_file(tmp_path):
 
 
 def run_cli(server, taxonomy_file, out, *extra):
-    return main(["--taxonomy", str(taxonomy_file), "--out", str(out), "--per-subcategory", "5",
-                 "--teacher-base-url", server.base_url, "--teacher-model", "teacher-7b",
-                 "--concurrency", "3", "--attempts", "2", "--seed", "11", *extra])
+    return main(
+        [
+            "--taxonomy",
+            str(taxonomy_file),
+            "--out",
+            str(out),
+            "--per-subcategory",
+            "5",
+            "--teacher-base-url",
+            server.base_url,
+            "--teacher-model",
+            "teacher-7b",
+            "--concurrency",
+            "3",
+            "--attempts",
+            "2",
+            "--seed",
+            "11",
+            *extra,
+        ]
+    )
 
 
 def read_rows(path):
@@ -91,11 +122,15 @@ def test_generate_dedupes_reports_failures_and_resumes(teacher, taxonomy_file, t
     assert run_cli(teacher, taxonomy_file, out) == 1  # the moon category never parsed
 
     rows = read_rows(out)
-    assert [r["id"] for r in rows] == ["kites-0001", "kites-0002", "kites-0003",
-                                       "finish-sketch-0001"]
-    assert rows[0] == {"id": "kites-0001", "request": json.loads(KITE_REPLY)["requests"][0],
-                       "images": [], "needs_images": False, "domain": "crafts",
-                       "subcategory": "kites"}
+    assert [r["id"] for r in rows] == ["kites-0001", "kites-0002", "kites-0003", "finish-sketch-0001"]
+    assert rows[0] == {
+        "id": "kites-0001",
+        "request": json.loads(KITE_REPLY)["requests"][0],
+        "images": [],
+        "needs_images": False,
+        "domain": "crafts",
+        "subcategory": "kites",
+    }
     assert rows[3]["needs_images"] is True and rows[3]["images"] == []
     assert "<image>" in rows[3]["request"]
     # one exact and one near duplicate inside kites, one exact across subcategories
@@ -129,14 +164,13 @@ def test_generate_dedupes_reports_failures_and_resumes(teacher, taxonomy_file, t
     assert not list(out.parent.glob(".*.tmp"))
 
 
-def test_output_reads_back_and_flags_rows_still_waiting_for_images(teacher, taxonomy_file,
-                                                                   tmp_path):
+def test_output_reads_back_and_flags_rows_still_waiting_for_images(teacher, taxonomy_file, tmp_path):
     out = tmp_path / "prompts.jsonl"
     teacher.script.moon_broken = False
-    summary = build_prompt_file(load_taxonomy(taxonomy_file), _model(teacher), out,
-                                per_subcategory=5, seed=0, max_concurrency=2)
-    assert (summary.written, summary.failed, summary.dropped_exact, summary.dropped_near) == (
-        5, [], 2, 1)
+    summary = build_prompt_file(
+        load_taxonomy(taxonomy_file), _model(teacher), out, per_subcategory=5, seed=0, max_concurrency=2
+    )
+    assert (summary.written, summary.failed, summary.dropped_exact, summary.dropped_near) == (5, [], 2, 1)
     rows, problems = read_prompt_file(out)
     assert len(rows) == 4
     assert [(p.line, p.id) for p in problems] == [(4, "finish-sketch-0001")]
@@ -147,16 +181,27 @@ def test_output_reads_back_and_flags_rows_still_waiting_for_images(teacher, taxo
 
 def test_unreachable_teacher_exits_4_and_writes_nothing(taxonomy_file, tmp_path, capsys):
     out = tmp_path / "prompts.jsonl"
-    code = main(["--taxonomy", str(taxonomy_file), "--out", str(out), "--teacher-base-url",
-                 "http://127.0.0.1:9/v1", "--teacher-model", "m", "--retries", "0"])
+    code = main(
+        [
+            "--taxonomy",
+            str(taxonomy_file),
+            "--out",
+            str(out),
+            "--teacher-base-url",
+            "http://127.0.0.1:9/v1",
+            "--teacher-model",
+            "m",
+            "--retries",
+            "0",
+        ]
+    )
     assert code == 4
     assert not out.exists()
     err = capsys.readouterr().err
     assert "teacher model at http://127.0.0.1:9/v1" in err and "--teacher-base-url" in err
 
 
-def test_bad_taxonomy_and_unreadable_existing_output_exit_2(teacher, taxonomy_file, tmp_path,
-                                                            capsys):
+def test_bad_taxonomy_and_unreadable_existing_output_exit_2(teacher, taxonomy_file, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("domains:\n  - id: x\n    name: X\n", encoding="utf-8")
     assert run_cli(teacher, bad, tmp_path / "a.jsonl") == 2
@@ -174,22 +219,35 @@ def test_any_langchain_chat_model_can_be_the_teacher(taxonomy_file):
     subs = [s for s in load_taxonomy(taxonomy_file) if s.id == "kites"]
     model = FakeListChatModel(responses=["no list here", KITE_REPLY])
     seen = []
-    rows = generate_prompts(subs, model, per_subcategory=5, seed=0, max_concurrency=1,
-                            on_progress=seen.append, existing=[
-                                {"id": "kites-0001", "request": "Teach a child to decorate a "
-                                                                "kite tail with ribbons."}])
+    rows = generate_prompts(
+        subs,
+        model,
+        per_subcategory=5,
+        seed=0,
+        max_concurrency=1,
+        on_progress=seen.append,
+        existing=[{"id": "kites-0001", "request": "Teach a child to decorate a kite tail with ribbons."}],
+    )
     assert [r["id"] for r in rows] == ["kites-0002", "kites-0003"]  # ids after existing ones
     [result] = seen
-    assert (result.attempts, result.received, result.dropped_exact, result.dropped_near) == (
-        2, 5, 2, 1)
+    assert (result.attempts, result.received, result.dropped_exact, result.dropped_near) == (2, 5, 2, 1)
     assert "attempt 1" in result.failures[0]
 
 
 def test_help_explains_every_option():
     text = make_parser().format_help()
-    for flag in ("--taxonomy", "--out", "--per-subcategory", "--teacher-base-url",
-                 "--teacher-model", "--concurrency", "--seed", "--attempts",
-                 "--near-duplicate-threshold", "Exit codes"):
+    for flag in (
+        "--taxonomy",
+        "--out",
+        "--per-subcategory",
+        "--teacher-base-url",
+        "--teacher-model",
+        "--concurrency",
+        "--seed",
+        "--attempts",
+        "--near-duplicate-threshold",
+        "Exit codes",
+    ):
         assert flag in text
 
 
@@ -200,6 +258,7 @@ def _model(server):
 
 
 # --------------------------------------------------------------------------- reading prompt files
+
 
 def test_each_malformed_line_is_reported_with_its_line_and_id(tmp_path):
     (tmp_path / "img").mkdir()
@@ -213,8 +272,13 @@ def test_each_malformed_line_is_reported_with_its_line_and_id(tmp_path):
         {"id": "ok-1", "request": "Draw a boat."},
         {"id": "missing-image", "request": "Finish <image>.", "images": ["img/nope.png"]},
         "",
-        {"id": "ok-2", "request": "Finish my sketch <image>.", "images": ["img/a.png"],
-         "needs_images": True, "steps": 3},
+        {
+            "id": "ok-2",
+            "request": "Finish my sketch <image>.",
+            "images": ["img/a.png"],
+            "needs_images": True,
+            "steps": 3,
+        },
         {"id": "waiting", "request": "Continue <image>.", "needs_images": True},
         {"id": "markers", "request": "Compare <image> and <image>.", "images": ["img/a.png"]},
         ["a", "list"],
@@ -222,18 +286,30 @@ def test_each_malformed_line_is_reported_with_its_line_and_id(tmp_path):
         {"id": "typed", "request": "Draw.", "domain": 3},
     ]
     path = tmp_path / "prompts.jsonl"
-    path.write_bytes(b"\n".join(line.encode() if isinstance(line, str) else
-                                json.dumps(line).encode() for line in lines)
-                     + b"\n\xff\xfe broken bytes\n")
+    path.write_bytes(
+        b"\n".join(line.encode() if isinstance(line, str) else json.dumps(line).encode() for line in lines)
+        + b"\n\xff\xfe broken bytes\n"
+    )
     rows, problems = read_prompt_file(path)
 
     assert [r["id"] for r in rows] == ["ok-1", "ok-2"]
     assert rows[1]["images"] == [str(tmp_path / "img" / "a.png")]
     assert rows[1]["steps"] == 3 and rows[0]["needs_images"] is False
     found = {(p.line, p.id): p.message for p in problems}
-    assert list(found) == [(2, None), (3, "no-request"), (4, "blank"), (5, "bad-images"),
-                           (6, "ok-1"), (7, "missing-image"), (10, "waiting"), (11, "markers"),
-                           (12, None), (13, None), (14, "typed"), (15, None)]
+    assert list(found) == [
+        (2, None),
+        (3, "no-request"),
+        (4, "blank"),
+        (5, "bad-images"),
+        (6, "ok-1"),
+        (7, "missing-image"),
+        (10, "waiting"),
+        (11, "markers"),
+        (12, None),
+        (13, None),
+        (14, "typed"),
+        (15, None),
+    ]
     assert "not valid JSON" in found[(2, None)]
     assert "'request' must be a non-empty string" in found[(3, "no-request")]
     assert "duplicate id; line 1 already uses it" in found[(6, "ok-1")]
@@ -249,11 +325,15 @@ def test_each_malformed_line_is_reported_with_its_line_and_id(tmp_path):
 
 def test_plain_text_files_give_one_request_per_line(tmp_path):
     path = tmp_path / "requests.txt"
-    path.write_text("# my requests\nHow do I fold a paper crane?\n\n  Show a frog growing up.  \n"
-                    "Finish my sketch <image>\n", encoding="utf-8")
+    path.write_text(
+        "# my requests\nHow do I fold a paper crane?\n\n  Show a frog growing up.  \nFinish my sketch <image>\n",
+        encoding="utf-8",
+    )
     rows, problems = read_prompt_file(path)
     assert [(r["id"], r["request"]) for r in rows] == [
-        ("line-00002", "How do I fold a paper crane?"), ("line-00004", "Show a frog growing up.")]
+        ("line-00002", "How do I fold a paper crane?"),
+        ("line-00004", "Show a frog growing up."),
+    ]
     assert rows[0]["images"] == [] and rows[0]["subcategory"] == ""
     assert [(p.line, p.id) for p in problems] == [(5, "line-00005")]
     assert "plain-text prompt file cannot carry images" in problems[0].message

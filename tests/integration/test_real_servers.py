@@ -69,9 +69,11 @@ def _serve(command: list[str], port: int, log: Path):
 def transformers_server(smollm2_folder, tmp_path_factory):
     port = _free_port()
     entry = Path(sys.executable).with_name("transformers")
-    process, url = _serve([str(entry), "serve", str(smollm2_folder), "--device", "cpu",
-                           "--port", str(port)], port,
-                          tmp_path_factory.mktemp("logs") / "transformers-serve.log")
+    process, url = _serve(
+        [str(entry), "serve", str(smollm2_folder), "--device", "cpu", "--port", str(port)],
+        port,
+        tmp_path_factory.mktemp("logs") / "transformers-serve.log",
+    )
     yield url, str(smollm2_folder)
     process.terminate()
     process.wait(30)
@@ -81,16 +83,29 @@ def transformers_server(smollm2_folder, tmp_path_factory):
 def llamacpp_server(smollm2_gguf, tmp_path_factory):
     pytest.importorskip("llama_cpp.server", reason="pip install 'llama-cpp-python[server]==0.3.36'")
     port, name = _free_port(), "smollm2"
-    process, url = _serve([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf),
-                           "--model_alias", name, "--port", str(port), "--host", "127.0.0.1"],
-                          port, tmp_path_factory.mktemp("logs") / "llamacpp.log")
+    process, url = _serve(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(smollm2_gguf),
+            "--model_alias",
+            name,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        port,
+        tmp_path_factory.mktemp("logs") / "llamacpp.log",
+    )
     yield url, name
     process.terminate()
     process.wait(30)
 
 
-SERVERS = ["transformers_server",
-           pytest.param("llamacpp_server", marks=pytest.mark.llamacpp)]
+SERVERS = ["transformers_server", pytest.param("llamacpp_server", marks=pytest.mark.llamacpp)]
 
 
 def _messages(text: str):
@@ -108,16 +123,23 @@ def test_a_reply_budget_is_honoured_by_the_real_server(server, request):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_narrative_planner_run_through_the_graph_on_the_real_server(server, request, runs_dir,
-                                                                      tiny_pipeline):
+def test_a_narrative_planner_run_through_the_graph_on_the_real_server(server, request, runs_dir, tiny_pipeline):
     """The planner is the real model (no proxy in between); the critic stays scripted, since the
     model cannot see images. A 135M model rarely writes the plan format unconstrained in 48
     tokens: the run must end with the planner's real replies saved and the budget respected."""
     url, name = request.getfixturevalue(server)
     with ScriptedChatServer(demo_script.respond) as critic:
-        context = demo_context(runs_dir, critic.base_url, tiny_pipeline, planner_base_url=url,
-                               planner_model=name, planner_max_tokens=48, vlm_retries=0,
-                               vlm_temperature=0.0, vlm_timeout_s=REQUEST_TIMEOUT_S)
+        context = demo_context(
+            runs_dir,
+            critic.base_url,
+            tiny_pipeline,
+            planner_base_url=url,
+            planner_model=name,
+            planner_max_tokens=48,
+            vlm_retries=0,
+            vlm_temperature=0.0,
+            vlm_timeout_s=REQUEST_TIMEOUT_S,
+        )
         outcome = start_run("How do I fold a paper crane?", context)
     if outcome.status == "finished":  # the model did write a valid plan
         return
@@ -129,15 +151,18 @@ def test_a_narrative_planner_run_through_the_graph_on_the_real_server(server, re
 
 
 @pytest.mark.llamacpp
-def test_llamacpp_structured_output_in_its_own_dialect_gives_a_plan(llamacpp_server, runs_dir,
-                                                                    tiny_pipeline):
+def test_llamacpp_structured_output_in_its_own_dialect_gives_a_plan(llamacpp_server, runs_dir, tiny_pipeline):
     url, name = llamacpp_server
     from nodes.adapters import structured_output
     from graph.context import Context
 
     ctx = Context(vlm_structured_output="json_object", runs_dir=runs_dir)
     model = openai_model(url, "none", name, 256, 0.0, REQUEST_TIMEOUT_S, 0)
-    text, _ = complete(model, _messages("Plan two pictures of a paper crane being folded."),
-                       "planner", **structured_output(ctx, "plan"))
+    text, _ = complete(
+        model,
+        _messages("Plan two pictures of a paper crane being folded."),
+        "planner",
+        **structured_output(ctx, "plan"),
+    )
     _, steps = parse_plan(text)
     assert steps and steps[0]["step_number"] == 1

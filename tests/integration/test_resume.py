@@ -36,8 +36,7 @@ def reference(make_context, chat_server):
     """The uninterrupted run, and how many planner/critic calls it made."""
     outcome = start_run(REQUEST, make_context(), run_id="reference")
     assert outcome.status == "finished", outcome.error
-    counts = {m: len(requests_by_model(chat_server, m))
-              for m in (demo_script.PLANNER_MODEL, demo_script.CRITIC_MODEL)}
+    counts = {m: len(requests_by_model(chat_server, m)) for m in (demo_script.PLANNER_MODEL, demo_script.CRITIC_MODEL)}
     chat_server.requests.clear()
     return document(outcome), counts
 
@@ -77,18 +76,25 @@ def test_resume_after_generator_exception(make_context, chat_server, reference, 
     assert status_of(runs_dir, "crashy")["status"] == "finished"
 
 
-@pytest.mark.parametrize("kill_after", [
-    ("plan_ready", 1),  # during step 1's first generation
-    ("verdict", 2),  # right after step 2's first attempt was rejected
-    ("step_accepted", 2),
-])
+@pytest.mark.parametrize(
+    "kill_after",
+    [
+        ("plan_ready", 1),  # during step 1's first generation
+        ("verdict", 2),  # right after step 2's first attempt was rejected
+        ("step_accepted", 2),
+    ],
+)
 def test_resume_after_sigkill(make_context, chat_server, reference, runs_dir, kill_after):
     expected, counts = reference
     event_name, occurrence = kill_after
     context = make_context()
     child = subprocess.Popen(
         [sys.executable, str(CHILD), json.dumps(context.to_record()), REQUEST, "killed"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     seen_before_kill = []
     for line in child.stdout:
         event = json.loads(line)
@@ -140,8 +146,11 @@ def test_endpoint_dying_mid_run_leaves_the_run_resumable(runs_dir, tiny_pipeline
     assert "interleave resume" not in str(failed.error)
 
     with ScriptedChatServer(demo_script.respond) as replacement:  # the server is back, elsewhere
-        resumed = resume_run("orphan", runs_dir, overrides={"critic_base_url": replacement.base_url,
-                                                            "planner_base_url": replacement.base_url})
+        resumed = resume_run(
+            "orphan",
+            runs_dir,
+            overrides={"critic_base_url": replacement.base_url, "planner_base_url": replacement.base_url},
+        )
     assert resumed.status == "finished", resumed.error
     resumed_document = document(resumed)
     # Only the endpoint URLs in the recorded settings differ (the server moved).

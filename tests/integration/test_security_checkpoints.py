@@ -25,9 +25,11 @@ def payloads(marker: Path) -> dict[str, ormsgpack.Ext]:
     return {
         "os.system": ormsgpack.Ext(pos, ormsgpack.packb(("os", "system", (shell,)))),
         "subprocess.check_call": ormsgpack.Ext(
-            pos, ormsgpack.packb(("subprocess", "check_call", (["touch", str(marker)],)))),
-        "builtins.eval": ormsgpack.Ext(pos, ormsgpack.packb(
-            ("builtins", "eval", (f"open({str(marker)!r}, 'w').close()",)))),
+            pos, ormsgpack.packb(("subprocess", "check_call", (["touch", str(marker)],)))
+        ),
+        "builtins.eval": ormsgpack.Ext(
+            pos, ormsgpack.packb(("builtins", "eval", (f"open({str(marker)!r}, 'w').close()",)))
+        ),
     }
 
 
@@ -46,11 +48,15 @@ def tamper_state(runs_dir: str, run_id: str, value: ormsgpack.Ext) -> None:
     with sqlite3.connect(database_path(runs_dir)) as conn:
         checkpoint_id, kind, blob = conn.execute(
             "SELECT checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_id = ? "
-            "ORDER BY checkpoint_id DESC LIMIT 1", (run_id,)).fetchone()
+            "ORDER BY checkpoint_id DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
         checkpoint = serde.loads_typed((kind, blob))
         checkpoint["channel_values"]["request"] = value
-        conn.execute("UPDATE checkpoints SET type = 'msgpack', checkpoint = ? WHERE thread_id = ? "
-                     "AND checkpoint_id = ?", (ormsgpack.packb(checkpoint), run_id, checkpoint_id))
+        conn.execute(
+            "UPDATE checkpoints SET type = 'msgpack', checkpoint = ? WHERE thread_id = ? AND checkpoint_id = ?",
+            (ormsgpack.packb(checkpoint), run_id, checkpoint_id),
+        )
 
 
 def tamper_interrupt(runs_dir: str, run_id: str, value: ormsgpack.Ext) -> None:
@@ -58,20 +64,21 @@ def tamper_interrupt(runs_dir: str, run_id: str, value: ormsgpack.Ext) -> None:
     with sqlite3.connect(database_path(runs_dir)) as conn:
         rows = conn.execute("SELECT rowid, channel FROM writes WHERE thread_id = ?", (run_id,)).fetchall()
         rowid = next(r for r, channel in rows if channel == "__interrupt__")
-        inner = ormsgpack.Ext(jsonplus.EXT_CONSTRUCTOR_KW_ARGS, ormsgpack.packb(
-            ("langgraph.types", "Interrupt", {"value": value, "id": "x"})))
-        conn.execute("UPDATE writes SET type = 'msgpack', value = ? WHERE rowid = ?",
-                     (ormsgpack.packb([inner]), rowid))
+        inner = ormsgpack.Ext(
+            jsonplus.EXT_CONSTRUCTOR_KW_ARGS,
+            ormsgpack.packb(("langgraph.types", "Interrupt", {"value": value, "id": "x"})),
+        )
+        conn.execute("UPDATE writes SET type = 'msgpack', value = ? WHERE rowid = ?", (ormsgpack.packb([inner]), rowid))
 
 
 @pytest.mark.parametrize("where", ["state", "interrupt"])
 @pytest.mark.parametrize("payload", ["os.system", "subprocess.check_call", "builtins.eval"])
 @pytest.mark.parametrize("command", [["show"], ["history"], ["resume", "--approve-plan"]])
-def test_a_crafted_checkpoint_is_refused_and_never_executed(capsys, runs_dir, paused_run, tmp_path,
-                                                            payload, where, command):
+def test_a_crafted_checkpoint_is_refused_and_never_executed(
+    capsys, runs_dir, paused_run, tmp_path, payload, where, command
+):
     marker = tmp_path / "pwned"
-    (tamper_state if where == "state" else tamper_interrupt)(runs_dir, paused_run,
-                                                               payloads(marker)[payload])
+    (tamper_state if where == "state" else tamper_interrupt)(runs_dir, paused_run, payloads(marker)[payload])
     code = main(["--runs-dir", runs_dir, command[0], paused_run, *command[1:]])
     _, err = capsys.readouterr()
     assert not marker.exists(), f"{payload} ran on `interleave {command[0]}`"

@@ -11,8 +11,9 @@ from conftest import REQUEST
 from graph.builder import build_graph
 from graph.runs.runner import resume_run, start_run
 
-BAD_PLAN = {"plan": [{"step_number": 5, "step_name": "late", "instruction": "x", "prompt": "a cup",
-                      "auxiliary_text": None}]}
+BAD_PLAN = {
+    "plan": [{"step_number": 5, "step_name": "late", "instruction": "x", "prompt": "a cup", "auxiliary_text": None}]
+}
 
 
 def test_a_bad_edit_keeps_the_run_waiting_and_a_later_approval_finishes_it(make_context, runs_dir):

@@ -16,8 +16,7 @@ from graph.builder import build_graph
 from graph.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
 from graph.runs.runner import start_run
 
-BAD_IDS = ["../escaped", "/tmp/absolute-run", ".", "images", "_demo", "interleave.sqlite",
-           "red\x1b[2Jalert"]
+BAD_IDS = ["../escaped", "/tmp/absolute-run", ".", "images", "_demo", "interleave.sqlite", "red\x1b[2Jalert"]
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -27,8 +26,19 @@ def files_under(folder: Path) -> set[Path]:
 @pytest.mark.parametrize("run_id", BAD_IDS)
 def test_cli_run_refuses_a_bad_run_id_before_writing(capsys, tmp_path, tiny_pipeline, run_id):
     runs = tmp_path / "runs"
-    code = main(["--runs-dir", str(runs), "run", REQUEST, "--run-id", run_id, "--no-preflight",
-                 "--generator-model", str(tiny_pipeline)])
+    code = main(
+        [
+            "--runs-dir",
+            str(runs),
+            "run",
+            REQUEST,
+            "--run-id",
+            run_id,
+            "--no-preflight",
+            "--generator-model",
+            str(tiny_pipeline),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT and "run id" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"] or not runs.exists()

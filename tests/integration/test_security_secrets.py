@@ -23,8 +23,10 @@ def test_keys_and_url_passwords_are_stored_nowhere(make_context, runs_dir, chat_
     for path in files:  # database (and its WAL), documents, planner failure files
         data = path.read_bytes()
         assert KEY.encode() not in data and b"pw-never-store-me" not in data, path
-    ours = [r.getMessage() for r in caplog.records
-            if r.name.split(".")[0] in ("graph", "nodes", "tools", "checkpoints", "training")]
+    ours = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.split(".")[0] in ("graph", "nodes", "tools", "checkpoints", "training")
+    ]
     assert ours and not [m for m in ours if KEY in m or "pw-never-store-me" in m]
     assert not [r for r in caplog.records if KEY in r.getMessage()]  # no library logs the key
-

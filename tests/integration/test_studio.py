@@ -36,28 +36,33 @@ def free_port() -> int:
 
 
 def server_env(chat_url: str, pipeline: Path, runs_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("INTERLEAVE_", "LANGSMITH_", "LANGCHAIN_", "LANGGRAPH_"))}
-    env.update({
-        "INTERLEAVE_PLANNER_BASE_URL": chat_url,
-        "INTERLEAVE_CRITIC_BASE_URL": chat_url,
-        "INTERLEAVE_PLANNER_MODEL": demo_script.PLANNER_MODEL,
-        "INTERLEAVE_CRITIC_MODEL": demo_script.CRITIC_MODEL,
-        "INTERLEAVE_GENERATOR_MODEL": str(pipeline),
-        "INTERLEAVE_DEVICE": "cpu",
-        "INTERLEAVE_DTYPE": "float32",
-        "INTERLEAVE_WIDTH": "64",
-        "INTERLEAVE_HEIGHT": "64",
-        "INTERLEAVE_NUM_INFERENCE_STEPS": "2",
-        "INTERLEAVE_RUNS_DIR": str(runs_dir),
-        "HF_HUB_OFFLINE": "1",
-        # Nothing leaves the machine: no tracing, no CLI analytics, no version check.
-        "LANGSMITH_TRACING": "false",
-        "LANGCHAIN_TRACING_V2": "false",
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "LANGGRAPH_NO_VERSION_CHECK": "true",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("INTERLEAVE_", "LANGSMITH_", "LANGCHAIN_", "LANGGRAPH_"))
+    }
+    env.update(
+        {
+            "INTERLEAVE_PLANNER_BASE_URL": chat_url,
+            "INTERLEAVE_CRITIC_BASE_URL": chat_url,
+            "INTERLEAVE_PLANNER_MODEL": demo_script.PLANNER_MODEL,
+            "INTERLEAVE_CRITIC_MODEL": demo_script.CRITIC_MODEL,
+            "INTERLEAVE_GENERATOR_MODEL": str(pipeline),
+            "INTERLEAVE_DEVICE": "cpu",
+            "INTERLEAVE_DTYPE": "float32",
+            "INTERLEAVE_WIDTH": "64",
+            "INTERLEAVE_HEIGHT": "64",
+            "INTERLEAVE_NUM_INFERENCE_STEPS": "2",
+            "INTERLEAVE_RUNS_DIR": str(runs_dir),
+            "HF_HUB_OFFLINE": "1",
+            # Nothing leaves the machine: no tracing, no CLI analytics, no version check.
+            "LANGSMITH_TRACING": "false",
+            "LANGCHAIN_TRACING_V2": "false",
+            "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+            "LANGGRAPH_NO_VERSION_CHECK": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -84,20 +89,26 @@ def studio_server(tmp_path_factory, tiny_pipeline):
     port = free_port()
     runs_dir = tmp_path / "runs"
     log_path = tmp_path / "langgraph-dev.log"
-    command = [str(LANGGRAPH), "dev", "--host", "127.0.0.1", "--port", str(port),
-               "--no-browser", "--no-reload"]
+    command = [str(LANGGRAPH), "dev", "--host", "127.0.0.1", "--port", str(port), "--no-browser", "--no-reload"]
     with ScriptedChatServer(demo_script.respond) as chat_server:
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL,
-                                       env=server_env(chat_server.base_url, tiny_pipeline, runs_dir))
+            process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=server_env(chat_server.base_url, tiny_pipeline, runs_dir),
+            )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while True:
                 if process.poll() is not None:
-                    pytest.fail(f"langgraph dev exited with {process.returncode} before it was "
-                                f"ready:\n{log_path.read_text(errors='replace')}")
+                    pytest.fail(
+                        f"langgraph dev exited with {process.returncode} before it was "
+                        f"ready:\n{log_path.read_text(errors='replace')}"
+                    )
                 try:
                     with urllib.request.urlopen(f"{url}/ok", timeout=2) as response:
                         if response.status == 200:
@@ -105,8 +116,10 @@ def studio_server(tmp_path_factory, tiny_pipeline):
                 except (urllib.error.URLError, ConnectionError, TimeoutError):
                     pass
                 if time.monotonic() > deadline:
-                    pytest.fail(f"langgraph dev not ready on {url} after {READY_TIMEOUT_S:.0f}s:\n"
-                                f"{log_path.read_text(errors='replace')}")
+                    pytest.fail(
+                        f"langgraph dev not ready on {url} after {READY_TIMEOUT_S:.0f}s:\n"
+                        f"{log_path.read_text(errors='replace')}"
+                    )
                 time.sleep(0.25)
             yield url, runs_dir
         finally:
@@ -162,8 +175,7 @@ def test_studio_runs_the_graph_through_the_sdk(studio_server, client, new_thread
     runs_dir = studio_server[1]
     thread_id = new_thread()
     custom, updates, errors = [], [], []
-    for part in client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST},
-                                   stream_mode=["updates", "custom"]):
+    for part in client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST}, stream_mode=["updates", "custom"]):
         if part.event == "custom":
             custom.append(part.data)
         elif part.event == "updates":
@@ -180,7 +192,11 @@ def test_studio_runs_the_graph_through_the_sdk(studio_server, client, new_thread
     assert counts["verdict"] == 4 and counts["step_accepted"] == 3
     verdicts = [e for e in custom if e["event"] == "verdict"]
     assert [(v["step_number"], v["attempt"], v["success"]) for v in verdicts] == [
-        (1, 1, True), (2, 1, False), (2, 2, True), (3, 1, True)]
+        (1, 1, True),
+        (2, 1, False),
+        (2, 2, True),
+        (3, 1, True),
+    ]
     assert [e["step_number"] for e in custom if e["event"] == "step_accepted"] == [1, 2, 3]
     assert {e["run_id"] for e in custom} == {thread_id}  # the run id is the thread id
 
@@ -225,9 +241,15 @@ def test_studio_context_overrides_the_server_environment(studio_server, client, 
     """Values set in Studio's context form win over INTERLEAVE_*; the rest still come from it."""
     runs_dir = studio_server[1]
     thread_id = new_thread()
-    parts = list(client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST},
-                                    context={"seed": 7, "max_generations_per_step": 1},
-                                    stream_mode="custom"))
+    parts = list(
+        client.runs.stream(
+            thread_id,
+            GRAPH_ID,
+            input={"request": REQUEST},
+            context={"seed": 7, "max_generations_per_step": 1},
+            stream_mode="custom",
+        )
+    )
     assert not [p.data for p in parts if p.event == "error"]
     kinds = [p.data["event"] for p in parts if p.event == "custom"]
     assert kinds.count("attempt_started") == 3 and "verdict" not in kinds  # no critic calls
@@ -239,14 +261,14 @@ def test_studio_context_overrides_the_server_environment(studio_server, client, 
     assert (settings["width"], settings["critic_model"]) == (64, demo_script.CRITIC_MODEL)
 
 
-
 def test_plan_review_in_studio_pauses_then_resumes_with_an_edit(client, new_thread):
     """With review_plan on, the run stops after planning with the plan in the interrupt; resuming
     with an edited plan (what the Studio resume form sends) generates that plan."""
     thread_id = new_thread()
     context = {"review_plan": True, "max_generations_per_step": 1}
-    first = list(client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST}, context=context,
-                                    stream_mode="custom"))
+    first = list(
+        client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST}, context=context, stream_mode="custom")
+    )
     assert [p.data["event"] for p in first if p.event == "custom"] == ["plan_ready"]
     state = client.threads.get_state(thread_id)
     assert state["next"] == ["review"]
@@ -256,8 +278,11 @@ def test_plan_review_in_studio_pauses_then_resumes_with_an_edit(client, new_thre
 
     edited = plan[:2]
     edited[1]["prompt"] = "Show the finished crane"
-    rest = list(client.runs.stream(thread_id, GRAPH_ID, command={"resume": {"plan": edited}},
-                                   context=context, stream_mode="custom"))
+    rest = list(
+        client.runs.stream(
+            thread_id, GRAPH_ID, command={"resume": {"plan": edited}}, context=context, stream_mode="custom"
+        )
+    )
     kinds = [p.data["event"] for p in rest if p.event == "custom"]
     assert kinds.count("step_accepted") == 2 and kinds[-1] == "run_finished"
     values = client.threads.get_state(thread_id)["values"]

@@ -58,10 +58,14 @@ class AgentState(TypedDict):
 def test_graph_as_a_tool_of_a_tool_calling_agent(make_context):
     context = make_context()
     tool = interleave_tool(context)
-    scripted = GenericFakeChatModel(messages=iter([
-        AIMessage("", tool_calls=[{"name": tool.name, "args": {"request": REQUEST}, "id": "call-1"}]),
-        AIMessage("Here is your illustrated guide."),
-    ]))
+    scripted = GenericFakeChatModel(
+        messages=iter(
+            [
+                AIMessage("", tool_calls=[{"name": tool.name, "args": {"request": REQUEST}, "id": "call-1"}]),
+                AIMessage("Here is your illustrated guide."),
+            ]
+        )
+    )
 
     agent = StateGraph(AgentState)
     agent.add_node("agent", lambda state: {"messages": [scripted.invoke(state["messages"])]})
@@ -85,9 +89,13 @@ def test_async_use_with_async_sqlite_saver(make_context, tmp_path):
         async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "async.sqlite")) as saver:
             app = build_graph(saver)
             config = {"configurable": {"thread_id": "async-1"}}
-            events = [chunk async for mode, chunk in app.astream(
-                {"request": REQUEST}, config, context=context, stream_mode=["updates", "custom"],
-                durability="sync") if mode == "custom"]
+            events = [
+                chunk
+                async for mode, chunk in app.astream(
+                    {"request": REQUEST}, config, context=context, stream_mode=["updates", "custom"], durability="sync"
+                )
+                if mode == "custom"
+            ]
             state = await app.aget_state(config)
             tool_reply = await interleave_tool(context, checkpointer=saver).ainvoke({"request": REQUEST})
             return events, state, json.loads(tool_reply)

@@ -16,14 +16,32 @@ from PIL import Image
 from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
-CPU = ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32", "--report_to", "none",
-       "--gradient_checkpointing", "false", "--logging_steps", "1", "--dataloader_num_workers", "0"]
-CRITIC_TEXT = ("Original instruction: a cat sits on a blue chair\nRewritten prompt: a cat\n"
-               "The first image is BEFORE, the second is AFTER.")
+CPU = [
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--dtype",
+    "float32",
+    "--report_to",
+    "none",
+    "--gradient_checkpointing",
+    "false",
+    "--logging_steps",
+    "1",
+    "--dataloader_num_workers",
+    "0",
+]
+CRITIC_TEXT = (
+    "Original instruction: a cat sits on a blue chair\nRewritten prompt: a cat\n"
+    "The first image is BEFORE, the second is AFTER."
+)
 # What the taught critic says (see ``taught_critic``): two refinements and one acceptance.
-REPLIES = ['<answer>{"previous_step_success": false, "refine_prompt": "a red cat on a chair"}</answer>',
-           '<answer>{"previous_step_success": false, "refine_prompt": "a blue cat"}</answer>',
-           '<answer>{"previous_step_success": true, "refine_prompt": "a cat"}</answer>']
+REPLIES = [
+    '<answer>{"previous_step_success": false, "refine_prompt": "a red cat on a chair"}</answer>',
+    '<answer>{"previous_step_success": false, "refine_prompt": "a blue cat"}</answer>',
+    '<answer>{"previous_step_success": true, "refine_prompt": "a cat"}</answer>',
+]
 
 
 def text(value: str) -> dict:
@@ -38,8 +56,10 @@ def picture(seed: int, size: int = 64) -> Image.Image:
 
 
 def critic_prompt() -> list[dict]:
-    return [{"role": "system", "content": [text("You judge one step of an image sequence.")]},
-            {"role": "user", "content": [{"type": "image"}, {"type": "image"}, text(CRITIC_TEXT)]}]
+    return [
+        {"role": "system", "content": [text("You judge one step of an image sequence.")]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, text(CRITIC_TEXT)]},
+    ]
 
 
 def save(rows: list[dict], folder: Path) -> str:
@@ -58,31 +78,78 @@ def data(tmp_path_factory) -> dict[str, str]:
         user = [text(f"Plan a short visual story about a paper boat, take {i}.")]
         if given:
             user = [text("Continue this sequence:"), {"type": "image"}, text("What comes next?")]
-        plan = {"execution_plan": [{"step_number": 1 + given, "step_name": "Boat",
-                                    "instruction": "A paper boat", "prompt": "a paper boat on a pond",
-                                    "auxiliary_text": None}]}
-        planner.append({"prompt": [{"role": "system", "content": [text("You plan image sequences.")]},
-                                   {"role": "user", "content": user}],
-                        "completion": [{"role": "assistant", "content": [
-                            text(f"<think>one step</think><answer>{json.dumps(plan)}</answer>")]}],
-                        "images": [picture(i)] if given else [], "run_id": f"r{i}",
-                        "kind": "truncated" if given else "full"})
+        plan = {
+            "execution_plan": [
+                {
+                    "step_number": 1 + given,
+                    "step_name": "Boat",
+                    "instruction": "A paper boat",
+                    "prompt": "a paper boat on a pond",
+                    "auxiliary_text": None,
+                }
+            ]
+        }
+        planner.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": [text("You plan image sequences.")]},
+                    {"role": "user", "content": user},
+                ],
+                "completion": [
+                    {
+                        "role": "assistant",
+                        "content": [text(f"<think>one step</think><answer>{json.dumps(plan)}</answer>")],
+                    }
+                ],
+                "images": [picture(i)] if given else [],
+                "run_id": f"r{i}",
+                "kind": "truncated" if given else "full",
+            }
+        )
     critic, rl = [], []
     for i in range(4):
         before, after = picture(10 + i), picture(20 + i)
         verdict = i % 2 == 0
         answer = {"previous_step_success": verdict, "refine_prompt": "a cat" if verdict else "a red cat"}
-        critic.append({"prompt": critic_prompt(), "images": [before, after],
-                       "completion": [{"role": "assistant", "content": [
-                           text(f"<think>look</think><answer>{json.dumps(answer)}</answer>")]}],
-                       "run_id": f"r{i}", "step_number": 2, "attempt": 1, "verdict": verdict})
-        rl.append({"prompt": critic_prompt(), "images": [before, after],
-                   "origin_prompt": "a cat sits on a blue chair", "rewritten_prompt": "a cat",
-                   "from_scratch": i == 3, "success": False, "semantics": 4.0, "quality": 5.0,
-                   "seed": 100 + i, "width": 64, "height": 64, "run_id": f"r{i}",
-                   "step_number": 1 if i == 3 else 2, "attempt": 1})
-    return {"planner": save(planner, folder / "planner_sft"), "critic": save(critic, folder / "critic_sft"),
-            "rl": save(rl, folder / "critic_rl")}
+        critic.append(
+            {
+                "prompt": critic_prompt(),
+                "images": [before, after],
+                "completion": [
+                    {
+                        "role": "assistant",
+                        "content": [text(f"<think>look</think><answer>{json.dumps(answer)}</answer>")],
+                    }
+                ],
+                "run_id": f"r{i}",
+                "step_number": 2,
+                "attempt": 1,
+                "verdict": verdict,
+            }
+        )
+        rl.append(
+            {
+                "prompt": critic_prompt(),
+                "images": [before, after],
+                "origin_prompt": "a cat sits on a blue chair",
+                "rewritten_prompt": "a cat",
+                "from_scratch": i == 3,
+                "success": False,
+                "semantics": 4.0,
+                "quality": 5.0,
+                "seed": 100 + i,
+                "width": 64,
+                "height": 64,
+                "run_id": f"r{i}",
+                "step_number": 1 if i == 3 else 2,
+                "attempt": 1,
+            }
+        )
+    return {
+        "planner": save(planner, folder / "planner_sft"),
+        "critic": save(critic, folder / "critic_sft"),
+        "rl": save(rl, folder / "critic_rl"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +167,12 @@ def taught_critic(tiny_vlm, tmp_path_factory) -> str:
     conversation = [{"role": m["role"], "content": m["content"]} for m in critic_prompt()]
     prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     pairs = [[picture(10 + i), picture(20 + i)] for i in range(4)]  # the critic_rl rows' images
-    batch = processor(text=[prompt + r + "<|im_end|>" for _ in pairs for r in REPLIES],
-                      images=[image for pair in pairs for _ in REPLIES for image in pair],
-                      padding=True, return_tensors="pt")
+    batch = processor(
+        text=[prompt + r + "<|im_end|>" for _ in pairs for r in REPLIES],
+        images=[image for pair in pairs for _ in REPLIES for image in pair],
+        padding=True,
+        return_tensors="pt",
+    )
     prompt_len = len(processor(text=[prompt], images=pairs[0], return_tensors="pt")["input_ids"][0])
     labels = batch["input_ids"].clone()
     labels[:, :prompt_len] = -100
@@ -142,10 +212,12 @@ def reply_of(model_path: str, images: int = 2) -> str:
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
     parts = [{"type": "image_url", "image_url": {"url": url(s)}} for s in range(images)]
-    chat = TransformersChatModel(model_path=model_path, device="cpu", dtype="float32",
-                                 temperature=0.0, max_new_tokens=40)
-    message = chat.invoke([SystemMessage("You judge one step of an image sequence."),
-                           HumanMessage(parts + [text(CRITIC_TEXT)])])
+    chat = TransformersChatModel(
+        model_path=model_path, device="cpu", dtype="float32", temperature=0.0, max_new_tokens=40
+    )
+    message = chat.invoke(
+        [SystemMessage("You judge one step of an image sequence."), HumanMessage(parts + [text(CRITIC_TEXT)])]
+    )
     return message.content
 
 
@@ -159,14 +231,18 @@ def test_recipe_values_sit_between_defaults_and_flags():
     from training import grpo, sft
     from training.config import parse
 
-    _, training, model = parse(sft.make_parser(), ["--config", str(RECIPES / "planner_sft.yaml"),
-                                                   "--learning_rate", "3e-5", *CPU])
+    _, training, model = parse(
+        sft.make_parser(), ["--config", str(RECIPES / "planner_sft.yaml"), "--learning_rate", "3e-5", *CPU]
+    )
     assert training.learning_rate == 3e-5  # flag over YAML
     assert training.num_train_epochs == 3 and training.warmup_steps == 0.1  # YAML over defaults
     assert training.lr_scheduler_type == "cosine" and model.model_name_or_path == "Qwen/Qwen3-VL-8B-Instruct"
     # the reference's LLaMA-Factory sft_planner.yaml
-    assert (training.weight_decay, training.per_device_train_batch_size, training.gradient_accumulation_steps) \
-        == (1e-6, 2, 1)
+    assert (training.weight_decay, training.per_device_train_batch_size, training.gradient_accumulation_steps) == (
+        1e-6,
+        2,
+        1,
+    )
     assert training.adam_epsilon == 1e-8  # untouched default
     data, rewards, training, _ = parse(grpo.make_parser(), ["--config", str(RECIPES / "critic_grpo.yaml"), *CPU])
     # the reference's EasyR1 config and run script
@@ -179,18 +255,49 @@ def test_recipe_values_sit_between_defaults_and_flags():
     assert not data.freeze_vision and rewards.generator_steps == 4
     assert (rewards.regen_seed, rewards.skip_unchanged_prompt, rewards.malformed_reply) == ("0", False, "regenerate")
     shown = grpo.make_parser().format_help()  # what `interleave train grpo --help` prints
-    assert all(flag in shown for flag in ("--regen_seed", "--skip_unchanged_prompt", "--malformed_reply",
-                                          "--delta", "--steps_per_generation", "--freeze_vision"))
+    assert all(
+        flag in shown
+        for flag in (
+            "--regen_seed",
+            "--skip_unchanged_prompt",
+            "--malformed_reply",
+            "--delta",
+            "--steps_per_generation",
+            "--freeze_vision",
+        )
+    )
 
 
 def test_planner_sft_two_steps_with_the_vision_tower_frozen(tiny_vlm, data, tmp_path):
     from training import sft
 
     out = tmp_path / "planner"
-    assert sft.main(["--config", str(RECIPES / "planner_sft.yaml"), *CPU, "--model_name_or_path", tiny_vlm,
-                     "--dataset_name", data["planner"], "--output_dir", str(out), "--max_steps", "2",
-                     "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-                     "--max_length", "512", "--save_strategy", "no"]) == 0
+    assert (
+        sft.main(
+            [
+                "--config",
+                str(RECIPES / "planner_sft.yaml"),
+                *CPU,
+                "--model_name_or_path",
+                tiny_vlm,
+                "--dataset_name",
+                data["planner"],
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "2",
+                "--gradient_accumulation_steps",
+                "1",
+                "--max_length",
+                "512",
+                "--save_strategy",
+                "no",
+            ]
+        )
+        == 0
+    )
 
     logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [entry["step"] for entry in logs if "loss" in entry] == [1, 2]
@@ -216,11 +323,31 @@ def test_critic_sft_with_lora_resumes_and_merges(tiny_vlm, data, tmp_path, monke
 
     monkeypatch.setattr(transformers.Trainer, "training_step", counted)
     out = tmp_path / "critic"
-    argv = ["--config", str(RECIPES / "critic_sft_lora.yaml"), *CPU, "--model_name_or_path", tiny_vlm,
-            "--dataset_name", data["critic"], "--output_dir", str(out), "--lora_r", "4",
-            "--lora_alpha", "8", "--per_device_train_batch_size", "2",
-            "--gradient_accumulation_steps", "1", "--max_length", "512", "--save_steps", "1",
-            "--resume_from_checkpoint", "last"]
+    argv = [
+        "--config",
+        str(RECIPES / "critic_sft_lora.yaml"),
+        *CPU,
+        "--model_name_or_path",
+        tiny_vlm,
+        "--dataset_name",
+        data["critic"],
+        "--output_dir",
+        str(out),
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--max_length",
+        "512",
+        "--save_steps",
+        "1",
+        "--resume_from_checkpoint",
+        "last",
+    ]
 
     assert sft.main([*argv, "--max_steps", "1", "--no_merge_lora"]) == 0
     assert (out / "checkpoint-1").is_dir() and steps == [0]
@@ -241,14 +368,48 @@ def test_critic_grpo_two_steps_regenerate_and_judge(taught_critic, data, tiny_pi
 
     out = tmp_path / "grpo"
     with ScriptedChatServer(scripted_judge) as judge:
-        assert grpo.main(["--config", str(RECIPES / "critic_grpo.yaml"), *CPU,
-                          "--model_name_or_path", taught_critic, "--dataset_name", data["rl"],
-                          "--output_dir", str(out), "--max_steps", "2", "--num_generations", "4",
-                          "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-                          "--steps_per_generation", "1", "--max_completion_length", "40", "--save_strategy", "no",
-                          "--log_completions", "false", "--generator_model", str(tiny_pipeline),
-                          "--generator_device", "cpu", "--generator_steps", "2",
-                          "--judge_base_url", judge.base_url, "--judge_model", "scripted-judge"]) == 0
+        assert (
+            grpo.main(
+                [
+                    "--config",
+                    str(RECIPES / "critic_grpo.yaml"),
+                    *CPU,
+                    "--model_name_or_path",
+                    taught_critic,
+                    "--dataset_name",
+                    data["rl"],
+                    "--output_dir",
+                    str(out),
+                    "--max_steps",
+                    "2",
+                    "--num_generations",
+                    "4",
+                    "--per_device_train_batch_size",
+                    "4",
+                    "--gradient_accumulation_steps",
+                    "1",
+                    "--steps_per_generation",
+                    "1",
+                    "--max_completion_length",
+                    "40",
+                    "--save_strategy",
+                    "no",
+                    "--log_completions",
+                    "false",
+                    "--generator_model",
+                    str(tiny_pipeline),
+                    "--generator_device",
+                    "cpu",
+                    "--generator_steps",
+                    "2",
+                    "--judge_base_url",
+                    judge.base_url,
+                    "--judge_model",
+                    "scripted-judge",
+                ]
+            )
+            == 0
+        )
         requests = list(judge.requests)
 
     logs = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "reward" in e]

@@ -34,8 +34,11 @@ def test_ueval_questions_use_the_official_texts_when_a_repo_is_given(tmp_path):
     bench = ueval.benchmark(fake_ueval(tmp_path / "UEval"))
     assert bench.prompt_version.startswith("ueval-official-")
     assert "read from" in bench.protocol["judge_prompt"]
-    item = Item("1", "space", {"prompt": "Why?", "question_type": "closed",
-                               "text_rubrics": ["says why"], "image_rubrics": ["shows orbit"]})
+    item = Item(
+        "1",
+        "space",
+        {"prompt": "Why?", "question_type": "closed", "text_rubrics": ["says why"], "image_rubrics": ["shows orbit"]},
+    )
     output = {"text": "Because.", "images": [{"sha256": "a" * 64}], "inputs": []}
     text, image = bench.questions(item, output, None)
     assert text.text == "Q: Why?\nA: Because.\n\n# Rubric\nsays why"
@@ -54,12 +57,18 @@ def test_a_repo_missing_a_prompt_is_refused_with_its_name(tmp_path):
         ueval.benchmark(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("body, message", [
-    ("def build_evaluation_messages(p, image):\n    return make(p)\n", "one literal list"),
-    ("def other(p, image):\n    return []\n", "no function build_evaluation_messages"),
-    ("def build_evaluation_messages(p, image):\n    return [{'role': 'user', 'content': "
-     "[{'type': 'text', 'text': f'{len(p)}'}]}]\n", r"fills in something other than p\[FIELD\]"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("def build_evaluation_messages(p, image):\n    return make(p)\n", "one literal list"),
+        ("def other(p, image):\n    return []\n", "no function build_evaluation_messages"),
+        (
+            "def build_evaluation_messages(p, image):\n    return [{'role': 'user', 'content': "
+            "[{'type': 'text', 'text': f'{len(p)}'}]}]\n",
+            r"fills in something other than p\[FIELD\]",
+        ),
+    ],
+)
 def test_a_messages_function_of_another_shape_is_refused(tmp_path, body, message):
     path = tmp_path / "vllm_eval.py"
     path.write_text(body)
@@ -79,12 +88,18 @@ def fake_rise(root: Path) -> Path:
     from evals.benchmarks import rise
 
     root.mkdir()
-    lines = [f'{name} = """{name.upper()} instruct={{instruct}}"""' for name in rise.OFFICIAL_NAMES
-             if name not in ("prompt_generation", "prompt_spatial_qual", "prompt_logical_img_wo_q")]
-    lines += [f'{name} = """{name.upper()} {{not formatted}}"""' for name in
-              ("prompt_generation", "prompt_spatial_qual", "prompt_logical_img_wo_q")]
-    text = "\n".join(lines).replace("PROMPT_REASONING instruct={instruct}",
-                                    "PROMPT_REASONING instruct={instruct} ref={reference}")
+    lines = [
+        f'{name} = """{name.upper()} instruct={{instruct}}"""'
+        for name in rise.OFFICIAL_NAMES
+        if name not in ("prompt_generation", "prompt_spatial_qual", "prompt_logical_img_wo_q")
+    ]
+    lines += [
+        f'{name} = """{name.upper()} {{not formatted}}"""'
+        for name in ("prompt_generation", "prompt_spatial_qual", "prompt_logical_img_wo_q")
+    ]
+    text = "\n".join(lines).replace(
+        "PROMPT_REASONING instruct={instruct}", "PROMPT_REASONING instruct={instruct} ref={reference}"
+    )
     (root / "utils.py").write_text(text + "\n")
     return root
 
@@ -94,8 +109,14 @@ def rise_item(tmp_path, category, **flags):
 
     picture = tmp_path / "ref.png"
     Image.new("RGB", (8, 8), "red").save(picture)
-    record = {"instruction": "melt it", "reference": "a puddle", "consistency_free": False,
-              "reasoning_img": False, "reasoning_wo_ins": False, "reference_img": None} | flags
+    record = {
+        "instruction": "melt it",
+        "reference": "a puddle",
+        "consistency_free": False,
+        "reasoning_img": False,
+        "reasoning_wo_ins": False,
+        "reference_img": None,
+    } | flags
     if record["reference_img"]:
         record["reference_img"] = str(picture)
     return Item("x", category, record)
@@ -119,14 +140,16 @@ def test_rise_questions_follow_eval_vanilla_with_the_official_texts(tmp_path):
     assert causal[0].images == (before, after) and causal[1].images == (after,)
     assert all(q.system == "" and q.text_first and q.call == {"max_tokens": 4096} for q in causal)
 
-    spatial = bench.questions(rise_item(tmp_path, "spatial_reasoning", reference_img=True), output,
-                              store)
+    spatial = bench.questions(rise_item(tmp_path, "spatial_reasoning", reference_img=True), output, store)
     reference = spatial[1].images[0]
     assert spatial[1].text.startswith("PROMPT_SPATIAL_REF_IMG")
     assert spatial[0].images == (reference, after)  # consistency against the reference image too
 
-    logical = bench.questions(rise_item(tmp_path, "logical_reasoning", reference_img=True,
-                                        reasoning_wo_ins=True, consistency_free=True), output, store)
+    logical = bench.questions(
+        rise_item(tmp_path, "logical_reasoning", reference_img=True, reasoning_wo_ins=True, consistency_free=True),
+        output,
+        store,
+    )
     assert [q.label for q in logical] == ["reasoning"]
     assert logical[0].text == "PROMPT_LOGICAL_IMG_WO_Q {not formatted}"
     assert logical[0].parse("Final Score: 1") == 5 and logical[0].parse("**Final Score:** 0") == 1

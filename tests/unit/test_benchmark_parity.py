@@ -64,16 +64,23 @@ def test_rise_score_follows_calculate_score(category, c, r, p, expected):
 
 
 def rise_result(category, c, r, p, free=False):
-    return (Item(f"{category}-{c}{r}{p}", category, {}), {"scores": {
-        "consistency": c, "reasoning": r, "plausibility": p, "consistency_free": free,
-        "score": rise.weighted_score(category, c, r, p)}})
+    return (
+        Item(f"{category}-{c}{r}{p}", category, {}),
+        {
+            "scores": {
+                "consistency": c,
+                "reasoning": r,
+                "plausibility": p,
+                "consistency_free": free,
+                "score": rise.weighted_score(category, c, r, p),
+            }
+        },
+    )
 
 
-@pytest.mark.parametrize("rule, accuracy, causal", [("2026-04", 100 * 2 / 3, 100.0),
-                                                    ("pre-2026-04", 100 * 1 / 3, 0.0)])
+@pytest.mark.parametrize("rule, accuracy, causal", [("2026-04", 100 * 2 / 3, 100.0), ("pre-2026-04", 100 * 1 / 3, 0.0)])
 def test_rise_summary_counts_unscorable_samples_in_the_accuracy_denominator(rule, accuracy, causal):
-    scored = [rise_result("temporal_reasoning", 5, 5, 5),
-              rise_result("causal_reasoning", None, 5, 5, free=True)]
+    scored = [rise_result("temporal_reasoning", 5, 5, 5), rise_result("causal_reasoning", None, 5, 5, free=True)]
     unscorable = [(Item("s", "spatial_reasoning", {}), {"status": "judge_failed"})]
     head = rise.summarize(scored, unscorable, rule=rule)["headline"]
     # data['complete'].mean() over 3 rows (the unscorable one is 0); data['score'].mean() skips
@@ -124,10 +131,23 @@ def test_wise_verified_replies_are_read_like_extract_scores(reply, expected):
 
 
 # calculate_verified.py's prompt-id ranges.
-@pytest.mark.parametrize("prompt_id, name", [
-    (1, "CULTURE"), (400, "CULTURE"), (401, "TIME"), (520, "TIME"), (521, "SPACE"),
-    (640, "SPACE"), (641, "BIOLOGY"), (760, "BIOLOGY"), (761, "PHYSICS"), (880, "PHYSICS"),
-    (881, "CHEMISTRY"), (1000, "CHEMISTRY")])
+@pytest.mark.parametrize(
+    "prompt_id, name",
+    [
+        (1, "CULTURE"),
+        (400, "CULTURE"),
+        (401, "TIME"),
+        (520, "TIME"),
+        (521, "SPACE"),
+        (640, "SPACE"),
+        (641, "BIOLOGY"),
+        (760, "BIOLOGY"),
+        (761, "PHYSICS"),
+        (880, "PHYSICS"),
+        (881, "CHEMISTRY"),
+        (1000, "CHEMISTRY"),
+    ],
+)
 def test_wise_verified_categories_follow_calculate_verified(prompt_id, name):
     assert wise.category(prompt_id, wise.VERIFIED) == name
 
@@ -186,8 +206,7 @@ def test_wise_legacy_replies_are_read_like_its_extract_scores(reply, expected):
         assert tuple(wise.parse_legacy(reply).values()) == expected
 
 
-@pytest.mark.parametrize("scores, expected", [((2, 2, 2), 1.0), ((2, 1, 0), 0.8),
-                                              ((0, 2, 2), 0.3), ((1, 0, 1), 0.4)])
+@pytest.mark.parametrize("scores, expected", [((2, 2, 2), 1.0), ((2, 1, 0), 0.8), ((0, 2, 2), 0.3), ((1, 0, 1), 0.4)])
 def test_wise_legacy_wiscore_follows_calculate(scores, expected):
     assert wise.wiscore(*scores) == pytest.approx(expected)
 
@@ -223,14 +242,28 @@ def test_a_ueval_reply_without_json_is_asked_again():
 
 
 def answer(value):
-    return {"value": value, "error": None, "reason": None, "requests": 1, "input_tokens": 1,
-            "output_tokens": 1, "cached": False}
+    return {
+        "value": value,
+        "error": None,
+        "reason": None,
+        "requests": 1,
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "cached": False,
+    }
 
 
 def ueval_item(id_, task, texts, images):
-    return Item(id_, task, {"prompt": "p", "question_type": ueval.question_type(task),
-                            "text_rubrics": [f"t{i}" for i in range(texts)],
-                            "image_rubrics": [f"i{i}" for i in range(images)]})
+    return Item(
+        id_,
+        task,
+        {
+            "prompt": "p",
+            "question_type": ueval.question_type(task),
+            "text_rubrics": [f"t{i}" for i in range(texts)],
+            "image_rubrics": [f"i{i}" for i in range(images)],
+        },
+    )
 
 
 def test_ueval_rates_and_the_leaderboard_average():
@@ -245,8 +278,7 @@ def test_ueval_rates_and_the_leaderboard_average():
     no_image_rubrics = ueval_item("n", "space", 1, 0)
     none_result = ueval.score(no_image_rubrics, output, [answer(False)])
     assert none_result["scores"]["image_rate"] is None  # not counted in image_avg_rate
-    summary = ueval.summarize([(art, art_result), (space, space_result),
-                               (no_image_rubrics, none_result)])
+    summary = ueval.summarize([(art, art_result), (space, space_result), (no_image_rubrics, none_result)])
     head = summary["headline"]
     # compute_summary: text_avg over 3 items (1/3, 1, 0), image_avg over 2 (0.5, 0).
     assert head["text_avg_rate"] == pytest.approx(100 * (1 / 3 + 1 + 0) / 3)
@@ -272,20 +304,33 @@ def test_the_ueval_leaderboard_average_is_the_mean_over_tasks(model, tasks, avg)
     assert sum(tasks) / len(tasks) == pytest.approx(avg, abs=0.1)
 
 
-@pytest.mark.parametrize("task, kind", [("Space", "closed"), ("textbook", "closed"),
-                                        ("diagram", "closed"), ("paper", "closed"),
-                                        ("art", "open"), ("Life", "open"), ("cooking", "open"),
-                                        ("", "open")])
+@pytest.mark.parametrize(
+    "task, kind",
+    [
+        ("Space", "closed"),
+        ("textbook", "closed"),
+        ("diagram", "closed"),
+        ("paper", "closed"),
+        ("art", "open"),
+        ("Life", "open"),
+        ("cooking", "open"),
+        ("", "open"),
+    ],
+)
 def test_ueval_open_and_closed_tasks_follow_get_question_type_from_task(task, kind):
     assert ueval.question_type(task) == kind
 
 
 # ueval_klein.py: per step auxiliary_text if truthy and not "None", else instruction; joined.
 KLEIN_STEPS = [
-    ([{"auxiliary_text": None, "instruction": "Cut the paper."},
-      {"auxiliary_text": "Fold it twice.", "instruction": "ignored"}], "Cut the paper.Fold it twice."),
-    ([{"auxiliary_text": "None", "instruction": "A."}, {"auxiliary_text": "", "instruction": "B."}],
-     "A.B."),
+    (
+        [
+            {"auxiliary_text": None, "instruction": "Cut the paper."},
+            {"auxiliary_text": "Fold it twice.", "instruction": "ignored"},
+        ],
+        "Cut the paper.Fold it twice.",
+    ),
+    ([{"auxiliary_text": "None", "instruction": "A."}, {"auxiliary_text": "", "instruction": "B."}], "A.B."),
 ]
 
 

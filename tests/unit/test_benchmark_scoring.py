@@ -13,24 +13,39 @@ from tools.replies.parsing import ReplyParseError
 
 
 def answer(value=None, error=None, reason=None):
-    return {"value": value, "error": error, "reason": reason, "requests": 1, "input_tokens": 5,
-            "output_tokens": 5, "cached": False}
+    return {
+        "value": value,
+        "error": error,
+        "reason": reason,
+        "requests": 1,
+        "input_tokens": 5,
+        "output_tokens": 5,
+        "cached": False,
+    }
 
 
 # --------------------------------------------------------------------------- UEval
 
 
 def ueval_item(task="art", texts=3, images=2):
-    return Item("x", task, {"prompt": "p", "question_type": ueval.question_type(task),
-                            "text_rubrics": [f"t{i}" for i in range(texts)],
-                            "image_rubrics": [f"i{i}" for i in range(images)]})
+    return Item(
+        "x",
+        task,
+        {
+            "prompt": "p",
+            "question_type": ueval.question_type(task),
+            "text_rubrics": [f"t{i}" for i in range(texts)],
+            "image_rubrics": [f"i{i}" for i in range(images)],
+        },
+    )
 
 
 def test_ueval_rates_count_only_true_as_met():
     item = ueval_item()
     output = {"text": "t", "images": [{"sha256": "a"}], "inputs": []}
-    result = ueval.score(item, output, [answer(True), answer(False), answer("not sure"),
-                                        answer(True), answer("not sure")])
+    result = ueval.score(
+        item, output, [answer(True), answer(False), answer("not sure"), answer(True), answer("not sure")]
+    )
     assert result["status"] == "scored"
     assert result["scores"]["text_rate"] == pytest.approx(1 / 3)
     assert result["scores"]["image_rate"] == 0.5
@@ -41,12 +56,10 @@ def test_ueval_rates_count_only_true_as_met():
 def test_an_unreadable_rubric_voids_that_rate_only_and_is_reported():
     item = ueval_item(texts=2, images=1)
     output = {"text": "t", "images": [{"sha256": "a"}], "inputs": []}
-    result = ueval.score(item, output, [answer(True), answer(error="no answer tag", reason="no_answer"),
-                                        answer(True)])
+    result = ueval.score(item, output, [answer(True), answer(error="no answer tag", reason="no_answer"), answer(True)])
     assert result["status"] == "partial"
     assert result["scores"]["text_rate"] is None and result["scores"]["image_rate"] == 1.0
-    assert result["failures"] == [{"question": "text:1", "reason": "no_answer",
-                                   "error": "no answer tag"}]
+    assert result["failures"] == [{"question": "text:1", "reason": "no_answer", "error": "no answer tag"}]
 
 
 def test_an_answer_without_images_fails_every_image_rubric_without_asking():
@@ -68,8 +81,12 @@ def test_closed_tasks_show_the_judge_images_without_the_text_answer():
 def test_ueval_summary_is_the_mean_of_text_and_image_averages_and_the_mean_over_tasks():
     def result(text, image):
         return {"scores": {"text_rate": text, "image_rate": image}}
-    scored = [(ueval_item("space"), result(1.0, 0.5)), (ueval_item("art"), result(1 / 3, 1.0)),
-              (ueval_item("life"), result(None, 0.5))]
+
+    scored = [
+        (ueval_item("space"), result(1.0, 0.5)),
+        (ueval_item("art"), result(1 / 3, 1.0)),
+        (ueval_item("life"), result(None, 0.5)),
+    ]
     summary = ueval.summarize(scored)
     head = summary["headline"]
     assert head["text_avg_rate"] == pytest.approx(100 * (1 + 1 / 3) / 2)
@@ -86,16 +103,30 @@ def test_ueval_summary_is_the_mean_of_text_and_image_averages_and_the_mean_over_
 
 def test_wise_categories_follow_the_official_prompt_id_ranges():
     assert [wise.category(i) for i in (400, 401, 567, 568, 700, 701, 800, 801, 900, 901)] == [
-        "CULTURE", "TIME", "TIME", "SPACE", "SPACE", "BIOLOGY", "BIOLOGY", "PHYSICS", "PHYSICS",
-        "CHEMISTRY"]
+        "CULTURE",
+        "TIME",
+        "TIME",
+        "SPACE",
+        "SPACE",
+        "BIOLOGY",
+        "BIOLOGY",
+        "PHYSICS",
+        "PHYSICS",
+        "CHEMISTRY",
+    ]
     with pytest.raises(ValueError, match="outside 1-1000"):
         wise.category(1001)
 
 
-@pytest.mark.parametrize("reply", ['<answer>{"consistency": 3, "realism": 1, "aesthetic_quality": 1}</answer>',
-                                   '<answer>{"consistency": 1.5, "realism": 1, "aesthetic_quality": 1}</answer>',
-                                   '<answer>{"consistency": 1, "realism": 1}</answer>',
-                                   "Consistency: 2\nRealism: 1\nAesthetic Quality: 0"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '<answer>{"consistency": 3, "realism": 1, "aesthetic_quality": 1}</answer>',
+        '<answer>{"consistency": 1.5, "realism": 1, "aesthetic_quality": 1}</answer>',
+        '<answer>{"consistency": 1, "realism": 1}</answer>',
+        "Consistency: 2\nRealism: 1\nAesthetic Quality: 0",
+    ],
+)
 def test_wise_scores_outside_the_scale_are_refused(reply):
     with pytest.raises(ReplyParseError):
         wise.parse_scores(reply)
@@ -104,16 +135,13 @@ def test_wise_scores_outside_the_scale_are_refused(reply):
 def test_wiscore_and_the_weighted_overall():
     assert wise.wiscore(2, 2, 2) == pytest.approx(1.0)
     assert wise.wiscore(1, 0, 2) == pytest.approx(0.45)
-    values = {1: (2, 1, 0), 401: (2, 2, 2), 568: (1, 1, 1), 701: (0, 2, 1), 801: (1, 0, 2),
-              901: (2, 0, 0)}
+    values = {1: (2, 1, 0), 401: (2, 2, 2), 568: (1, 1, 1), 701: (0, 2, 1), 801: (1, 0, 2), 901: (2, 0, 0)}
     scored = []
     for pid, (c, r, a) in values.items():
-        scores = {"consistency": c, "realism": r, "aesthetic_quality": a,
-                  "wiscore": wise.wiscore(c, r, a)}
+        scores = {"consistency": c, "realism": r, "aesthetic_quality": a, "wiscore": wise.wiscore(c, r, a)}
         scored.append((Item(str(pid), wise.category(pid), {}), {"scores": scores}))
     head = wise.summarize(scored)["headline"]
-    assert head["overall"] == pytest.approx(0.4 * 0.8 + 0.167 * 1.0 + 0.133 * 0.5 + 0.1 * 0.25
-                                            + 0.1 * 0.45 + 0.1 * 0.7)
+    assert head["overall"] == pytest.approx(0.4 * 0.8 + 0.167 * 1.0 + 0.133 * 0.5 + 0.1 * 0.25 + 0.1 * 0.45 + 0.1 * 0.7)
     assert wise.summarize(scored[1:])["headline"]["overall"] is None  # no CULTURE item yet
 
 
@@ -152,9 +180,18 @@ def rise_item(category, consistency_free=False):
 
 def test_rise_summary_percentages():
     def result(category, c, r, p):
-        return (Item("r", category, {}), {"scores": {
-            "consistency": c, "reasoning": r, "plausibility": p,
-            "score": rise.weighted_score(category, c, r, p)}})
+        return (
+            Item("r", category, {}),
+            {
+                "scores": {
+                    "consistency": c,
+                    "reasoning": r,
+                    "plausibility": p,
+                    "score": rise.weighted_score(category, c, r, p),
+                }
+            },
+        )
+
     summary = rise.summarize([result("temporal_reasoning", 5, 5, 5), result("spatial_reasoning", 4, 3, 5)])
     head = summary["headline"]
     assert head["accuracy"] == 50 and head["temporal"] == 100 and head["spatial"] == 0
@@ -192,12 +229,22 @@ def test_a_wise_file_must_be_a_list_with_valid_prompt_ids(tmp_path):
 
 def test_a_rise_sample_whose_image_is_missing_points_at_images_root(tmp_path):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps([{"index": "t1", "category": "temporal_reasoning", "instruction": "i",
-                                 "image": "imgs/1.png", "reference": "r"}]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "index": "t1",
+                    "category": "temporal_reasoning",
+                    "instruction": "i",
+                    "image": "imgs/1.png",
+                    "reference": "r",
+                }
+            ]
+        )
+    )
     with pytest.raises(DataFormatError, match="--images-root"):
         rise.load(path)
-    path.write_text(json.dumps([{"index": "t1", "category": "colour", "instruction": "i",
-                                 "image": "x.png"}]))
+    path.write_text(json.dumps([{"index": "t1", "category": "colour", "instruction": "i", "image": "x.png"}]))
     with pytest.raises(DataFormatError, match="category 'colour' is not one of"):
         rise.load(path)
 
@@ -208,10 +255,13 @@ def test_configurations_presets_and_custom_settings():
     custom = parse_config("planner-b:planner_model=my-planner,vlm_temperature=0.2")
     assert custom.overrides == {"planner_model": "my-planner", "vlm_temperature": 0.2}
     assert parse_config("b8:kind=bare,num_inference_steps=8").kind == "bare"
-    for spec, message in [("fast", "unknown configuration"), ("x:colour=red", "not a run setting"),
-                          ("x:max_generations_per_step=lots", "not a valid int"),
-                          ("x:max_generations_per_step=99", "between 1 and 20"),
-                          ("a b:seed=1", "may hold only")]:
+    for spec, message in [
+        ("fast", "unknown configuration"),
+        ("x:colour=red", "not a run setting"),
+        ("x:max_generations_per_step=lots", "not a valid int"),
+        ("x:max_generations_per_step=99", "between 1 and 20"),
+        ("a b:seed=1", "may hold only"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_config(spec)
 

@@ -49,7 +49,8 @@ def test_run_help_groups_settings_by_concern_with_defaults_and_choices(capsys):
 
 def test_every_setting_has_a_named_group():
     assert {group_of(f.name) for f in dataclasses.fields(Context) if f.name != "runs_dir"} == {
-        title for title, *_ in GROUPS}
+        title for title, *_ in GROUPS
+    }
 
 
 def test_secrets_are_never_shown_even_from_the_environment(capsys, monkeypatch):
@@ -69,12 +70,15 @@ def test_resume_and_fork_say_their_defaults_are_the_stored_settings(capsys):
         assert "(default: http://" not in text, command
 
 
-@pytest.mark.parametrize("argv", [
-    ["--runs-dir", "D", "run", "x"],
-    ["run", "x", "--runs-dir", "D"],
-    ["run", "--runs-dir", "D", "x", "-v"],
-    ["-v", "run", "x", "--runs-dir=D"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--runs-dir", "D", "run", "x"],
+        ["run", "x", "--runs-dir", "D"],
+        ["run", "--runs-dir", "D", "x", "-v"],
+        ["-v", "run", "x", "--runs-dir=D"],
+    ],
+)
 def test_global_options_are_accepted_before_or_after_the_command(argv):
     args = make_parser().parse_args(argv)
     assert args.runs_dir == "D" and args.request == "x"
@@ -82,8 +86,9 @@ def test_global_options_are_accepted_before_or_after_the_command(argv):
 
 
 def test_global_options_reach_nested_commands():
-    args = make_parser().parse_args(["datagen", "score", "--judge-base-url", "http://h/v1",
-                                     "--judge-model", "j", "--runs-dir", "D"])
+    args = make_parser().parse_args(
+        ["datagen", "score", "--judge-base-url", "http://h/v1", "--judge-model", "j", "--runs-dir", "D"]
+    )
     assert args.runs_dir == "D"
     args = make_parser().parse_args(["list"])
     assert args.runs_dir is None and args.verbose is False
@@ -97,14 +102,22 @@ def test_datagen_export_options_still_appear_when_asked_for(capsys):
 def test_help_imports_nothing_heavy():
     """`interleave --help` and `interleave run --help` answer without importing pandas, torch,
     LangGraph or the training code (it took 2-3 s when the export's options imported pandas)."""
-    probe = ("import sys, contextlib, io\n"
-             "from graph.cli.main import main\n"
-             "for argv in (['--help'], ['run', '--help'], ['datagen', '--help']):\n"
-             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-             "        main(argv)\n"
-             "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'training.data.export')\n"
-             "print(sorted(m for m in heavy if m in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    probe = (
+        "import sys, contextlib, io\n"
+        "from graph.cli.main import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['datagen', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'training.data.export')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -19,19 +19,22 @@ def test_bad_environment_value_names_the_variable(monkeypatch):
         Context()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"width": 1000}, "width=1000 must be a positive multiple of 16"),
-    ({"num_inference_steps": -1}, "num_inference_steps=-1"),
-    ({"guidance_scale": -0.5}, "guidance_scale=-0.5"),
-    ({"critic_unparsed": "ignore"}, "critic_unparsed='ignore' must be one of regenerate, accept"),
-    ({"reference_policy": "all"}, "reference_policy='all' must be one of previous"),
-    ({"vlm_image_transport": "s3"}, "vlm_image_transport='s3'"),
-    ({"vlm_max_concurrency": 0}, "vlm_max_concurrency must be >= 1"),
-    ({"planner_backend": "vllm"}, "planner_backend='vllm' must be one of openai, transformers"),
-    ({"max_generations_per_step": 0}, "max_generations_per_step=0"),
-    ({"dtype": "fp8"}, "dtype='fp8'"),
-    ({"planner_base_url": "localhost:8000"}, "must be an http"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"width": 1000}, "width=1000 must be a positive multiple of 16"),
+        ({"num_inference_steps": -1}, "num_inference_steps=-1"),
+        ({"guidance_scale": -0.5}, "guidance_scale=-0.5"),
+        ({"critic_unparsed": "ignore"}, "critic_unparsed='ignore' must be one of regenerate, accept"),
+        ({"reference_policy": "all"}, "reference_policy='all' must be one of previous"),
+        ({"vlm_image_transport": "s3"}, "vlm_image_transport='s3'"),
+        ({"vlm_max_concurrency": 0}, "vlm_max_concurrency must be >= 1"),
+        ({"planner_backend": "vllm"}, "planner_backend='vllm' must be one of openai, transformers"),
+        ({"max_generations_per_step": 0}, "max_generations_per_step=0"),
+        ({"dtype": "fp8"}, "dtype='fp8'"),
+        ({"planner_base_url": "localhost:8000"}, "must be an http"),
+    ],
+)
 def test_invalid_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Context(**kwargs)
@@ -54,8 +57,12 @@ def test_model_defaults_are_the_default_for_size_steps_and_guidance():
     from tools.generator.models import FAMILIES
 
     assert generation_settings(Context(), FAMILIES["klein"]) == {
-        "width": 1024, "height": 1024, "steps": 4, "guidance": 1.0}
+        "width": 1024,
+        "height": 1024,
+        "steps": 4,
+        "guidance": 1.0,
+    }
     assert generation_settings(Context(), FAMILIES["qwen-image-edit"])["steps"] == 40
-    assert generation_settings(Context(num_inference_steps=8, guidance_scale=0.0, width=512),
-                               FAMILIES["qwen-image-edit"]) == {
-        "width": 512, "height": 1024, "steps": 8, "guidance": 0.0}
+    assert generation_settings(
+        Context(num_inference_steps=8, guidance_scale=0.0, width=512), FAMILIES["qwen-image-edit"]
+    ) == {"width": 512, "height": 1024, "steps": 8, "guidance": 0.0}

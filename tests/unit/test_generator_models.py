@@ -25,8 +25,7 @@ KLEIN = FAMILIES["klein"]
 def test_recommended_settings_per_family():
     assert (KLEIN.width, KLEIN.height, KLEIN.steps, KLEIN.guidance) == (1024, 1024, 4, 1.0)
     qwen = FAMILIES["qwen-image-edit"]
-    assert (qwen.steps, qwen.guidance, qwen.guidance_kwarg, qwen.negative_prompt) == (
-        40, 4.0, "true_cfg_scale", " ")
+    assert (qwen.steps, qwen.guidance, qwen.guidance_kwarg, qwen.negative_prompt) == (40, 4.0, "true_cfg_scale", " ")
     assert FAMILIES["kontext"].max_images == 1 and FAMILIES["kontext"].area_kwarg == "max_area"
     assert {spec.size_multiple for spec in FAMILIES.values()} == {16}
 
@@ -37,8 +36,16 @@ def test_every_family_names_a_real_diffusers_class_and_real_call_arguments(famil
 
     spec = FAMILIES[family]
     parameters = inspect.signature(getattr(diffusers, spec.pipeline_class).__call__).parameters
-    used = {"prompt", "image", "width", "height", "num_inference_steps", "generator",
-            "callback_on_step_end", spec.guidance_kwarg}
+    used = {
+        "prompt",
+        "image",
+        "width",
+        "height",
+        "num_inference_steps",
+        "generator",
+        "callback_on_step_end",
+        spec.guidance_kwarg,
+    }
     if spec.negative_prompt is not None:
         used.add("negative_prompt")
     if spec.area_kwarg:
@@ -46,14 +53,17 @@ def test_every_family_names_a_real_diffusers_class_and_real_call_arguments(famil
     assert used <= set(parameters), used - set(parameters)
 
 
-@pytest.mark.parametrize("model, family", [
-    ("black-forest-labs/FLUX.2-klein-4B", "klein"),
-    ("black-forest-labs/flux.2-klein-9b", "klein"),
-    ("black-forest-labs/FLUX.2-klein-base-4B", "klein-base"),
-    ("Qwen/Qwen-Image-Edit-2511", "qwen-image-edit"),
-    ("Qwen/Qwen-Image-Edit-2509", "qwen-image-edit"),
-    ("black-forest-labs/FLUX.1-Kontext-dev", "kontext"),
-])
+@pytest.mark.parametrize(
+    "model, family",
+    [
+        ("black-forest-labs/FLUX.2-klein-4B", "klein"),
+        ("black-forest-labs/flux.2-klein-9b", "klein"),
+        ("black-forest-labs/FLUX.2-klein-base-4B", "klein-base"),
+        ("Qwen/Qwen-Image-Edit-2511", "qwen-image-edit"),
+        ("Qwen/Qwen-Image-Edit-2509", "qwen-image-edit"),
+        ("black-forest-labs/FLUX.1-Kontext-dev", "kontext"),
+    ],
+)
 def test_known_model_ids(model, family):
     assert model_spec(model).family == family
 
@@ -63,12 +73,15 @@ def _folder(tmp_path, index):
     return str(tmp_path)
 
 
-@pytest.mark.parametrize("index, family", [
-    ({"_class_name": "Flux2KleinPipeline", "is_distilled": True}, "klein"),
-    ({"_class_name": "Flux2KleinPipeline", "is_distilled": False}, "klein-base"),
-    ({"_class_name": "QwenImageEditPlusPipeline"}, "qwen-image-edit"),
-    ({"_class_name": "FluxKontextPipeline"}, "kontext"),
-])
+@pytest.mark.parametrize(
+    "index, family",
+    [
+        ({"_class_name": "Flux2KleinPipeline", "is_distilled": True}, "klein"),
+        ({"_class_name": "Flux2KleinPipeline", "is_distilled": False}, "klein-base"),
+        ({"_class_name": "QwenImageEditPlusPipeline"}, "qwen-image-edit"),
+        ({"_class_name": "FluxKontextPipeline"}, "kontext"),
+    ],
+)
 def test_local_folder_is_recognised_by_its_model_index(tmp_path, index, family):
     assert model_spec(_folder(tmp_path, index)).family == family
 
@@ -103,17 +116,20 @@ def test_pipeline_object_is_mapped_by_its_class():
         spec_for_pipeline(fake("FluxPipeline"))
 
 
-@pytest.mark.parametrize("request_, message", [
-    (dict(width=1000), "width=1000 is not a multiple of 16 for klein; use 992 or 1008"),
-    (dict(height=8), "height=8 must be an integer of at least 16 for klein; use e.g. 1024"),
-    (dict(width=512.0), "width=512.0 must be an integer"),
-    (dict(width=4096, height=2048), "4096x2048 is 8,388,608 pixels, over the 4,194,304 .* 2048x2048"),
-    (dict(steps=0), "steps=0 is outside 1..50 for klein; its recommended value is 4"),
-    (dict(steps=500), "steps=500 is outside 1..50"),
-    (dict(guidance=-1.0), "guidance=-1.0 must be a finite number >= 0; klein recommends 1.0"),
-    (dict(guidance=float("nan")), "guidance=nan"),
-    (dict(n_images=5), "5 input images .* more than klein takes \\(4\\); drop 1 of the references"),
-])
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (dict(width=1000), "width=1000 is not a multiple of 16 for klein; use 992 or 1008"),
+        (dict(height=8), "height=8 must be an integer of at least 16 for klein; use e.g. 1024"),
+        (dict(width=512.0), "width=512.0 must be an integer"),
+        (dict(width=4096, height=2048), "4096x2048 is 8,388,608 pixels, over the 4,194,304 .* 2048x2048"),
+        (dict(steps=0), "steps=0 is outside 1..50 for klein; its recommended value is 4"),
+        (dict(steps=500), "steps=500 is outside 1..50"),
+        (dict(guidance=-1.0), "guidance=-1.0 must be a finite number >= 0; klein recommends 1.0"),
+        (dict(guidance=float("nan")), "guidance=nan"),
+        (dict(n_images=5), "5 input images .* more than klein takes \\(4\\); drop 1 of the references"),
+    ],
+)
 def test_bad_requests_name_the_value_and_the_fix(request_, message):
     arguments = dict(width=1024, height=1024, steps=4, guidance=1.0, n_images=1) | request_
     with pytest.raises(ValueError, match=message):
@@ -170,8 +186,7 @@ def test_generate_refuses_before_touching_the_pipeline():
     with pytest.raises(ValueError, match="width=60 is not a multiple of 16"):
         diffusion.generate(pipe, **good | {"width": 60})
     with pytest.raises(ValueError, match="more than klein takes"):
-        diffusion.generate(pipe, **good, source=Image.new("RGB", (64, 64)),
-                           references=[Image.new("RGB", (64, 64))] * 4)
+        diffusion.generate(pipe, **good, source=Image.new("RGB", (64, 64)), references=[Image.new("RGB", (64, 64))] * 4)
     # in a batch, one bad request stops the whole batch before any call
     with pytest.raises(ValueError, match="steps=99 is outside"):
         diffusion.generate_batch(pipe, [good, good | {"steps": 99}])

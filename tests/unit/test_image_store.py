@@ -84,6 +84,7 @@ def test_data_url_inputs_are_accepted_and_bad_ones_named(tmp_path):
 
 # --- every input mode becomes RGB by the rule documented in tools.store.images.to_rgb ---
 
+
 def _saved(tmp_path, image, name="in.png", **params):
     path = tmp_path / name
     image.save(path, **params)
@@ -126,12 +127,16 @@ def _palette_image(index):
     return image
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Image.new("RGBA", (4, 4), (255, 0, 0, 0)),
-    lambda: Image.new("LA", (4, 4), (0, 0)),
-    lambda: Image.new("L", (4, 4), 7),  # saved with a transparent grey value (tRNS)
-    lambda: _palette_image(3),  # saved with a transparent palette entry
-], ids=["RGBA", "LA", "L-tRNS", "P-tRNS"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("RGBA", (4, 4), (255, 0, 0, 0)),
+        lambda: Image.new("LA", (4, 4), (0, 0)),
+        lambda: Image.new("L", (4, 4), 7),  # saved with a transparent grey value (tRNS)
+        lambda: _palette_image(3),  # saved with a transparent palette entry
+    ],
+    ids=["RGBA", "LA", "L-tRNS", "P-tRNS"],
+)
 def test_fully_transparent_pixels_of_every_mode_become_white(tmp_path, make):
     image = make()
     params = {"transparency": image.getpixel((0, 0))} if image.mode in ("L", "P") else {}

@@ -17,29 +17,41 @@ PACKAGES = ("graph", "nodes", "tools", "training", "checkpoints", "evals")
 
 # (importing package or module prefix, forbidden imported prefixes, why)
 RULES = [
-    ("tools", ("graph", "nodes", "training", "evals", "checkpoints.saver", "checkpoints.registry"),
-     "tools are the bottom layer (they may open SQLite through checkpoints.sqlite)"),
-    ("checkpoints", ("graph", "nodes", "training", "evals"),
-     "persistence knows nothing of the graph above it"),
-    ("nodes", ("graph.cli", "graph.runs", "graph.builder", "training", "evals"),
-     "nodes are wired by the graph, never the other way round"),
-    ("graph.state", ("graph.context", "graph.builder", "graph.runs", "graph.cli", "nodes"),
-     "the state is the lowest layer of the graph"),
-    ("graph.context", ("graph.state", "graph.builder", "graph.runs", "graph.cli", "nodes"),
-     "the run settings are the lowest layer of the graph"),
-    ("graph.builder", ("graph.runs", "graph.cli", "training", "evals"),
-     "the graph's wiring does not know who runs it"),
-    ("graph.runs", ("graph.cli", "training", "evals"),
-     "the run lifecycle is a library API; the command line sits above it"),
-    ("training", ("evals",),
-     "training builds on the shared judge in tools, not on the benchmark harnesses"),
+    (
+        "tools",
+        ("graph", "nodes", "training", "evals", "checkpoints.saver", "checkpoints.registry"),
+        "tools are the bottom layer (they may open SQLite through checkpoints.sqlite)",
+    ),
+    ("checkpoints", ("graph", "nodes", "training", "evals"), "persistence knows nothing of the graph above it"),
+    (
+        "nodes",
+        ("graph.cli", "graph.runs", "graph.builder", "training", "evals"),
+        "nodes are wired by the graph, never the other way round",
+    ),
+    (
+        "graph.state",
+        ("graph.context", "graph.builder", "graph.runs", "graph.cli", "nodes"),
+        "the state is the lowest layer of the graph",
+    ),
+    (
+        "graph.context",
+        ("graph.state", "graph.builder", "graph.runs", "graph.cli", "nodes"),
+        "the run settings are the lowest layer of the graph",
+    ),
+    ("graph.builder", ("graph.runs", "graph.cli", "training", "evals"), "the graph's wiring does not know who runs it"),
+    (
+        "graph.runs",
+        ("graph.cli", "training", "evals"),
+        "the run lifecycle is a library API; the command line sits above it",
+    ),
+    ("training", ("evals",), "training builds on the shared judge in tools, not on the benchmark harnesses"),
 ]
 
 #: Imports a rule above would forbid but that are right by design, each with its reason.
 PERMITTED = {
     ("tools.doubles", "nodes.prompts"): "a scripted model reads the prompts the product writes, "
-                                        "through the product's own reader, so editing a prompt "
-                                        "cannot break the demo",
+    "through the product's own reader, so editing a prompt "
+    "cannot break the demo",
 }
 
 
@@ -97,11 +109,14 @@ def test_imports_point_one_way():
     assert not stale, f"these known upward imports are gone; remove them from KNOWN: {stale}"
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import graph.state\n", {"graph.state"}),
-    ("def f():\n    from evals.judge import Judge\n", {"evals.judge", "evals.judge.Judge"}),
-    ("from . import x\n", set()),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import graph.state\n", {"graph.state"}),
+        ("def f():\n    from evals.judge import Judge\n", {"evals.judge", "evals.judge.Judge"}),
+        ("from . import x\n", set()),
+    ],
+)
 def test_the_scan_sees_function_level_imports(tmp_path, source, expected):
     path = tmp_path / "m.py"
     path.write_text(source)

@@ -9,24 +9,35 @@ from tools.judge.prompts import JUDGE_PROMPT_VERSION, quality_prompt, semantic_p
 from tools.replies.parsing import ReplyParseError
 
 GOOD = [
-    ("tagged JSON", 'The edit is clean.\n<answer>{"scores": [8, 6], "reasoning": "sky changed"}</answer>',
-     (8.0, 6.0), "sky changed"),
-    ("bare JSON after prose", 'Looks fine overall.\n{"scores": [9, 4], "reasoning": "blurry"}',
-     (9.0, 4.0), "blurry"),
-    ("python literal dict", "<answer>{'scores': [7, 10], 'reasoning': 'good',}</answer>",
-     (7.0, 10.0), "good"),
-    ("scores as strings", '<answer>{"scores": ["7", " 3.5 "], "reasoning": "r"}</answer>',
-     (7.0, 3.5), "r"),
-    ("fenced, no tag", '```json\n{"scores": [0, 10], "reasoning": "nothing done"}\n```',
-     (0.0, 10.0), "nothing done"),
+    (
+        "tagged JSON",
+        'The edit is clean.\n<answer>{"scores": [8, 6], "reasoning": "sky changed"}</answer>',
+        (8.0, 6.0),
+        "sky changed",
+    ),
+    ("bare JSON after prose", 'Looks fine overall.\n{"scores": [9, 4], "reasoning": "blurry"}', (9.0, 4.0), "blurry"),
+    ("python literal dict", "<answer>{'scores': [7, 10], 'reasoning': 'good',}</answer>", (7.0, 10.0), "good"),
+    ("scores as strings", '<answer>{"scores": ["7", " 3.5 "], "reasoning": "r"}</answer>', (7.0, 3.5), "r"),
+    ("fenced, no tag", '```json\n{"scores": [0, 10], "reasoning": "nothing done"}\n```', (0.0, 10.0), "nothing done"),
     ("VIEScore key", '<answer>{"score": [5, 5], "reasoning": "meh"}</answer>', (5.0, 5.0), "meh"),
-    ("reasoning from the prose", "Hands look wrong.<answer>{\"scores\": [6, 2]}</answer>",
-     (6.0, 2.0), "Hands look wrong."),
-    ("think tags", '<think>Check fingers.</think><answer>{"scores": [10, 9.5]}</answer>',
-     (10.0, 9.5), "Check fingers."),
-    ("example in reasoning, answer wins",
-     'Format: {"scores": [1, 1]}.\n<answer>{"scores": [8, 7], "reasoning": "ok"}</answer>',
-     (8.0, 7.0), "ok"),
+    (
+        "reasoning from the prose",
+        'Hands look wrong.<answer>{"scores": [6, 2]}</answer>',
+        (6.0, 2.0),
+        "Hands look wrong.",
+    ),
+    (
+        "think tags",
+        '<think>Check fingers.</think><answer>{"scores": [10, 9.5]}</answer>',
+        (10.0, 9.5),
+        "Check fingers.",
+    ),
+    (
+        "example in reasoning, answer wins",
+        'Format: {"scores": [1, 1]}.\n<answer>{"scores": [8, 7], "reasoning": "ok"}</answer>',
+        (8.0, 7.0),
+        "ok",
+    ),
 ]
 
 BAD = [

@@ -22,9 +22,17 @@ LAYERS = (3, 6, 9)  # fewer than the tiny text encoder's 28, so trimming has som
 
 
 def generate(pipe, image=None, seed=0):
-    return pipe(prompt="a red bicycle", image=image, height=SIZE, width=SIZE, num_inference_steps=2,
-                guidance_scale=1.0, generator=torch.Generator().manual_seed(seed), output_type="np",
-                text_encoder_out_layers=LAYERS).images[0]
+    return pipe(
+        prompt="a red bicycle",
+        image=image,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        text_encoder_out_layers=LAYERS,
+    ).images[0]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +130,10 @@ def test_device_image_conversion_is_bit_identical_to_diffusers():
         got = fast.preprocess(picture, height=96, width=128, resize_mode=mode)
         assert torch.equal(got, expected) and got.stride()[1:] == expected.stride()[1:]
     # A size that needs cropping takes diffusers' own path.
-    assert torch.equal(fast.preprocess(picture, height=64, width=64, resize_mode="crop"),
-                       reference.preprocess(picture, height=64, width=64, resize_mode="crop"))
+    assert torch.equal(
+        fast.preprocess(picture, height=64, width=64, resize_mode="crop"),
+        reference.preprocess(picture, height=64, width=64, resize_mode="crop"),
+    )
     decoded = (torch.randn(2, 3, 32, 48) * 0.8).to(torch.bfloat16)
     for got, expected in zip(fast.postprocess(decoded), reference.postprocess(decoded)):
         assert np.array_equal(np.asarray(got), np.asarray(expected))

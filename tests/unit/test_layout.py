@@ -31,17 +31,27 @@ def test_graph_topology_matches_snapshot():
     from graph.builder import graph
 
     drawing = graph.get_graph().draw_mermaid()
-    assert SNAPSHOT.exists(), (f"the topology snapshot {SNAPSHOT} is missing; write it with "
-                               f"graph.get_graph().draw_mermaid(), review it and commit it")
+    assert SNAPSHOT.exists(), (
+        f"the topology snapshot {SNAPSHOT} is missing; write it with "
+        f"graph.get_graph().draw_mermaid(), review it and commit it"
+    )
     assert drawing == SNAPSHOT.read_text()
-    for edge in ("generate -.-> critique;", "critique -.-> generate;", "generate -.-> accept;",
-                 "accept -.-> generate;", "accept -.-> compose;", "accept -.-> accept;",
-                 "review -.-> accept;"):
+    for edge in (
+        "generate -.-> critique;",
+        "critique -.-> generate;",
+        "generate -.-> accept;",
+        "accept -.-> generate;",
+        "accept -.-> compose;",
+        "accept -.-> accept;",
+        "review -.-> accept;",
+    ):
         assert edge in drawing
 
 
 def test_importing_the_graph_loads_no_torch_or_diffusers():
-    code = ("import sys, graph.builder; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, graph.builder; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

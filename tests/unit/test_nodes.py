@@ -18,10 +18,20 @@ from tools.llm.chat import ChatModels
 from tools.store.images import ImageStore
 
 PLAN = [
-    {"step_number": 1, "step_name": "Start", "instruction": "Lay out the paper.",
-     "prompt": "a square of paper on a desk", "auxiliary_text": None},
-    {"step_number": 2, "step_name": "Fold", "instruction": "Fold it in half.",
-     "prompt": "fold the paper in half", "auxiliary_text": "Crease it firmly."},
+    {
+        "step_number": 1,
+        "step_name": "Start",
+        "instruction": "Lay out the paper.",
+        "prompt": "a square of paper on a desk",
+        "auxiliary_text": None,
+    },
+    {
+        "step_number": 2,
+        "step_name": "Fold",
+        "instruction": "Fold it in half.",
+        "prompt": "fold the paper in half",
+        "auxiliary_text": "Crease it firmly.",
+    },
 ]
 
 
@@ -33,14 +43,29 @@ def runtime(tmp_path, **settings):
 
 def attempt(store: ImageStore, step_number: int, number: int, prompt: str, source=None) -> dict:
     image = store.put(Image.new("RGB", (32, 32), (40 * step_number, 90, 30 * number)))
-    return {"step_number": step_number, "attempt": number, "prompt": prompt, "seed": 7,
-            "source": source, "image": image, "last_allowed": False, "verdict": None,
-            "generate_s": 0.1, "critique_s": None}
+    return {
+        "step_number": step_number,
+        "attempt": number,
+        "prompt": prompt,
+        "seed": 7,
+        "source": source,
+        "image": image,
+        "last_allowed": False,
+        "verdict": None,
+        "generate_s": 0.1,
+        "critique_s": None,
+    }
 
 
 def state_at(step_index: int, attempts: list[dict], accepted: list[dict] | None = None) -> dict:
-    return {"run_id": "paper-1", "request": "fold paper", "plan": PLAN, "step_index": step_index,
-            "attempts": attempts, "accepted": accepted or []}
+    return {
+        "run_id": "paper-1",
+        "request": "fold paper",
+        "plan": PLAN,
+        "step_index": step_index,
+        "attempts": attempts,
+        "accepted": accepted or [],
+    }
 
 
 def reply(success: bool, refine: str) -> str:
@@ -52,8 +77,9 @@ def test_the_critic_returns_its_verdict_on_the_newest_attempt_and_streams_it(tmp
     rt, events = runtime(tmp_path)
     store = ImageStore(tmp_path)
     first = attempt(store, 2, 1, "fold the paper in half")
-    models = ChatModels(critic=FakeListChatModel(responses=[reply(False, "fold the paper exactly in half, "
-                                                                         "edges aligned")]))
+    models = ChatModels(
+        critic=FakeListChatModel(responses=[reply(False, "fold the paper exactly in half, edges aligned")])
+    )
     out = critique(state_at(1, [first]), rt, models=models)
     (judged,) = out["attempts"]
     assert (judged["step_number"], judged["attempt"]) == (2, 1)
@@ -79,8 +105,7 @@ def test_accepting_a_step_takes_its_newest_attempt_and_moves_on(tmp_path):
     store = ImageStore(tmp_path)
     tries = [attempt(store, 1, 1, "a"), attempt(store, 1, 2, "b")]
     out = accept(state_at(0, tries), rt)
-    assert out == {"accepted": [{"step_number": 1, "attempt": 2, "image": tries[1]["image"]}],
-                   "step_index": 1}
+    assert out == {"accepted": [{"step_number": 1, "attempt": 2, "image": tries[1]["image"]}], "step_index": 1}
     assert events[0]["event"] == "step_accepted" and events[0]["steps_total"] == 2
 
 
@@ -92,7 +117,9 @@ def test_compose_writes_the_document_with_each_steps_text_and_image(tmp_path):
     out = compose(state_at(2, tries, accepted), rt)
     # The text shown is the auxiliary text when the plan has one, else the instruction.
     assert [(e["step_number"], e["text"]) for e in out["document"]] == [
-        (1, "Lay out the paper."), (2, "Crease it firmly.")]
+        (1, "Lay out the paper."),
+        (2, "Crease it firmly."),
+    ]
     folder = tmp_path / "paper-1"
     assert out["document_dir"] == str(folder)
     record = json.loads((folder / "document.json").read_text())

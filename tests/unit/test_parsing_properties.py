@@ -12,12 +12,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tools.replies.parsing import (MAX_REPLY_CHARS, REASONS, PlanParseError, VerdictParseError,
-                           parse_plan, parse_verdict)
+from tools.replies.parsing import MAX_REPLY_CHARS, REASONS, PlanParseError, VerdictParseError, parse_plan, parse_verdict
 from tools.replies.schemas import PLAN_REGEX, VERDICT_REGEX
 
-FAST = settings(max_examples=150, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 FEW = settings(FAST, max_examples=30)
 
 
@@ -33,11 +36,16 @@ def outcome(parse, error, reply):
 
 # --------------------------------------------------------------------------- valid objects
 
+
 def _usable(text: str) -> bool:
     # A field that itself spells a reply tag ("<ANSWER>") can change which block the reader takes,
     # so the reason reported for a broken plan may differ (a known edge of the tolerant reader).
-    return (bool(text) and text == text.strip() and text.lower() not in ("null", "none")
-            and not any(tag in text.lower() for tag in ("<answer", "</answer", "<think", "</think")))
+    return (
+        bool(text)
+        and text == text.strip()
+        and text.lower() not in ("null", "none")
+        and not any(tag in text.lower() for tag in ("<answer", "</answer", "<think", "</think"))
+    )
 
 
 field_text = st.text(max_size=30).filter(_usable)
@@ -47,10 +55,16 @@ reasoning_text = st.text(alphabet=st.characters(blacklist_characters="<"), max_s
 @st.composite
 def plans(draw):
     first = draw(st.integers(1, 4))
-    steps = [{"step_number": first + i, "step_name": draw(field_text),
-              "instruction": draw(st.none() | field_text), "prompt": draw(st.none() | field_text),
-              "auxiliary_text": draw(st.none() | field_text)}
-             for i in range(draw(st.integers(1, 4)))]
+    steps = [
+        {
+            "step_number": first + i,
+            "step_name": draw(field_text),
+            "instruction": draw(st.none() | field_text),
+            "prompt": draw(st.none() | field_text),
+            "auxiliary_text": draw(st.none() | field_text),
+        }
+        for i in range(draw(st.integers(1, 4)))
+    ]
     return {"execution_plan": steps}
 
 
@@ -107,11 +121,11 @@ def test_valid_plans_round_trip(plan, reasoning, style, wrapper):
 @given(verdicts(), reasoning_text, styles, wrappers)
 def test_valid_verdicts_round_trip(verdict, reasoning, style, wrapper):
     reply, expected_reasoning = render(verdict, reasoning, style, wrapper)
-    assert parse_verdict(reply) == (expected_reasoning, verdict["previous_step_success"],
-                                    verdict["refine_prompt"])
+    assert parse_verdict(reply) == (expected_reasoning, verdict["previous_step_success"], verdict["refine_prompt"])
 
 
 # --------------------------------------------------------------------------- mutations
+
 
 @settings(FAST, max_examples=15)
 @given(st.one_of(plans(), verdicts()), reasoning_text, styles)
@@ -135,7 +149,7 @@ def test_random_edits_give_a_result_or_a_typed_error(obj, data):
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(reply)))
         if data.draw(st.booleans()) and at < len(reply):
-            reply = reply[:at] + reply[at + 1:]
+            reply = reply[:at] + reply[at + 1 :]
         else:
             reply = reply[:at] + data.draw(st.text(min_size=1, max_size=3)) + reply[at:]
     plan = outcome(parse_plan, PlanParseError, reply)
@@ -150,7 +164,7 @@ def test_random_edits_give_a_result_or_a_typed_error(obj, data):
 @FAST
 @given(st.one_of(plans(), verdicts()), st.text(min_size=1, max_size=20), styles)
 def test_renamed_top_level_key_is_a_schema_error(obj, new_key, style):
-    (old_key, value), = [(k, v) for k, v in obj.items() if k != "refine_prompt"]
+    ((old_key, value),) = [(k, v) for k, v in obj.items() if k != "refine_prompt"]
     assume(new_key != old_key)
     renamed = {new_key: value, **{k: v for k, v in obj.items() if k != old_key}}
     reply, _ = render(renamed, "", style, "tags")
@@ -161,17 +175,17 @@ def test_renamed_top_level_key_is_a_schema_error(obj, new_key, style):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3),
-    max_leaves=8)
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
 not_a_bool = json_values.filter(
-    lambda v: not isinstance(v, bool)
-    and not (isinstance(v, str) and v.strip().lower() in ("true", "false")))
+    lambda v: not isinstance(v, bool) and not (isinstance(v, str) and v.strip().lower() in ("true", "false"))
+)
 not_a_step_number = json_values.filter(
     lambda v: not (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-    and not (isinstance(v, str) and v.strip().isdecimal()))
+    and not (isinstance(v, str) and v.strip().isdecimal())
+)
 
 
 @FAST
@@ -195,21 +209,64 @@ def test_wrong_plan_types_are_schema_errors(plan, value, data):
     at = data.draw(st.integers(0, len(steps) - 1))
     broken = [dict(s) for s in steps]
     broken[at]["step_number"] = value
-    for candidate in ({"execution_plan": broken},
-                      {"execution_plan": data.draw(json_values.filter(
-                          lambda v: not isinstance(v, list) or not v or not all(
-                              isinstance(x, dict) for x in v)))}):
+    for candidate in (
+        {"execution_plan": broken},
+        {
+            "execution_plan": data.draw(
+                json_values.filter(
+                    lambda v: not isinstance(v, list) or not v or not all(isinstance(x, dict) for x in v)
+                )
+            )
+        },
+    ):
         reply, _ = render(candidate, "", data.draw(styles), "tags")
         assert outcome(parse_plan, PlanParseError, reply) == "schema"
 
 
 # --------------------------------------------------------------------------- adversarial text
 
-FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", "<ANSWER>", "{", "}", "[", "]", '"',
-             "'", "“", "”", "‘", "’", ",", ":", "\\", "\\n", "\n", "```json", "```", "#", "//",
-             "True", "false", "None", "null", "execution_plan", "previous_step_success",
-             "refine_prompt", "step_number", '"execution_plan": [', "'previous_step_success': ",
-             "\x00", "1e5", "-0", "NaN", " ", "𝔘"]
+FRAGMENTS = [
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "<ANSWER>",
+    "{",
+    "}",
+    "[",
+    "]",
+    '"',
+    "'",
+    "“",
+    "”",
+    "‘",
+    "’",
+    ",",
+    ":",
+    "\\",
+    "\\n",
+    "\n",
+    "```json",
+    "```",
+    "#",
+    "//",
+    "True",
+    "false",
+    "None",
+    "null",
+    "execution_plan",
+    "previous_step_success",
+    "refine_prompt",
+    "step_number",
+    '"execution_plan": [',
+    "'previous_step_success': ",
+    "\x00",
+    "1e5",
+    "-0",
+    "NaN",
+    " ",
+    "𝔘",
+]
 adversarial = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=60).map("".join)
 
 
@@ -221,8 +278,11 @@ def test_any_text_gives_a_result_or_a_typed_error(reply):
 
 
 @FEW
-@given(st.integers(33, 200_000), st.sampled_from(["[", "{", '{"a": ', "{'a': ["]),
-       st.sampled_from(["<answer>@", "<answer>{@}</answer>", "<think>@", "@"]))
+@given(
+    st.integers(33, 200_000),
+    st.sampled_from(["[", "{", '{"a": ', "{'a': ["]),
+    st.sampled_from(["<answer>@", "<answer>{@}</answer>", "<think>@", "@"]),
+)
 def test_deep_nesting_is_refused_quickly(depth, opener, frame):
     reply = frame.replace("@", "{" + opener * depth)
     started = time.perf_counter()
@@ -253,11 +313,17 @@ def test_whatever_the_plan_regex_allows_parses_or_has_bad_numbering(reply):
 BIG_VERDICT = {"previous_step_success": False, "refine_prompt": "a red hat, " * 12_000}
 
 
-@pytest.mark.parametrize("reply", [
-    "<think>" + "Look at {the hand}; 'fingers' \"count\"... " * 4_000 + "</think><answer>"
-    + json.dumps(BIG_VERDICT) + "</answer>",
-    "<think>" + "x" * 150_000 + "</think><answer>" + repr(BIG_VERDICT) + "</answer>",
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "<think>"
+        + "Look at {the hand}; 'fingers' \"count\"... " * 4_000
+        + "</think><answer>"
+        + json.dumps(BIG_VERDICT)
+        + "</answer>",
+        "<think>" + "x" * 150_000 + "</think><answer>" + repr(BIG_VERDICT) + "</answer>",
+    ],
+)
 def test_long_replies_parse_fast(reply):
     assert len(reply) > 100_000
     started = time.perf_counter()
@@ -265,11 +331,14 @@ def test_long_replies_parse_fast(reply):
     assert time.perf_counter() - started < 1
 
 
-@pytest.mark.parametrize("reply", [
-    "x" * (MAX_REPLY_CHARS + 1),
-    "<answer>{'previous_step_success': False, 'refine_prompt': '" + "y" * 400_000 + "'}</answer>",
-    "<answer>{" + "'a': 1, " * 60_000 + "}</answer>",
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "x" * (MAX_REPLY_CHARS + 1),
+        "<answer>{'previous_step_success': False, 'refine_prompt': '" + "y" * 400_000 + "'}</answer>",
+        "<answer>{" + "'a': 1, " * 60_000 + "}</answer>",
+    ],
+)
 def test_oversized_replies_are_refused(reply):
     started = time.perf_counter()
     assert outcome(parse_verdict, VerdictParseError, reply) == "too_large"

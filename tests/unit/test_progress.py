@@ -45,33 +45,48 @@ def steps_of(printer_events, stream=None):
 def test_guidance_numbering_and_plural():
     """A continued sequence numbers its new steps after the user's images: step 3 of a 2-step
     plan is shown as 3/4, never 3/2; answered images are not "attempt 0"."""
-    text = steps_of([
-        {"event": events.PLAN_READY, "steps": 2, "step_names": ["a", "b"], "step_numbers": [3, 4]},
-        {"event": events.ATTEMPT_STARTED, "step_number": 3, "attempt": 1, "seed": 5,
-         "mode": "edit", "prompt": "x"},
-        {"event": events.STEP_ACCEPTED, "step_number": 3, "attempt": 1, "steps_total": 2},
-    ])
+    text = steps_of(
+        [
+            {"event": events.PLAN_READY, "steps": 2, "step_names": ["a", "b"], "step_numbers": [3, 4]},
+            {"event": events.ATTEMPT_STARTED, "step_number": 3, "attempt": 1, "seed": 5, "mode": "edit", "prompt": "x"},
+            {"event": events.STEP_ACCEPTED, "step_number": 3, "attempt": 1, "steps_total": 2},
+        ]
+    )
     assert "step 3/4 · attempt 1 · edit" in text and "step 3/4 accepted (attempt 1)" in text
     assert "3/2" not in text
-    text = steps_of([
-        {"event": events.PLAN_READY, "steps": 1, "step_names": ["a"], "step_numbers": [1]},
-        {"event": events.STEP_ACCEPTED, "step_number": 1, "attempt": 0, "steps_total": 1},
-    ])
+    text = steps_of(
+        [
+            {"event": events.PLAN_READY, "steps": 1, "step_names": ["a"], "step_numbers": [1]},
+            {"event": events.STEP_ACCEPTED, "step_number": 1, "attempt": 0, "steps_total": 1},
+        ]
+    )
     assert "plan ready: 1 step (a)" in text and "1 steps" not in text
     assert "attempt 0" not in text and "step 1/1 accepted (your image, answered)" in text
 
 
 def test_resumed_and_forked_runs_show_the_total():
-    text = steps_of([
-        {"event": events.RUN_RESUMED, "steps": 3, "step_numbers": [1, 2, 3], "steps_done": 1},
-        {"event": events.STEP_ACCEPTED, "step_number": 2, "attempt": 2, "steps_total": 3},
-    ])
+    text = steps_of(
+        [
+            {"event": events.RUN_RESUMED, "steps": 3, "step_numbers": [1, 2, 3], "steps_done": 1},
+            {"event": events.STEP_ACCEPTED, "step_number": 2, "attempt": 2, "steps_total": 3},
+        ]
+    )
     assert "resuming: 1/3 steps done" in text and "step 2/3 accepted (attempt 2)" in text
 
 
 def test_an_unusable_verdict_names_its_reason_once():
-    text = steps_of([{"event": events.VERDICT, "step_number": 1, "attempt": 1, "success": None,
-                      "refine_prompt": None, "error": "[missing_answer] missing_answer: no tag"}])
+    text = steps_of(
+        [
+            {
+                "event": events.VERDICT,
+                "step_number": 1,
+                "attempt": 1,
+                "success": None,
+                "refine_prompt": None,
+                "error": "[missing_answer] missing_answer: no tag",
+            }
+        ]
+    )
     assert "(missing_answer: no tag)" in text and text.count("missing_answer") == 1
 
 

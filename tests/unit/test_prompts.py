@@ -28,7 +28,9 @@ def test_a_reworded_template_is_still_read():
     template = "Judge this.\nStep asked for: {original}\nWhat was drawn from: {rewritten}\nEnd."
     read = prompts.template_reader(template)
     assert read(template.format(original="a cat", rewritten="a cat, centred")) == {
-        "original": "a cat", "rewritten": "a cat, centred"}
+        "original": "a cat",
+        "rewritten": "a cat, centred",
+    }
 
 
 def test_text_that_does_not_follow_the_template_is_refused_with_its_fields():
@@ -38,13 +40,20 @@ def test_text_that_does_not_follow_the_template_is_refused_with_its_fields():
 
 def test_the_demo_critic_rejects_the_middle_step_once_then_accepts_the_refined_prompt():
     def critic_body(original, used):
-        return {"model": demo_script.CRITIC_MODEL,
-                "messages": [{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": "data:,"}},
-                    {"type": "text", "text": prompts.critic_user(original, used)}]}]}
+        return {
+            "model": demo_script.CRITIC_MODEL,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:,"}},
+                        {"type": "text", "text": prompts.critic_user(original, used)},
+                    ],
+                }
+            ],
+        }
 
     first = demo_script.respond(critic_body(demo_script.SECOND_STEP_PROMPT, demo_script.SECOND_STEP_PROMPT))
-    again = demo_script.respond(critic_body(demo_script.SECOND_STEP_PROMPT,
-                                            demo_script.REFINED_SECOND_STEP_PROMPT))
+    again = demo_script.respond(critic_body(demo_script.SECOND_STEP_PROMPT, demo_script.REFINED_SECOND_STEP_PROMPT))
     assert '"previous_step_success": false' in first and demo_script.REFINED_SECOND_STEP_PROMPT in first
     assert '"previous_step_success": true' in again

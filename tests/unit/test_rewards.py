@@ -16,8 +16,14 @@ import pytest
 from PIL import Image
 
 from training import rewards
-from training.rewards import (REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, check_policies,
-                              format_reward, score_change)
+from training.rewards import (
+    REWARD_WEIGHTS,
+    StepwiseRewards,
+    accuracy_reward,
+    check_policies,
+    format_reward,
+    score_change,
+)
 
 PLAN = "a cat sits on a blue chair"
 USED = "a cat on a chair"  # the prompt that made the judged image
@@ -25,8 +31,10 @@ USED = "a cat on a chair"  # the prompt that made the judged image
 
 def reply(success, refine: str, json_bool: bool = True) -> str:
     verdict = json.dumps(success) if json_bool else f'"{str(success).lower()}"'
-    return (f'<think>checking</think><answer>{{"previous_step_success": {verdict}, '
-            f'"refine_prompt": {json.dumps(refine)}}}</answer>')
+    return (
+        f'<think>checking</think><answer>{{"previous_step_success": {verdict}, '
+        f'"refine_prompt": {json.dumps(refine)}}}</answer>'
+    )
 
 
 class FakeStore:
@@ -83,14 +91,21 @@ class FakeJudge:
         raise AssertionError("unknown image")
 
 
-def columns(n: int, *, success=False, semantics=4.0, quality=5.0, scratch=False, seed=7,
-            colour=(10, 20, 30)):
+def columns(n: int, *, success=False, semantics=4.0, quality=5.0, scratch=False, seed=7, colour=(10, 20, 30)):
     before = Image.new("RGB", (32, 32), (255, 255, 255) if scratch else colour)
     after = Image.new("RGB", (32, 32), (1, 2, 3))
-    return {"success": [success] * n, "semantics": [semantics] * n, "quality": [quality] * n,
-            "origin_prompt": [PLAN] * n, "rewritten_prompt": [USED] * n,
-            "from_scratch": [scratch] * n, "seed": [seed] * n, "width": [32] * n,
-            "height": [32] * n, "images": [[before, after] for _ in range(n)]}
+    return {
+        "success": [success] * n,
+        "semantics": [semantics] * n,
+        "quality": [quality] * n,
+        "origin_prompt": [PLAN] * n,
+        "rewritten_prompt": [USED] * n,
+        "from_scratch": [scratch] * n,
+        "seed": [seed] * n,
+        "width": [32] * n,
+        "height": [32] * n,
+        "images": [[before, after] for _ in range(n)],
+    }
 
 
 def concat(*parts):
@@ -103,8 +118,10 @@ def concat(*parts):
 
 def run_both(stepwise, completions, cols):
     async def both():
-        return await asyncio.gather(stepwise.semantics_reward(completions, **cols),
-                                    stepwise.quality_reward(completions, **cols))
+        return await asyncio.gather(
+            stepwise.semantics_reward(completions, **cols), stepwise.quality_reward(completions, **cols)
+        )
+
     return asyncio.run(both())
 
 
@@ -114,43 +131,134 @@ OURS = dict(seed="row", skip_unchanged_prompt=True, malformed_reply="zero")
 CASES = [
     # name, policy, reply, ground-truth success, prompt regenerated (None: none), judge (sc, pq)
     # of that image -> F, A, S, Q, status. The judged image scored (4, 5) (see ``columns``).
-    ("no answer at all", REFERENCE, "the image looks fine", False, USED, (6.0, 5.0),
-     0, 0, 0.6, 0.5, "regenerated"),
-    ("no answer at all, ours", OURS, "the image looks fine", False, None, None,
-     0, 0, 0.0, 0.0, "malformed"),
-    ("verdict as a string", REFERENCE, reply(False, "a tabby cat on a blue chair", json_bool=False),
-     False, "a tabby cat on a blue chair", (8.0, 9.0), 0, 0, 0.7, 0.7, "regenerated"),
-    ("verdict as a string, ours", OURS, reply(False, "a tabby cat", json_bool=False), False, None,
-     None, 0, 0, 0.0, 0.0, "malformed"),
-    ("wrong verdict keeps the prompt", REFERENCE, reply(True, USED), False, USED, (4.0, 7.0),
-     1, 0, 0.5, 0.6, "regenerated"),
-    ("wrong verdict keeps the prompt, ours", OURS, reply(True, USED), False, None, None,
-     1, 0, 0.5, 0.5, "unchanged"),
-    ("wrong verdict on a success", REFERENCE, reply(False, "a dog"), True, None, None,
-     1, 0, 0.5, 0.5, "gt_success"),
-    ("right verdict on a success", REFERENCE, reply(True, USED), True, None, None,
-     1, 1, 0.5, 0.5, "gt_success"),
-    ("unreadable reply on a success, ours", OURS, "<answer>{", True, None, None,
-     0, 0, 0.5, 0.5, "gt_success"),
-    ("improved regeneration", REFERENCE, reply(False, "a grey cat on a blue wooden chair"), False,
-     "a grey cat on a blue wooden chair", (8.0, 9.0), 1, 1, 0.7, 0.7, "regenerated"),
-    ("worse regeneration", OURS, reply(False, "an abstract blur"), False, "an abstract blur",
-     (2.0, 3.0), 1, 1, 0.4, 0.4, "regenerated"),
-    ("generator failure", REFERENCE, reply(False, "GENFAIL a cat"), False, "GENFAIL a cat", None,
-     1, 1, 0.5, 0.5, "generator_failed"),
-    ("judge failure", REFERENCE, reply(False, "a cat, judge breaks"), False, "a cat, judge breaks",
-     (None, None), 1, 1, 0.5, 0.5, "judge_failed"),
-    ("judge half failure", REFERENCE, reply(False, "a cat, quality breaks"), False,
-     "a cat, quality breaks", (8.0, None), 1, 1, 0.7, 0.5, "judge_failed"),
-    ("empty refine on a failure verdict", REFERENCE, '<answer>{"previous_step_success": false, '
-     '"refine_prompt": ""}</answer>', False, USED, (5.0, 5.0), 1, 1, 0.55, 0.5, "regenerated"),
+    ("no answer at all", REFERENCE, "the image looks fine", False, USED, (6.0, 5.0), 0, 0, 0.6, 0.5, "regenerated"),
+    ("no answer at all, ours", OURS, "the image looks fine", False, None, None, 0, 0, 0.0, 0.0, "malformed"),
+    (
+        "verdict as a string",
+        REFERENCE,
+        reply(False, "a tabby cat on a blue chair", json_bool=False),
+        False,
+        "a tabby cat on a blue chair",
+        (8.0, 9.0),
+        0,
+        0,
+        0.7,
+        0.7,
+        "regenerated",
+    ),
+    (
+        "verdict as a string, ours",
+        OURS,
+        reply(False, "a tabby cat", json_bool=False),
+        False,
+        None,
+        None,
+        0,
+        0,
+        0.0,
+        0.0,
+        "malformed",
+    ),
+    (
+        "wrong verdict keeps the prompt",
+        REFERENCE,
+        reply(True, USED),
+        False,
+        USED,
+        (4.0, 7.0),
+        1,
+        0,
+        0.5,
+        0.6,
+        "regenerated",
+    ),
+    ("wrong verdict keeps the prompt, ours", OURS, reply(True, USED), False, None, None, 1, 0, 0.5, 0.5, "unchanged"),
+    ("wrong verdict on a success", REFERENCE, reply(False, "a dog"), True, None, None, 1, 0, 0.5, 0.5, "gt_success"),
+    ("right verdict on a success", REFERENCE, reply(True, USED), True, None, None, 1, 1, 0.5, 0.5, "gt_success"),
+    ("unreadable reply on a success, ours", OURS, "<answer>{", True, None, None, 0, 0, 0.5, 0.5, "gt_success"),
+    (
+        "improved regeneration",
+        REFERENCE,
+        reply(False, "a grey cat on a blue wooden chair"),
+        False,
+        "a grey cat on a blue wooden chair",
+        (8.0, 9.0),
+        1,
+        1,
+        0.7,
+        0.7,
+        "regenerated",
+    ),
+    (
+        "worse regeneration",
+        OURS,
+        reply(False, "an abstract blur"),
+        False,
+        "an abstract blur",
+        (2.0, 3.0),
+        1,
+        1,
+        0.4,
+        0.4,
+        "regenerated",
+    ),
+    (
+        "generator failure",
+        REFERENCE,
+        reply(False, "GENFAIL a cat"),
+        False,
+        "GENFAIL a cat",
+        None,
+        1,
+        1,
+        0.5,
+        0.5,
+        "generator_failed",
+    ),
+    (
+        "judge failure",
+        REFERENCE,
+        reply(False, "a cat, judge breaks"),
+        False,
+        "a cat, judge breaks",
+        (None, None),
+        1,
+        1,
+        0.5,
+        0.5,
+        "judge_failed",
+    ),
+    (
+        "judge half failure",
+        REFERENCE,
+        reply(False, "a cat, quality breaks"),
+        False,
+        "a cat, quality breaks",
+        (8.0, None),
+        1,
+        1,
+        0.7,
+        0.5,
+        "judge_failed",
+    ),
+    (
+        "empty refine on a failure verdict",
+        REFERENCE,
+        '<answer>{"previous_step_success": false, "refine_prompt": ""}</answer>',
+        False,
+        USED,
+        (5.0, 5.0),
+        1,
+        1,
+        0.55,
+        0.5,
+        "regenerated",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name,policy,text,success,regenerated,judged,f,a,s,q,status", CASES,
-                         ids=[c[0] for c in CASES])
-def test_each_kind_of_reply_gets_its_rewards(name, policy, text, success, regenerated, judged, f, a,
-                                             s, q, status):
+@pytest.mark.parametrize("name,policy,text,success,regenerated,judged,f,a,s,q,status", CASES, ids=[c[0] for c in CASES])
+def test_each_kind_of_reply_gets_its_rewards(name, policy, text, success, regenerated, judged, f, a, s, q, status):
     generator = FakeGenerator()
     judge = FakeJudge(generator, {regenerated: judged} if judged else {})
     stepwise = StepwiseRewards(generator, judge, **policy)
@@ -178,9 +286,16 @@ def test_a_group_is_regenerated_in_one_call_with_one_seed_and_judged_at_once():
     generator = FakeGenerator()
     judge = FakeJudge(generator, {"a red cat": (9.0, 6.0), "a blue cat": (3.0, 4.0)})
     stepwise = StepwiseRewards(generator, judge, **OURS)
-    texts = [reply(False, "a red cat"), reply(False, "a blue cat"), reply(False, "a red cat"),
-             reply(True, USED), "garbage", reply(False, "a blue cat"), reply(False, "a red cat"),
-             reply(False, "a green cat")]
+    texts = [
+        reply(False, "a red cat"),
+        reply(False, "a blue cat"),
+        reply(False, "a red cat"),
+        reply(True, USED),
+        "garbage",
+        reply(False, "a blue cat"),
+        reply(False, "a red cat"),
+        reply(False, "a green cat"),
+    ]
     metrics = {}
     cols = {**columns(8), "log_metric": lambda name, value: metrics.setdefault(name, value)}
 
@@ -208,8 +323,11 @@ def test_groups_split_by_origin_and_batch_limit_and_failures_are_counted():
     first = columns(3, colour=(1, 1, 1))
     second = columns(2, colour=(2, 2, 2), seed=11)
     scratch = columns(1, scratch=True)
-    texts = ([reply(False, p) for p in ("p1", "p2", "p3")]
-             + [reply(False, p) for p in ("GENFAIL", "broken")] + [reply(False, "p4")])
+    texts = (
+        [reply(False, p) for p in ("p1", "p2", "p3")]
+        + [reply(False, p) for p in ("GENFAIL", "broken")]
+        + [reply(False, "p4")]
+    )
     metrics = {}
     cols = {**concat(first, second, scratch), "log_metric": lambda n, v: metrics.setdefault(n, v)}
 
@@ -288,8 +406,7 @@ def test_the_batch_cache_serves_a_result_only_for_the_same_columns():
     assert run_both(stepwise, texts, failed) == [[pytest.approx(0.75)], [pytest.approx(0.65)]]
     assert len(generator.calls) == 1  # S and Q of one batch share one regeneration
     assert run_both(stepwise, texts, {**failed, "success": [True]}) == [[0.5], [0.5]]  # not 0.75
-    assert run_both(stepwise, texts, {**failed, "semantics": [8.0]}) == [[pytest.approx(0.55)],
-                                                                         [pytest.approx(0.65)]]
+    assert run_both(stepwise, texts, {**failed, "semantics": [8.0]}) == [[pytest.approx(0.55)], [pytest.approx(0.65)]]
     assert len(generator.calls) == 2
     other = Image.new("RGB", (32, 32), (99, 99, 99))
     run_both(stepwise, texts, {**failed, "images": [[other, failed["images"][0][1]]]})
@@ -311,11 +428,14 @@ def test_the_reference_policy_uses_seed_zero_for_every_row_and_regenerates_every
     assert stepwise.totals["regenerated"] == 4 and stepwise.totals["unchanged"] == 0
 
 
-@pytest.mark.parametrize("seed,skip,malformed,message", [
-    (0, True, "regenerate", "--regen_seed row"),
-    ("row", False, "ignore", "choose one of regenerate, zero"),
-    ("seven", False, "zero", "pass an integer"),
-])
+@pytest.mark.parametrize(
+    "seed,skip,malformed,message",
+    [
+        (0, True, "regenerate", "--regen_seed row"),
+        ("row", False, "ignore", "choose one of regenerate, zero"),
+        ("seven", False, "zero", "pass an integer"),
+    ],
+)
 def test_inconsistent_policies_are_refused_with_the_fix(seed, skip, malformed, message):
     with pytest.raises(ValueError, match=message):
         check_policies(seed, skip, malformed)

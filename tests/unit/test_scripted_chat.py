@@ -107,9 +107,7 @@ def test_stream_include_usage_with_openai_client():
 def test_max_tokens_truncates_with_length_finish_reason():
     with ScriptedChatServer(lambda body: "alpha beta gamma delta epsilon") as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
-        resp = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "go"}], max_tokens=2
-        )
+        resp = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}], max_tokens=2)
         assert resp.choices[0].finish_reason == "length"
         assert resp.choices[0].message.content == "alpha beta"
         assert resp.usage.completion_tokens == 2
@@ -125,9 +123,7 @@ def test_n_two_returns_two_choices():
     counter = iter(range(100))
     with ScriptedChatServer(lambda body: f"candidate {next(counter)}") as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
-        resp = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "go"}], n=2
-        )
+        resp = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}], n=2)
     assert [c.index for c in resp.choices] == [0, 1]
     assert [c.message.content for c in resp.choices] == ["candidate 0", "candidate 1"]
 
@@ -140,9 +136,7 @@ def test_responder_error_becomes_internal_server_error(caplog):
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
         with caplog.at_level("ERROR", logger="tools.doubles.scripted_chat"):
             with pytest.raises(openai.InternalServerError) as info:
-                client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "go"}]
-                )
+                client.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}])
     assert info.value.status_code == 500
     assert "planner exploded" in str(info.value)
     assert any("planner exploded" in (r.exc_text or "") for r in caplog.records)
@@ -161,9 +155,7 @@ def test_after_stop_requests_fail_with_connection_error():
 
 
 def _post(url: str, data: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
-    )
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, json.loads(resp.read())

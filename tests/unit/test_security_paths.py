@@ -15,8 +15,27 @@ from graph.runs.inspection import check_image_paths
 from nodes.planner import _save_failures
 
 # Text an attacker or a careless user might write: path pieces, separators, controls, anything.
-PIECES = st.sampled_from(["..", ".", "/", "\\", "~", "images", "_demo", "interleave.sqlite",
-                          "\x1b[2J", "\x00", "\n", "a", "runs", "C:", "%2e%2e", " ", "-"])
+PIECES = st.sampled_from(
+    [
+        "..",
+        ".",
+        "/",
+        "\\",
+        "~",
+        "images",
+        "_demo",
+        "interleave.sqlite",
+        "\x1b[2J",
+        "\x00",
+        "\n",
+        "a",
+        "runs",
+        "C:",
+        "%2e%2e",
+        " ",
+        "-",
+    ]
+)
 NASTY = st.one_of(st.text(max_size=40), st.lists(PIECES, max_size=8).map("".join))
 
 
@@ -25,16 +44,34 @@ def _inside(root: Path, path: Path) -> bool:
     return path == root or root in path.parents
 
 
-@pytest.mark.parametrize("bad", ["../x", "/tmp/x", ".", "..", "images", "_demo", "IMAGES",
-                                 "interleave.sqlite", "a\x1b[2Jb", "a/b", "", "x" * 200, "a\nb",
-                                 "-rf", ".hidden"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../x",
+        "/tmp/x",
+        ".",
+        "..",
+        "images",
+        "_demo",
+        "IMAGES",
+        "interleave.sqlite",
+        "a\x1b[2Jb",
+        "a/b",
+        "",
+        "x" * 200,
+        "a\nb",
+        "-rf",
+        ".hidden",
+    ],
+)
 def test_invalid_run_ids_are_refused_with_the_rule(bad):
     with pytest.raises(InvalidRunIdError, match="run id"):
         check_run_id(bad)
 
 
-@pytest.mark.parametrize("good", ["crane-2", "20261123-205056-9748bd", "datagen-how_to_0007",
-                                  "b0c1f7e2-5d1c-4c1e-9a55-9b3c2a8d7e11"])
+@pytest.mark.parametrize(
+    "good", ["crane-2", "20261123-205056-9748bd", "datagen-how_to_0007", "b0c1f7e2-5d1c-4c1e-9a55-9b3c2a8d7e11"]
+)
 def test_valid_run_ids_pass(good):
     assert check_run_id(good) == good
 

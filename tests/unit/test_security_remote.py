@@ -35,9 +35,19 @@ def attacker_url():
     server.shutdown()
 
 
-@pytest.mark.parametrize("field", ["planner_base_url", "critic_base_url", "planner_api_key",
-                                   "runs_dir", "generator_model", "generator_lora", "device",
-                                   "planner_backend"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "planner_base_url",
+        "critic_base_url",
+        "planner_api_key",
+        "runs_dir",
+        "generator_model",
+        "generator_lora",
+        "device",
+        "planner_backend",
+    ],
+)
 def test_a_remote_caller_cannot_set_server_side_settings(monkeypatch, tmp_path, attacker_url, field):
     monkeypatch.setenv("INTERLEAVE_PLANNER_API_KEY", "sk-server-secret")
     monkeypatch.setenv("INTERLEAVE_RUNS_DIR", str(tmp_path / "runs"))
@@ -56,8 +66,7 @@ def test_remote_image_inputs_must_be_data_urls(monkeypatch, tmp_path):
 
     Image.new("RGB", (8, 8)).save(secret)
     with pytest.raises(ValueError, match="must be data URLs"):
-        served_graph.invoke({"request": "What is in <image>?", "images": [str(secret)]},
-                            context={"seed": 3})
+        served_graph.invoke({"request": "What is in <image>?", "images": [str(secret)]}, context={"seed": 3})
     assert not (tmp_path / "runs" / "images").exists()  # the server's file was not imported
 
 
@@ -66,4 +75,3 @@ def test_the_allow_list_is_field_metadata_and_holds_no_endpoint_key_or_path():
     assert remote == set(REMOTE_SETTINGS)
     assert not {n for n in remote if n.endswith(("_url", "_key", "_dir", "_model", "_lora", "device"))}
     assert RemoteContext(seed=7, review_plan=True).seed == 7
-

@@ -8,15 +8,29 @@ from graph.state import merge_attempts
 
 IMAGE = {"path": "images/ab/ab12.png", "sha256": "ab12", "width": 64, "height": 64}
 STATE = {
-    "request": "fold a crane", "run_id": "r1", "images": [], "input_images": [],
-    "plan": [{"step_number": 1, "step_name": "Start", "instruction": "A sheet", "prompt": "a sheet",
-              "auxiliary_text": None}],
-    "plan_reasoning": "one step", "step_index": 0,
-    "attempts": [{"step_number": 1, "attempt": 1, "prompt": "a sheet", "seed": 7, "source": None,
-                  "image": IMAGE, "last_allowed": False,
-                  "verdict": {"success": False, "refine_prompt": "a white sheet", "reasoning": "grey",
-                              "error": None},
-                  "generate_s": 0.5, "critique_s": 0.25}],
+    "request": "fold a crane",
+    "run_id": "r1",
+    "images": [],
+    "input_images": [],
+    "plan": [
+        {"step_number": 1, "step_name": "Start", "instruction": "A sheet", "prompt": "a sheet", "auxiliary_text": None}
+    ],
+    "plan_reasoning": "one step",
+    "step_index": 0,
+    "attempts": [
+        {
+            "step_number": 1,
+            "attempt": 1,
+            "prompt": "a sheet",
+            "seed": 7,
+            "source": None,
+            "image": IMAGE,
+            "last_allowed": False,
+            "verdict": {"success": False, "refine_prompt": "a white sheet", "reasoning": "grey", "error": None},
+            "generate_s": 0.5,
+            "critique_s": 0.25,
+        }
+    ],
     "accepted": [],
 }
 

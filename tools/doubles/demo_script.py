@@ -17,27 +17,41 @@ from tools.replies.contracts import verdict_answer
 PLANNER_MODEL = "demo-planner"
 CRITIC_MODEL = "demo-critic"
 
-SECOND_STEP_PROMPT = ("Show the work about halfway done; keep the same table, lighting and camera "
-                      "angle unchanged")
-REFINED_SECOND_STEP_PROMPT = ("Show the work clearly halfway done, with the half-finished object "
-                              "centred in the foreground; keep the same table, lighting and camera "
-                              "angle unchanged")
+SECOND_STEP_PROMPT = "Show the work about halfway done; keep the same table, lighting and camera angle unchanged"
+REFINED_SECOND_STEP_PROMPT = (
+    "Show the work clearly halfway done, with the half-finished object "
+    "centred in the foreground; keep the same table, lighting and camera "
+    "angle unchanged"
+)
+
 
 def demo_plan(request: str) -> list[dict]:
     topic = request.strip().rstrip("?.!")
     return [
-        {"step_number": 1, "step_name": "Get ready",
-         "instruction": f"Lay out everything needed for: {topic}.",
-         "prompt": (f"A bright, top-down photo of a clean wooden table with everything needed for: "
-                    f"{topic}; soft daylight, sharp focus, no text"),
-         "auxiliary_text": None},
-        {"step_number": 2, "step_name": "Halfway there",
-         "instruction": "The work is about half done.", "prompt": SECOND_STEP_PROMPT,
-         "auxiliary_text": None},
-        {"step_number": 3, "step_name": "Finished",
-         "instruction": "The finished result, neat and complete.",
-         "prompt": "Show the finished result, neat and complete; keep the table and lighting unchanged",
-         "auxiliary_text": None},
+        {
+            "step_number": 1,
+            "step_name": "Get ready",
+            "instruction": f"Lay out everything needed for: {topic}.",
+            "prompt": (
+                f"A bright, top-down photo of a clean wooden table with everything needed for: "
+                f"{topic}; soft daylight, sharp focus, no text"
+            ),
+            "auxiliary_text": None,
+        },
+        {
+            "step_number": 2,
+            "step_name": "Halfway there",
+            "instruction": "The work is about half done.",
+            "prompt": SECOND_STEP_PROMPT,
+            "auxiliary_text": None,
+        },
+        {
+            "step_number": 3,
+            "step_name": "Finished",
+            "instruction": "The finished result, neat and complete.",
+            "prompt": "Show the finished result, neat and complete; keep the table and lighting unchanged",
+            "auxiliary_text": None,
+        },
     ]
 
 
@@ -47,16 +61,31 @@ def guidance_plan(request: str, image_count: int) -> list[dict]:
     if "continue" in request.lower():
         first = image_count + 1
         return [
-            {"step_number": first, "step_name": "Next", "instruction": "The sequence goes on.",
-             "prompt": "Carry the scene one step further; keep the framing and lighting unchanged",
-             "auxiliary_text": None},
-            {"step_number": first + 1, "step_name": "Done", "instruction": "The finished result.",
-             "prompt": "Show the finished result; keep the framing and lighting unchanged",
-             "auxiliary_text": None},
+            {
+                "step_number": first,
+                "step_name": "Next",
+                "instruction": "The sequence goes on.",
+                "prompt": "Carry the scene one step further; keep the framing and lighting unchanged",
+                "auxiliary_text": None,
+            },
+            {
+                "step_number": first + 1,
+                "step_name": "Done",
+                "instruction": "The finished result.",
+                "prompt": "Show the finished result; keep the framing and lighting unchanged",
+                "auxiliary_text": None,
+            },
         ]
-    return [{"step_number": k, "step_name": f"Image {k}", "instruction": None, "prompt": None,
-             "auxiliary_text": f"Image {k} shows stage {k} of the process."}
-            for k in range(1, image_count + 1)]
+    return [
+        {
+            "step_number": k,
+            "step_name": f"Image {k}",
+            "instruction": None,
+            "prompt": None,
+            "auxiliary_text": f"Image {k} shows stage {k} of the process.",
+        }
+        for k in range(1, image_count + 1)
+    ]
 
 
 def planner_reply(request: str, image_count: int = 0) -> str:
@@ -65,8 +94,7 @@ def planner_reply(request: str, image_count: int = 0) -> str:
         thought = "The user gave images; the wording says which task it is."
     else:
         plan = {"execution_plan": demo_plan(request)}
-        thought = ("Three image operations: set the scene, show progress by editing it, then show "
-                   "the finished result.")
+        thought = "Three image operations: set the scene, show progress by editing it, then show the finished result."
     return f"<think>{thought}</think><answer>{json.dumps(plan)}</answer>"
 
 

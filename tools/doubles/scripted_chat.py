@@ -67,9 +67,7 @@ def count_images(body: dict) -> int:
     for message in body.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
-            n += sum(
-                1 for part in content if isinstance(part, dict) and part.get("type") == "image_url"
-            )
+            n += sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
     return n
 
 
@@ -78,9 +76,7 @@ def _word_count(text: str) -> int:
 
 
 def _prompt_tokens(body: dict) -> int:
-    return sum(
-        _word_count(message_text(m)) for m in body.get("messages") or [] if isinstance(m, dict)
-    )
+    return sum(_word_count(message_text(m)) for m in body.get("messages") or [] if isinstance(m, dict))
 
 
 def _truncate(text: str, limit: Optional[int]) -> tuple[str, str]:
@@ -151,9 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_error(self, status: int, message: str, err_type: str) -> None:
-        self._send_json(
-            status, {"error": {"message": message, "type": err_type, "param": None, "code": None}}
-        )
+        self._send_json(status, {"error": {"message": message, "type": err_type, "param": None, "code": None}})
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -167,10 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
                 200,
                 {
                     "object": "list",
-                    "data": [
-                        {"id": n, "object": "model", "created": 0, "owned_by": "scripted"}
-                        for n in names
-                    ],
+                    "data": [{"id": n, "object": "model", "created": 0, "owned_by": "scripted"} for n in names],
                 },
             )
         else:
@@ -209,9 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
                 text = self.owner.responder(body)
             except Exception as exc:  # the responder is user code: report, don't crash
                 logger.exception("scripted responder raised")
-                raise _HTTPError(
-                    500, f"Responder raised {type(exc).__name__}: {exc}", "server_error"
-                ) from exc
+                raise _HTTPError(500, f"Responder raised {type(exc).__name__}: {exc}", "server_error") from exc
             if not isinstance(text, str):
                 text = "" if text is None else str(text)
             out.append(_truncate(text, limit))

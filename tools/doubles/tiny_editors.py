@@ -56,8 +56,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from tools.doubles.tiny_klein import _build_tokenizer as _qwen_bpe_tokenizer
 
-__all__ = ["build_tiny_kontext_pipeline", "save_tiny_kontext", "build_tiny_qwen_edit_pipeline",
-           "save_tiny_qwen_edit"]
+__all__ = ["build_tiny_kontext_pipeline", "save_tiny_kontext", "build_tiny_qwen_edit_pipeline", "save_tiny_qwen_edit"]
 
 LATENT_CHANNELS = 4
 TEXT_HIDDEN = 16
@@ -82,11 +81,19 @@ def _t5_tokenizer() -> T5Tokenizer:
 
 def _vae(latent_channels: int) -> AutoencoderKL:
     return AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(4, 8, 8, 8),  # 4 blocks -> vae_scale_factor 8, as in FLUX.1
-        layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4, sample_size=64,
-        scaling_factor=1.5, shift_factor=0.1, use_quant_conv=False, use_post_quant_conv=False,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=1.5,
+        shift_factor=0.1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     ).eval()
 
 
@@ -96,30 +103,61 @@ def build_tiny_kontext_pipeline(seed: int = 0) -> FluxKontextPipeline:
     try:
         tokenizer, tokenizer_2 = _clip_tokenizer(), _t5_tokenizer()
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=2 * TEXT_HIDDEN,
-            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-            projection_dim=TEXT_HIDDEN, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=TEXT_HIDDEN,
+                intermediate_size=2 * TEXT_HIDDEN,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                projection_dim=TEXT_HIDDEN,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        ).eval()
         torch.manual_seed(seed + 1)
-        text_encoder_2 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_2), d_model=TEXT_HIDDEN, d_kv=8, d_ff=2 * TEXT_HIDDEN,
-            num_layers=1, num_heads=2, relative_attention_num_buckets=8,
-            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer_2),
+                d_model=TEXT_HIDDEN,
+                d_kv=8,
+                d_ff=2 * TEXT_HIDDEN,
+                num_layers=1,
+                num_heads=2,
+                relative_attention_num_buckets=8,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        ).eval()
         torch.manual_seed(seed + 2)
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
-            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN,
-            pooled_projection_dim=TEXT_HIDDEN, guidance_embeds=True,
-            axes_dims_rope=(4, 6, 6)).eval()  # sums to attention_head_dim
+            patch_size=1,
+            in_channels=4 * LATENT_CHANNELS,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=TEXT_HIDDEN,
+            pooled_projection_dim=TEXT_HIDDEN,
+            guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        ).eval()  # sums to attention_head_dim
         torch.manual_seed(seed + 3)
         vae = _vae(LATENT_CHANNELS)
     finally:
         torch.random.set_rng_state(rng_state)
     return FluxKontextPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
-        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
-        transformer=transformer)
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
 
 
 def save_tiny_kontext(path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
@@ -156,41 +194,74 @@ def build_tiny_qwen_edit_pipeline(seed: int = 0) -> QwenImageEditPlusPipeline:
     rng_state = torch.random.get_rng_state()
     try:
         tokenizer = _qwen_bpe_tokenizer()
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>",
-                                                                    *_VISION_TOKENS]})
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *_VISION_TOKENS]})
         ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _VISION_TOKENS}
         processor = ImageOnlyQwen2VLProcessor(
-            image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112),
-            tokenizer=tokenizer)
+            image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112), tokenizer=tokenizer
+        )
         torch.manual_seed(seed)
-        text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-            text_config={
-                "hidden_size": TEXT_HIDDEN, "intermediate_size": TEXT_HIDDEN, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
-                "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-                "rope_theta": 1000000.0, "bos_token_id": None,
-                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                "pad_token_id": tokenizer.pad_token_id},
-            vision_config={"depth": 1, "hidden_size": TEXT_HIDDEN, "intermediate_size": TEXT_HIDDEN,
-                           "num_heads": 2, "out_hidden_size": TEXT_HIDDEN, "fullatt_block_indexes": [0]},
-            vocab_size=len(tokenizer), image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"])).eval()
+        text_encoder = Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(
+                text_config={
+                    "hidden_size": TEXT_HIDDEN,
+                    "intermediate_size": TEXT_HIDDEN,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 2,
+                    "vocab_size": len(tokenizer),
+                    "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                    "rope_theta": 1000000.0,
+                    "bos_token_id": None,
+                    "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                    "pad_token_id": tokenizer.pad_token_id,
+                },
+                vision_config={
+                    "depth": 1,
+                    "hidden_size": TEXT_HIDDEN,
+                    "intermediate_size": TEXT_HIDDEN,
+                    "num_heads": 2,
+                    "out_hidden_size": TEXT_HIDDEN,
+                    "fullatt_block_indexes": [0],
+                },
+                vocab_size=len(tokenizer),
+                image_token_id=ids["<|image_pad|>"],
+                video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"],
+                vision_end_token_id=ids["<|vision_end|>"],
+            )
+        ).eval()
         torch.manual_seed(seed + 1)
         transformer = QwenImageTransformer2DModel(
-            patch_size=2, in_channels=4 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=1,
-            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN,
-            guidance_embeds=False, axes_dims_rope=(8, 4, 4)).eval()
+            patch_size=2,
+            in_channels=4 * LATENT_CHANNELS,
+            out_channels=LATENT_CHANNELS,
+            num_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=TEXT_HIDDEN,
+            guidance_embeds=False,
+            axes_dims_rope=(8, 4, 4),
+        ).eval()
         torch.manual_seed(seed + 2)
         vae = AutoencoderKLQwenImage(
-            base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-            temperal_downsample=[False, True, True], latents_mean=[0.0] * LATENT_CHANNELS,
-            latents_std=[1.0] * LATENT_CHANNELS).eval()
+            base_dim=8,
+            z_dim=LATENT_CHANNELS,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * LATENT_CHANNELS,
+            latents_std=[1.0] * LATENT_CHANNELS,
+        ).eval()
     finally:
         torch.random.set_rng_state(rng_state)
     return QwenImageEditPlusPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
-        tokenizer=tokenizer, processor=processor, transformer=transformer)
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=processor,
+        transformer=transformer,
+    )
 
 
 def save_tiny_qwen_edit(path: str | os.PathLike, seed: int = 0) -> pathlib.Path:

@@ -37,11 +37,11 @@ import shutil
 import uuid
 
 from tools.doubles.model_folders import publish_folder
+
 # Qwen2's pre-tokenisation regex, shared with the tiny klein text encoder's tokenizer.
 from tools.doubles.tiny_klein import _QWEN_PRETOKENIZE_REGEX
 
-__all__ = ["SPECIAL_TOKENS", "build_tiny_qwen3vl", "build_tokenizer", "save_tiny_qwen3vl",
-           "tiny_image_processor"]
+__all__ = ["SPECIAL_TOKENS", "build_tiny_qwen3vl", "build_tokenizer", "save_tiny_qwen3vl", "tiny_image_processor"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,16 @@ logger = logging.getLogger(__name__)
 BPE_VOCAB_SIZE = 512
 
 #: Qwen's special tokens that the chat template and the image placeholders rely on.
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 
 # A compact ChatML template in the shape of Qwen3-VL's: message content is either a string
@@ -93,20 +101,46 @@ Replace the background with a forest of tall pine trees and soft morning fog.
 
 # Model sizes: small enough for a sub-megabyte folder, big enough to exercise every path
 # (grouped-query attention, interleaved multimodal RoPE, a deepstack layer, patch merging).
-_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, max_position_embeddings=32768,
-             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
-                              "mrope_section": [4, 2, 2], "mrope_interleaved": True})
-_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-               spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
-               num_position_embeddings=64, deepstack_visual_indexes=[1])
+_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=32768,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 1_000_000.0,
+        "mrope_section": [4, 2, 2],
+        "mrope_interleaved": True,
+    },
+)
+_VISION = dict(
+    depth=2,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    out_hidden_size=64,
+    num_position_embeddings=64,
+    deepstack_visual_indexes=[1],
+)
 
 #: Init scale of the linear and embedding weights (see ``_widen_init``).
 WEIGHT_GAIN = 2.0
 
 # Files whose presence marks a finished save (the folder is renamed into place atomically).
-_REQUIRED = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-             "tokenizer_config.json", "preprocessor_config.json")
+_REQUIRED = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+)
 
 
 def build_tokenizer():
@@ -117,19 +151,30 @@ def build_tokenizer():
 
     backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, min_frequency=2, show_progress=False,
-                                  special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
-    tokenizer = Qwen2TokenizerFast(tokenizer_object=backend, unk_token=None, bos_token=None,
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-                                   model_max_length=262144)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=backend,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        model_max_length=262144,
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -141,12 +186,16 @@ def tiny_image_processor():
     from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil_module
 
     return pil_module.Qwen2VLImageProcessorPil(
-        patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5], size={"shortest_edge": 32 * 32, "longest_edge": 16_777_216})
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        size={"shortest_edge": 32 * 32, "longest_edge": 16_777_216},
+    )
 
 
-def tiny_config(tokenizer, vocab_size: int | None = None, text: dict | None = None,
-                vision: dict | None = None):
+def tiny_config(tokenizer, vocab_size: int | None = None, text: dict | None = None, vision: dict | None = None):
     """A ``Qwen3VLConfig`` whose special-token ids match ``tokenizer``.  ``text``/``vision``
     override the tiny sizes (the decode benchmark passes the 8B sizes)."""
     from transformers import Qwen3VLConfig
@@ -155,8 +204,10 @@ def tiny_config(tokenizer, vocab_size: int | None = None, text: dict | None = No
     return Qwen3VLConfig(
         text_config={**_TEXT, **(text or {}), "vocab_size": vocab_size or len(tokenizer)},
         vision_config={**_VISION, **(vision or {})},
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True,
     )
 
@@ -182,7 +233,7 @@ def _widen_init(model, seed: int) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
-                std = WEIGHT_GAIN / module.in_features ** 0.5
+                std = WEIGHT_GAIN / module.in_features**0.5
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
             elif isinstance(module, torch.nn.Embedding):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator))

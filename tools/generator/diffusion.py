@@ -30,8 +30,7 @@ from tools.generator.models import ModelSpec
 log = logging.getLogger(__name__)
 
 OFFLOAD_MODES = ("none", "model", "sequential")
-REQUEST_KEYS = {"prompt", "seed", "width", "height", "steps", "guidance", "source", "references",
-                "on_step"}
+REQUEST_KEYS = {"prompt", "seed", "width", "height", "steps", "guidance", "source", "references", "on_step"}
 
 _pipelines: dict[tuple[Any, ...], Any] = {}
 _load_lock = threading.Lock()
@@ -72,9 +71,17 @@ def silence_library_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora: str | None = None,
-                  lora_scale: float = 1.0, offload: str = "none", speedups: str = "off",
-                  compile_cache: str | None = None) -> Any:
+def load_pipeline(
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    lora: str | None = None,
+    lora_scale: float = 1.0,
+    offload: str = "none",
+    speedups: str = "off",
+    compile_cache: str | None = None,
+) -> Any:
     """Return the pipeline for ``model`` on ``device``, loading it on first use only.
 
     ``model`` is a Hub id or a folder written by ``save_pretrained``; it must belong to one of
@@ -104,7 +111,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
     if offload != "none" and device == "cpu":
         raise GeneratorLoadError(
             f"offload={offload!r} moves weights between CPU memory and a GPU, but the generator runs "
-            f"on the CPU; use offload='none' there, or run on a GPU machine")
+            f"on the CPU; use offload='none' there, or run on a GPU machine"
+        )
     torch_dtype = devices.torch_dtype(dtype_name)
     key = (model, device, dtype_name, lora, float(lora_scale), offload, speedups)
     with _load_lock:
@@ -113,23 +121,25 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", *, lora
         try:
             spec = generator_models.model_spec(model)
         except generator_models.UnsupportedModelError as exc:
-            raise GeneratorLoadError(f"generator model could not be loaded: {exc} "
-                                     f"(setting generator_model)") from None
+            raise GeneratorLoadError(f"generator model could not be loaded: {exc} (setting generator_model)") from None
         import diffusers
 
         silence_library_progress_bars()
         pipeline_class = getattr(diffusers, spec.pipeline_class)
-        log.info("loading generator %s (%s) on %s (%s, offload=%s)", model, spec.family, device,
-                 torch_dtype, offload)
+        log.info("loading generator %s (%s) on %s (%s, offload=%s)", model, spec.family, device, torch_dtype, offload)
         try:
             pipe = pipeline_class.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
             local = Path(model).exists()
-            hint = ("the folder exists but is not a complete diffusers pipeline"
-                    if local else "it is neither a local folder nor reachable on the Hugging Face Hub")
+            hint = (
+                "the folder exists but is not a complete diffusers pipeline"
+                if local
+                else "it is neither a local folder nor reachable on the Hugging Face Hub"
+            )
             raise GeneratorLoadError(
                 f"generator model {model!r} could not be loaded: {hint}. Set generator_model to a "
-                f"diffusers model id or a folder saved by save_pretrained. ({exc})") from exc
+                f"diffusers model id or a folder saved by save_pretrained. ({exc})"
+            ) from exc
         if lora:
             _merge_lora(pipe, lora, lora_scale, spec)
         if offload == "model":
@@ -158,11 +168,14 @@ def register_pipeline(model: str, pipe: Any, device: str = "auto", dtype: str = 
     return pipe
 
 
-def _speed_up(pipe: Any, spec: ModelSpec, device: str, offload: str, *, fp8: bool,
-              cache_dir: str | None) -> None:
+def _speed_up(pipe: Any, spec: ModelSpec, device: str, offload: str, *, fp8: bool, cache_dir: str | None) -> None:
     if not spec.family.startswith("klein") or not device.startswith("cuda") or offload != "none":
-        log.info("generator speedups apply to FLUX.2-klein on CUDA without offload; skipped for "
-                 "%s on %s (offload=%s)", spec.family, device, offload)
+        log.info(
+            "generator speedups apply to FLUX.2-klein on CUDA without offload; skipped for %s on %s (offload=%s)",
+            spec.family,
+            device,
+            offload,
+        )
         return
     from tools.generator.klein_speed import optimize_pipeline
 
@@ -175,13 +188,13 @@ def _merge_lora(pipe: Any, lora: str, scale: float, spec: ModelSpec) -> None:
     file = Path(lora)
     where = dict(weight_name=file.name) if file.is_file() else {}
     try:
-        pipe.load_lora_weights(str(file.parent) if file.is_file() else lora, adapter_name="lora",
-                               **where)
+        pipe.load_lora_weights(str(file.parent) if file.is_file() else lora, adapter_name="lora", **where)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise GeneratorLoadError(
             f"LoRA {lora!r} could not be loaded onto the {spec.family} pipeline "
             f"({spec.pipeline_class}): {exc}. Pass a folder or .safetensors file of LoRA weights "
-            f"trained for this model (diffusers, PEFT or kohya format).") from exc
+            f"trained for this model (diffusers, PEFT or kohya format)."
+        ) from exc
     pipe.fuse_lora(lora_scale=scale, adapter_names=["lora"])
     pipe.unload_lora_weights()  # drops the LoRA layers; the fused weights stay
 
@@ -189,7 +202,7 @@ def _merge_lora(pipe: Any, lora: str, scale: float, spec: ModelSpec) -> None:
 def _request_images(request: dict[str, Any]) -> list[Image.Image]:
     from tools.store.images import to_rgb
 
-    images = ([request["source"]] if request.get("source") is not None else [])
+    images = [request["source"]] if request.get("source") is not None else []
     images += list(request.get("references") or [])
     return [to_rgb(image) if isinstance(image, Image.Image) else image for image in images]
 
@@ -197,18 +210,25 @@ def _request_images(request: dict[str, Any]) -> list[Image.Image]:
 def _checked(spec: ModelSpec, request: dict[str, Any], number: int) -> tuple[dict[str, Any], list]:
     unknown = set(request) - REQUEST_KEYS
     if unknown:
-        raise ValueError(f"generation request {number} has unknown keys {sorted(unknown)}; "
-                         f"allowed: {sorted(REQUEST_KEYS)}")
+        raise ValueError(
+            f"generation request {number} has unknown keys {sorted(unknown)}; allowed: {sorted(REQUEST_KEYS)}"
+        )
     missing = {"prompt", "seed", "width", "height", "steps", "guidance"} - set(request)
     if missing:
         raise ValueError(f"generation request {number} lacks {sorted(missing)}")
     if not isinstance(request["prompt"], str):
-        raise ValueError(f"generation request {number}: prompt must be a string, got "
-                         f"{type(request['prompt']).__name__}")
+        raise ValueError(
+            f"generation request {number}: prompt must be a string, got {type(request['prompt']).__name__}"
+        )
     images = _request_images(request)
-    generator_models.check_request(spec, width=request["width"], height=request["height"],
-                                   steps=request["steps"], guidance=request["guidance"],
-                                   n_images=len(images))
+    generator_models.check_request(
+        spec,
+        width=request["width"],
+        height=request["height"],
+        steps=request["steps"],
+        guidance=request["guidance"],
+        n_images=len(images),
+    )
     generator_models.check_images(spec, images)
     return request, images
 
@@ -237,8 +257,7 @@ def generate_batch(pipe: Any, requests: list[dict[str, Any]]) -> list[Image.Imag
     checked = [_checked(spec, request, number) for number, request in enumerate(requests, 1)]
     groups: dict[tuple, list[int]] = {}
     for index, (request, images) in enumerate(checked):
-        key = (request["width"], request["height"], request["steps"], float(request["guidance"]),
-               _images_key(images))
+        key = (request["width"], request["height"], request["steps"], float(request["guidance"]), _images_key(images))
         if not spec.batch_prompts:
             key = (index,)
         groups.setdefault(key, []).append(index)
@@ -250,8 +269,7 @@ def generate_batch(pipe: Any, requests: list[dict[str, Any]]) -> list[Image.Imag
     return results  # type: ignore[return-value]
 
 
-def _run(pipe: Any, spec: ModelSpec, batch: list[dict[str, Any]],
-         images: list[Image.Image]) -> list[Image.Image]:
+def _run(pipe: Any, spec: ModelSpec, batch: list[dict[str, Any]], images: list[Image.Image]) -> list[Image.Image]:
     """One pipeline call for requests that share size, steps, guidance and input images."""
     import torch
 
@@ -269,23 +287,37 @@ def _run(pipe: Any, spec: ModelSpec, batch: list[dict[str, Any]],
 
     single = len(batch) == 1
     call = generator_models.call_kwargs(
-        spec, prompt=first["prompt"] if single else [r["prompt"] for r in batch],
-        width=first["width"], height=first["height"], steps=steps, guidance=first["guidance"],
-        images=images, generator=generators[0] if single else generators)
+        spec,
+        prompt=first["prompt"] if single else [r["prompt"] for r in batch],
+        width=first["width"],
+        height=first["height"],
+        steps=steps,
+        guidance=first["guidance"],
+        images=images,
+        generator=generators[0] if single else generators,
+    )
     call["callback_on_step_end"] = callback
     from tools.devices import capture_lock
 
     # A VLM's CUDA-graph capture on this GPU (another thread) must not overlap this call.
-    with _call_locks.setdefault(id(pipe), threading.Lock()), capture_lock(device), \
-            torch.inference_mode():
+    with _call_locks.setdefault(id(pipe), threading.Lock()), capture_lock(device), torch.inference_mode():
         result = pipe(**call)
     return list(result.images)
 
 
-def generate(pipe: Any, *, prompt: str, seed: int, width: int, height: int, steps: int,
-             guidance: float, source: Image.Image | None = None,
-             references: list[Image.Image] | None = None,
-             on_step: Callable[[int, int], None] | None = None) -> Image.Image:
+def generate(
+    pipe: Any,
+    *,
+    prompt: str,
+    seed: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    source: Image.Image | None = None,
+    references: list[Image.Image] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Image.Image:
     """Run one generation: text-to-image without input images, else an edit of ``source``.
 
     ``references`` are extra input images after ``source`` for models that take several (klein:
@@ -293,6 +325,19 @@ def generate(pipe: Any, *, prompt: str, seed: int, width: int, height: int, step
     the model's limits (size multiple, pixels, steps, number of images) first; a ValueError names
     the bad value and the fix. ``on_step(done, total)`` is called after each denoising step.
     """
-    return generate_batch(pipe, [dict(prompt=prompt, seed=seed, width=width, height=height,
-                                      steps=steps, guidance=guidance, source=source,
-                                      references=references, on_step=on_step)])[0]
+    return generate_batch(
+        pipe,
+        [
+            dict(
+                prompt=prompt,
+                seed=seed,
+                width=width,
+                height=height,
+                steps=steps,
+                guidance=guidance,
+                source=source,
+                references=references,
+                on_step=on_step,
+            )
+        ],
+    )[0]

@@ -88,26 +88,34 @@ def request_fields(request: dict[str, Any], model: str) -> dict[str, str | int |
     {'model': 'm', 'prompt': 'a crane', 'n': 1, 'size': '64x48', 'response_format': 'b64_json',
      'output_format': 'png', 'seed': 7, 'num_inference_steps': 2, 'guidance_scale': 1.0}
     """
-    return {"model": model, "prompt": request["prompt"], "n": 1,
-            "size": f"{int(request['width'])}x{int(request['height'])}",
-            "response_format": "b64_json", "output_format": "png", "seed": int(request["seed"]),
-            "num_inference_steps": int(request["steps"]), "guidance_scale": float(request["guidance"])}
+    return {
+        "model": model,
+        "prompt": request["prompt"],
+        "n": 1,
+        "size": f"{int(request['width'])}x{int(request['height'])}",
+        "response_format": "b64_json",
+        "output_format": "png",
+        "seed": int(request["seed"]),
+        "num_inference_steps": int(request["steps"]),
+        "guidance_scale": float(request["guidance"]),
+    }
 
 
 def decode_answer(body: Any, endpoint: str, width: int, height: int) -> Image.Image:
     """The one image of an images-API answer, checked: exactly one, decodable, the size asked for."""
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
-        raise ImagesAPIError(f"{endpoint} answered without a 'data' list ({str(body)[:200]!r}); "
-                             f"is it an OpenAI-style images server?")
+        raise ImagesAPIError(
+            f"{endpoint} answered without a 'data' list ({str(body)[:200]!r}); is it an OpenAI-style images server?"
+        )
     if len(data) != 1:
-        raise ImagesAPIError(f"{endpoint} returned {len(data)} images for a request of n=1; the "
-                             f"server does not follow the images API")
+        raise ImagesAPIError(
+            f"{endpoint} returned {len(data)} images for a request of n=1; the server does not follow the images API"
+        )
     item = data[0]
     encoded = item.get("b64_json") if isinstance(item, dict) else None
     if not isinstance(encoded, str):
-        raise ImagesAPIError(f"{endpoint} returned no b64_json image (it ignored "
-                             f"response_format=b64_json)")
+        raise ImagesAPIError(f"{endpoint} returned no b64_json image (it ignored response_format=b64_json)")
     try:
         raw = base64.b64decode(encoded, validate=True)
         image = Image.open(io.BytesIO(raw))
@@ -115,8 +123,10 @@ def decode_answer(body: Any, endpoint: str, width: int, height: int) -> Image.Im
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
         raise ImagesAPIError(f"{endpoint} returned bytes that are not an image ({exc})") from None
     if image.size != (width, height):
-        raise ImagesAPIError(f"{endpoint} returned a {image.size[0]}x{image.size[1]} image for a "
-                             f"{width}x{height} request; the server ignored the size")
+        raise ImagesAPIError(
+            f"{endpoint} returned a {image.size[0]}x{image.size[1]} image for a "
+            f"{width}x{height} request; the server ignored the size"
+        )
     return image.convert("RGB")
 
 
@@ -129,14 +139,22 @@ class ImagesAPIGenerator:
     flight at once (the server batches what arrives together).
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key: str = "", timeout_s: float = 600.0,
-                 retries: int = 4, backoff_s: float = 1.0, max_concurrency: int = 32,
-                 spec: ModelSpec | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str = "",
+        timeout_s: float = 600.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        max_concurrency: int = 32,
+        spec: ModelSpec | None = None,
+    ) -> None:
         import httpx
 
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"generator_base_url={base_url!r} must be an http(s) URL such as "
-                             f"http://127.0.0.1:8000/v1")
+            raise ValueError(f"generator_base_url={base_url!r} must be an http(s) URL such as http://127.0.0.1:8000/v1")
         if retries < 0 or backoff_s < 0 or timeout_s <= 0 or max_concurrency < 1:
             raise ValueError("retries and backoff_s must be >= 0, timeout_s > 0 and max_concurrency >= 1")
         self.base_url = base_url.rstrip("/")
@@ -145,8 +163,9 @@ class ImagesAPIGenerator:
         self.retries = retries
         self.backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout_s, headers=headers,
-                                    limits=httpx.Limits(max_connections=max_concurrency))
+        self._client = httpx.Client(
+            timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=max_concurrency)
+        )
         self._threads = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="images-api")
         self.requests_sent = 0  # HTTP attempts, retries included (for tests and benchmarks)
         self._count_lock = threading.Lock()
@@ -157,8 +176,7 @@ class ImagesAPIGenerator:
         self._check(request)
         return self._threads.submit(self._generate, dict(request))
 
-    def run(self, request: dict[str, Any],
-            on_step: Callable[[int, int], None] | None = None) -> Image.Image:
+    def run(self, request: dict[str, Any], on_step: Callable[[int, int], None] | None = None) -> Image.Image:
         """Generate one image and wait for it. The server reports no per-step progress, so
         ``on_step(steps, steps)`` is called once, when the image has arrived."""
         return run_with_progress(self.submit, request, on_step)
@@ -178,9 +196,14 @@ class ImagesAPIGenerator:
     def _check(self, request: dict[str, Any]) -> None:
         """The checks the in-process generator makes, before anything is sent."""
         images = input_images(request)
-        generator_models.check_request(self.spec, width=request["width"], height=request["height"],
-                                       steps=request["steps"], guidance=request["guidance"],
-                                       n_images=len(images))
+        generator_models.check_request(
+            self.spec,
+            width=request["width"],
+            height=request["height"],
+            steps=request["steps"],
+            guidance=request["guidance"],
+            n_images=len(images),
+        )
         generator_models.check_images(self.spec, images)
 
     def _generate(self, request: dict[str, Any]) -> Image.Image:
@@ -189,10 +212,11 @@ class ImagesAPIGenerator:
         images = input_images(request)
         if images:
             endpoint = f"{self.base_url}/images/edits"
-            files = [("image", (f"image{i}.png", encode_png(image.convert("RGB")), "image/png"))
-                     for i, image in enumerate(images)]
-            send = lambda: self._client.post(endpoint, data={k: str(v) for k, v in fields.items()},
-                                             files=files)
+            files = [
+                ("image", (f"image{i}.png", encode_png(image.convert("RGB")), "image/png"))
+                for i, image in enumerate(images)
+            ]
+            send = lambda: self._client.post(endpoint, data={k: str(v) for k, v in fields.items()}, files=files)
         else:
             endpoint = f"{self.base_url}/images/generations"
             send = lambda: self._client.post(endpoint, json=fields)
@@ -200,8 +224,9 @@ class ImagesAPIGenerator:
         try:
             body = response.json()
         except ValueError:
-            raise ImagesAPIError(f"{endpoint} answered {response.status_code} with a body that is "
-                                 f"not JSON ({response.text[:200]!r})") from None
+            raise ImagesAPIError(
+                f"{endpoint} answered {response.status_code} with a body that is not JSON ({response.text[:200]!r})"
+            ) from None
         image = decode_answer(body, endpoint, int(request["width"]), int(request["height"]))
         if on_step is not None:
             on_step(int(request["steps"]), int(request["steps"]))
@@ -225,14 +250,23 @@ class ImagesAPIGenerator:
                     raise ImagesAPIError(
                         f"{endpoint} refused the request ({response.status_code}): "
                         f"{_reason(response)}. Change the generator setting it names (--width/--height, "
-                        f"--num-inference-steps, --guidance-scale, --generator-model) or the server.")
+                        f"--num-inference-steps, --guidance-scale, --generator-model) or the server."
+                    )
                 problem = f"HTTP {response.status_code}: {_reason(response)}"
             if attempt == self.retries:
-                raise ImagesAPIError(f"{endpoint} failed {self.retries + 1} times; last: {problem}. "
-                                     f"Is the generator server up (--generator-base-url)?")
-            wait = self.backoff_s * 2 ** attempt
-            log.warning("images request to %s failed (%s); retry %d of %d in %.1f s", endpoint,
-                        problem, attempt + 1, self.retries, wait)
+                raise ImagesAPIError(
+                    f"{endpoint} failed {self.retries + 1} times; last: {problem}. "
+                    f"Is the generator server up (--generator-base-url)?"
+                )
+            wait = self.backoff_s * 2**attempt
+            log.warning(
+                "images request to %s failed (%s); retry %d of %d in %.1f s",
+                endpoint,
+                problem,
+                attempt + 1,
+                self.retries,
+                wait,
+            )
             time.sleep(wait)
         raise AssertionError("unreachable")
 

@@ -266,8 +266,14 @@ class Fp8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         x_scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
         quantised = (rows.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(quantised, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                               out_dtype=x.dtype, use_fast_accum=True)
+        out = torch._scaled_mm(
+            quantised,
+            self.weight.t(),
+            scale_a=x_scale,
+            scale_b=self.weight_scale,
+            out_dtype=x.dtype,
+            use_fast_accum=True,
+        )
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -281,7 +287,8 @@ def convert_blocks_to_fp8(transformer: nn.Module) -> int:
     were converted.
     """
     blocks = list(getattr(transformer, "transformer_blocks", [])) + list(
-        getattr(transformer, "single_transformer_blocks", []))
+        getattr(transformer, "single_transformer_blocks", [])
+    )
     unused_when_fused = {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"}
     converted = 0
     for block in blocks:
@@ -337,10 +344,15 @@ class _GraphedForward:
     def __call__(self, *args, **kwargs):
         input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         others = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
-        eligible = (not args and isinstance(input_ids, torch.Tensor) and input_ids.is_cuda
-                    and isinstance(attention_mask, torch.Tensor) and not torch.is_grad_enabled()
-                    and not torch.cuda.is_current_stream_capturing()
-                    and not any(isinstance(v, torch.Tensor) for v in others.values()))
+        eligible = (
+            not args
+            and isinstance(input_ids, torch.Tensor)
+            and input_ids.is_cuda
+            and isinstance(attention_mask, torch.Tensor)
+            and not torch.is_grad_enabled()
+            and not torch.cuda.is_current_stream_capturing()
+            and not any(isinstance(v, torch.Tensor) for v in others.values())
+        )
         if not eligible:
             return self._forward(*args, **kwargs)
         try:
@@ -418,19 +430,32 @@ def _install_image_io(processor: Any, device: torch.device) -> None:
     def preprocess(image, height=None, width=None, resize_mode="default", crops_coords=None):
         single = image[0] if isinstance(image, list) and len(image) == 1 else image
         config = processor.config
-        if (isinstance(single, PIL.Image.Image) and single.mode == "RGB" and crops_coords is None
-                and single.size == (width, height) and resize_mode in ("default", "crop")
-                and config.do_normalize and not config.do_binarize and not config.do_convert_grayscale):
+        if (
+            isinstance(single, PIL.Image.Image)
+            and single.mode == "RGB"
+            and crops_coords is None
+            and single.size == (width, height)
+            and resize_mode in ("default", "crop")
+            and config.do_normalize
+            and not config.do_binarize
+            and not config.do_convert_grayscale
+        ):
             # At the requested size, diffusers' resize/crop return the same pixels.
             pixels = torch.from_numpy(np.array(single)).to(device)
             # (1, 3, H, W) viewed over (1, H, W, 3) memory: the same layout diffusers returns.
             return table[pixels.long()].unsqueeze(0).permute(0, 3, 1, 2)
-        return original_preprocess(image, height=height, width=width, resize_mode=resize_mode,
-                                   crops_coords=crops_coords)
+        return original_preprocess(
+            image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords
+        )
 
     def postprocess(image, output_type="pil", do_denormalize=None):
-        if (output_type == "pil" and do_denormalize is None and isinstance(image, torch.Tensor)
-                and image.ndim == 4 and image.shape[1] == 3):
+        if (
+            output_type == "pil"
+            and do_denormalize is None
+            and isinstance(image, torch.Tensor)
+            and image.ndim == 4
+            and image.shape[1] == 3
+        ):
             image = processor._denormalize_conditionally(image, None)
             pixels = (image.permute(0, 2, 3, 1).float() * 255).round().to(torch.uint8)
             # Contiguous before the copy: PIL would otherwise gather a strided array on the CPU.

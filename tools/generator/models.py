@@ -74,39 +74,85 @@ class ModelSpec:
 
 
 FAMILIES: dict[str, ModelSpec] = {
-    spec.family: spec for spec in (
+    spec.family: spec
+    for spec in (
         ModelSpec(
-            family="klein", pipeline_class="Flux2KleinPipeline",
+            family="klein",
+            pipeline_class="Flux2KleinPipeline",
             model_ids=("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-9B"),
-            width=1024, height=1024, steps=4, guidance=1.0, guidance_kwarg="guidance_scale",
-            negative_prompt=None, size_multiple=16, max_pixels=2048 * 2048, step_range=(1, 50),
-            max_images=4, text_to_image="native", batch_prompts=True, min_input_side=64),
+            width=1024,
+            height=1024,
+            steps=4,
+            guidance=1.0,
+            guidance_kwarg="guidance_scale",
+            negative_prompt=None,
+            size_multiple=16,
+            max_pixels=2048 * 2048,
+            step_range=(1, 50),
+            max_images=4,
+            text_to_image="native",
+            batch_prompts=True,
+            min_input_side=64,
+        ),
         ModelSpec(
-            family="klein-base", pipeline_class="Flux2KleinPipeline",
-            model_ids=("black-forest-labs/FLUX.2-klein-base-4B",
-                       "black-forest-labs/FLUX.2-klein-base-9B"),
-            width=1024, height=1024, steps=50, guidance=4.0, guidance_kwarg="guidance_scale",
-            negative_prompt=None, size_multiple=16, max_pixels=2048 * 2048, step_range=(1, 200),
-            max_images=4, text_to_image="native", batch_prompts=True, min_input_side=64),
+            family="klein-base",
+            pipeline_class="Flux2KleinPipeline",
+            model_ids=("black-forest-labs/FLUX.2-klein-base-4B", "black-forest-labs/FLUX.2-klein-base-9B"),
+            width=1024,
+            height=1024,
+            steps=50,
+            guidance=4.0,
+            guidance_kwarg="guidance_scale",
+            negative_prompt=None,
+            size_multiple=16,
+            max_pixels=2048 * 2048,
+            step_range=(1, 200),
+            max_images=4,
+            text_to_image="native",
+            batch_prompts=True,
+            min_input_side=64,
+        ),
         ModelSpec(
-            family="qwen-image-edit", pipeline_class="QwenImageEditPlusPipeline",
+            family="qwen-image-edit",
+            pipeline_class="QwenImageEditPlusPipeline",
             model_ids=("Qwen/Qwen-Image-Edit-2511", "Qwen/Qwen-Image-Edit-2509"),
-            width=1024, height=1024, steps=40, guidance=4.0, guidance_kwarg="true_cfg_scale",
-            negative_prompt=" ", size_multiple=16, max_pixels=1536 * 1536, step_range=(1, 200),
-            max_images=3, text_to_image="blank-canvas", batch_prompts=False),
+            width=1024,
+            height=1024,
+            steps=40,
+            guidance=4.0,
+            guidance_kwarg="true_cfg_scale",
+            negative_prompt=" ",
+            size_multiple=16,
+            max_pixels=1536 * 1536,
+            step_range=(1, 200),
+            max_images=3,
+            text_to_image="blank-canvas",
+            batch_prompts=False,
+        ),
         ModelSpec(
-            family="kontext", pipeline_class="FluxKontextPipeline",
+            family="kontext",
+            pipeline_class="FluxKontextPipeline",
             model_ids=("black-forest-labs/FLUX.1-Kontext-dev",),
-            width=1024, height=1024, steps=28, guidance=2.5, guidance_kwarg="guidance_scale",
-            negative_prompt=None, size_multiple=16, max_pixels=1536 * 1536, step_range=(1, 200),
-            max_images=1, text_to_image="native", batch_prompts=True, area_kwarg="max_area"),
+            width=1024,
+            height=1024,
+            steps=28,
+            guidance=2.5,
+            guidance_kwarg="guidance_scale",
+            negative_prompt=None,
+            size_multiple=16,
+            max_pixels=1536 * 1536,
+            step_range=(1, 200),
+            max_images=1,
+            text_to_image="native",
+            batch_prompts=True,
+            area_kwarg="max_area",
+        ),
     )
 }
 
 
 def _supported() -> str:
-    return "; ".join(f"{s.family} ({s.pipeline_class}: {', '.join(s.model_ids)})"
-                     for s in FAMILIES.values())
+    return "; ".join(f"{s.family} ({s.pipeline_class}: {', '.join(s.model_ids)})" for s in FAMILIES.values())
 
 
 def spec_for_class(class_name: str, *, is_distilled: bool = False) -> ModelSpec:
@@ -118,15 +164,15 @@ def spec_for_class(class_name: str, *, is_distilled: bool = False) -> ModelSpec:
             return spec
     raise UnsupportedModelError(
         f"pipeline class {class_name!r} is not a supported generator. Supported families: "
-        f"{_supported()}. Use a model of one of these classes.")
+        f"{_supported()}. Use a model of one of these classes."
+    )
 
 
 def spec_for_pipeline(pipe: Any) -> ModelSpec:
     """The family of a loaded pipeline object (by its class, so subclasses and in-memory ones work)."""
     for cls in type(pipe).__mro__:
         try:
-            return spec_for_class(cls.__name__,
-                                  is_distilled=bool(getattr(pipe, "config", {}).get("is_distilled")))
+            return spec_for_class(cls.__name__, is_distilled=bool(getattr(pipe, "config", {}).get("is_distilled")))
         except UnsupportedModelError:
             continue
     return spec_for_class(type(pipe).__name__)  # raises with the list of families
@@ -160,11 +206,13 @@ def model_spec(model: str) -> ModelSpec:
         except FileNotFoundError:
             raise UnsupportedModelError(
                 f"folder {model!r} has no {MODEL_INDEX}, so it is not a diffusers "
-                f"pipeline. Pass a folder written by save_pretrained or a Hub id.") from None
+                f"pipeline. Pass a folder written by save_pretrained or a Hub id."
+            ) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UnsupportedModelError(
                 f"{index_file} cannot be read as a diffusers model index ({exc!r}); re-save the "
-                f"pipeline with save_pretrained or download it again.") from None
+                f"pipeline with save_pretrained or download it again."
+            ) from None
         try:
             return spec_for_class(class_name, is_distilled=bool(index.get("is_distilled")))
         except UnsupportedModelError as exc:
@@ -173,16 +221,20 @@ def model_spec(model: str) -> ModelSpec:
         if model.lower() in (known.lower() for known in spec.model_ids):
             return spec
     if Path(model).is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
-        raise UnsupportedModelError(f"folder {model!r} does not exist; check the path, or pass a "
-                                    f"Hub id such as {FAMILIES['klein'].model_ids[0]}")
+        raise UnsupportedModelError(
+            f"folder {model!r} does not exist; check the path, or pass a "
+            f"Hub id such as {FAMILIES['klein'].model_ids[0]}"
+        )
     raise UnsupportedModelError(
         f"{model!r} is neither a local diffusers folder nor a known model id. "
         f"Supported families: {_supported()}. Pass one of these ids, or a folder saved with "
-        f"save_pretrained from one of these pipeline classes.")
+        f"save_pretrained from one of these pipeline classes."
+    )
 
 
-def check_request(spec: ModelSpec, *, width: int, height: int, steps: int, guidance: float = 1.0,
-                  n_images: int = 0) -> None:
+def check_request(
+    spec: ModelSpec, *, width: int, height: int, steps: int, guidance: float = 1.0, n_images: int = 0
+) -> None:
     """Refuse a request the model cannot serve, naming the bad value and the fix.
 
     ``n_images`` counts every input image: the source being edited plus extra references.
@@ -195,47 +247,70 @@ def check_request(spec: ModelSpec, *, width: int, height: int, steps: int, guida
     multiple = spec.size_multiple
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or isinstance(value, bool) or value < multiple:
-            raise ValueError(f"{name}={value!r} must be an integer of at least {multiple} for "
-                             f"{spec.family}; use e.g. {spec.width}")
+            raise ValueError(
+                f"{name}={value!r} must be an integer of at least {multiple} for {spec.family}; use e.g. {spec.width}"
+            )
         if value % multiple:
             low = value // multiple * multiple
-            raise ValueError(f"{name}={value} is not a multiple of {multiple} for {spec.family}; "
-                             f"use {low} or {low + multiple}")
+            raise ValueError(
+                f"{name}={value} is not a multiple of {multiple} for {spec.family}; use {low} or {low + multiple}"
+            )
     if width * height > spec.max_pixels:
         side = math.isqrt(spec.max_pixels)
-        raise ValueError(f"{width}x{height} is {width * height:,} pixels, over the {spec.max_pixels:,} "
-                         f"that {spec.family} is run at; use at most about {side}x{side} (e.g. "
-                         f"{spec.width}x{spec.height})")
+        raise ValueError(
+            f"{width}x{height} is {width * height:,} pixels, over the {spec.max_pixels:,} "
+            f"that {spec.family} is run at; use at most about {side}x{side} (e.g. "
+            f"{spec.width}x{spec.height})"
+        )
     low, high = spec.step_range
     if not isinstance(steps, int) or isinstance(steps, bool) or not low <= steps <= high:
-        raise ValueError(f"steps={steps!r} is outside {low}..{high} for {spec.family}; its "
-                         f"recommended value is {spec.steps}")
+        raise ValueError(
+            f"steps={steps!r} is outside {low}..{high} for {spec.family}; its recommended value is {spec.steps}"
+        )
     if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"guidance={guidance!r} must be a finite number >= 0; {spec.family} "
-                         f"recommends {spec.guidance}")
+        raise ValueError(
+            f"guidance={guidance!r} must be a finite number >= 0; {spec.family} recommends {spec.guidance}"
+        )
     if n_images > spec.max_images:
-        raise ValueError(f"{n_images} input images (source + references) are more than "
-                         f"{spec.family} takes ({spec.max_images}); drop {n_images - spec.max_images} "
-                         f"of the references")
+        raise ValueError(
+            f"{n_images} input images (source + references) are more than "
+            f"{spec.family} takes ({spec.max_images}); drop {n_images - spec.max_images} "
+            f"of the references"
+        )
 
 
 def check_images(spec: ModelSpec, images: Sequence[Image.Image]) -> None:
     """Refuse input images the pipeline would reject halfway through (or crash on)."""
     for number, image in enumerate(images, 1):
         if not isinstance(image, Image.Image):
-            raise ValueError(f"input image {number} is a {type(image).__name__}, not a PIL image; "
-                             f"load it with tools.store.images.load_input_image")
+            raise ValueError(
+                f"input image {number} is a {type(image).__name__}, not a PIL image; "
+                f"load it with tools.store.images.load_input_image"
+            )
         width, height = image.size
         if min(width, height) < spec.min_input_side:
-            raise ValueError(f"input image {number} is {width}x{height}; {spec.family} needs at "
-                             f"least {spec.min_input_side} px on each side: upscale it")
+            raise ValueError(
+                f"input image {number} is {width}x{height}; {spec.family} needs at "
+                f"least {spec.min_input_side} px on each side: upscale it"
+            )
         if max(width / height, height / width) > spec.max_input_aspect:
-            raise ValueError(f"input image {number} is {width}x{height}, an aspect ratio over "
-                             f"{spec.max_input_aspect:g}:1 that {spec.family} refuses; crop it")
+            raise ValueError(
+                f"input image {number} is {width}x{height}, an aspect ratio over "
+                f"{spec.max_input_aspect:g}:1 that {spec.family} refuses; crop it"
+            )
 
 
-def call_kwargs(spec: ModelSpec, *, prompt: str | list[str], width: int, height: int, steps: int,
-                guidance: float, images: Sequence[Image.Image], generator: Any) -> dict[str, Any]:
+def call_kwargs(
+    spec: ModelSpec,
+    *,
+    prompt: str | list[str],
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    images: Sequence[Image.Image],
+    generator: Any,
+) -> dict[str, Any]:
     """The pipeline keyword arguments for one request (or a batch of prompts sharing its images).
 
     >>> kw = call_kwargs(FAMILIES["qwen-image-edit"], prompt="p", width=64, height=64, steps=2,
@@ -243,8 +318,9 @@ def call_kwargs(spec: ModelSpec, *, prompt: str | list[str], width: int, height:
     >>> kw["true_cfg_scale"], kw["negative_prompt"], kw["image"][0].size
     (4.0, ' ', (64, 64))
     """
-    kwargs: dict[str, Any] = dict(prompt=prompt, width=width, height=height,
-                                  num_inference_steps=steps, generator=generator)
+    kwargs: dict[str, Any] = dict(
+        prompt=prompt, width=width, height=height, num_inference_steps=steps, generator=generator
+    )
     kwargs[spec.guidance_kwarg] = guidance
     if spec.negative_prompt is not None and guidance > 1:
         negative = spec.negative_prompt

@@ -43,13 +43,31 @@ DEFAULT_BATCH_WAIT_S = 0.003  # as tools.generator.worker.GATHER_S: requests arr
 class GeneratorDeployment:
     """One replica: the pipeline on this replica's GPU behind the images API."""
 
-    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", lora: str | None = None,
-                 lora_scale: float = 1.0, offload: str = "none", speedups: str = "off",
-                 compile_cache: str | None = None, max_batch: int = 4,
-                 batch_wait_s: float = DEFAULT_BATCH_WAIT_S) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        lora: str | None = None,
+        lora_scale: float = 1.0,
+        offload: str = "none",
+        speedups: str = "off",
+        compile_cache: str | None = None,
+        max_batch: int = 4,
+        batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+    ) -> None:
         self.model = model
-        self.pipe = diffusion.load_pipeline(model, device, dtype, lora=lora, lora_scale=lora_scale,
-                                            offload=offload, speedups=speedups, compile_cache=compile_cache)
+        self.pipe = diffusion.load_pipeline(
+            model,
+            device,
+            dtype,
+            lora=lora,
+            lora_scale=lora_scale,
+            offload=offload,
+            speedups=speedups,
+            compile_cache=compile_cache,
+        )
         self.spec = generator_models.spec_for_pipeline(self.pipe)
         self.generate_many.set_max_batch_size(max_batch)
         self.generate_many.set_batch_wait_timeout_s(batch_wait_s)
@@ -84,10 +102,17 @@ def parse_autoscale(value: str) -> tuple[int, int]:
     return low, high
 
 
-def generator_application(model: str, *, num_replicas: int = 1, autoscale: tuple[int, int] | None = None,
-                          gpus_per_replica: float = 1.0, cpus_per_replica: float = 1.0,
-                          max_batch: int = 4, max_ongoing_requests: int = 64,
-                          **load: Any) -> Any:
+def generator_application(
+    model: str,
+    *,
+    num_replicas: int = 1,
+    autoscale: tuple[int, int] | None = None,
+    gpus_per_replica: float = 1.0,
+    cpus_per_replica: float = 1.0,
+    max_batch: int = 4,
+    max_ongoing_requests: int = 64,
+    **load: Any,
+) -> Any:
     """The bound Ray Serve application (``serve.run`` it). ``load``: ``GeneratorDeployment``'s
     pipeline settings (device, dtype, lora, lora_scale, offload, speedups, compile_cache,
     batch_wait_s)."""
@@ -95,10 +120,14 @@ def generator_application(model: str, *, num_replicas: int = 1, autoscale: tuple
         raise ValueError("num_replicas and max_batch must be >= 1, gpus/cpus per replica >= 0")
     options: dict[str, Any] = dict(
         ray_actor_options={"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica},
-        max_ongoing_requests=max_ongoing_requests)
+        max_ongoing_requests=max_ongoing_requests,
+    )
     if autoscale is not None:
-        options["autoscaling_config"] = {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
-                                         "target_ongoing_requests": max_batch}
+        options["autoscaling_config"] = {
+            "min_replicas": autoscale[0],
+            "max_replicas": autoscale[1],
+            "target_ongoing_requests": max_batch,
+        }
     else:
         options["num_replicas"] = num_replicas
     return GeneratorDeployment.options(**options).bind(model, max_batch=max_batch, **load)

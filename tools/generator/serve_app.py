@@ -63,23 +63,32 @@ def build_request(fields: dict[str, Any], images: list[Image.Image], spec: Model
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadImageRequest("prompt is required (a non-empty string)")
     if int(fields.get("n") or 1) != 1:
-        raise BadImageRequest(f"n={fields.get('n')} is not supported: send one request per image "
-                              f"(the server batches concurrent requests)")
+        raise BadImageRequest(
+            f"n={fields.get('n')} is not supported: send one request per image (the server batches concurrent requests)"
+        )
     if fields.get("response_format") not in (None, "", "b64_json"):
         raise BadImageRequest(f"response_format={fields['response_format']!r} is not supported; use b64_json")
     width, height = parse_size(fields.get("size"), spec)
     try:
-        seed = int(fields["seed"]) if fields.get("seed") not in (None, "") else secrets.randbelow(2 ** 31)
+        seed = int(fields["seed"]) if fields.get("seed") not in (None, "") else secrets.randbelow(2**31)
         steps = int(fields.get("num_inference_steps") or spec.steps)
-        guidance = (float(fields["guidance_scale"]) if fields.get("guidance_scale") not in (None, "")
-                    else spec.guidance)
+        guidance = float(fields["guidance_scale"]) if fields.get("guidance_scale") not in (None, "") else spec.guidance
     except (TypeError, ValueError) as exc:
         raise BadImageRequest(f"seed, num_inference_steps and guidance_scale must be numbers ({exc})") from None
-    request = dict(prompt=prompt, seed=seed, width=width, height=height, steps=steps, guidance=guidance,
-                   source=images[0] if images else None, references=images[1:])
+    request = dict(
+        prompt=prompt,
+        seed=seed,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        source=images[0] if images else None,
+        references=images[1:],
+    )
     try:
-        generator_models.check_request(spec, width=width, height=height, steps=steps, guidance=guidance,
-                                       n_images=len(images))
+        generator_models.check_request(
+            spec, width=width, height=height, steps=steps, guidance=guidance, n_images=len(images)
+        )
         generator_models.check_images(spec, images)
     except ValueError as exc:
         message = str(exc)
@@ -90,9 +99,10 @@ def build_request(fields: dict[str, Any], images: list[Image.Image], spec: Model
 
 
 def answer(image: Image.Image, prompt: str) -> dict[str, Any]:
-    return {"created": int(time.time()),
-            "data": [{"b64_json": base64.b64encode(encode_png(image)).decode("ascii"),
-                      "revised_prompt": prompt}]}
+    return {
+        "created": int(time.time()),
+        "data": [{"b64_json": base64.b64encode(encode_png(image)).decode("ascii"), "revised_prompt": prompt}],
+    }
 
 
 def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
@@ -107,8 +117,7 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
         try:
             request = build_request(fields, images, spec)
         except BadImageRequest as exc:
-            return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}},
-                                status_code=400)
+            return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}}, status_code=400)
         image = await generate(request)
         # PNG + base64 of a 1024² image is tens of ms of CPU: off the event loop, so other
         # requests (and Ray Serve's batch gathering on a replica) go on meanwhile.
@@ -129,16 +138,14 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
         form = await http.form()
         uploads = form.getlist("image") + form.getlist("image[]")
         if not uploads:
-            return JSONResponse({"error": {"message": "an edit needs at least one 'image' file"}},
-                                status_code=400)
+            return JSONResponse({"error": {"message": "an edit needs at least one 'image' file"}}, status_code=400)
         images = []
         for number, upload in enumerate(uploads, 1):
             try:
                 image = Image.open(io.BytesIO(await upload.read()))
                 images.append(image.convert("RGB"))
             except (UnidentifiedImageError, OSError, AttributeError):
-                return JSONResponse({"error": {"message": f"image {number} is not a readable image"}},
-                                    status_code=400)
+                return JSONResponse({"error": {"message": f"image {number} is not a readable image"}}, status_code=400)
         fields = {key: value for key, value in form.items() if key not in ("image", "image[]")}
         return await run(fields, images)
 
@@ -155,8 +162,10 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
 
 def local_generate(pool: Any) -> Generate:
     """``generate`` over an in-process pool or worker (its batching thread runs the pipeline)."""
+
     async def generate(request: dict[str, Any]) -> Image.Image:
         return await asyncio.wrap_future(pool.submit(request))
+
     return generate
 
 
@@ -167,8 +176,7 @@ class BackgroundServer:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                     lifespan="off"))
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
         self._thread: Any = None
         self.host = host
         self.port = port

@@ -42,8 +42,9 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
-def run_with_progress(submit: Callable[[dict[str, Any]], Future], request: dict[str, Any],
-                      on_step: Callable[[int, int], None] | None) -> Image.Image:
+def run_with_progress(
+    submit: Callable[[dict[str, Any]], Future], request: dict[str, Any], on_step: Callable[[int, int], None] | None
+) -> Image.Image:
     """Submit a request, relay its per-step progress to this thread, and return its image."""
     progress: queue.SimpleQueue = queue.SimpleQueue()
     future = submit({**request, "on_step": lambda done, total: progress.put((done, total))})
@@ -86,8 +87,7 @@ class GeneratorWorker:
         with self._load_lock:
             self._outstanding -= 1
 
-    def run(self, request: dict[str, Any],
-            on_step: Callable[[int, int], None] | None = None) -> Image.Image:
+    def run(self, request: dict[str, Any], on_step: Callable[[int, int], None] | None = None) -> Image.Image:
         """Generate one image and wait for it, calling ``on_step(done, total)`` on this thread."""
         return run_with_progress(self.submit, request, on_step)
 
@@ -199,8 +199,7 @@ class GeneratorPool:
             worker = min(self.workers, key=lambda w: w.load)
             return worker.submit(request)
 
-    def run(self, request: dict[str, Any],
-            on_step: Callable[[int, int], None] | None = None) -> Image.Image:
+    def run(self, request: dict[str, Any], on_step: Callable[[int, int], None] | None = None) -> Image.Image:
         return run_with_progress(self.submit, request, on_step)
 
 

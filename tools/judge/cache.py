@@ -51,12 +51,15 @@ class JudgeCache:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = connect_file(self.path, what="judge cache",
-                                  fix="pass another cache path (or --out folder)",
-                                  autocommit=True)
-        retry_locked(lambda: self._conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, label TEXT, "
-            "judge_model TEXT, prompt_version TEXT, data TEXT, updated_at REAL)"))
+        self._conn = connect_file(
+            self.path, what="judge cache", fix="pass another cache path (or --out folder)", autocommit=True
+        )
+        retry_locked(
+            lambda: self._conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, label TEXT, "
+                "judge_model TEXT, prompt_version TEXT, data TEXT, updated_at REAL)"
+            )
+        )
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -67,12 +70,12 @@ class JudgeCache:
         rows = self._run(f"SELECT data FROM {TABLE} WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else None
 
-    def put(self, key: str, data: dict[str, Any], *, label: str, judge_model: str,
-            prompt_version: str) -> None:
+    def put(self, key: str, data: dict[str, Any], *, label: str, judge_model: str, prompt_version: str) -> None:
         """Store (or replace) the answer under ``key``."""
-        self._run(f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?)",
-                  (key, label, judge_model, prompt_version,
-                   json.dumps(data, ensure_ascii=False), time.time()))
+        self._run(
+            f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+            (key, label, judge_model, prompt_version, json.dumps(data, ensure_ascii=False), time.time()),
+        )
 
     def __len__(self) -> int:
         return self._run(f"SELECT COUNT(*) FROM {TABLE}")[0][0]

@@ -76,8 +76,9 @@ Item = tuple[ImageRef | None, ImageRef, str]
 # --------------------------------------------------------------------------- scores
 
 
-def scores_from(sc_pair: Sequence[float] | None,
-                pq_pair: Sequence[float] | None) -> tuple[float | None, float | None, float | None]:
+def scores_from(
+    sc_pair: Sequence[float] | None, pq_pair: Sequence[float] | None
+) -> tuple[float | None, float | None, float | None]:
     """(SC, PQ, overall) from [edit_success, over_editing] and [naturalness, artifacts].
 
     A missing pair gives None for its score and for the overall; nothing is filled in.
@@ -91,11 +92,13 @@ def scores_from(sc_pair: Sequence[float] | None,
     ...
     ValueError: judge scores must be two numbers in [0, 10], got (11, 6)
     """
+
     def least(pair: Sequence[float] | None) -> float | None:
         if pair is None:
             return None
-        if (len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                  or not 0 <= v <= 10 for v in pair)):
+        if len(pair) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10 for v in pair
+        ):
             raise ValueError(f"judge scores must be two numbers in [0, 10], got {pair!r}")
         return float(min(pair))
 
@@ -108,8 +111,7 @@ def _score(value: Any, name: str, text: str) -> float:
     if isinstance(value, str) and _NUMBER.fullmatch(value):
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ReplyParseError(f"score {name} must be a number from 0 to 10, got {value!r:.40}",
-                              text, "schema")
+        raise ReplyParseError(f"score {name} must be a number from 0 to 10, got {value!r:.40}", text, "schema")
     if not 0 <= value <= 10:
         raise ReplyParseError(f"score {name} is {value}, outside 0-10", text, "schema")
     return float(value)
@@ -133,8 +135,9 @@ def parse_scores(text: str) -> tuple[tuple[float, float], str]:
     prose, answer = read_answer(text, "scores")
     values = answer.get("scores", answer.get("score"))
     if not isinstance(values, (list, tuple)) or len(values) != 2:
-        raise ReplyParseError(f"the answer must hold \"scores\": a list of two numbers, got "
-                              f"{values!r:.60}", text, "schema")
+        raise ReplyParseError(
+            f'the answer must hold "scores": a list of two numbers, got {values!r:.60}', text, "schema"
+        )
     pair = (_score(values[0], "1", text), _score(values[1], "2", text))
     reasoning = answer.get("reasoning")
     if not isinstance(reasoning, str) or not reasoning.strip():
@@ -195,29 +198,42 @@ class _Half:
     def from_answer(cls, answer: dict[str, Any]) -> _Half:
         """A half from ``Judge``'s answer to its question (value {"scores", "reasoning"})."""
         value = answer["value"] or {}
-        return cls(scores=value.get("scores"), reasoning=value.get("reasoning", ""),
-                   replies=answer["replies"], error=answer["error"], reason=answer["reason"])
+        return cls(
+            scores=value.get("scores"),
+            reasoning=value.get("reasoning", ""),
+            replies=answer["replies"],
+            error=answer["error"],
+            reason=answer["reason"],
+        )
 
     @classmethod
     def failure(cls, reason: str, error: str, replies: list[str] | None = None) -> _Half:
         return cls(error=error, reason=reason, replies=replies or [])
 
 
-def _judgment(semantic: _Half, quality: _Half, *, cached: bool, model_name: str,
-              version: str) -> Judgment:
+def _judgment(semantic: _Half, quality: _Half, *, cached: bool, model_name: str, version: str) -> Judgment:
     sc, pq, overall = scores_from(semantic.scores, quality.scores)
-    failed = [(name, half) for name, half in (("semantic consistency", semantic),
-                                              ("perceptual quality", quality)) if half.failed]
+    failed = [
+        (name, half)
+        for name, half in (("semantic consistency", semantic), ("perceptual quality", quality))
+        if half.failed
+    ]
     return Judgment(
-        sc=sc, pq=pq, overall=overall,
+        sc=sc,
+        pq=pq,
+        overall=overall,
         edit_success=semantic.scores[0] if semantic.scores else None,
         over_editing=semantic.scores[1] if semantic.scores else None,
         naturalness=quality.scores[0] if quality.scores else None,
         artifacts=quality.scores[1] if quality.scores else None,
-        reasoning_sc=semantic.reasoning, reasoning_pq=quality.reasoning,
+        reasoning_sc=semantic.reasoning,
+        reasoning_pq=quality.reasoning,
         error="; ".join(f"{name}: [{half.reason}] {half.error}" for name, half in failed) or None,
         reason=failed[0][1].reason if failed else None,
-        cached=cached, judge_model=model_name, prompt_version=version)
+        cached=cached,
+        judge_model=model_name,
+        prompt_version=version,
+    )
 
 
 # --------------------------------------------------------------------------- questions
@@ -264,8 +280,9 @@ def _image_id(ref: Any) -> str:
 def _check_ref(ref: Any, what: str) -> None:
     keys = ("path", "sha256", "width", "height")
     if not isinstance(ref, dict) or any(k not in ref for k in keys):
-        raise ValueError(f"{what} must be an ImageRef {{path, sha256, width, height}} from "
-                         f"ImageStore.put, got {ref!r:.80}")
+        raise ValueError(
+            f"{what} must be an ImageRef {{path, sha256, width, height}} from ImageStore.put, got {ref!r:.80}"
+        )
 
 
 def _is_blank(ref: ImageRef) -> bool:
@@ -293,23 +310,33 @@ class Judge:
     the SQLite file. ``retries`` is how many times an unusable reply is asked again.
     """
 
-    def __init__(self, model: BaseChatModel, *, model_name: str, store_root: str | Path,
-                 cache_path: str | Path, max_concurrency: int = 8, retries: int = 2,
-                 image_max_pixels: int = 1024 * 1024, image_transport: str = "data",
-                 prompt_version: str = JUDGE_PROMPT_VERSION, version: str | None = None) -> None:
+    def __init__(
+        self,
+        model: BaseChatModel,
+        *,
+        model_name: str,
+        store_root: str | Path,
+        cache_path: str | Path,
+        max_concurrency: int = 8,
+        retries: int = 2,
+        image_max_pixels: int = 1024 * 1024,
+        image_transport: str = "data",
+        prompt_version: str = JUDGE_PROMPT_VERSION,
+        version: str | None = None,
+    ) -> None:
         if not isinstance(model, BaseChatModel):
-            raise TypeError(f"the judge model must be a LangChain chat model (BaseChatModel), got "
-                            f"{type(model).__name__}; judge_from_settings builds one for an endpoint")
+            raise TypeError(
+                f"the judge model must be a LangChain chat model (BaseChatModel), got "
+                f"{type(model).__name__}; judge_from_settings builds one for an endpoint"
+            )
         if not isinstance(model_name, str) or not model_name.strip():
-            raise ValueError("model_name must name the judge model (it is part of the cache key); "
-                             "pass --judge MODEL")
+            raise ValueError("model_name must name the judge model (it is part of the cache key); pass --judge MODEL")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency} must be at least 1")
         if retries < 0:
             raise ValueError(f"retries={retries} must be 0 or more")
         if image_transport not in TRANSPORTS:
-            raise ValueError(f"image_transport={image_transport!r} must be one of "
-                             f"{', '.join(TRANSPORTS)}")
+            raise ValueError(f"image_transport={image_transport!r} must be one of {', '.join(TRANSPORTS)}")
         self.model = model
         self.model_name = model_name
         self.version = version or model_name
@@ -330,8 +357,9 @@ class Judge:
 
     # -- public
 
-    def ask(self, question: Question, *, scope: str = "", prompt_version: str | None = None,
-            retry_failed: bool = False) -> dict[str, Any]:
+    def ask(
+        self, question: Question, *, scope: str = "", prompt_version: str | None = None, retry_failed: bool = False
+    ) -> dict[str, Any]:
         """The stored answer to ``question``, or a new one.
 
         Returns {value, error, reason, replies, requests, input_tokens, output_tokens, cached};
@@ -339,55 +367,64 @@ class Judge:
         benchmark) and ``prompt_version`` (default: this judge's) are part of the key.
         """
         version = prompt_version or self.prompt_version
-        key = answer_key(scope, version, self.identity, question.label, question.system,
-                         question.text, [_image_id(ref) for ref in question.images],
-                         question.text_first, question.call, question.resample)
+        key = answer_key(
+            scope,
+            version,
+            self.identity,
+            question.label,
+            question.system,
+            question.text,
+            [_image_id(ref) for ref in question.images],
+            question.text_first,
+            question.call,
+            question.resample,
+        )
         with self._asking_lock:
             asking = self._asking.setdefault(key, threading.Lock())
         with asking:
             stored = self.cache.get(key)
-            if stored is not None and (stored["error"] is None or not (
-                    retry_failed or stored["reason"] in TRANSIENT_REASONS)):
+            if stored is not None and (
+                stored["error"] is None or not (retry_failed or stored["reason"] in TRANSIENT_REASONS)
+            ):
                 return {**stored, "cached": True}
             answer = self._answer(question)
-            self.cache.put(key, answer, label=question.label, judge_model=self.identity,
-                           prompt_version=version)
+            self.cache.put(key, answer, label=question.label, judge_model=self.identity, prompt_version=version)
         if answer["error"]:
             logger.info("judge question %s failed: %s", question.label, answer["error"])
         return {**answer, "cached": False}
 
-    def judge(self, before: ImageRef | None, after: ImageRef, instruction: str, *,
-              retry_failed: bool = False) -> Judgment:
+    def judge(
+        self, before: ImageRef | None, after: ImageRef, instruction: str, *, retry_failed: bool = False
+    ) -> Judgment:
         """Judge one edit (``before`` None: a generation from scratch). Never raises for a failed
         judgment; raises ``ValueError`` for inputs that are not images or instructions."""
         self._check(before, after, instruction, "")
         return self._judge(before, after, instruction.strip(), retry_failed)
 
-    def judge_many(self, items: Sequence[Item], *, retry_failed: bool = False,
-                   on_done: Callable[[int, int], None] | None = None) -> list[Judgment]:
+    def judge_many(
+        self, items: Sequence[Item], *, retry_failed: bool = False, on_done: Callable[[int, int], None] | None = None
+    ) -> list[Judgment]:
         """Judge ``(before, after, instruction)`` items, at most ``max_concurrency`` requests at
         once; results in the order of ``items``. Every item is checked before any request is
         sent. ``on_done(done, total)`` is called on the calling thread after each item."""
         for index, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) != 3:
-                raise ValueError(f"item {index} must be (before, after, instruction), got "
-                                 f"{item!r:.80}")
+                raise ValueError(f"item {index} must be (before, after, instruction), got {item!r:.80}")
             self._check(*item, f"item {index}: ")
         total = len(items)
         results: list[Judgment | None] = [None] * total
         groups: dict[tuple, list[int]] = {}  # identical items are asked once
         for index, (before, after, instruction) in enumerate(items):
             source, _ = self._source(before, after)
-            groups.setdefault((_image_id(source), after["sha256"], instruction.strip()),
-                              []).append(index)
+            groups.setdefault((_image_id(source), after["sha256"], instruction.strip()), []).append(index)
         done = 0
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(groups))),
-                                thread_name_prefix="judge") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, max(1, len(groups))), thread_name_prefix="judge"
+        ) as pool:
             futures = {}
             for indices in groups.values():
                 before, after, instruction = items[indices[0]]
-                futures[pool.submit(self._judge, before, after, instruction.strip(),
-                                    retry_failed)] = indices
+                futures[pool.submit(self._judge, before, after, instruction.strip(), retry_failed)] = indices
             for future in as_completed(futures):
                 judgment = future.result()
                 for position, index in enumerate(futures[future]):
@@ -427,22 +464,38 @@ class Judge:
             return Blank(before["width"], before["height"]), True
         return before, False
 
-    def _judge(self, before: ImageRef | None, after: ImageRef, instruction: str,
-               retry_failed: bool) -> Judgment:
+    def _judge(self, before: ImageRef | None, after: ImageRef, instruction: str, retry_failed: bool) -> Judgment:
         """The SC question, then the PQ question (not asked when the endpoint is down)."""
         source, scratch = self._source(before, after)
-        semantic = self.ask(Question(SEMANTIC, semantic_prompt(instruction, from_scratch=scratch),
-                                     (source, after), _read_scores, JUDGE_SYSTEM),
-                            scope="judge", retry_failed=retry_failed)
+        semantic = self.ask(
+            Question(
+                SEMANTIC,
+                semantic_prompt(instruction, from_scratch=scratch),
+                (source, after),
+                _read_scores,
+                JUDGE_SYSTEM,
+            ),
+            scope="judge",
+            retry_failed=retry_failed,
+        )
         quality_question = Question(QUALITY, quality_prompt(), (after,), _read_scores, JUDGE_SYSTEM)
         if semantic["reason"] == "endpoint":
-            quality = {"value": None, "error": f"not asked: {semantic['error']}",
-                       "reason": "endpoint", "replies": [], "cached": False}
+            quality = {
+                "value": None,
+                "error": f"not asked: {semantic['error']}",
+                "reason": "endpoint",
+                "replies": [],
+                "cached": False,
+            }
         else:
             quality = self.ask(quality_question, scope="judge", retry_failed=retry_failed)
-        return _judgment(_Half.from_answer(semantic), _Half.from_answer(quality),
-                         cached=semantic["cached"] and quality["cached"],
-                         model_name=self.model_name, version=self.prompt_version)
+        return _judgment(
+            _Half.from_answer(semantic),
+            _Half.from_answer(quality),
+            cached=semantic["cached"] and quality["cached"],
+            model_name=self.model_name,
+            version=self.prompt_version,
+        )
 
     def _answer(self, question: Question) -> dict[str, Any]:
         """Ask until a reply parses, at most ``1 + retries`` times; keep every raw reply."""
@@ -450,16 +503,18 @@ class Judge:
         replies: list[str] = []
 
         def done(value: Any, error: str | None, reason: str | None) -> dict[str, Any]:
-            return {"value": value, "error": error, "reason": reason, "replies": replies,
-                    **usage.as_dict()}
+            return {"value": value, "error": error, "reason": reason, "replies": replies, **usage.as_dict()}
 
         try:
             # Every image within the judge's own pixel budget; unlike the planner's messages, no
             # extra shrinking of crowded messages (the official judges see full images).
-            images = MessageImages(self.store, transport=self.image_transport,
-                                   max_pixels=self.image_max_pixels, image_count=1)
-            parts = [images.blank(ref.width, ref.height) if isinstance(ref, Blank)
-                     else images.part(ref) for ref in question.images]
+            images = MessageImages(
+                self.store, transport=self.image_transport, max_pixels=self.image_max_pixels, image_count=1
+            )
+            parts = [
+                images.blank(ref.width, ref.height) if isinstance(ref, Blank) else images.part(ref)
+                for ref in question.images
+            ]
         except (OSError, ValueError) as exc:
             return done(None, f"{exc}", "image")
         text = [text_part(question.text)]
@@ -484,8 +539,11 @@ class Judge:
             except ReplyParseError as exc:
                 last = exc
         assert last is not None
-        cut = (" (the reply hit the token limit: raise the judge's max tokens, --judge-max-tokens)"
-               if finish == "length" else "")
+        cut = (
+            " (the reply hit the token limit: raise the judge's max tokens, --judge-max-tokens)"
+            if finish == "length"
+            else ""
+        )
         return done(None, f"{last}{cut} after {len(replies)} replies", last.reason)
 
 
@@ -493,11 +551,23 @@ def _as_cached(judgment: Judgment) -> Judgment:
     return Judgment(**{**asdict(judgment), "cached": True})
 
 
-def judge_from_settings(base_url: str, api_key: str, model: str, *, store_root: str | Path,
-                        cache_path: str | Path, max_concurrency: int = 8, retries: int = 2,
-                        max_tokens: int = 2048, temperature: float = 0.0, timeout_s: float = 120.0,
-                        http_retries: int = 2, image_max_pixels: int = 1024 * 1024,
-                        image_transport: str = "data", version: str | None = None) -> Judge:
+def judge_from_settings(
+    base_url: str,
+    api_key: str,
+    model: str,
+    *,
+    store_root: str | Path,
+    cache_path: str | Path,
+    max_concurrency: int = 8,
+    retries: int = 2,
+    max_tokens: int = 2048,
+    temperature: float = 0.0,
+    timeout_s: float = 120.0,
+    http_retries: int = 2,
+    image_max_pixels: int = 1024 * 1024,
+    image_transport: str = "data",
+    version: str | None = None,
+) -> Judge:
     """A ``Judge`` on an OpenAI-compatible endpoint (vLLM, or a hosted API) serving ``model``.
 
     ``retries`` re-asks an unusable reply; ``http_retries`` is the client's own retry of
@@ -506,7 +576,14 @@ def judge_from_settings(base_url: str, api_key: str, model: str, *, store_root: 
     from tools.llm.chat import openai_model
 
     chat = openai_model(base_url, api_key, model, max_tokens, temperature, timeout_s, http_retries)
-    return Judge(chat, model_name=model, store_root=store_root, cache_path=cache_path,
-                 max_concurrency=max_concurrency, retries=retries,
-                 image_max_pixels=image_max_pixels, image_transport=image_transport,
-                 version=version)
+    return Judge(
+        chat,
+        model_name=model,
+        store_root=store_root,
+        cache_path=cache_path,
+        max_concurrency=max_concurrency,
+        retries=retries,
+        image_max_pixels=image_max_pixels,
+        image_transport=image_transport,
+        version=version,
+    )

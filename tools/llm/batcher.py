@@ -73,8 +73,9 @@ class BatchingChatModel(BaseChatModel):
         check = getattr(self.inner, "batches_continuously", None)
         return bool(check is not None and check())
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         if self._continuous():
             return self.inner._generate(list(messages), stop=stop, **kwargs)
         options = dict(kwargs, **({"stop": stop} if stop else {}))
@@ -108,8 +109,7 @@ class BatchingChatModel(BaseChatModel):
 
     def _answer(self, group: list[_Call]) -> None:
         try:
-            replies = self.inner.batch([c.messages for c in group], return_exceptions=True,
-                                       **group[0].options)
+            replies = self.inner.batch([c.messages for c in group], return_exceptions=True, **group[0].options)
         except Exception as exc:  # noqa: BLE001 -- handed to every caller of the group
             replies = [exc] * len(group)
         self.batch_sizes.append(len(group))
@@ -126,8 +126,7 @@ _batchers_lock = threading.Lock()
 
 def shared_batcher(inner: BaseChatModel, max_batch: int = 8) -> BatchingChatModel:
     """The process's one batcher for a model with these settings (created on first use)."""
-    key = json.dumps([type(inner).__name__, inner._identifying_params, max_batch], sort_keys=True,
-                     default=str)
+    key = json.dumps([type(inner).__name__, inner._identifying_params, max_batch], sort_keys=True, default=str)
     with _batchers_lock:
         if key not in _batchers:
             _batchers[key] = BatchingChatModel(inner=inner, max_batch=max_batch)

@@ -52,8 +52,9 @@ class ChatModels:
         for role in ROLES:
             model = getattr(self, role)
             if model is not None and not isinstance(model, BaseChatModel):
-                raise TypeError(f"ChatModels.{role} must be a LangChain chat model (BaseChatModel), "
-                                f"got {type(model).__name__}")
+                raise TypeError(
+                    f"ChatModels.{role} must be a LangChain chat model (BaseChatModel), got {type(model).__name__}"
+                )
 
 
 @dataclass
@@ -66,8 +67,9 @@ class Answer:
 
 
 @functools.lru_cache(maxsize=16)
-def openai_model(base_url: str, api_key: str, model: str, max_tokens: int, temperature: float,
-                 timeout_s: float, retries: int) -> ChatOpenAI:
+def openai_model(
+    base_url: str, api_key: str, model: str, max_tokens: int, temperature: float, timeout_s: float, retries: int
+) -> ChatOpenAI:
     """One client per endpoint and setting set, reused across nodes and runs (keeps connections).
 
     The reply budget travels twice: LangChain sends ``max_completion_tokens`` (the OpenAI API's
@@ -77,9 +79,16 @@ def openai_model(base_url: str, api_key: str, model: str, max_tokens: int, tempe
     """
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, max_tokens=max_tokens,
-                      temperature=temperature, timeout=timeout_s, max_retries=retries,
-                      extra_body={"max_tokens": max_tokens})
+    return ChatOpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        timeout=timeout_s,
+        max_retries=retries,
+        extra_body={"max_tokens": max_tokens},
+    )
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -127,8 +136,8 @@ def plain_text_messages(messages: list[BaseMessage]) -> list[BaseMessage]:
     for message in messages:
         content = message.content
         if isinstance(content, list) and all(
-                isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text")
-                for p in content):
+            isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text") for p in content
+        ):
             text = "".join(p if isinstance(p, str) else p.get("text", "") for p in content)
             message = message.model_copy(update={"content": text})
         out.append(message)
@@ -138,12 +147,16 @@ def plain_text_messages(messages: list[BaseMessage]) -> list[BaseMessage]:
 def _structured_hint(call: dict[str, Any]) -> str:
     if "response_format" in call:
         kind = call["response_format"].get("type")
-        return (f" The server refused response_format type {kind!r}: set vlm_structured_output off, "
-                f"or the form it takes (json: vLLM/OpenAI; json_object: llama.cpp; auto: try each).")
+        return (
+            f" The server refused response_format type {kind!r}: set vlm_structured_output off, "
+            f"or the form it takes (json: vLLM/OpenAI; json_object: llama.cpp; auto: try each)."
+        )
     if "extra_body" in call and set(call["extra_body"]) - {"max_tokens"}:
         fields = ", ".join(sorted(set(call["extra_body"]) - {"max_tokens"}))
-        return (f" The server refused the structured-output field(s) {fields} (vLLM only): set "
-                f"vlm_structured_output off, or json, json_object or auto.")
+        return (
+            f" The server refused the structured-output field(s) {fields} (vLLM only): set "
+            f"vlm_structured_output off, or json, json_object or auto."
+        )
     return ""
 
 
@@ -155,16 +168,16 @@ def _with_model_extra_body(model: BaseChatModel, call: dict[str, Any]) -> dict[s
     return call
 
 
-def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
-             **call: Any) -> tuple[str, str | None]:
+def complete(model: BaseChatModel, messages: list[BaseMessage], role: str, **call: Any) -> tuple[str, str | None]:
     """Send ``messages`` once and return (reply text, finish reason). ``call`` holds extra request
     options (temperature of a retry, structured-output parameters) for models that take them."""
     if not is_openai(model):
         try:
             reply = model.invoke(messages, **call)
         except Exception as exc:  # a model passed in by the user may raise anything
-            raise EndpointError(f"the {role} model ({type(model).__name__}) failed: "
-                                f"{type(exc).__name__}: {exc}") from exc
+            raise EndpointError(
+                f"the {role} model ({type(model).__name__}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
         return _reply_text(reply.content), reply.response_metadata.get("finish_reason")
 
     import openai
@@ -180,17 +193,19 @@ def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
         from tools.llm.endpoint_errors import describe
 
-        raise EndpointError(describe(role, model.openai_api_base, model.model_name, exc,
-                                     float(model.request_timeout or 0))) from exc
+        raise EndpointError(
+            describe(role, model.openai_api_base, model.model_name, exc, float(model.request_timeout or 0))
+        ) from exc
     except openai.NotFoundError as exc:
         raise EndpointError(
-            f"{where} does not serve that model ({exc}). Set {role}_model to a model the server "
-            f"lists at /v1/models.") from exc
+            f"{where} does not serve that model ({exc}). Set {role}_model to a model the server lists at /v1/models."
+        ) from exc
     except openai.APIStatusError as exc:
         # Servers differ in how they refuse an option they do not know: vLLM answers 400,
         # llama.cpp's server 500. Name the option whatever the status.
-        raise EndpointError(f"{where} refused the request (HTTP {exc.status_code}): "
-                            f"{exc.message}.{_structured_hint(call)}") from exc
+        raise EndpointError(
+            f"{where} refused the request (HTTP {exc.status_code}): {exc.message}.{_structured_hint(call)}"
+        ) from exc
     text = _reply_text(reply.content)
     budget = model.max_tokens
     used = (reply.usage_metadata or {}).get("output_tokens") if budget else None
@@ -199,15 +214,24 @@ def complete(model: BaseChatModel, messages: list[BaseMessage], role: str,
         raise EndpointError(
             f"{where} ignored the reply budget: {used} tokens for a budget of {budget} (sent as "
             f"max_tokens and max_completion_tokens). Configure the server's own limit (e.g. "
-            f"llama.cpp --n_ctx, vLLM --max-model-len) or use another server.")
+            f"llama.cpp --n_ctx, vLLM --max-model-len) or use another server."
+        )
     return text, reply.response_metadata.get("finish_reason")
 
 
-def ask_until_parsed(model: BaseChatModel, messages: list[BaseMessage], role: str,
-                     parse: Callable[[str], T], *, retries: int, backoff_s: float,
-                     temperature: float, max_concurrency: int = 8,
-                     call: dict[str, Any] | None = None,
-                     sleep: Callable[[float], None] = time.sleep) -> Answer:
+def ask_until_parsed(
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    role: str,
+    parse: Callable[[str], T],
+    *,
+    retries: int,
+    backoff_s: float,
+    temperature: float,
+    max_concurrency: int = 8,
+    call: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Answer:
     """Ask until ``parse`` accepts a reply, at most ``1 + retries`` times: the one loop behind the
     planner, the critic, the judge and the benchmarks.
 
@@ -232,6 +256,12 @@ def ask_until_parsed(model: BaseChatModel, messages: list[BaseMessage], role: st
         try:
             return Answer(parse(reply), reply, failures)
         except ValueError as exc:
-            failures.append({"error": str(exc), "reason": getattr(exc, "reason", "invalid"),
-                             "finish_reason": finish, "reply": reply})
+            failures.append(
+                {
+                    "error": str(exc),
+                    "reason": getattr(exc, "reason", "invalid"),
+                    "finish_reason": finish,
+                    "reply": reply,
+                }
+            )
     return Answer(None, reply, failures)

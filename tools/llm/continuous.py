@@ -50,8 +50,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.llm.fast_decode import (_attend, _cache_layers, _prompt_positions, _setting,
-                                   _stop_length, supports_fast_decode)
+from tools.llm.fast_decode import (
+    _attend,
+    _cache_layers,
+    _prompt_positions,
+    _setting,
+    _stop_length,
+    supports_fast_decode,
+)
 
 __all__ = ["Completion", "ContinuousEngine", "answer", "capacity", "close_engine", "engine_for"]
 
@@ -126,10 +132,10 @@ def capacity(model: Any, context: int, max_batch: int, reserve_bytes: int) -> in
         raise RuntimeError(
             f"no room for one {context}-token sequence on {device}: {free / 2**30:.1f} GiB free, "
             f"{reserve_bytes / 2**30:.1f} GiB kept in reserve, {per_slot / 2**30:.2f} GiB per "
-            f"sequence; lower the reply budget (vlm_max_tokens) or free GPU memory")
+            f"sequence; lower the reply budget (vlm_max_tokens) or free GPU memory"
+        )
     if fits < max_batch:
-        logger.info("continuous batching: %d slots fit in %.1f GiB free (asked for %d)", fits,
-                    free / 2**30, max_batch)
+        logger.info("continuous batching: %d slots fit in %.1f GiB free (asked for %d)", fits, free / 2**30, max_batch)
     return min(max_batch, fits)
 
 
@@ -160,18 +166,31 @@ def _buckets(limit: int) -> list[int]:
 class ContinuousEngine:
     """Serves ``submit``ted requests for one Qwen3-VL model with continuous batching."""
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, max_batch: int = 32,
-                 context: int | None = None, reserve_bytes: int = DEFAULT_RESERVE_BYTES,
-                 check_every: int = 8, prefill_tokens: int = 8192, attention: str = "sdpa",
-                 cuda_graph: bool | None = None, own_stream: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        max_batch: int = 32,
+        context: int | None = None,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        check_every: int = 8,
+        prefill_tokens: int = 8192,
+        attention: str = "sdpa",
+        cuda_graph: bool | None = None,
+        own_stream: bool = True,
+    ) -> None:
         import torch
 
         if not supports_fast_decode(model):
-            raise ValueError(f"continuous batching supports Qwen3-VL models only, not model type "
-                             f"{getattr(model.config, 'model_type', None)!r}; use fast_decode=False")
+            raise ValueError(
+                f"continuous batching supports Qwen3-VL models only, not model type "
+                f"{getattr(model.config, 'model_type', None)!r}; use fast_decode=False"
+            )
         if max_batch < 1 or check_every < 1 or prefill_tokens < 1:
-            raise ValueError(f"max_batch={max_batch}, check_every={check_every} and "
-                             f"prefill_tokens={prefill_tokens} must be >= 1")
+            raise ValueError(
+                f"max_batch={max_batch}, check_every={check_every} and prefill_tokens={prefill_tokens} must be >= 1"
+            )
         self.model, self.tokenizer = model, tokenizer
         self.text = model.model.language_model
         self.device = next(model.parameters()).device
@@ -183,8 +202,7 @@ class ContinuousEngine:
         settings = model.generation_config
         eos = settings.eos_token_id
         self.eos = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
-        self.pad = settings.pad_token_id if settings.pad_token_id is not None else (
-            self.eos[0] if self.eos else 0)
+        self.pad = settings.pad_token_id if settings.pad_token_id is not None else (self.eos[0] if self.eos else 0)
         self.top_k = _setting(settings, "top_k")
         self.top_p = _setting(settings, "top_p")
         self.penalty = _setting(settings, "repetition_penalty")
@@ -198,8 +216,15 @@ class ContinuousEngine:
         self.rotate = apply_rotary_pos_emb
         # own_stream=False: the device's default stream, where the generator's kernels also go
         # (kept for measuring what the own stream brings: evals.perf.trajectories)
-        self.stream = (torch.cuda.Stream(device=self.device, priority=-1) if own_stream
-                       else torch.cuda.default_stream(self.device)) if cuda else None
+        self.stream = (
+            (
+                torch.cuda.Stream(device=self.device, priority=-1)
+                if own_stream
+                else torch.cuda.default_stream(self.device)
+            )
+            if cuda
+            else None
+        )
         self.slots = 0
         self.context = 0
         self.live: list[_Request] = []  # row i of the buffers serves live[i]
@@ -217,9 +242,18 @@ class ContinuousEngine:
 
     # -- the caller's side ---------------------------------------------------------------------
 
-    def submit(self, inputs: Any, *, max_new_tokens: int, min_new_tokens: int | None = None,
-               do_sample: bool = False, temperature: float | None = None, seed: int | None = None,
-               stop_strings: list[str] | None = None, **_ignored: Any) -> Future:
+    def submit(
+        self,
+        inputs: Any,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        seed: int | None = None,
+        stop_strings: list[str] | None = None,
+        **_ignored: Any,
+    ) -> Future:
         """Queue one prompt (the processor's output for ONE conversation, on any device); a
         Future of its ``Completion``. Options as ``fast_generate``'s; ``seed`` picks the
         sampling noise (None: drawn from torch's global generator)."""
@@ -232,14 +266,18 @@ class ContinuousEngine:
         if stop_strings and self.tokenizer is None:
             raise ValueError("stop_strings need the tokenizer: pass it to the engine")
         if do_sample:
-            temperature = _setting(self.model.generation_config, "temperature") \
-                if temperature is None else temperature
+            temperature = _setting(self.model.generation_config, "temperature") if temperature is None else temperature
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        request = _Request(inputs=inputs, max_new_tokens=int(max_new_tokens),
-                           min_new_tokens=int(min_new_tokens or 0), do_sample=bool(do_sample),
-                           temperature=float(temperature or 1.0), seed=int(seed) & 0x7FFFFFFF,
-                           stop_strings=list(stop_strings or []))
+        request = _Request(
+            inputs=inputs,
+            max_new_tokens=int(max_new_tokens),
+            min_new_tokens=int(min_new_tokens or 0),
+            do_sample=bool(do_sample),
+            temperature=float(temperature or 1.0),
+            seed=int(seed) & 0x7FFFFFFF,
+            stop_strings=list(stop_strings or []),
+        )
         request.prompt_len = int(inputs["input_ids"].shape[1])
         request.need = request.prompt_len + request.max_new_tokens
         if not self._thread.is_alive():
@@ -252,8 +290,7 @@ class ContinuousEngine:
     def _serve(self) -> None:
         import torch
 
-        with torch.inference_mode(), (torch.cuda.stream(self.stream) if self.stream is not None
-                                      else _nothing()):
+        with torch.inference_mode(), torch.cuda.stream(self.stream) if self.stream is not None else _nothing():
             while not (self._closing and not self.live and not self._pending):
                 try:
                     self._round()
@@ -351,14 +388,16 @@ class ContinuousEngine:
         slots = capacity(self.model, context, self.max_batch, self.reserve_bytes)
         device, dtype = self.device, next(self.model.parameters()).dtype
         shape = (slots, self.kv_heads, context, self.head_dim)
-        self.kv = [(torch.zeros(shape, dtype=dtype, device=device),
-                    torch.zeros(shape, dtype=dtype, device=device)) for _ in self.text.layers]
+        self.kv = [
+            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in self.text.layers
+        ]
         long = dict(dtype=torch.long, device=device)
         self.positions = torch.arange(context, **long)
         self.row_ids = torch.arange(slots, **long)
         self.vocab_ids = None
-        self.length = torch.zeros(slots, **long)   # keys/values written
-        self.count = torch.zeros(slots, **long)    # new tokens chosen
+        self.length = torch.zeros(slots, **long)  # keys/values written
+        self.count = torch.zeros(slots, **long)  # new tokens chosen
         self.start = torch.zeros(3, slots, **long)  # M-RoPE position of the first new token
         self.tokens = torch.full((slots,), self.pad, **long)
         self.finished = torch.ones(slots, dtype=torch.bool, device=device)
@@ -372,8 +411,12 @@ class ContinuousEngine:
         self.seen = None
         self.slots, self.context = slots, context
         self.pool = torch.cuda.graph_pool_handle() if self.use_graph else None
-        logger.info("continuous batching: %d slots of %d tokens (%.1f GiB of keys/values)", slots,
-                    context, kv_bytes_per_token(self.model) * context * slots / 2**30)
+        logger.info(
+            "continuous batching: %d slots of %d tokens (%.1f GiB of keys/values)",
+            slots,
+            context,
+            kv_bytes_per_token(self.model) * context * slots / 2**30,
+        )
 
     # -- prefill -------------------------------------------------------------------------------
 
@@ -384,8 +427,9 @@ class ContinuousEngine:
         request.admitted = start
         row = len(self.live)
         model = self.model
-        inputs = {name: value.to(self.device) if hasattr(value, "to") else value
-                  for name, value in request.inputs.items()}
+        inputs = {
+            name: value.to(self.device) if hasattr(value, "to") else value for name, value in request.inputs.items()
+        }
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         if inputs.get("attention_mask") is None:
@@ -415,7 +459,7 @@ class ContinuousEngine:
                 self.seen = torch.zeros(self.slots, vocab, dtype=torch.bool, device=self.device)
             self.seen[row] = False
             self.seen[row].scatter_(0, inputs["input_ids"][0], True)
-        rows = self.row_ids[row:row + 1]
+        rows = self.row_ids[row : row + 1]
         self._choose(logits, rows, request.do_sample)
         del output
         request.count = 1
@@ -440,8 +484,7 @@ class ContinuousEngine:
             scores = torch.where(seen, penalised, scores)
         if self.eos:
             early = count < self.min_new.index_select(0, rows)
-            scores[:, self.eos_ids] = torch.where(early[:, None], float("-inf"),
-                                                  scores[:, self.eos_ids])
+            scores[:, self.eos_ids] = torch.where(early[:, None], float("-inf"), scores[:, self.eos_ids])
         chosen = scores.argmax(dim=-1)
         if sample:
             scores = scores / self.temperature.index_select(0, rows)[:, None]
@@ -491,8 +534,7 @@ class ContinuousEngine:
             k_buffer[ids, :, write] = k[:, :, 0]
             v_buffer[ids, :, write] = v[:, :, 0]
             q = q.reshape(rows, self.kv_heads, group, self.head_dim)
-            o = _attend(q, k_buffer[:rows, :, :span], v_buffer[:rows, :, :span], mask,
-                        attn.scaling, self.attention)
+            o = _attend(q, k_buffer[:rows, :, :span], v_buffer[:rows, :, :span], mask, attn.scaling, self.attention)
             x = x + attn.o_proj(o.reshape(rows, 1, self.heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.model.lm_head(self.text.norm(x))[:, -1]
@@ -514,8 +556,7 @@ class ContinuousEngine:
             graph = torch.cuda.CUDAGraph()
             with capture_lock(self.device):  # nothing else may launch work while this records
                 torch.cuda.synchronize(self.device)
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
-                                      capture_error_mode="thread_local"):
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
                     self._step(*key)
                 torch.cuda.synchronize(self.device)
             self.graphs[key] = graph
@@ -561,7 +602,7 @@ class ContinuousEngine:
 
     def _tokens(self, row: int) -> list[int]:
         request = self.live[row]
-        tokens = self.out[row, :min(request.count, request.max_new_tokens)].tolist()
+        tokens = self.out[row, : min(request.count, request.max_new_tokens)].tolist()
         end = next((i + 1 for i, token in enumerate(tokens) if token in self.eos), None)
         return tokens if end is None else tokens[:end]
 
@@ -570,13 +611,17 @@ class ContinuousEngine:
         tokens = self._tokens(row)
         finish = "stop" if tokens and tokens[-1] in self.eos else "length"
         if request.stopped_at is not None and request.stopped_at <= len(tokens):
-            tokens, finish = tokens[:request.stopped_at], "stop"
+            tokens, finish = tokens[: request.stopped_at], "stop"
         now = time.perf_counter()
-        completion = Completion(tokens=tokens, prompt_tokens=request.prompt_len, finish=finish,
-                                queued_s=request.admitted - request.submitted,
-                                prefill_s=request.prefill_s,
-                                decode_s=now - request.admitted - request.prefill_s,
-                                batch_sizes=request.rounds)
+        completion = Completion(
+            tokens=tokens,
+            prompt_tokens=request.prompt_len,
+            finish=finish,
+            queued_s=request.admitted - request.submitted,
+            prefill_s=request.prefill_s,
+            decode_s=now - request.admitted - request.prefill_s,
+            batch_sizes=request.rounds,
+        )
         last = len(self.live) - 1
         if row != last:  # keep live rows packed: the last one moves into this slot
             self._move(last, row)
@@ -591,8 +636,18 @@ class ContinuousEngine:
         for k_buffer, v_buffer in self.kv:
             k_buffer[target, :, :length] = k_buffer[source, :, :length]
             v_buffer[target, :, :length] = v_buffer[source, :, :length]
-        for tensor in (self.length, self.count, self.tokens, self.finished, self.max_new, self.min_new,
-                       self.sample, self.temperature, self.seeds, self.out):
+        for tensor in (
+            self.length,
+            self.count,
+            self.tokens,
+            self.finished,
+            self.max_new,
+            self.min_new,
+            self.sample,
+            self.temperature,
+            self.seeds,
+            self.out,
+        ):
             tensor[target] = tensor[source]
         self.start[:, target] = self.start[:, source]
         if self.seen is not None:
@@ -607,8 +662,9 @@ def close_engine(model: Any) -> None:
         engine.close()
 
 
-def answer(loaded: Any, prompts: list[Any], options: dict[str, Any], seed: int | None,
-           max_batch: int) -> list[Completion]:
+def answer(
+    loaded: Any, prompts: list[Any], options: dict[str, Any], seed: int | None, max_batch: int
+) -> list[Completion]:
     """Submit each prompt (``.text``, ``.images``) of one chat-model call to the model's engine
     and wait for all; the processor runs here, on the caller's thread."""
     import torch

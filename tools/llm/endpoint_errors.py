@@ -54,11 +54,17 @@ def describe(role: str, url: str, model: str, exc: BaseException, timeout_s: flo
     where = f"the {role} endpoint {url} (model {model!r})"
     if cause == TIMEOUT:
         within = f"within {timeout_s:g} s" if timeout_s else "in time"
-        return (f"{where} did not answer {within}: the server is reachable but slow "
-                f"or overloaded. Allow more time (vlm_timeout_s) or use a less busy server.")
+        return (
+            f"{where} did not answer {within}: the server is reachable but slow "
+            f"or overloaded. Allow more time (vlm_timeout_s) or use a less busy server."
+        )
     if cause == REFUSED:
-        return (f"{where} refused the connection: nothing listens at {host}:{port}. Start the model "
-                f"server there (e.g. `vllm serve {model} --port {port}`) or set {role}_base_url to "
-                f"a server that runs.")
-    return (f"{where} cannot be reached ({type(exc).__name__}: {exc}). Check the host name "
-            f"{host!r} and the network, or set {role}_base_url to a server that runs.")
+        return (
+            f"{where} refused the connection: nothing listens at {host}:{port}. Start the model "
+            f"server there (e.g. `vllm serve {model} --port {port}`) or set {role}_base_url to "
+            f"a server that runs."
+        )
+    return (
+        f"{where} cannot be reached ({type(exc).__name__}: {exc}). Check the host name "
+        f"{host!r} and the network, or set {role}_base_url to a server that runs."
+    )

@@ -61,8 +61,11 @@ def supports_fast_decode(model: Any) -> bool:
     """True for a Qwen3-VL model (dense text decoder) this module knows how to step."""
     config = getattr(model, "config", None)
     inner = getattr(model, "model", None)
-    return (getattr(config, "model_type", None) == "qwen3_vl"
-            and hasattr(inner, "language_model") and hasattr(model, "lm_head"))
+    return (
+        getattr(config, "model_type", None) == "qwen3_vl"
+        and hasattr(inner, "language_model")
+        and hasattr(model, "lm_head")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,12 +83,16 @@ def _prompt_positions(model: Any, inputs: Any):
         mask = torch.ones_like(input_ids)
     text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
-        extra = {name: inputs[name] for name in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids")
-                 if inputs.get(name) is not None}
+        extra = {
+            name: inputs[name]
+            for name in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids")
+            if inputs.get(name) is not None
+        }
         if "mm_token_type_ids" not in extra:  # older processors do not return it
             config = model.config
-            extra["mm_token_type_ids"] = ((input_ids == config.image_token_id).int()
-                                          + 2 * (input_ids == config.video_token_id).int())
+            extra["mm_token_type_ids"] = (input_ids == config.image_token_id).int() + 2 * (
+                input_ids == config.video_token_id
+            ).int()
         vision, _ = model.model.get_rope_index(input_ids, attention_mask=mask, **extra)
     else:
         vision = text[None].expand(3, -1, -1)
@@ -108,9 +115,20 @@ class _Chooser:
     penalty, min_new_tokens, then temperature, top-k, top-p; finished rows get the pad id.
     Only torch operations on fixed tensors, so it can be captured in a CUDA graph."""
 
-    def __init__(self, *, input_ids, vocab: int, do_sample: bool, temperature: float | None,
-                 top_k: int | None, top_p: float | None, repetition_penalty: float | None,
-                 min_new_tokens: int, eos: list[int], pad: int):
+    def __init__(
+        self,
+        *,
+        input_ids,
+        vocab: int,
+        do_sample: bool,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        repetition_penalty: float | None,
+        min_new_tokens: int,
+        eos: list[int],
+        pad: int,
+    ):
         import torch
 
         device = input_ids.device
@@ -176,8 +194,7 @@ def _attend(query, keys, values, mask, scale: float, attention: str):
     import torch
 
     if attention == "sdpa":
-        return torch.nn.functional.scaled_dot_product_attention(query, keys, values,
-                                                                attn_mask=mask, scale=scale)
+        return torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
     scores = torch.matmul(query, keys.transpose(-1, -2)) * scale
     scores = scores.float().masked_fill(~mask, float("-inf"))
     return torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
@@ -188,8 +205,19 @@ class _Decoder:
     reads ``tokens`` and ``step``, writes the keys/values of ``tokens`` at slot
     ``prompt_len + step``, the chosen tokens into ``out[:, step + 1]`` and ``tokens``."""
 
-    def __init__(self, model, layers_kv, *, prompt_mask, start_positions, first, finished,
-                 max_new_tokens: int, chooser: _Chooser, attention: str):
+    def __init__(
+        self,
+        model,
+        layers_kv,
+        *,
+        prompt_mask,
+        start_positions,
+        first,
+        finished,
+        max_new_tokens: int,
+        chooser: _Chooser,
+        attention: str,
+    ):
         import torch
 
         text = model.model.language_model
@@ -207,8 +235,9 @@ class _Decoder:
             v_buffer[:, :, :prompt_len] = values
             self.kv.append((k_buffer, v_buffer))
         self.slots = torch.arange(total, device=device)
-        self.prompt_mask = torch.cat([prompt_mask.bool(), torch.zeros(
-            batch, max_new_tokens, dtype=torch.bool, device=device)], dim=1)
+        self.prompt_mask = torch.cat(
+            [prompt_mask.bool(), torch.zeros(batch, max_new_tokens, dtype=torch.bool, device=device)], dim=1
+        )
         self.tokens = first.clone()
         self.finished = finished
         self.step_index = torch.zeros(1, dtype=torch.long, device=device)
@@ -281,12 +310,23 @@ def _setting(settings: Any, name: str):
     return value
 
 
-def fast_generate(model: Any, inputs: Any, *, max_new_tokens: int, min_new_tokens: int | None = None,
-                  do_sample: bool = False, temperature: float | None = None,
-                  top_k: int | None = None, top_p: float | None = None,
-                  stop_strings: list[str] | None = None, tokenizer: Any = None,
-                  cuda_graph: bool | None = None, attention: str = "sdpa", check_every: int = 16,
-                  stats: dict | None = None):
+def fast_generate(
+    model: Any,
+    inputs: Any,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int | None = None,
+    do_sample: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_strings: list[str] | None = None,
+    tokenizer: Any = None,
+    cuda_graph: bool | None = None,
+    attention: str = "sdpa",
+    check_every: int = 16,
+    stats: dict | None = None,
+):
     """Generate like ``model.generate(**inputs, ...)`` with the same options, faster.
 
     ``inputs``: the processor's output (``input_ids``, ``attention_mask``, images), left-padded.
@@ -300,8 +340,10 @@ def fast_generate(model: Any, inputs: Any, *, max_new_tokens: int, min_new_token
     import torch
 
     if not supports_fast_decode(model):
-        raise ValueError(f"fast decoding supports Qwen3-VL models only, not model type "
-                         f"{getattr(model.config, 'model_type', None)!r}; use fast_decode=False")
+        raise ValueError(
+            f"fast decoding supports Qwen3-VL models only, not model type "
+            f"{getattr(model.config, 'model_type', None)!r}; use fast_decode=False"
+        )
     if max_new_tokens < 1 or check_every < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} and check_every={check_every} must be >= 1")
     if attention not in ATTENTION:
@@ -328,17 +370,34 @@ def fast_generate(model: Any, inputs: Any, *, max_new_tokens: int, min_new_token
     with torch.inference_mode():
         start = clock()
         positions = _prompt_positions(model, inputs)
-        prefill = model(**{**inputs, "attention_mask": attention_mask}, position_ids=positions,
-                        use_cache=True, logits_to_keep=1)
-        chooser = _Chooser(input_ids=input_ids, vocab=prefill.logits.shape[-1], do_sample=do_sample,
-                           temperature=temperature, top_k=top_k, top_p=top_p,
-                           repetition_penalty=_setting(settings, "repetition_penalty"),
-                           min_new_tokens=int(min_new_tokens or 0), eos=eos, pad=pad)
+        prefill = model(
+            **{**inputs, "attention_mask": attention_mask}, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        chooser = _Chooser(
+            input_ids=input_ids,
+            vocab=prefill.logits.shape[-1],
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=_setting(settings, "repetition_penalty"),
+            min_new_tokens=int(min_new_tokens or 0),
+            eos=eos,
+            pad=pad,
+        )
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
         first = chooser(prefill.logits[:, -1], torch.zeros(1, dtype=torch.long, device=device), finished)
-        decoder = _Decoder(model, _cache_layers(prefill.past_key_values), prompt_mask=attention_mask,
-                           start_positions=positions[1:, :, -1] + 1, first=first, finished=finished,
-                           max_new_tokens=max_new_tokens, chooser=chooser, attention=attention)
+        decoder = _Decoder(
+            model,
+            _cache_layers(prefill.past_key_values),
+            prompt_mask=attention_mask,
+            start_positions=positions[1:, :, -1] + 1,
+            first=first,
+            finished=finished,
+            max_new_tokens=max_new_tokens,
+            chooser=chooser,
+            attention=attention,
+        )
         del prefill
         stats["prefill_s"] = clock() - start
 
@@ -375,7 +434,7 @@ def fast_generate(model: Any, inputs: Any, *, max_new_tokens: int, min_new_token
             else:
                 length = next((i + 1 for i, token in enumerate(row) if token in eos), done)
             lengths.append(length)
-        new = torch.tensor(rows, dtype=input_ids.dtype, device=device)[:, :max(lengths)]
+        new = torch.tensor(rows, dtype=input_ids.dtype, device=device)[:, : max(lengths)]
         return torch.cat([input_ids, new], dim=1)
 
 
@@ -408,8 +467,15 @@ def _capture(decoder: _Decoder, stats: dict):
     return graph
 
 
-def _check_stop_strings(decoder: _Decoder, tokenizer, markers: list[str], done: int, eos: list[int],
-                        searched: list[int], stopped: dict[int, int]) -> None:
+def _check_stop_strings(
+    decoder: _Decoder,
+    tokenizer,
+    markers: list[str],
+    done: int,
+    eos: list[int],
+    searched: list[int],
+    stopped: dict[int, int],
+) -> None:
     """Mark rows whose text so far holds a stop string as finished (host side). A row that
     ended with EOS is searched once more, up to its end token."""
     finished = decoder.finished.tolist()

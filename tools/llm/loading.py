@@ -32,8 +32,12 @@ from tools.devices import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
@@ -67,8 +71,12 @@ def _source(model_path: str) -> str:
 
 
 def _looks_like_hub_id(model_path: str) -> bool:
-    return (model_path.count("/") == 1 and not model_path.startswith((".", "/", "~"))
-            and "\\" not in model_path and not model_path.endswith("/"))
+    return (
+        model_path.count("/") == 1
+        and not model_path.startswith((".", "/", "~"))
+        and "\\" not in model_path
+        and not model_path.endswith("/")
+    )
 
 
 def check_model_folder(model_path: str) -> None:
@@ -81,10 +89,13 @@ def check_model_folder(model_path: str) -> None:
         raise ModelLoadError(
             f"VLM folder {model_path!r} does not exist. Pass a folder holding a saved model "
             f"(config.json, weights, tokenizer, preprocessor_config.json), e.g. one made with "
-            f"`hf download Qwen/Qwen3-VL-8B-Instruct --local-dir DIR`, or a Hub model id.")
+            f"`hf download Qwen/Qwen3-VL-8B-Instruct --local-dir DIR`, or a Hub model id."
+        )
     if not folder.is_dir():
-        raise ModelLoadError(f"VLM path {model_path!r} is a file, not a model folder; pass the "
-                             f"folder that holds config.json and the weights.")
+        raise ModelLoadError(
+            f"VLM path {model_path!r} is a file, not a model folder; pass the "
+            f"folder that holds config.json and the weights."
+        )
     missing = []
     needs = [("config.json", ("config.json",)), ("weights", _WEIGHT_FILES), ("tokenizer", _TOKENIZER_FILES)]
     if not is_text_only(model_path):
@@ -96,7 +107,8 @@ def check_model_folder(model_path: str) -> None:
         raise ModelLoadError(
             f"VLM folder {model_path!r} is incomplete: missing {'; '.join(missing)}. Download it "
             f"again (`hf download MODEL_ID --local-dir {model_path}`) or re-save it with "
-            f"model.save_pretrained(...) and processor.save_pretrained(...).")
+            f"model.save_pretrained(...) and processor.save_pretrained(...)."
+        )
 
 
 def is_text_only(model_path: str) -> bool:
@@ -117,9 +129,11 @@ class TextOnlyProcessor:
         self.source = source
 
     def _refuse(self) -> None:
-        raise ValueError(f"{self.source!r} is a text-only model (no vision_config): it cannot see "
-                         f"images. Use it as a narrative-mode planner only; the critic, the judge "
-                         f"and a guidance-mode planner need a vision-language model.")
+        raise ValueError(
+            f"{self.source!r} is a text-only model (no vision_config): it cannot see "
+            f"images. Use it as a narrative-mode planner only; the critic, the judge "
+            f"and a guidance-mode planner need a vision-language model."
+        )
 
     def apply_chat_template(self, conversation: list[dict[str, Any]], **options: Any) -> Any:
         if any(not isinstance(m["content"], str) for m in conversation):
@@ -142,17 +156,22 @@ def _images_only_processor(source: str):
     class_name = PROCESSOR_MAPPING_NAMES.get(config.model_type)
     base = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
     if base is None:
-        raise ModelLoadError(f"no multimodal processor is known for model type "
-                             f"{config.model_type!r} of {source!r}")
+        raise ModelLoadError(f"no multimodal processor is known for model type {config.model_type!r} of {source!r}")
 
     class ImagesOnlyProcessor(base):  # the signature decides which components ProcessorMixin wants
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer,
-                             video_processor=None, chat_template=chat_template, **kwargs)
+            super().__init__(
+                image_processor=image_processor,
+                tokenizer=tokenizer,
+                video_processor=None,
+                chat_template=chat_template,
+                **kwargs,
+            )
 
     tokenizer = AutoTokenizer.from_pretrained(source)
-    return ImagesOnlyProcessor(AutoImageProcessor.from_pretrained(source), tokenizer,
-                               chat_template=tokenizer.chat_template)
+    return ImagesOnlyProcessor(
+        AutoImageProcessor.from_pretrained(source), tokenizer, chat_template=tokenizer.chat_template
+    )
 
 
 def load_processor(source: str):
@@ -167,8 +186,9 @@ def load_processor(source: str):
     if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
         processor = _images_only_processor(source)
     if processor.chat_template is None:
-        raise ModelLoadError(f"{source!r} has no chat template (chat_template.jinja or "
-                             f"chat_template.json); save the processor with one.")
+        raise ModelLoadError(
+            f"{source!r} has no chat template (chat_template.jinja or chat_template.json); save the processor with one."
+        )
     processor.tokenizer.padding_side = "left"  # batched generation appends on the right
     return processor
 
@@ -180,8 +200,11 @@ def _prepare(model: Any, processor: Any) -> None:
     generation = model.generation_config
     if generation.pad_token_id is None:
         eos = generation.eos_token_id
-        generation.pad_token_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id \
-            is not None else (eos[0] if isinstance(eos, (list, tuple)) else eos)
+        generation.pad_token_id = (
+            processor.tokenizer.pad_token_id
+            if processor.tokenizer.pad_token_id is not None
+            else (eos[0] if isinstance(eos, (list, tuple)) else eos)
+        )
 
 
 def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> LoadedVLM:
@@ -208,22 +231,23 @@ def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> Load
             if is_text_only(key[0]):
                 processor = TextOnlyProcessor(AutoTokenizer.from_pretrained(key[0]), key[0])
                 if processor.chat_template is None:
-                    raise ModelLoadError(f"{key[0]!r} has no chat template; save the tokenizer "
-                                         f"with one.")
-                model = AutoModelForCausalLM.from_pretrained(
-                    key[0], dtype=getattr(torch, dtype), device_map=device)
+                    raise ModelLoadError(f"{key[0]!r} has no chat template; save the tokenizer with one.")
+                model = AutoModelForCausalLM.from_pretrained(key[0], dtype=getattr(torch, dtype), device_map=device)
             else:
                 processor = load_processor(key[0])
                 model = AutoModelForImageTextToText.from_pretrained(
-                    key[0], dtype=getattr(torch, dtype), device_map=device)
+                    key[0], dtype=getattr(torch, dtype), device_map=device
+                )
         except ModelLoadError:
             raise
         except (OSError, ValueError, KeyError, ImportError) as exc:
-            hint = (" Without network access, download it on a connected machine "
-                    "(`hf download MODEL_ID --local-dir DIR`) and pass DIR."
-                    if not Path(model_path).expanduser().exists() else "")
-            raise ModelLoadError(f"could not load VLM {model_path!r}: {type(exc).__name__}: "
-                                 f"{exc}.{hint}") from exc
+            hint = (
+                " Without network access, download it on a connected machine "
+                "(`hf download MODEL_ID --local-dir DIR`) and pass DIR."
+                if not Path(model_path).expanduser().exists()
+                else ""
+            )
+            raise ModelLoadError(f"could not load VLM {model_path!r}: {type(exc).__name__}: {exc}.{hint}") from exc
         _prepare(model, processor)
         loaded = LoadedVLM(model, processor, device, dtype, key[0], time.perf_counter() - start)
         logger.info("Loaded VLM %s on %s (%s) in %.1f s", key[0], device, dtype, loaded.load_s)
@@ -232,8 +256,7 @@ def load_vlm(model_path: str, device: str = "auto", dtype: str = "auto") -> Load
         return loaded
 
 
-def register_vlm(model_path: str, model: Any, processor: Any, device: str = "auto",
-                 dtype: str = "auto") -> LoadedVLM:
+def register_vlm(model_path: str, model: Any, processor: Any, device: str = "auto", dtype: str = "auto") -> LoadedVLM:
     """Put a model built in memory under ``model_path`` in the cache, so that
     ``TransformersChatModel(model_path=model_path, device=..., dtype=...)`` uses it without
     loading anything (benchmarks on random weights; embedding applications)."""

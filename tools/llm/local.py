@@ -39,15 +39,23 @@ from langchain_core.utils.utils import LC_ID_PREFIX
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from tools.devices import DTYPES
-from tools.llm.loading import (LoadedVLM, ModelLoadError, check_model_folder,
-                               load_processor, load_vlm, register_vlm)
+from tools.llm.loading import LoadedVLM, ModelLoadError, check_model_folder, load_processor, load_vlm, register_vlm
 from tools.llm.messages import load_image, to_conversation
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
-__all__ = ["LoadedVLM", "ModelLoadError", "TransformersChatModel", "check_model_folder",
-           "load_image", "load_processor", "load_vlm", "register_vlm", "to_conversation"]
+__all__ = [
+    "LoadedVLM",
+    "ModelLoadError",
+    "TransformersChatModel",
+    "check_model_folder",
+    "load_image",
+    "load_processor",
+    "load_vlm",
+    "register_vlm",
+    "to_conversation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +93,26 @@ class TransformersChatModel(BaseChatModel):
 
     model_path: str = Field(description="Local model folder or Hub model id.")
     device: str = Field("auto", description="Torch device; auto = cuda if available, else cpu.")
-    dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, "
-                                           "float16 or float32.")
+    dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16 or float32.")
     max_new_tokens: int = Field(4096, ge=1, description="Most new tokens per reply.")
     temperature: float = Field(0.7, ge=0.0, description="0 = greedy decoding.")
     seed: int | None = Field(None, description="Seed of sampling; None = torch's global RNG.")
-    fast_decode: bool = Field(False, description="Decode with tools.llm.fast_decode (static KV cache, "
-                                                 "one CUDA graph per token step) instead of "
-                                                 "generate where the model supports it (Qwen3-VL); "
-                                                 "other models use generate.")
-    continuous_batching: bool = Field(True, description="With fast_decode: serve calls from every "
-                                                        "thread with tools.llm.continuous (new "
-                                                        "requests join the running batch).")
-    max_batch: int = Field(32, ge=1, description="Most rows decoded together by continuous "
-                                                 "batching (fewer when GPU memory holds fewer).")
+    fast_decode: bool = Field(
+        False,
+        description="Decode with tools.llm.fast_decode (static KV cache, "
+        "one CUDA graph per token step) instead of "
+        "generate where the model supports it (Qwen3-VL); "
+        "other models use generate.",
+    )
+    continuous_batching: bool = Field(
+        True,
+        description="With fast_decode: serve calls from every "
+        "thread with tools.llm.continuous (new "
+        "requests join the running batch).",
+    )
+    max_batch: int = Field(
+        32, ge=1, description="Most rows decoded together by continuous batching (fewer when GPU memory holds fewer)."
+    )
 
     _calls: int = PrivateAttr(default=0)
     _calls_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -116,9 +130,14 @@ class TransformersChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "device": self.device, "dtype": self.dtype,
-                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "seed": self.seed}
+        return {
+            "model_path": self.model_path,
+            "device": self.device,
+            "dtype": self.dtype,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
 
     @property
     def model_name(self) -> str:
@@ -131,13 +150,20 @@ class TransformersChatModel(BaseChatModel):
 
     # -- LangChain entry points --------------------------------------------------------------
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         options = self._options(stop, kwargs)
         return self._run([self._prompt(messages)], options)[0]
 
-    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None,
-              *, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         """Answer every input with one batched ``generate`` call. Callbacks see one run per
         input; with ``return_exceptions`` an unusable input (bad image, say) becomes its
         exception while the others are answered."""
@@ -154,13 +180,23 @@ class TransformersChatModel(BaseChatModel):
             try:
                 messages = self._convert_input(item).to_messages()
                 manager = CallbackManager.configure(
-                    cfg.get("callbacks"), self.callbacks, self.verbose, cfg.get("tags"), self.tags,
+                    cfg.get("callbacks"),
+                    self.callbacks,
+                    self.verbose,
+                    cfg.get("tags"),
+                    self.tags,
                     {**(cfg.get("metadata") or {}), **self._get_ls_params(stop=stop, **kwargs)},
-                    self.metadata)
+                    self.metadata,
+                )
                 run = manager.on_chat_model_start(
-                    self._serialized, [messages], invocation_params=params, options={"stop": stop},
-                    name=cfg.get("run_name"), run_id=cfg.pop("run_id", None),
-                    batch_size=len(inputs))[0]
+                    self._serialized,
+                    [messages],
+                    invocation_params=params,
+                    options={"stop": stop},
+                    name=cfg.get("run_name"),
+                    run_id=cfg.pop("run_id", None),
+                    batch_size=len(inputs),
+                )[0]
                 pending.append((index, self._prompt(messages), run))
             except Exception as exc:
                 if run is not None:
@@ -188,10 +224,10 @@ class TransformersChatModel(BaseChatModel):
             outputs[index] = message
         return outputs
 
-    async def abatch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
-                     **kwargs: Any) -> list[Any]:
-        return await run_in_executor(None, self.batch, inputs, config,
-                                     return_exceptions=return_exceptions, **kwargs)
+    async def abatch(
+        self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any
+    ) -> list[Any]:
+        return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     # -- the work ------------------------------------------------------------------------------
 
@@ -199,14 +235,14 @@ class TransformersChatModel(BaseChatModel):
         """``generate`` settings from the instance's fields and the per-call options."""
         unknown = sorted(set(call) - set(CALL_OPTIONS))
         if unknown:
-            raise ValueError(f"unsupported option(s) {', '.join(unknown)} for the transformers "
-                             f"backend; supported: stop, {', '.join(CALL_OPTIONS)}")
+            raise ValueError(
+                f"unsupported option(s) {', '.join(unknown)} for the transformers "
+                f"backend; supported: stop, {', '.join(CALL_OPTIONS)}"
+            )
         max_new_tokens = int(call.get("max_new_tokens") or self.max_new_tokens)
-        temperature = float(call["temperature"] if call.get("temperature") is not None
-                            else self.temperature)
+        temperature = float(call["temperature"] if call.get("temperature") is not None else self.temperature)
         if temperature < 0 or max_new_tokens < 1:
-            raise ValueError(f"temperature={temperature} must be >= 0 and "
-                             f"max_new_tokens={max_new_tokens} >= 1")
+            raise ValueError(f"temperature={temperature} must be >= 0 and max_new_tokens={max_new_tokens} >= 1")
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
         if call.get("min_new_tokens"):
             options["min_new_tokens"] = int(call["min_new_tokens"])
@@ -221,8 +257,7 @@ class TransformersChatModel(BaseChatModel):
     def _prompt(self, messages: list[BaseMessage]) -> Prompt:
         """The chat-templated prompt text and its images (CPU work, done outside the lock)."""
         conversation, images = to_conversation(messages)
-        text = self.loaded.processor.apply_chat_template(conversation, tokenize=False,
-                                                         add_generation_prompt=True)
+        text = self.loaded.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return Prompt(text, images)
 
     def _next_seed(self) -> int | None:
@@ -249,12 +284,18 @@ class TransformersChatModel(BaseChatModel):
             from tools.llm.continuous import answer
 
             done = answer(loaded, prompts, options, self._next_seed(), self.max_batch)
-            return self._results(processor, [c.tokens for c in done], [c.prompt_tokens for c in done],
-                                 options, max(c.prefill_s + c.decode_s for c in done),
-                                 max(max(c.batch_sizes, default=1) for c in done))
+            return self._results(
+                processor,
+                [c.tokens for c in done],
+                [c.prompt_tokens for c in done],
+                options,
+                max(c.prefill_s + c.decode_s for c in done),
+                max(max(c.batch_sizes, default=1) for c in done),
+            )
         images = [image for prompt in prompts for image in prompt.images]
-        inputs = processor(text=[prompt.text for prompt in prompts], images=images or None,
-                           padding=True, return_tensors="pt").to(model.device)
+        inputs = processor(
+            text=[prompt.text for prompt in prompts], images=images or None, padding=True, return_tensors="pt"
+        ).to(model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         if "stop_strings" in options:
@@ -262,8 +303,7 @@ class TransformersChatModel(BaseChatModel):
 
         seed = self._next_seed()
         cuda = [model.device.index or 0] if model.device.type == "cuda" else []
-        with loaded.lock, torch.inference_mode(), \
-                torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+        with loaded.lock, torch.inference_mode(), torch.random.fork_rng(devices=cuda, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             start = time.perf_counter()
@@ -276,12 +316,24 @@ class TransformersChatModel(BaseChatModel):
             seconds = time.perf_counter() - start
 
         prompt_len = inputs["input_ids"].shape[1]
-        return self._results(processor, sequences[:, prompt_len:].tolist(),
-                             inputs["attention_mask"].sum(dim=1).tolist(), options, seconds,
-                             len(prompts))
+        return self._results(
+            processor,
+            sequences[:, prompt_len:].tolist(),
+            inputs["attention_mask"].sum(dim=1).tolist(),
+            options,
+            seconds,
+            len(prompts),
+        )
 
-    def _results(self, processor: Any, rows: list[list[int]], input_counts: list[int],
-                 options: dict[str, Any], seconds: float, batch_size: int) -> list[ChatResult]:
+    def _results(
+        self,
+        processor: Any,
+        rows: list[list[int]],
+        input_counts: list[int],
+        options: dict[str, Any],
+        seconds: float,
+        batch_size: int,
+    ) -> list[ChatResult]:
         """ChatResults from each prompt's new tokens (cut at the end token and stop strings)."""
         eos = self.loaded.model.generation_config.eos_token_id
         end_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
@@ -289,16 +341,27 @@ class TransformersChatModel(BaseChatModel):
         results = []
         for row, input_tokens in zip(rows, input_counts):
             ended = next((i for i, token in enumerate(row) if token in end_ids), None)
-            kept = row if ended is None else row[:ended + 1]  # counts the end token
+            kept = row if ended is None else row[: ended + 1]  # counts the end token
             text = processor.tokenizer.decode(kept, skip_special_tokens=True)
             finish = "length" if ended is None and len(row) >= options["max_new_tokens"] else "stop"
             for marker in stop:  # cut at the earliest stop string, which is not part of the reply
                 if marker in text:
                     text, finish = text.split(marker, 1)[0], "stop"
-            usage = {"input_tokens": int(input_tokens), "output_tokens": len(kept),
-                     "total_tokens": int(input_tokens) + len(kept)}
-            message = AIMessage(content=text, usage_metadata=usage, response_metadata={
-                "finish_reason": finish, "model_name": self.model_path,
-                "model_provider": "transformers", "generate_s": seconds, "batch_size": batch_size})
+            usage = {
+                "input_tokens": int(input_tokens),
+                "output_tokens": len(kept),
+                "total_tokens": int(input_tokens) + len(kept),
+            }
+            message = AIMessage(
+                content=text,
+                usage_metadata=usage,
+                response_metadata={
+                    "finish_reason": finish,
+                    "model_name": self.model_path,
+                    "model_provider": "transformers",
+                    "generate_s": seconds,
+                    "batch_size": batch_size,
+                },
+            )
             results.append(ChatResult(generations=[ChatGeneration(message=message)]))
         return results

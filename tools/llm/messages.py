@@ -24,8 +24,7 @@ from langchain_core.messages import BaseMessage, ChatMessage
 if TYPE_CHECKING:
     from PIL import Image
 
-_ROLES = {"system": "system", "human": "user", "user": "user", "ai": "assistant",
-          "assistant": "assistant"}
+_ROLES = {"system": "system", "human": "user", "user": "user", "ai": "assistant", "assistant": "assistant"}
 
 
 def _short(url: str) -> str:
@@ -39,8 +38,10 @@ def load_image(url: str) -> Image.Image:
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
         if not header.startswith("data:image/") or not header.endswith(";base64") or not payload:
-            raise ValueError(f"image data URL {_short(url)!r} is not a base64 image "
-                             f"(expected data:image/png;base64,... or data:image/jpeg;base64,...)")
+            raise ValueError(
+                f"image data URL {_short(url)!r} is not a base64 image "
+                f"(expected data:image/png;base64,... or data:image/jpeg;base64,...)"
+            )
         try:
             source: Any = io.BytesIO(base64.b64decode(payload, validate=True))
         except (binascii.Error, ValueError) as exc:
@@ -49,8 +50,10 @@ def load_image(url: str) -> Image.Image:
         parsed = urllib.parse.urlparse(url)
         source = Path(urllib.request.url2pathname(parsed.path))
     elif "://" in url:
-        raise ValueError(f"image URL {_short(url)!r} cannot be read in-process: send the image as a "
-                         f"data URL (data:image/png;base64,...), a file:// URL or a local path")
+        raise ValueError(
+            f"image URL {_short(url)!r} cannot be read in-process: send the image as a "
+            f"data URL (data:image/png;base64,...), a file:// URL or a local path"
+        )
     else:
         source = Path(url).expanduser()
     if isinstance(source, Path) and not source.is_file():
@@ -84,8 +87,10 @@ def to_conversation(messages: list[BaseMessage]) -> tuple[list[dict[str, Any]], 
     for message in messages:
         role = message.role if isinstance(message, ChatMessage) else message.type
         if role not in _ROLES:
-            raise ValueError(f"{type(message).__name__} (role {role!r}) is not supported by the "
-                             f"transformers backend; use system, human and ai messages")
+            raise ValueError(
+                f"{type(message).__name__} (role {role!r}) is not supported by the "
+                f"transformers backend; use system, human and ai messages"
+            )
         content = message.content
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
         converted: list[dict[str, Any]] = []
@@ -99,8 +104,7 @@ def to_conversation(messages: list[BaseMessage]) -> tuple[list[dict[str, Any]], 
                 converted.append({"type": "image"})
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ValueError(f"message part of type {kind!r} is not supported; use text and "
-                                 f"image_url parts")
+                raise ValueError(f"message part of type {kind!r} is not supported; use text and image_url parts")
         if all(p["type"] == "text" for p in converted):
             conversation.append({"role": _ROLES[role], "content": "".join(p["text"] for p in converted)})
         else:

@@ -43,6 +43,8 @@ class Usage(BaseCallbackHandler):
         """{requests, input_tokens, output_tokens}; the token counts are None when any reply
         came without them (or nothing was asked)."""
         known = self.tokens_known and self.requests > 0
-        return {"requests": self.requests,
-                "input_tokens": self.input_tokens if known else None,
-                "output_tokens": self.output_tokens if known else None}
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens if known else None,
+            "output_tokens": self.output_tokens if known else None,
+        }

@@ -29,10 +29,10 @@ import re
 import warnings
 from typing import Any
 
-MAX_OBJECT_CHARS = 300_000    # one answer object
-MAX_DEPTH = 32                # a plan is 3 levels deep
-MAX_CANDIDATES = 32           # "{" positions tried per answer text
-LITERAL_EVAL_CHARS = 50_000   # ast.literal_eval is a fallback for small objects only
+MAX_OBJECT_CHARS = 300_000  # one answer object
+MAX_DEPTH = 32  # a plan is 3 levels deep
+MAX_CANDIDATES = 32  # "{" positions tried per answer text
+LITERAL_EVAL_CHARS = 50_000  # ast.literal_eval is a fallback for small objects only
 
 
 class _Failure(Exception):
@@ -46,15 +46,34 @@ class _Failure(Exception):
 _NEXT = re.compile(r"""["'“”‘’{}\[\],#/\\]|[A-Za-z_]""")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s*")
-_OPEN_QUOTES = {'"': '"', "'": "'", "“": "”“\"", "”": "”“\"", "‘": "’‘'", "’": "’‘'"}
-_STRING_BODY = {q: re.compile(r"[^%s\\]*(?:\\.[^%s\\]*)*" % (c, c), re.S)
-                for q, c in _OPEN_QUOTES.items()}
+_OPEN_QUOTES = {'"': '"', "'": "'", "“": '”“"', "”": '”“"', "‘": "’‘'", "’": "’‘'"}
+_STRING_BODY = {q: re.compile(r"[^%s\\]*(?:\\.[^%s\\]*)*" % (c, c), re.S) for q, c in _OPEN_QUOTES.items()}
 _CLOSES_VALUE = frozenset(",:}]\"'“”‘’#/")
-_LITERALS = {"true": "true", "True": "true", "false": "false", "False": "false",
-             "null": "null", "None": "null", "none": "null", "NULL": "null"}
+_LITERALS = {
+    "true": "true",
+    "True": "true",
+    "false": "false",
+    "False": "false",
+    "null": "null",
+    "None": "null",
+    "none": "null",
+    "NULL": "null",
+}
 _ESCAPE = re.compile(r"\\(U[0-9a-fA-F]{8}|u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[0-7]{1,3}|.)", re.S)
-_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "a": "\a",
-                   "/": "/", '"': '"', "'": "'", "\\": "\\", "\n": ""}
+_SIMPLE_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "a": "\a",
+    "/": "/",
+    '"': '"',
+    "'": "'",
+    "\\": "\\",
+    "\n": "",
+}
 
 
 def _unescape_char(match: re.Match) -> str:
@@ -112,7 +131,7 @@ def _to_json(text: str, start: int) -> tuple[str, int]:
         match = _NEXT.search(text, index, limit)
         if match is None:
             break
-        out.append(text[index:match.start()])
+        out.append(text[index : match.start()])
         index, char = match.start(), match.group()
         if char in "{[":
             depth += 1
@@ -126,7 +145,7 @@ def _to_json(text: str, start: int) -> tuple[str, int]:
                 return "".join(out), index + 1
         elif char in _OPEN_QUOTES:
             end = _string_end(text, index)
-            out.append(json.dumps(_unescape(text[index + 1:end]), ensure_ascii=False))
+            out.append(json.dumps(_unescape(text[index + 1 : end]), ensure_ascii=False))
             index = end
         elif char == ",":
             if _peek(text, index + 1) not in ("}", "]", ","):
@@ -134,15 +153,14 @@ def _to_json(text: str, start: int) -> tuple[str, int]:
         elif char == "#" or text.startswith("//", index):
             newline = text.find("\n", index)
             index = (newline if newline >= 0 else len(text)) - 1
-        elif char == "\\" and text[index + 1:index + 2] in ("n", "t", "r"):
+        elif char == "\\" and text[index + 1 : index + 2] in ("n", "t", "r"):
             out.append(" ")  # a literal "\n" between tokens
             index += 1
         elif char in "/\\":
             out.append(char)
         else:
             word = _WORD.match(text, index).group()
-            out.append(json.dumps(word) if _peek(text, index + len(word)) == ":"
-                       else _LITERALS.get(word, word))
+            out.append(json.dumps(word) if _peek(text, index + len(word)) == ":" else _LITERALS.get(word, word))
             index += len(word) - 1
         index += 1
     if limit < len(text):

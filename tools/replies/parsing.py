@@ -27,19 +27,41 @@ import re
 from typing import Any, Callable, TypeVar
 
 from tools.replies.contracts import REFINE_KEY, SUCCESS_KEY, PlanStep
-from tools.replies.json_repair import (LITERAL_EVAL_CHARS, MAX_CANDIDATES, MAX_DEPTH, MAX_OBJECT_CHARS,
-                               _Failure, _read_answer_text, _trailing_object)
+from tools.replies.json_repair import (
+    LITERAL_EVAL_CHARS,
+    MAX_CANDIDATES,
+    MAX_DEPTH,
+    MAX_OBJECT_CHARS,
+    _Failure,
+    _read_answer_text,
+    _trailing_object,
+)
 
 __all__ = [
-    "LITERAL_EVAL_CHARS", "MAX_CANDIDATES", "MAX_DEPTH", "MAX_OBJECT_CHARS", "MAX_REPLY_CHARS",
-    "REASONS", "PlanParseError", "PlanStep", "ReplyParseError", "VerdictParseError",
-    "check_narrative", "parse_mapping", "parse_plan", "parse_verdict", "plan_steps",
-    "read_answer", "split_reply", "verdict_fields"]
+    "LITERAL_EVAL_CHARS",
+    "MAX_CANDIDATES",
+    "MAX_DEPTH",
+    "MAX_OBJECT_CHARS",
+    "MAX_REPLY_CHARS",
+    "REASONS",
+    "PlanParseError",
+    "PlanStep",
+    "ReplyParseError",
+    "VerdictParseError",
+    "check_narrative",
+    "parse_mapping",
+    "parse_plan",
+    "parse_verdict",
+    "plan_steps",
+    "read_answer",
+    "split_reply",
+    "verdict_fields",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MAX_REPLY_CHARS = 1_000_000   # ~50x the longest reply a 4096-token budget allows
+MAX_REPLY_CHARS = 1_000_000  # ~50x the longest reply a 4096-token budget allows
 
 REASONS = {
     "not_text": "the reply is not a string",
@@ -92,11 +114,11 @@ def _answer_blocks(text: str, start: int) -> list[str]:
     for index, tag in enumerate(tags):
         if not tag.group(1):
             end = tags[index + 1].start() if index + 1 < len(tags) else len(text)
-            blocks.append(text[tag.end():end])
+            blocks.append(text[tag.end() : end])
     if not blocks:  # "{...}</answer>" with the opening tag forgotten
         close = next((t for t in tags if t.group(1)), None)
         if close is not None:
-            blocks.append(text[start:close.start()])
+            blocks.append(text[start : close.start()])
     return blocks
 
 
@@ -104,17 +126,23 @@ def _split(text: str) -> tuple[str, int, bool]:
     """(reasoning, where the answer part starts, whether the reasoning was left open)."""
     tags = list(_TAG.finditer(text))
     opened = next((t for t in tags if t.group(2).lower() == "think" and not t.group(1)), None)
-    closed = next((t for t in tags if t.group(2).lower() == "think" and t.group(1)
-                   and (opened is None or t.start() > opened.start())), None)
+    closed = next(
+        (
+            t
+            for t in tags
+            if t.group(2).lower() == "think" and t.group(1) and (opened is None or t.start() > opened.start())
+        ),
+        None,
+    )
     if closed is not None:  # "R</think>" without "<think>" is what Qwen3 chat templates leave
         begin = opened.end() if opened is not None else 0
-        return text[begin:closed.start()].strip(), closed.end(), False
+        return text[begin : closed.start()].strip(), closed.end(), False
     first_answer = next((t for t in tags if t.group(2).lower() == "answer"), None)
     if opened is not None:  # the reasoning runs until the answer starts, or to the end
         end = first_answer.start() if first_answer else len(text)
-        return text[opened.end():end].strip(), end, first_answer is None
+        return text[opened.end() : end].strip(), end, first_answer is None
     if first_answer is not None:  # prose, then <answer>: the prose is the reasoning
-        return text[:first_answer.start()].strip(), first_answer.start(), False
+        return text[: first_answer.start()].strip(), first_answer.start(), False
     return "", 0, False
 
 
@@ -129,13 +157,13 @@ def split_reply(text: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- reading a reply
 
+
 def _read(text: str, key: str | None) -> tuple[str, dict[str, Any]]:
     """(reasoning, answer object) of a reply; raises _Failure."""
     if not isinstance(text, str):
         raise _Failure("not_text", f"the reply is a {type(text).__name__}, not a string")
     if len(text) > MAX_REPLY_CHARS:
-        raise _Failure("too_large", f"the reply has {len(text)} characters, more than "
-                                    f"{MAX_REPLY_CHARS}")
+        raise _Failure("too_large", f"the reply has {len(text)} characters, more than {MAX_REPLY_CHARS}")
     reasoning, start, open_think = _split(text)
     blocks = _answer_blocks(text, start)
     if blocks:  # the last block holding an answer object wins; else the last object at all
@@ -156,7 +184,7 @@ def _read(text: str, key: str | None) -> tuple[str, dict[str, Any]]:
         found = _trailing_object(reasoning, key)
         if found is None:
             raise _Failure("truncated", "the reply stops inside <think>: no </think> and no answer")
-        return reasoning[:found[1]].strip(), found[0]
+        return reasoning[: found[1]].strip(), found[0]
     rest = text[start:]
     if "{" not in rest:
         raise _Failure("no_answer", "no <answer> tag and no {...} object found")
@@ -181,10 +209,12 @@ def parse_mapping(text: str) -> dict[str, Any]:
     >>> parse_mapping("Sure! ```json\\n{step: 1, 'ok': True, “name”: “Start”,}\\n```")
     {'step': 1, 'ok': True, 'name': 'Start'}
     """
+
     def parse():
         if not isinstance(text, str):
             raise _Failure("not_text", f"got a {type(text).__name__}, not a string")
         return _read_answer_text(text, None)
+
     return _typed(ReplyParseError, "no usable object", text, parse)
 
 
@@ -198,6 +228,7 @@ def read_answer(text: str, key: str | None = None) -> tuple[str, dict[str, Any]]
 
 
 # --------------------------------------------------------------------------- contracts
+
 
 def _optional_text(step: dict[str, Any], key: str) -> str | None:
     value = step.get(key)
@@ -214,8 +245,7 @@ def _step_number(item: dict[str, Any], position: int) -> int:
     if isinstance(number, str) and number.strip().isdecimal() and len(number.strip()) < 10:
         number = int(number)
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-        raise ValueError(f"step {position}: 'step_number' must be a positive integer, "
-                         f"got {number!r:.40}")
+        raise ValueError(f"step {position}: 'step_number' must be a positive integer, got {number!r:.40}")
     return number
 
 
@@ -233,13 +263,15 @@ def plan_steps(items: Any) -> list[PlanStep]:
         if not isinstance(item, dict):
             raise ValueError(f"step {position} is not an object")
         number = _step_number(item, position)
-        steps.append(PlanStep(
-            step_number=number,
-            step_name=_optional_text(item, "step_name") or f"Step {number}",
-            instruction=_optional_text(item, "instruction"),
-            prompt=_optional_text(item, "prompt"),
-            auxiliary_text=_optional_text(item, "auxiliary_text"),
-        ))
+        steps.append(
+            PlanStep(
+                step_number=number,
+                step_name=_optional_text(item, "step_name") or f"Step {number}",
+                instruction=_optional_text(item, "instruction"),
+                prompt=_optional_text(item, "prompt"),
+                auxiliary_text=_optional_text(item, "auxiliary_text"),
+            )
+        )
     numbers = [s["step_number"] for s in steps]
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
         raise ValueError(f"step numbers {numbers} are not consecutive")
@@ -287,6 +319,7 @@ def verdict_fields(answer: dict[str, Any]) -> tuple[bool, str]:
 
 # --------------------------------------------------------------------------- entry points
 
+
 def _checked(check, value):
     """``check(value)``, with the contract's ValueError turned into a "schema" failure."""
     try:
@@ -308,9 +341,11 @@ def parse_plan(text: str) -> tuple[str, list[PlanStep]]:
     ...
     tools.replies.parsing.PlanParseError: planner reply is not a valid plan (truncated): the reply ends before the object closes
     """
+
     def parse():
         reasoning, answer = _read(text, "execution_plan")
         return reasoning, _checked(plan_steps, answer.get("execution_plan"))
+
     return _typed(PlanParseError, "planner reply is not a valid plan", text, parse)
 
 
@@ -327,7 +362,9 @@ def parse_verdict(text: str) -> tuple[str, bool, str]:
     ...
     tools.replies.parsing.VerdictParseError: critic reply is not a valid verdict (schema): 'previous_step_success' must be true or false, got 1
     """
+
     def parse():
         reasoning, answer = _read(text, "previous_step_success")
         return (reasoning, *_checked(verdict_fields, answer))
+
     return _typed(VerdictParseError, "critic reply is not a valid verdict", text, parse)

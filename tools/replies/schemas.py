@@ -38,8 +38,7 @@ PLAN_SCHEMA: dict[str, Any] = {
                     "prompt": _NULLABLE_TEXT,
                     "auxiliary_text": _NULLABLE_TEXT,
                 },
-                "required": ["step_number", "step_name", "instruction", "prompt",
-                             "auxiliary_text"],
+                "required": ["step_number", "step_name", "instruction", "prompt", "auxiliary_text"],
                 "additionalProperties": False,
             },
         },
@@ -68,11 +67,15 @@ _VISIBLE = r'[^"\\\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\
 _TEXT = rf'"{_VISIBLE}({_CHAR}|{_ESCAPE})*"'  # starts with a visible character
 _NULLABLE = rf"(null|{_STRING})"
 
-_VERDICT = (rf'\{{"{SUCCESS_KEY}": '
-            rf'(true, "{REFINE_KEY}": {_STRING}|false, "{REFINE_KEY}": {_TEXT})\}}')
-_STEP = (r'\{"step_number": [1-9][0-9]{0,2}, '
-         rf'"step_name": {_TEXT}, "instruction": {_NULLABLE}, "prompt": {_NULLABLE}, '
-         rf'"auxiliary_text": {_NULLABLE}\}}')
+_VERDICT = (
+    rf'\{{"{SUCCESS_KEY}": '
+    rf'(true, "{REFINE_KEY}": {_STRING}|false, "{REFINE_KEY}": {_TEXT})\}}'
+)
+_STEP = (
+    r'\{"step_number": [1-9][0-9]{0,2}, '
+    rf'"step_name": {_TEXT}, "instruction": {_NULLABLE}, "prompt": {_NULLABLE}, '
+    rf'"auxiliary_text": {_NULLABLE}\}}'
+)
 _PLAN = rf'\{{"execution_plan": \[{_STEP}(, {_STEP})*\]\}}'
 
 VERDICT_REGEX = rf"{_THINK}<answer>{_VERDICT}</answer>"
@@ -87,9 +90,9 @@ _SCHEMAS = {"plan": ("interleave_plan", PLAN_SCHEMA), "verdict": ("critic_verdic
 _REGEXES = {"plan": PLAN_REGEX, "verdict": VERDICT_REGEX}
 
 
-def structured_output_kwargs(kind: Literal["plan", "verdict"],
-                             mode: Literal["json", "json_object", "regex"],
-                             *, legacy_vllm: bool = False) -> dict[str, Any]:
+def structured_output_kwargs(
+    kind: Literal["plan", "verdict"], mode: Literal["json", "json_object", "regex"], *, legacy_vllm: bool = False
+) -> dict[str, Any]:
     """Keyword arguments for ``ChatOpenAI(...)`` that make the server enforce a reply shape.
 
     ``ChatOpenAI(base_url=..., model=..., **structured_output_kwargs("verdict", "regex"))``
@@ -118,15 +121,16 @@ def structured_output_kwargs(kind: Literal["plan", "verdict"],
         raise ValueError(f"kind must be 'plan' or 'verdict', got {kind!r}")
     if mode == "json":
         name, schema = _SCHEMAS[kind]
-        response_format = {"type": "json_schema",
-                           "json_schema": {"name": name, "schema": copy.deepcopy(schema),
-                                           "strict": True}}
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": copy.deepcopy(schema), "strict": True},
+        }
         return {"model_kwargs": {"response_format": response_format}}
     if mode == "json_object":
-        return {"model_kwargs": {"response_format": {"type": "json_object",
-                                                     "schema": copy.deepcopy(_SCHEMAS[kind][1])}}}
+        return {
+            "model_kwargs": {"response_format": {"type": "json_object", "schema": copy.deepcopy(_SCHEMAS[kind][1])}}
+        }
     if mode == "regex":
-        field = {"guided_regex": _REGEXES[kind]} if legacy_vllm else {
-            "structured_outputs": {"regex": _REGEXES[kind]}}
+        field = {"guided_regex": _REGEXES[kind]} if legacy_vllm else {"structured_outputs": {"regex": _REGEXES[kind]}}
         return {"extra_body": field}
     raise ValueError(f"mode must be 'json', 'json_object' or 'regex', got {mode!r}")

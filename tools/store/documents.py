@@ -24,9 +24,20 @@ IMAGE_MARKER = "<image>"  # as nodes.guidance places the user's images in the re
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"  # a file in a generator folder whose weights are random
 
 
-def build_record(*, run_id: str, request: str, input_images: list, plan: list, plan_reasoning: str,
-                 entries: list, attempts: list, settings: dict, prompt_version: str,
-                 forked_from: dict | None = None, plan_mode: str = "narrative") -> dict[str, Any]:
+def build_record(
+    *,
+    run_id: str,
+    request: str,
+    input_images: list,
+    plan: list,
+    plan_reasoning: str,
+    entries: list,
+    attempts: list,
+    settings: dict,
+    prompt_version: str,
+    forked_from: dict | None = None,
+    plan_mode: str = "narrative",
+) -> dict[str, Any]:
     """The document as data. ``entries`` may start with images the user gave that the plan does
     not cover (a continued sequence); those steps are marked ``given``."""
     planned = {step["step_number"]: step for step in plan}
@@ -34,18 +45,36 @@ def build_record(*, run_id: str, request: str, input_images: list, plan: list, p
     for entry in entries:
         number = entry["step_number"]
         step = planned.get(number) or {
-            "step_number": number, "step_name": entry["step_name"], "instruction": None,
-            "prompt": None, "auxiliary_text": None, "given": True}
-        steps.append({**step, "text": entry["text"], "image": entry["image"],
-                      "attempts": [a for a in attempts if a["step_number"] == number]})
-    return {"run_id": run_id, "request": request, "input_images": input_images,
-            "plan_mode": plan_mode, "plan_reasoning": plan_reasoning, "steps": steps,
-            "settings": settings, "prompt_version": prompt_version, "forked_from": forked_from}
+            "step_number": number,
+            "step_name": entry["step_name"],
+            "instruction": None,
+            "prompt": None,
+            "auxiliary_text": None,
+            "given": True,
+        }
+        steps.append(
+            {
+                **step,
+                "text": entry["text"],
+                "image": entry["image"],
+                "attempts": [a for a in attempts if a["step_number"] == number],
+            }
+        )
+    return {
+        "run_id": run_id,
+        "request": request,
+        "input_images": input_images,
+        "plan_mode": plan_mode,
+        "plan_reasoning": plan_reasoning,
+        "steps": steps,
+        "settings": settings,
+        "prompt_version": prompt_version,
+        "forked_from": forked_from,
+    }
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
-                                     encoding="utf-8") as tmp:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
         tmp.write(text)
     # NamedTemporaryFile makes 0600 files; a document is read like any other file (0644 under
     # the usual umask), e.g. by a web server or a colleague on the same machine.
@@ -123,8 +152,9 @@ def render_markdown(record: dict[str, Any], image_prefix: str) -> str:
         if not step["attempts"]:
             lines.append(f"- {GIVEN_IMAGE_NOTE}")
         for a in step["attempts"]:
-            lines.append(f"- attempt {a['attempt']} (seed {a['seed']}): {md(_verdict_label(a))}; "
-                         f"prompt: {md(a['prompt'])}")
+            lines.append(
+                f"- attempt {a['attempt']} (seed {a['seed']}): {md(_verdict_label(a))}; prompt: {md(a['prompt'])}"
+            )
             verdict = a.get("verdict") or {}
             if verdict.get("success") is False:
                 lines.append(f"  - critic: {md(verdict['reasoning'])}")
@@ -197,8 +227,7 @@ def render_html(record: dict[str, Any], runs_dir: Path) -> str:
     def img(ref: dict, alt: str) -> str:
         if ref["sha256"] not in cache:
             cache[ref["sha256"]] = _data_url(runs_dir, ref)
-        return (f'<img src="{cache[ref["sha256"]]}" alt="{esc(alt)}" '
-                f'width="{ref["width"]}" height="{ref["height"]}">')
+        return f'<img src="{cache[ref["sha256"]]}" alt="{esc(alt)}" width="{ref["width"]}" height="{ref["height"]}">'
 
     settings = record.get("settings") or {}
     inputs = record.get("input_images") or []
@@ -208,33 +237,44 @@ def render_html(record: dict[str, Any], runs_dir: Path) -> str:
     heading = esc(request)
     if inputs and len(pieces) - 1 == len(inputs):  # markers stand for the images, in order
         title = "".join(p + (f"[image {k + 1}]" if k < len(inputs) else "") for k, p in enumerate(pieces))
-        heading = "".join(esc(p) + (img(inputs[k], f"image {k + 1}") if k < len(inputs) else "")
-                          for k, p in enumerate(pieces))
+        heading = "".join(
+            esc(p) + (img(inputs[k], f"image {k + 1}") if k < len(inputs) else "") for k, p in enumerate(pieces)
+        )
     elif inputs:  # without markers the images follow the text
         heading = esc(request) + "".join(img(ref, f"image {k}") for k, ref in enumerate(inputs, 1))
-    models = " · ".join(f"{role} {esc(model_label(settings[key]))}" for role, key in (
-        ("planner", "planner_model"), ("critic", "critic_model"), ("generator", "generator_model"))
-        if settings.get(key))
-    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-             f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>{heading}</h1>",
-             f"<p class='meta'>run {esc(record['run_id'])} · {models}</p>"]
+    models = " · ".join(
+        f"{role} {esc(model_label(settings[key]))}"
+        for role, key in (("planner", "planner_model"), ("critic", "critic_model"), ("generator", "generator_model"))
+        if settings.get(key)
+    )
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{heading}</h1>",
+        f"<p class='meta'>run {esc(record['run_id'])} · {models}</p>",
+    ]
     if random_weights(settings):
-        parts.append("<p class='noise'>These images are noise: the generator has random weights "
-                     "(the offline demo). Run with a real generator model for real pictures.</p>")
+        parts.append(
+            "<p class='noise'>These images are noise: the generator has random weights "
+            "(the offline demo). Run with a real generator model for real pictures.</p>"
+        )
     origin = record.get("forked_from")
     if origin:
         changed = " with a new prompt" if origin.get("prompt_changed") else ""
-        parts.append(f"<p class='fork'>Forked from run <b>{esc(origin['run_id'])}</b> at step "
-                     f"{origin['step_number']}{changed}; steps before it are shared with that run.</p>")
+        parts.append(
+            f"<p class='fork'>Forked from run <b>{esc(origin['run_id'])}</b> at step "
+            f"{origin['step_number']}{changed}; steps before it are shared with that run.</p>"
+        )
     parts.append("<main>")
     branch_at = origin["step_number"] if origin else None
     for step in record["steps"]:
         if branch_at is not None and step["step_number"] == branch_at:
             parts.append(f"<p class='fork'>↳ this run branches here from {esc(origin['run_id'])}</p>")
-        parts.append(f"<section class='step' id='step-{step['step_number']}'>"
-                     f"<h2>{step['step_number']}. {esc(step['step_name'])}</h2>")
+        parts.append(
+            f"<section class='step' id='step-{step['step_number']}'>"
+            f"<h2>{step['step_number']}. {esc(step['step_name'])}</h2>"
+        )
         if step["text"]:
             parts.append(f"<p>{esc(step['text'])}</p>")
         if step.get("given") or (not step["attempts"] and step["image"]):
@@ -249,9 +289,11 @@ def render_html(record: dict[str, Any], runs_dir: Path) -> str:
             parts.append(f"<p class='given'>{GIVEN_IMAGE_NOTE}</p>")
             continue
         accepted = step["image"]["sha256"] if step["image"] else None
-        parts.append(f"<p class='meta'>plan prompt: {esc(step['prompt'] or '')}</p><table>"
-                     "<tr class='head'><th>#</th><th>image</th><th>prompt used</th><th>critic</th>"
-                     "<th>time</th></tr>")
+        parts.append(
+            f"<p class='meta'>plan prompt: {esc(step['prompt'] or '')}</p><table>"
+            "<tr class='head'><th>#</th><th>image</th><th>prompt used</th><th>critic</th>"
+            "<th>time</th></tr>"
+        )
         for a in step["attempts"]:
             label = _verdict_label(a)
             kind = label if label in ("passed", "rejected") else "other"
@@ -262,14 +304,17 @@ def render_html(record: dict[str, Any], runs_dir: Path) -> str:
             if verdict.get("success") is False:
                 critic += f"<p>refined prompt: {esc(verdict['refine_prompt'])}</p>"
             row = "accepted" if a["image"]["sha256"] == accepted and a is step["attempts"][-1] else ""
-            timing = f"{a['generate_s']:.2f} s" + (f" + {a['critique_s']:.2f} s critic"
-                                                   if a.get("critique_s") is not None else "")
-            parts.append(f"<tr class='{row}'><td data-label='attempt'>{a['attempt']}</td>"
-                         f"<td>{img(a['image'], 'attempt')}</td>"
-                         f"<td data-label='prompt used'>{esc(a['prompt'])}"
-                         f"<div class='meta'>seed {a['seed']}</div></td>"
-                         f"<td data-label='critic'>{critic}</td>"
-                         f"<td data-label='time'>{timing}</td></tr>")
+            timing = f"{a['generate_s']:.2f} s" + (
+                f" + {a['critique_s']:.2f} s critic" if a.get("critique_s") is not None else ""
+            )
+            parts.append(
+                f"<tr class='{row}'><td data-label='attempt'>{a['attempt']}</td>"
+                f"<td>{img(a['image'], 'attempt')}</td>"
+                f"<td data-label='prompt used'>{esc(a['prompt'])}"
+                f"<div class='meta'>seed {a['seed']}</div></td>"
+                f"<td data-label='critic'>{critic}</td>"
+                f"<td data-label='time'>{timing}</td></tr>"
+            )
         parts.append("</table>")
     parts.append("</section></body></html>")
     return "".join(parts)

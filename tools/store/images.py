@@ -64,8 +64,9 @@ class ImageStore:
         images = (self.root / "images").resolve()
         target = (self.root / ref["path"]).resolve()
         if images not in target.parents:
-            raise ValueError(f"image path {ref['path']!r} lies outside the image store {images}; "
-                             f"the run's stored data was altered")
+            raise ValueError(
+                f"image path {ref['path']!r} lies outside the image store {images}; the run's stored data was altered"
+            )
         return target
 
     def read_png(self, ref: ImageRef) -> bytes:
@@ -76,7 +77,8 @@ class ImageStore:
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"image {ref['path']} is missing from the store at {self.root}; the run directory was "
-                f"moved or pruned. Point --runs-dir at the folder that holds it.") from None
+                f"moved or pruned. Point --runs-dir at the folder that holds it."
+            ) from None
         if hashlib.sha256(data).hexdigest() != ref["sha256"]:
             raise ValueError(f"image {path} does not match its recorded sha256; the store was altered")
         return data
@@ -131,7 +133,8 @@ def load_input_image(source: str | os.PathLike) -> Image.Image:
                 if width * height > MAX_INPUT_PIXELS:
                     raise ImageInputError(
                         f"input image {file} is {width}x{height} pixels, over the "
-                        f"{MAX_INPUT_PIXELS // (1024 * 1024)} MP limit; downscale it first")
+                        f"{MAX_INPUT_PIXELS // (1024 * 1024)} MP limit; downscale it first"
+                    )
                 probe.load()
                 image = ImageOps.exif_transpose(probe)  # a copy, upright
     except ImageInputError:
@@ -140,7 +143,8 @@ def load_input_image(source: str | os.PathLike) -> Image.Image:
         raise ImageInputError(f"input image {file} is too large to decode safely; downscale it") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageInputError(
-            f"input image {file} cannot be read as an image ({exc}); pass a PNG, JPEG or WebP file") from None
+            f"input image {file} cannot be read as an image ({exc}); pass a PNG, JPEG or WebP file"
+        ) from None
     try:
         return to_rgb(image)
     except ImageInputError as exc:
@@ -179,8 +183,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
             return background
         return image.convert("RGB")
     except ValueError as exc:
-        raise ImageInputError(f"image mode {image.mode!r} cannot be converted to RGB ({exc}); save "
-                              f"the image as an 8-bit RGB PNG or JPEG") from None
+        raise ImageInputError(
+            f"image mode {image.mode!r} cannot be converted to RGB ({exc}); save the image as an 8-bit RGB PNG or JPEG"
+        ) from None
 
 
 def _to_8bit_grey(image: Image.Image) -> Image.Image:

@@ -37,7 +37,7 @@ def shingles(normalised: str, size: int = 2) -> frozenset[str]:
     words = normalised.split()
     if len(words) <= size:
         return frozenset([" ".join(words)]) if words else frozenset()
-    return frozenset(" ".join(words[i:i + size]) for i in range(len(words) - size + 1))
+    return frozenset(" ".join(words[i : i + size]) for i in range(len(words) - size + 1))
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -69,7 +69,7 @@ class Deduplicator:
 
     def _prefix(self, tokens: frozenset[str]) -> list[str]:
         ordered = sorted(tokens, key=lambda t: (zlib.crc32(t.encode()), t))
-        return ordered[:len(ordered) - math.ceil(self.threshold * len(ordered) - 1e-9) + 1]
+        return ordered[: len(ordered) - math.ceil(self.threshold * len(ordered) - 1e-9) + 1]
 
     def classify(self, text: str) -> str | None:
         """``"exact"``, ``"near"`` or None (new), without remembering ``text``."""
@@ -95,8 +95,7 @@ class Deduplicator:
         return reason
 
 
-def dedupe(texts: Iterable[str], threshold: float = NEAR_THRESHOLD
-           ) -> tuple[list[str], dict[str, int]]:
+def dedupe(texts: Iterable[str], threshold: float = NEAR_THRESHOLD) -> tuple[list[str], dict[str, int]]:
     """Keep the first of each group of duplicates; return (kept, {"exact": n, "near": n})."""
     seen, kept, dropped = Deduplicator(threshold), [], {"exact": 0, "near": 0}
     for text in texts:

@@ -48,15 +48,19 @@ def _option(default: Any, help_text: str) -> Any:
 
 @dataclass
 class ExportOptions:
-    high_score: float = _option(7.0, "critic SFT keeps a step whose attempts all score (overall) at "
-                                     "least this: 'stable high'")
-    max_std: float = _option(0.5, "critic SFT keeps a step whose attempt scores vary (std) at most "
-                                  "this: 'low variance'")
+    high_score: float = _option(
+        7.0, "critic SFT keeps a step whose attempts all score (overall) at least this: 'stable high'"
+    )
+    max_std: float = _option(
+        0.5, "critic SFT keeps a step whose attempt scores vary (std) at most this: 'low variance'"
+    )
     rl_min_std: float = _option(1.5, "critic RL takes steps whose attempt scores vary at least this")
-    balance: bool = _option(True, "critic SFT: drop samples from the larger side until true and "
-                                  "false verdicts are equal")
-    truncations_per_run: int = _option(1, "planner SFT: extra samples cut from each finished "
-                                          "sequence (the rest of the plan as target)")
+    balance: bool = _option(
+        True, "critic SFT: drop samples from the larger side until true and false verdicts are equal"
+    )
+    truncations_per_run: int = _option(
+        1, "planner SFT: extra samples cut from each finished sequence (the rest of the plan as target)"
+    )
     seed: int = _option(0, "seed of the truncation points and the balancing")
 
 
@@ -99,31 +103,44 @@ def _user_with_images(text: str, image_count: int) -> list[dict]:
     return [_text(p) if isinstance(p, str) else IMAGE for p in request_segments(text, image_count)]
 
 
-def planner_samples(document: dict, store: ImageStore, options: ExportOptions,
-                    rng: random.Random) -> list[dict]:
+def planner_samples(document: dict, store: ImageStore, options: ExportOptions, rng: random.Random) -> list[dict]:
     inputs = [store.load(ref) for ref in document["input_images"]]
     planned = [s for s in document["steps"] if not s.get("given")]
     plan = [_plan_fields(s) for s in planned]
-    full = {"prompt": [
-        {"role": "system", "content": [_text(planner_system(guidance=bool(inputs)))]},
-        {"role": "user", "content": _user_with_images(planner_user(document["request"]), len(inputs))}],
+    full = {
+        "prompt": [
+            {"role": "system", "content": [_text(planner_system(guidance=bool(inputs)))]},
+            {"role": "user", "content": _user_with_images(planner_user(document["request"]), len(inputs))},
+        ],
         "completion": _reply(document["plan_reasoning"], {"execution_plan": plan}),
-        "images": inputs, "run_id": document["run_id"], "kind": "full"}
+        "images": inputs,
+        "run_id": document["run_id"],
+        "kind": "full",
+    }
     samples = [full]
     drawn = [s for s in planned if s["image"] is not None and s["prompt"]]
     if document.get("plan_mode", "narrative") != "narrative" or len(drawn) < 2:
         return samples  # truncation needs a drawn sequence of at least two steps
     for cut in rng.sample(range(1, len(drawn)), min(options.truncations_per_run, len(drawn) - 1)):
         given = drawn[:cut]
-        context = planner_user(document["request"]) + "\n" + "\n".join(
-            f"Step {s['step_number']}: {s['text']} <image>" for s in given)
+        context = (
+            planner_user(document["request"])
+            + "\n"
+            + "\n".join(f"Step {s['step_number']}: {s['text']} <image>" for s in given)
+        )
         rest = [_plan_fields(s) for s in drawn[cut:]]
-        samples.append({"prompt": [
-            {"role": "system", "content": [_text(planner_system(guidance=True))]},
-            {"role": "user", "content": _user_with_images(context, len(given))}],
-            "completion": _reply(document["plan_reasoning"], {"execution_plan": rest}),
-            "images": [store.load(s["image"]) for s in given], "run_id": document["run_id"],
-            "kind": "truncated"})
+        samples.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": [_text(planner_system(guidance=True))]},
+                    {"role": "user", "content": _user_with_images(context, len(given))},
+                ],
+                "completion": _reply(document["plan_reasoning"], {"execution_plan": rest}),
+                "images": [store.load(s["image"]) for s in given],
+                "run_id": document["run_id"],
+                "kind": "truncated",
+            }
+        )
     return samples
 
 
@@ -134,8 +151,10 @@ def _before_image(attempt: dict, store: ImageStore) -> Image.Image:
 
 
 def critic_prompt(step: dict, attempt: dict) -> list[dict]:
-    return [{"role": "system", "content": [_text(CRITIC_SYSTEM)]},
-            {"role": "user", "content": [IMAGE, IMAGE, _text(critic_user(step["prompt"], attempt["prompt"]))]}]
+    return [
+        {"role": "system", "content": [_text(CRITIC_SYSTEM)]},
+        {"role": "user", "content": [IMAGE, IMAGE, _text(critic_user(step["prompt"], attempt["prompt"]))]},
+    ]
 
 
 def step_rules(overall: list[float], accepted_by_pass: bool, options: ExportOptions) -> list[str]:
@@ -157,8 +176,14 @@ def step_rules(overall: list[float], accepted_by_pass: bool, options: ExportOpti
     return rules
 
 
-def critic_samples(documents: list[dict], scores: dict, store: ImageStore, options: ExportOptions,
-                   report: ExportReport, rng: random.Random) -> tuple[list[dict], list[dict]]:
+def critic_samples(
+    documents: list[dict],
+    scores: dict,
+    store: ImageStore,
+    options: ExportOptions,
+    report: ExportReport,
+    rng: random.Random,
+) -> tuple[list[dict], list[dict]]:
     sft: list[dict] = []
     rl: list[dict] = []
     for document in documents:
@@ -172,8 +197,11 @@ def critic_samples(documents: list[dict], scores: dict, store: ImageStore, optio
                 report.add("critic_rl", "steps dropped: not scored")
                 continue
             overall = [f["overall"] for f in found]
-            judged = [(a, f) for a, f in zip(attempts, found)
-                      if a["verdict"] is not None and a["verdict"]["success"] is not None]
+            judged = [
+                (a, f)
+                for a, f in zip(attempts, found)
+                if a["verdict"] is not None and a["verdict"]["success"] is not None
+            ]
             last = attempts[-1]["verdict"]
             rules = step_rules(overall, bool(last and last["success"]), options)
             for rule in rules:
@@ -182,25 +210,40 @@ def critic_samples(documents: list[dict], scores: dict, store: ImageStore, optio
                 for attempt, _ in judged:
                     verdict = attempt["verdict"]
                     answer = verdict_answer(verdict["success"], verdict["refine_prompt"] or attempt["prompt"])
-                    sft.append({"prompt": critic_prompt(step, attempt),
-                                "completion": _reply(verdict["reasoning"], answer),
-                                "images": [_before_image(attempt, store), store.load(attempt["image"])],
-                                "run_id": document["run_id"], "step_number": step["step_number"],
-                                "attempt": attempt["attempt"], "verdict": verdict["success"]})
+                    sft.append(
+                        {
+                            "prompt": critic_prompt(step, attempt),
+                            "completion": _reply(verdict["reasoning"], answer),
+                            "images": [_before_image(attempt, store), store.load(attempt["image"])],
+                            "run_id": document["run_id"],
+                            "step_number": step["step_number"],
+                            "attempt": attempt["attempt"],
+                            "verdict": verdict["success"],
+                        }
+                    )
             else:
                 report.add("critic_sft", "steps dropped: no keep rule")
             if len(overall) >= 2 and statistics.pstdev(overall) >= options.rl_min_std:
                 report.add("critic_rl", "steps kept: high variance")
                 for attempt, score in judged:
-                    rl.append({"prompt": critic_prompt(step, attempt),
-                               "images": [_before_image(attempt, store), store.load(attempt["image"])],
-                               "origin_prompt": step["prompt"], "rewritten_prompt": attempt["prompt"],
-                               "from_scratch": attempt["source"] is None,
-                               "success": attempt["verdict"]["success"], "semantics": score["sc"],
-                               "quality": score["pq"], "seed": attempt["seed"],
-                               "width": attempt["image"]["width"], "height": attempt["image"]["height"],
-                               "run_id": document["run_id"], "step_number": step["step_number"],
-                               "attempt": attempt["attempt"]})
+                    rl.append(
+                        {
+                            "prompt": critic_prompt(step, attempt),
+                            "images": [_before_image(attempt, store), store.load(attempt["image"])],
+                            "origin_prompt": step["prompt"],
+                            "rewritten_prompt": attempt["prompt"],
+                            "from_scratch": attempt["source"] is None,
+                            "success": attempt["verdict"]["success"],
+                            "semantics": score["sc"],
+                            "quality": score["pq"],
+                            "seed": attempt["seed"],
+                            "width": attempt["image"]["width"],
+                            "height": attempt["image"]["height"],
+                            "run_id": document["run_id"],
+                            "step_number": step["step_number"],
+                            "attempt": attempt["attempt"],
+                        }
+                    )
             else:
                 report.add("critic_rl", "steps dropped: low variance")
     if options.balance and sft:
@@ -218,9 +261,17 @@ def critic_samples(documents: list[dict], scores: dict, store: ImageStore, optio
 DATASETS = ("planner_sft", "critic_sft", "critic_rl")
 
 
-def export(runs_dir: str, out: str | Path, *, judge_model: str, judge_prompt_version: str,
-           batch: str | None = None, options: ExportOptions | None = None,
-           overwrite: bool = False, strict: bool = False) -> ExportReport:
+def export(
+    runs_dir: str,
+    out: str | Path,
+    *,
+    judge_model: str,
+    judge_prompt_version: str,
+    batch: str | None = None,
+    options: ExportOptions | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+) -> ExportReport:
     """Write ``planner_sft``, ``critic_sft`` and ``critic_rl`` under ``out``; return the counts.
 
     Datasets already in ``out`` are never replaced unless ``overwrite``; the check comes before
@@ -233,30 +284,41 @@ def export(runs_dir: str, out: str | Path, *, judge_model: str, judge_prompt_ver
     out = Path(out)
     existing = [name for name in DATASETS if (out / name).exists()]
     if existing and not overwrite:
-        raise ValueError(f"{out} already holds {', '.join(existing)}; choose another --out or pass "
-                         f"--overwrite to replace them")
+        raise ValueError(
+            f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite to replace them"
+        )
     rng = random.Random(options.seed)
     documents, skipped = finished_documents(runs_dir, batch)
     report = ExportReport(runs=len(documents), skipped_runs=skipped)
     if strict and skipped:
         listed = "; ".join(f"{run}: {why}" for run, why in sorted(skipped.items())[:10])
-        raise ValueError(f"{len(skipped)} run(s) cannot be exported ({listed}); finish them "
-                         f"(`interleave datagen run` again resumes them) or drop --strict")
+        raise ValueError(
+            f"{len(skipped)} run(s) cannot be exported ({listed}); finish them "
+            f"(`interleave datagen run` again resumes them) or drop --strict"
+        )
     if not documents:
-        raise ValueError(f"no finished runs{f' of batch {batch!r}' if batch else ''} in {runs_dir}; "
-                         f"run `interleave datagen run` first")
+        raise ValueError(
+            f"no finished runs{f' of batch {batch!r}' if batch else ''} in {runs_dir}; "
+            f"run `interleave datagen run` first"
+        )
     store = ImageStore(runs_dir)
     scores = load_scores(runs_dir, judge_model, judge_prompt_version)
     planner = [s for d in documents for s in planner_samples(d, store, options, rng)]
     report.add("planner_sft", "samples (full)", sum(s["kind"] == "full" for s in planner))
     report.add("planner_sft", "samples (truncated)", sum(s["kind"] == "truncated" for s in planner))
     if strict:
-        unscored = [(d["run_id"], s["step_number"], a["attempt"]) for d in documents
-                    for s in d["steps"] for a in s["attempts"]
-                    if (d["run_id"], s["step_number"], a["attempt"]) not in scores]
+        unscored = [
+            (d["run_id"], s["step_number"], a["attempt"])
+            for d in documents
+            for s in d["steps"]
+            for a in s["attempts"]
+            if (d["run_id"], s["step_number"], a["attempt"]) not in scores
+        ]
         if unscored:
-            raise ValueError(f"{len(unscored)} attempt(s) have no score from {judge_model} (first: "
-                             f"{unscored[0]}); run `interleave datagen score` or drop --strict")
+            raise ValueError(
+                f"{len(unscored)} attempt(s) have no score from {judge_model} (first: "
+                f"{unscored[0]}); run `interleave datagen score` or drop --strict"
+            )
     critic_sft, critic_rl = critic_samples(documents, scores, store, options, report, rng)
     report.add("critic_sft", "samples", len(critic_sft))
     report.add("critic_rl", "samples", len(critic_rl))

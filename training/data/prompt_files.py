@@ -35,13 +35,11 @@ def _is_jsonl(path: Path, lines: list[bytes]) -> bool:
         return True
     if suffix == ".txt":
         return False
-    first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(b"#")),
-                 b"")
+    first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(b"#")), b"")
     return first.startswith(b"{")
 
 
-def _jsonl_row(text: str, base: Path, require_images: bool) -> tuple[dict | None, str | None,
-                                                                      str | None]:
+def _jsonl_row(text: str, base: Path, require_images: bool) -> tuple[dict | None, str | None, str | None]:
     """(row, id, problem) of one JSONL line."""
     try:
         data = json.loads(text)
@@ -65,23 +63,36 @@ def _jsonl_row(text: str, base: Path, require_images: bool) -> tuple[dict | None
     paths = [p if p.is_absolute() else base / p for p in paths]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        return None, row_id, f"image file(s) not found: {missing} (relative paths are read " \
-                             f"from the prompt file's folder)"
+        return (
+            None,
+            row_id,
+            f"image file(s) not found: {missing} (relative paths are read from the prompt file's folder)",
+        )
     markers = request.count(IMAGE_MARKER)
     if data.get("needs_images") and not images and require_images:
-        return None, row_id, ("needs input images but 'images' is empty; attach one file per "
-                              f"{IMAGE_MARKER} marker")
+        return None, row_id, (f"needs input images but 'images' is empty; attach one file per {IMAGE_MARKER} marker")
     if markers and (images or require_images) and markers != len(images):
-        return None, row_id, (f"the request has {markers} {IMAGE_MARKER} marker(s) but "
-                              f"{len(images)} image(s); give one image per marker")
-    row = {**data, "id": row_id, "request": request, "images": [str(p) for p in paths],
-           "needs_images": data.get("needs_images", False), "domain": data.get("domain", ""),
-           "subcategory": data.get("subcategory", "")}
+        return (
+            None,
+            row_id,
+            (
+                f"the request has {markers} {IMAGE_MARKER} marker(s) but "
+                f"{len(images)} image(s); give one image per marker"
+            ),
+        )
+    row = {
+        **data,
+        "id": row_id,
+        "request": request,
+        "images": [str(p) for p in paths],
+        "needs_images": data.get("needs_images", False),
+        "domain": data.get("domain", ""),
+        "subcategory": data.get("subcategory", ""),
+    }
     return row, row_id, None
 
 
-def read_prompt_file(path: str | os.PathLike, *, require_images: bool = True
-                     ) -> tuple[list[dict], list[PromptProblem]]:
+def read_prompt_file(path: str | os.PathLike, *, require_images: bool = True) -> tuple[list[dict], list[PromptProblem]]:
     """Read a prompt file as ``datagen run`` does: (usable rows, problems); unusable lines are
     skipped and each is reported with its line number (and id when it has one).
 
@@ -104,9 +115,11 @@ def read_prompt_file(path: str | os.PathLike, *, require_images: bool = True
     if b"\x00" in raw[:65536]:
         # A binary file (an image, an archive) decodes line by line into a few lucky "requests";
         # refuse it whole instead of running them.
-        raise ValueError(f"{path} is not a prompt file: it holds binary data (NUL bytes). Pass a "
-                         f"JSONL file (one {{\"id\", \"request\"}} object per line) or plain text, one "
-                         f"request per line")
+        raise ValueError(
+            f"{path} is not a prompt file: it holds binary data (NUL bytes). Pass a "
+            f'JSONL file (one {{"id", "request"}} object per line) or plain text, one '
+            f"request per line"
+        )
     lines = raw.split(b"\n")
     jsonl = _is_jsonl(path, lines)
     rows: list[dict] = []
@@ -124,12 +137,13 @@ def read_prompt_file(path: str | os.PathLike, *, require_images: bool = True
             row, row_id, problem = _jsonl_row(text, path.parent, require_images)
         elif IMAGE_MARKER in text:
             row, row_id = None, f"line-{number:05d}"
-            problem = (f"the request has {IMAGE_MARKER} markers, but a plain-text prompt file "
-                       f"cannot carry images; use JSONL with an 'images' list")
+            problem = (
+                f"the request has {IMAGE_MARKER} markers, but a plain-text prompt file "
+                f"cannot carry images; use JSONL with an 'images' list"
+            )
         else:
             row_id, problem = f"line-{number:05d}", None
-            row = {"id": row_id, "request": text, "images": [], "needs_images": False,
-                   "domain": "", "subcategory": ""}
+            row = {"id": row_id, "request": text, "images": [], "needs_images": False, "domain": "", "subcategory": ""}
         if row is not None and row_id in first_line:
             row, problem = None, f"duplicate id; line {first_line[row_id]} already uses it"
         if row is None:

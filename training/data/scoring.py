@@ -24,9 +24,18 @@ from checkpoints.saver import connect
 from checkpoints.sqlite import retry_locked
 
 TABLE = "attempt_scores"
-COLUMNS = {"run_id": str, "step_number": int, "attempt": int, "judge_model": str,
-           "prompt_version": str, "sc": float, "pq": float, "overall": float, "error": str,
-           "reason": str}
+COLUMNS = {
+    "run_id": str,
+    "step_number": int,
+    "attempt": int,
+    "judge_model": str,
+    "prompt_version": str,
+    "sc": float,
+    "pq": float,
+    "overall": float,
+    "error": str,
+    "reason": str,
+}
 KEY = ("run_id", "step_number", "attempt", "judge_model", "prompt_version")
 
 
@@ -81,16 +90,22 @@ def judged_items(document: dict) -> list[tuple[dict, dict, Any]]:
     return items
 
 
-def score_runs(runs_dir: str, judge: Any, *, batch: str | None = None,
-               on_progress: Callable[[int, int], None] | None = None) -> ScoreReport:
+def score_runs(
+    runs_dir: str, judge: Any, *, batch: str | None = None, on_progress: Callable[[int, int], None] | None = None
+) -> ScoreReport:
     """Judge every unscored attempt of the finished runs and store the scores."""
     documents, skipped = finished_documents(runs_dir, batch)
     report = ScoreReport(runs=len(documents), skipped_runs=skipped)
     with closing(connect(runs_dir)) as conn:
         table = scores_table(conn)
-        done = {tuple(r[k] for k in KEY[:3]) for r in table.rows_where(
-            "judge_model = ? AND prompt_version = ? AND error IS NULL",
-            [judge.model_name, judge.prompt_version], select="run_id, step_number, attempt")}
+        done = {
+            tuple(r[k] for k in KEY[:3])
+            for r in table.rows_where(
+                "judge_model = ? AND prompt_version = ? AND error IS NULL",
+                [judge.model_name, judge.prompt_version],
+                select="run_id, step_number, attempt",
+            )
+        }
         todo = []
         for document in documents:
             for step, attempt, item in judged_items(document):
@@ -102,10 +117,20 @@ def score_runs(runs_dir: str, judge: Any, *, batch: str | None = None,
         judgments = judge.judge_many([t[3] for t in todo], on_done=on_progress)
         rows = []
         for (run_id, step_number, attempt, _), judgment in zip(todo, judgments):
-            rows.append({"run_id": run_id, "step_number": step_number, "attempt": attempt,
-                         "judge_model": judge.model_name, "prompt_version": judge.prompt_version,
-                         "sc": judgment.sc, "pq": judgment.pq, "overall": judgment.overall,
-                         "error": judgment.error, "reason": judgment.reason})
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "step_number": step_number,
+                    "attempt": attempt,
+                    "judge_model": judge.model_name,
+                    "prompt_version": judge.prompt_version,
+                    "sc": judgment.sc,
+                    "pq": judgment.pq,
+                    "overall": judgment.overall,
+                    "error": judgment.error,
+                    "reason": judgment.reason,
+                }
+            )
             if judgment.error is None:
                 report.scored += 1
             else:
@@ -118,5 +143,9 @@ def load_scores(runs_dir: str, judge_model: str, prompt_version: str) -> dict[tu
     """Stored scores by (run_id, step_number, attempt) for one judge; failed judgments excluded."""
     with closing(connect(runs_dir, create=False)) as conn:
         table = scores_table(conn)
-        return {(r["run_id"], r["step_number"], r["attempt"]): r for r in table.rows_where(
-            "judge_model = ? AND prompt_version = ? AND error IS NULL", [judge_model, prompt_version])}
+        return {
+            (r["run_id"], r["step_number"], r["attempt"]): r
+            for r in table.rows_where(
+                "judge_model = ? AND prompt_version = ? AND error IS NULL", [judge_model, prompt_version]
+            )
+        }

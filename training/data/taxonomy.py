@@ -50,12 +50,12 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-def _check_entry(entry: Any, where: str, required: dict[str, type], optional: dict[str, type],
-                 errors: list[str]) -> bool:
+def _check_entry(
+    entry: Any, where: str, required: dict[str, type], optional: dict[str, type], errors: list[str]
+) -> bool:
     """Append a message per problem of one mapping; True when it can be read further."""
     if not isinstance(entry, dict):
-        errors.append(f"{where}: expected a mapping with keys {sorted(required)}, "
-                      f"got {type(entry).__name__}")
+        errors.append(f"{where}: expected a mapping with keys {sorted(required)}, got {type(entry).__name__}")
         return False
     where = f"line {entry[_LINE]} ({where})"
     ok = True
@@ -67,17 +67,16 @@ def _check_entry(entry: Any, where: str, required: dict[str, type], optional: di
             continue
         value = entry[key]
         if not isinstance(value, kind) or (kind is str and not value.strip()):
-            errors.append(f"{where}: '{key}' must be a non-empty {kind.__name__}, "
-                          f"got {value!r}")
+            errors.append(f"{where}: '{key}' must be a non-empty {kind.__name__}, got {value!r}")
             ok = False
-    unknown = sorted(str(k) for k in entry if k is not _LINE and k not in required
-                     and k not in optional)
+    unknown = sorted(str(k) for k in entry if k is not _LINE and k not in required and k not in optional)
     if unknown:
-        errors.append(f"{where}: unknown key(s) {unknown}; allowed: "
-                      f"{sorted([*required, *optional])}")
+        errors.append(f"{where}: unknown key(s) {unknown}; allowed: {sorted([*required, *optional])}")
     if ok and "id" in required and not _SLUG.match(entry["id"]):
-        errors.append(f"{where}: id {entry['id']!r} is not a slug; use lower-case letters, "
-                      f"digits and single hyphens, e.g. 'paper-crafts'")
+        errors.append(
+            f"{where}: id {entry['id']!r} is not a slug; use lower-case letters, "
+            f"digits and single hyphens, e.g. 'paper-crafts'"
+        )
     return ok
 
 
@@ -90,47 +89,61 @@ def load_taxonomy(path: str | os.PathLike) -> list[Subcategory]:
         data = _yaml(raw.decode("utf-8"))
     except Exception as exc:  # yaml.YAMLError or UnicodeDecodeError; both name the position
         raise ValueError(f"{path}: not a readable YAML file: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("domains"), list) \
-            or not data["domains"]:
-        raise ValueError(f"{path}: expected a top-level 'domains:' list with at least one "
-                         f"domain (see training/data/taxonomy.yaml)")
+    if not isinstance(data, dict) or not isinstance(data.get("domains"), list) or not data["domains"]:
+        raise ValueError(
+            f"{path}: expected a top-level 'domains:' list with at least one domain (see training/data/taxonomy.yaml)"
+        )
     errors: list[str] = []
     seen_domains: dict[str, int] = {}
     seen: dict[str, int] = {}
     found: list[Subcategory] = []
     for d, domain in enumerate(data["domains"]):
         where = f"domains[{d}]"
-        if not _check_entry(domain, where, {"id": str, "name": str, "description": str,
-                                            "subcategories": list}, {}, errors):
+        if not _check_entry(
+            domain, where, {"id": str, "name": str, "description": str, "subcategories": list}, {}, errors
+        ):
             continue
         if domain["id"] in seen_domains:
-            errors.append(f"line {domain[_LINE]} ({where}): domain id {domain['id']!r} is also "
-                          f"used at line {seen_domains[domain['id']]}; rename one")
+            errors.append(
+                f"line {domain[_LINE]} ({where}): domain id {domain['id']!r} is also "
+                f"used at line {seen_domains[domain['id']]}; rename one"
+            )
         seen_domains.setdefault(domain["id"], domain[_LINE])
         if not domain["subcategories"]:
             errors.append(f"line {domain[_LINE]} ({where}): 'subcategories' is empty; add one")
         for s, sub in enumerate(domain["subcategories"]):
             here = f"{where}.subcategories[{s}]"
-            if not _check_entry(sub, here, {"id": str, "name": str, "description": str},
-                                {"examples": list, "needs_images": bool}, errors):
+            if not _check_entry(
+                sub,
+                here,
+                {"id": str, "name": str, "description": str},
+                {"examples": list, "needs_images": bool},
+                errors,
+            ):
                 continue
             examples = sub.get("examples", [])
             if any(not isinstance(e, str) or not e.strip() for e in examples):
-                errors.append(f"line {sub[_LINE]} ({here}): every example must be a "
-                              f"non-empty string")
+                errors.append(f"line {sub[_LINE]} ({here}): every example must be a non-empty string")
             if sub["id"] in seen:
-                errors.append(f"line {sub[_LINE]} ({here}): subcategory id {sub['id']!r} is "
-                              f"also used at line {seen[sub['id']]}; ids must be unique across "
-                              f"the file (row ids derive from them), rename one")
+                errors.append(
+                    f"line {sub[_LINE]} ({here}): subcategory id {sub['id']!r} is "
+                    f"also used at line {seen[sub['id']]}; ids must be unique across "
+                    f"the file (row ids derive from them), rename one"
+                )
                 continue
             seen[sub["id"]] = sub[_LINE]
-            found.append(Subcategory(
-                id=sub["id"], name=sub["name"].strip(), description=sub["description"].strip(),
-                domain=domain["id"], domain_name=domain["name"].strip(),
-                domain_description=domain["description"].strip(),
-                examples=tuple(e.strip() for e in examples if isinstance(e, str)),
-                needs_images=sub.get("needs_images", False)))
+            found.append(
+                Subcategory(
+                    id=sub["id"],
+                    name=sub["name"].strip(),
+                    description=sub["description"].strip(),
+                    domain=domain["id"],
+                    domain_name=domain["name"].strip(),
+                    domain_description=domain["description"].strip(),
+                    examples=tuple(e.strip() for e in examples if isinstance(e, str)),
+                    needs_images=sub.get("needs_images", False),
+                )
+            )
     if errors:
-        raise ValueError(f"{path}: {len(errors)} problem(s) in the taxonomy:\n  "
-                         + "\n  ".join(errors))
+        raise ValueError(f"{path}: {len(errors)} problem(s) in the taxonomy:\n  " + "\n  ".join(errors))
     return found

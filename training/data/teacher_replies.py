@@ -24,7 +24,7 @@ def _array(text: str) -> list | None:
     start, end = text.find("["), text.rfind("]")
     if start < 0 or end < start:
         return None
-    body = text[start:end + 1]
+    body = text[start : end + 1]
     try:
         value = json.loads(body, strict=False)
     except ValueError:
@@ -76,8 +76,7 @@ def parse_requests(reply: str) -> tuple[list[str], int]:
         lines = [m.group(1) for m in map(_LIST_LINE.match, body.splitlines()) if m]
         items = lines if len(lines) >= 2 else None
     if items is None:
-        raise ReplyParseError("no JSON list of requests (and no numbered list) in the reply",
-                              reply, "no_answer")
+        raise ReplyParseError("no JSON list of requests (and no numbered list) in the reply", reply, "no_answer")
     texts, invalid = [], 0
     for item in items:
         if isinstance(item, dict):  # [{"request": "..."}] is a common variant
@@ -88,6 +87,5 @@ def parse_requests(reply: str) -> tuple[list[str], int]:
         else:
             invalid += 1
     if not texts:
-        raise ReplyParseError(f"the reply's list has no usable request ({len(items)} items)",
-                              reply, "schema")
+        raise ReplyParseError(f"the reply's list has no usable request ({len(items)} items)", reply, "schema")
     return texts, invalid
