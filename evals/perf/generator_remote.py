@@ -14,7 +14,10 @@ steps, so batching can join them. Backends, all over the same model:
                process over that same pool, reached through ``ImagesAPIGenerator`` over HTTP
                (client and server share this process and its GIL: a conservative figure)
   ray-1/ray-2  ``tools.generator.ray_serve`` on a local Ray cluster, 1 and 2 replicas
-               (``--model`` folder needed: replicas load it themselves; the tiny one is built)
+               (``--ray-replicas``). Replicas load the model from a folder themselves: the tiny
+               one is built; with ``--full-klein`` the random-weight pipeline is saved first
+               (``save_pretrained``, ~16 GB of bf16 under ``--save-dir``), so every backend serves
+               the very same weights
 
 Each round measures every backend at every level in turn (the medians of ``--rounds`` are
 reported), so load from elsewhere on the machine falls on all of them alike. Prints images/s,
@@ -56,6 +59,17 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch", type=int, default=4, help="largest batch (worker and replicas)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all backends (medians reported)")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray Serve backends")
+    parser.add_argument(
+        "--ray-replicas",
+        default="1,2",
+        help="Ray Serve applications to measure, by replica count (on one GPU each replica asks for 1/N of it)",
+    )
+    parser.add_argument(
+        "--save-dir",
+        default=None,
+        help="with --full-klein and Ray: where the random-weight pipeline is saved for the replicas "
+        "(default: a temp folder)",
+    )
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     return parser
 
@@ -140,11 +154,27 @@ def _pipeline(args: argparse.Namespace, workdir: Path) -> tuple[Any, str, str, s
     return diffusion.load_pipeline(folder, "cpu", "float32"), folder, "cpu", "float32"
 
 
+def _saved_full_klein(pipe: Any, folder: Path) -> str:
+    """The random-weight pipeline written as an ordinary diffusers folder, for Ray replicas."""
+    began = time.perf_counter()
+    print(f"saving the random-weight klein-4B to {folder} for the Ray replicas ...", flush=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    print(f"saved in {time.perf_counter() - began:.0f} s", flush=True)
+    return str(folder)
+
+
 def _ray_backends(
-    stack: contextlib.ExitStack, model: str, device: str, dtype: str, max_batch: int, gpu: bool
+    stack: contextlib.ExitStack,
+    model: str,
+    device: str,
+    dtype: str,
+    max_batch: int,
+    gpu: bool,
+    replica_counts: list[int],
 ) -> dict[str, Callable[[dict], Image.Image]]:
-    """Ray Serve with 1 and with 2 replicas, side by side on one local cluster (two applications
-    under /r1 and /r2), so every round measures both under the same machine load."""
+    """Ray Serve applications with each replica count, side by side on one local cluster (under
+    /r1, /r2, ...), so every round measures them under the same machine load. On a machine with
+    fewer GPUs than replicas, each replica asks for a share of one (Ray's fractional GPUs)."""
     import os
     import socket
 
@@ -168,12 +198,15 @@ def _ray_backends(
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     stack.callback(serve.shutdown)
     runs = {}
-    for replicas in (1, 2):
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if gpu else 0
+    for replicas in replica_counts:
+        share = (1.0 if replicas <= gpus else round(gpus / replicas, 3)) if gpu else 0
+        print(f"starting Ray Serve with {replicas} replica(s), {share} GPU each ...", flush=True)
         serve.run(
             generator_application(
                 model,
                 num_replicas=replicas,
-                gpus_per_replica=1 if gpu else 0,
+                gpus_per_replica=share,
                 cpus_per_replica=1,
                 max_batch=max_batch,
                 device=device,
@@ -209,13 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         backends: dict[str, Callable[[dict], Image.Image]] = {"in-process": pool.run, "api-no-ray": client.run}
         if args.no_ray:
             pass
-        elif gpu and not args.model:
-            print(
-                "Ray Serve left out: its replicas load the model from a folder (--model), and the "
-                "random-weight klein exists only in this process"
-            )
         else:
-            backends.update(_ray_backends(stack, model, device, dtype, args.max_batch, gpu))
+            replica_counts = [int(count) for count in args.ray_replicas.split(",") if count.strip()]
+            if gpu and not args.model:  # the replicas load a folder: write the random weights once
+                model = _saved_full_klein(pipe, Path(args.save_dir or tmp) / "klein-4B-random")
+            backends.update(_ray_backends(stack, model, device, dtype, args.max_batch, gpu, replica_counts))
         for name, run in backends.items():  # kernels, connections, batch shapes, every replica
             measure(run, 8, 1, size, steps, offset=10**6)
         # Rounds interleave the backends, so a busy neighbour on the machine hurts all alike.
