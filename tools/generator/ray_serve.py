@@ -73,7 +73,12 @@ class GeneratorDeployment:
         self.generate_many.set_batch_wait_timeout_s(batch_wait_s)
         log.info("generator replica ready: %s (%s), batches of up to %d", model, self.spec.family, max_batch)
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    # Two batches in flight: while one runs on the GPU, the next is gathered and waits on the
+    # pipeline's call lock (diffusion.generate_batch runs one call per pipeline at a time), so it
+    # starts the moment the GPU is free. With one, the next batch started only after the event
+    # loop had handed out the last batch's answers (JSON of 4 MB PNGs each): on one H200 at
+    # concurrency 8, 0.86x the in-process images/s with one batch in flight.
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S, max_concurrent_batches=2)
     async def generate_many(self, requests: list[dict[str, Any]]) -> list[Any]:
         """The requests Ray Serve gathered, as one ``generate_batch`` call on a thread."""
         return await asyncio.to_thread(diffusion.generate_batch, self.pipe, requests)
