@@ -2,8 +2,10 @@
 
 ``openai`` roles: the endpoint answers at all. ``transformers`` roles (in-process): nothing is
 asked of any endpoint; a local model path must be a folder with a ``config.json`` (a Hub id is
-left to the loader). A typo in a URL or path, or a server that is not up yet, then costs one clear
-message and nothing on disk, instead of a failed run in the registry.
+left to the loader). A remote generator (``generator_base_url``): its images server answers and
+takes the key (without this check a server that is down failed the first generation only after
+~15 s of retries, with the run already made). A typo in a URL or path, or a server that is not
+up yet, then costs one clear message and nothing on disk, instead of a failed run in the registry.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import openai
 
 from graph.context import Context
-from tools.llm.endpoint_errors import describe
+from tools.llm.endpoint_errors import REFUSED, TIMEOUT, cause_of, describe, host_and_port
 
 PREFLIGHT_TIMEOUT_S = 10.0
 
@@ -40,9 +42,51 @@ def check_endpoints(context: Context) -> None:
         except openai.APIConnectionError as exc:  # a timeout is one too
             raise EndpointUnreachableError(
                 describe(role, url, getattr(context, f"{role}_model"), exc, PREFLIGHT_TIMEOUT_S)
-                + " Nothing was written.") from None
+                + " Nothing was written."
+            ) from None
         except openai.APIStatusError:
             pass  # it answers; some OpenAI-style servers have no /models route
+    if context.generator_base_url:
+        check_generator_endpoint(context)
+
+
+def check_generator_endpoint(context: Context) -> None:
+    """The images server at ``generator_base_url`` answers ``GET /models`` (any answer but a
+    refused key will do: not every images server has that route)."""
+    import httpx
+
+    url = context.generator_base_url.rstrip("/")
+    key = context.generator_api_key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    where = f"the generator endpoint {url} (model {context.generator_model!r})"
+    try:
+        response = httpx.get(f"{url}/models", headers=headers, timeout=PREFLIGHT_TIMEOUT_S)
+    except httpx.TransportError as exc:
+        cause = cause_of(exc)
+        host, port = host_and_port(url)
+        if cause == TIMEOUT:
+            problem = (
+                f"{where} did not answer within {PREFLIGHT_TIMEOUT_S:g} s: the server is "
+                f"reachable but busy or still loading. Wait for it to be ready, then run again."
+            )
+        elif cause == REFUSED:
+            problem = (
+                f"{where} refused the connection: nothing listens at {host}:{port}. Start an "
+                f"images server there (e.g. `interleave serve generator --model "
+                f"{context.generator_model} --port {port}`) or set generator_base_url to one "
+                f"that runs."
+            )
+        else:
+            problem = (
+                f"{where} cannot be reached ({type(exc).__name__}: {exc}). Check the host "
+                f"name {host!r} and the network, or set generator_base_url to a server that runs."
+            )
+        raise EndpointUnreachableError(problem + " Nothing was written.") from None
+    if response.status_code in (401, 403):
+        raise EndpointUnreachableError(
+            f"{where} refused the API key (HTTP {response.status_code}). Set generator_api_key "
+            f"(INTERLEAVE_GENERATOR_API_KEY) to a key that server accepts. Nothing was written."
+        )
 
 
 def _check_local_model(context: Context, role: str) -> None:
@@ -54,7 +98,8 @@ def _check_local_model(context: Context, role: str) -> None:
         raise EndpointUnreachableError(
             f"the {role} model folder {name} {what}. With --{role}-backend transformers, "
             f"--{role}-model must be a saved model folder (save_pretrained) or a Hub id. "
-            f"Nothing was written.")
+            f"Nothing was written."
+        )
     if looks_local and role == "critic":
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         if "vision_config" not in config:
@@ -62,4 +107,5 @@ def _check_local_model(context: Context, role: str) -> None:
                 f"the critic model {name} cannot see images (a text-only "
                 f"{config.get('model_type', 'model')}: its config.json has no vision_config), and "
                 f"the critic judges images. Use a vision-language model folder (e.g. Qwen3-VL) for "
-                f"--critic-model. Nothing was written.")
+                f"--critic-model. Nothing was written."
+            )
