@@ -420,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     if delegated is not None:
         return delegated
     args = make_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     from checkpoints.registry import RunNotFoundError
     from graph.runs.preflight import EndpointUnreachableError
 
