@@ -13,6 +13,7 @@ from langgraph.types import Command
 from checkpoints.saver import open_checkpointer
 from conftest import REQUEST
 from graph.builder import build_graph
+from graph.cli.main import EXIT_BAD_INPUT, main
 from graph.runs.demo import demo_context
 from graph.runs.runner import resume_run, start_run
 from tools.doubles import demo_script
@@ -50,7 +51,9 @@ def _longer_plan(plan: list[dict], steps: int) -> list[dict]:
     return plan + extra
 
 
-def test_an_edit_longer_than_max_plan_steps_is_refused_and_the_run_keeps_waiting(make_context, runs_dir):
+def test_an_edit_longer_than_max_plan_steps_is_refused_and_the_run_keeps_waiting(
+    make_context, runs_dir, tmp_path, capsys
+):
     context = make_context(review_plan=True, max_plan_steps=3)
     paused = start_run(REQUEST, context, run_id="capped")
     assert paused.status == "awaiting_review" and paused.review["max_plan_steps"] == 3
@@ -58,6 +61,10 @@ def test_an_edit_longer_than_max_plan_steps_is_refused_and_the_run_keeps_waiting
     # through the CLI/runner: refused before anything changes
     with pytest.raises(ValueError, match="4 steps, over this run's max_plan_steps=3; shorten it"):
         resume_run("capped", runs_dir, review=too_long)
+    plan_file = tmp_path / "long.json"  # the command line: interleave resume --plan-file
+    plan_file.write_text(json.dumps(too_long["plan"]))
+    assert main(["--runs-dir", runs_dir, "resume", "capped", "--plan-file", str(plan_file)]) == EXIT_BAD_INPUT
+    assert "over this run's --max-plan-steps=3; shorten it" in capsys.readouterr().err
     # straight to the graph (Studio, the SDK): the run keeps waiting, the error in the new question
     config = {"configurable": {"thread_id": "capped"}}
     with open_checkpointer(runs_dir) as saver:
