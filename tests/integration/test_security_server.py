@@ -20,6 +20,7 @@ from tools.doubles import demo_script
 from tools.doubles.scripted_chat import ScriptedChatServer
 
 KEY = "sk-caller-key-never-stored-31337"
+OPERATOR_SECRET = "pw-operator-never-logged"
 
 
 def start_server(cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
@@ -47,7 +48,10 @@ def test_a_key_in_the_context_is_refused_at_the_edge_and_stored_nowhere(tmp_path
     from langgraph_sdk import get_sync_client
 
     with ScriptedChatServer(demo_script.respond) as chat:
-        env = server_env(chat.base_url, tiny_pipeline, tmp_path / "runs")
+        # the operator's endpoint holds a password: the server's logs show it redacted
+        env = server_env(
+            chat.base_url.replace("http://", f"http://op:{OPERATOR_SECRET}@"), tiny_pipeline, tmp_path / "runs"
+        )
         process, url, log_path = start_server(tmp_path, env)
         try:
             client = get_sync_client(url=url)
@@ -97,6 +101,8 @@ def test_a_key_in_the_context_is_refused_at_the_edge_and_stored_nowhere(tmp_path
             assert client.threads.get(thread_id)["status"] == "interrupted"
         finally:
             stop(process)
+    log = log_path.read_text(errors="replace")
+    assert "HTTP Request: POST http://***@127.0.0.1" in log and OPERATOR_SECRET not in log
     stored = [p for p in (tmp_path / ".langgraph_api").rglob("*") if p.is_file()]
     assert stored  # the server saved its records on shutdown
     for path in [*stored, log_path, *(tmp_path / "runs").rglob("*")]:
