@@ -395,15 +395,20 @@ class RemoteContext(Context):
     choosing, nor make the server read or write files it names."""
 
     def __init__(self, **values: Any) -> None:
-        allowed = {f.name for f in dataclasses.fields(Context) if f.metadata.get("remote")}
-        refused = sorted(set(values) - allowed)
+        refused = sorted(set(values) - set(REMOTE_SETTINGS))
         if refused:  # names only: a refused value may be a key, and errors end up in logs
-            raise ValueError(
-                f"a remote caller may not set {', '.join(refused)} in the run context; the "
-                f"server's operator sets them (INTERLEAVE_* in the server's environment). "
-                f"Settable remotely: {', '.join(sorted(allowed))}"
-            )
+            raise ValueError(remote_refusal(refused))
         super().__init__(**values)
+
+
+def remote_refusal(refused: list[str], where: str = "the run context") -> str:
+    """The error for settings a remote caller sent but may not set: names only, never a value
+    (a refused value may be a key, and errors end up in logs and stored records)."""
+    return (
+        f"a remote caller may not set {', '.join(refused)} in {where}; the server's operator "
+        f"sets them (INTERLEAVE_* in the server's environment). Settable remotely: "
+        f"{', '.join(sorted(REMOTE_SETTINGS))}"
+    )
 
 
 def without_credentials(url: str) -> str:

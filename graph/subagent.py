@@ -18,7 +18,8 @@ from langchain_core.tools import BaseTool, StructuredTool
 
 from graph.builder import build_graph
 from graph.context import Context
-from graph.runs.runner import new_run_id
+from graph.runs.runner import new_run_id, validate_request
+from nodes.generator import check_generator_settings
 from tools.llm.chat import ChatModels
 
 TOOL_DESCRIPTION = (
@@ -59,13 +60,22 @@ def interleave_tool(
 
     With a checkpointer every call is a resumable run (thread id = run id) and is written with
     ``durability="sync"``. ``models`` passes your own LangChain chat models for planner/critic.
+
+    Everything is checked before anything is written (no checkpoint, file or folder): settings
+    the generator cannot serve when the tool is made, and each call's request (not empty, at
+    most ``MAX_REQUEST_CHARS`` characters, no control characters, no ``<image>`` markers since
+    the tool takes no images) before its run starts; both raise ValueError naming the fix.
     """
+    if not isinstance(context, Context):
+        raise TypeError(f"context must be a graph.context.Context, not {type(context).__name__}")
+    check_generator_settings(context)
     app = build_graph(checkpointer, models=models)
     options: dict[str, Any] = {"context": context}
     if checkpointer is not None:
         options["durability"] = "sync"
 
     def new_call(request: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        request = validate_request(request, [])  # before the run's first checkpoint
         run_id = new_run_id()
         return {"request": request, "run_id": run_id}, {"configurable": {"thread_id": run_id}}
 

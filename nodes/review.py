@@ -3,7 +3,8 @@ until someone approves or edits the plan — in the terminal (`interleave run --
 `interleave resume RUN_ID --approve-plan | --plan-file FILE`, or in LangGraph Studio.
 
 Resume values: ``{"approve": true}`` keeps the plan; ``{"plan": [steps…]}`` (or
-``{"execution_plan": [...]}``) replaces it, checked by the same rules as the planner's output.
+``{"execution_plan": [...]}``) replaces it, checked by the same rules as the planner's output
+(including the run's ``max_plan_steps`` cap).
 With ``review_plan`` off the node passes straight through.
 """
 
@@ -22,10 +23,10 @@ from tools.replies.parsing import plan_steps
 PLAN_REVIEW = "plan_review"
 
 
-def reviewed_plan(answer: Any, input_count: int = 0) -> list[PlanStep] | None:
+def reviewed_plan(answer: Any, input_count: int = 0, max_steps: int | None = None) -> list[PlanStep] | None:
     """The plan a review answer asks for: None to keep the current plan, else the edited steps
-    (checked against the request's mode: ``input_count`` images given). Raises ValueError naming
-    what is wrong with the answer."""
+    (checked against the request's mode: ``input_count`` images given, and at most ``max_steps``
+    steps, the run's ``max_plan_steps``). Raises ValueError naming what is wrong with the answer."""
     if answer is True or (isinstance(answer, dict) and answer.get("approve") is True):
         return None
     if isinstance(answer, dict):
@@ -37,6 +38,11 @@ def reviewed_plan(answer: Any, input_count: int = 0) -> list[PlanStep] | None:
             'a plan review answer is {"approve": true} or {"plan": [steps...]} '
             "(the steps as in the planner's execution_plan)"
         )
+    if max_steps is not None and len(answer) > max_steps:  # before parsing: a huge edit costs nothing
+        raise ValueError(
+            f"the edited plan has {len(answer)} steps, over this run's max_plan_steps={max_steps}; "
+            f"shorten it to at most {max_steps} steps"
+        )
     try:
         steps = plan_steps(answer)
         check_plan(steps, input_count)
@@ -46,7 +52,8 @@ def reviewed_plan(answer: Any, input_count: int = 0) -> list[PlanStep] | None:
 
 
 def review(state: State, runtime: Runtime[Context]) -> dict:
-    if not context_of(runtime).review_plan:
+    ctx = context_of(runtime)
+    if not ctx.review_plan:
         return {}
     inputs = len(state.get("input_images", []))
     question = {
@@ -54,6 +61,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict:
         "run_id": state["run_id"],
         "plan": state["plan"],
         "input_images": inputs,
+        "max_plan_steps": ctx.max_plan_steps,
         "resume_with": {"approve": True, "or": {"plan": "[edited steps]"}},
     }
     # An answer that is not a valid plan must not end the node with an error: LangGraph would
@@ -63,7 +71,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict:
     while True:
         answer = interrupt(question)
         try:
-            steps = reviewed_plan(answer, inputs)
+            steps = reviewed_plan(answer, inputs, ctx.max_plan_steps)
         except ValueError as exc:
             question = {**question, "error": str(exc)}
             continue

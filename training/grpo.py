@@ -243,5 +243,7 @@ def reward_generator_device(setting: str, environ: dict | None = None) -> str:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO, "%(asctime)s %(name)s: %(message)s")
     raise SystemExit(main())

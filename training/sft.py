@@ -69,5 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO, "%(asctime)s %(name)s: %(message)s")
     raise SystemExit(main())

@@ -196,7 +196,9 @@ def _summary(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO if args.verbose else logging.WARNING)
     from evals.benchmarks import report, rise, ueval, wise
     from evals.benchmarks.configs import parse_config
     from evals.benchmarks.driver import evaluate

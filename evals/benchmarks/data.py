@@ -1,5 +1,6 @@
 """Reading benchmark data files: JSON lists, JSONL files or folders of them, with errors that name
-the file, the item and the fix (``DataFormatError``), before anything is generated or asked."""
+the file, the item and the fix (``DataFormatError``), before anything is generated or asked.
+Image paths a data file names are confined to its folder (``data_image``)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,29 @@ def need(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], whe
     ]
     if problems:
         raise DataFormatError(f"{where}: {'; '.join(problems)}. Expected items with {expected}")
+
+
+def data_image(root: Path, value: Any, where: str, item_id: str, key: str) -> str:
+    """The file an item's ``key`` names, relative to ``root`` (the data file's folder or
+    ``--images-root``): resolved, symlinks followed, and refused unless it is a file inside
+    ``root``, so a data file cannot make the harness read (and send to a judge) other files."""
+    try:
+        base = Path(root).resolve()
+        path = (base / str(value)).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
+        raise DataFormatError(f"{where} (id {item_id}): {key} {value!r} is not a usable path ({exc})") from None
+    if not path.is_relative_to(base):
+        raise DataFormatError(
+            f"{where} (id {item_id}): {key} {value!r} resolves to {path}, outside {base}; image "
+            f"paths must stay inside the data's folder (relative, no '..', no symlink leading out): "
+            f"move the images there, or pass --images-root pointing at the folder that holds them"
+        )
+    if not path.is_file():
+        raise DataFormatError(
+            f"{where} (id {item_id}): {key} {path} does not exist; point --images-root at the "
+            f"folder the data file's image paths are relative to"
+        )
+    return str(path)
 
 
 def unique_ids(items: list[Item]) -> list[Item]:

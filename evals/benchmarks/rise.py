@@ -59,7 +59,7 @@ from typing import Any
 
 from evals.benchmarks.benchmark import Benchmark
 from evals.benchmarks.official import check_repo, module_strings
-from evals.benchmarks.data import DataFormatError, Item, need, read_records, unique_ids
+from evals.benchmarks.data import DataFormatError, Item, data_image, need, read_records, unique_ids
 from tools.judge.judge import Question
 from tools.store.images import ImageStore
 from tools.replies.parsing import ReplyParseError, read_answer
@@ -187,16 +187,6 @@ def _flag(record: dict[str, Any], key: str) -> Any:
     return None if value in (None, "", False) or value != value else value  # NaN != NaN
 
 
-def _path(root: Path, value: Any, where: str, key: str) -> str:
-    path = root / str(value)
-    if not path.is_file():
-        raise DataFormatError(
-            f"{where}: {key} {path} does not exist; point --images-root at the "
-            f"folder the data file's image paths are relative to"
-        )
-    return str(path)
-
-
 def load(path: Path, images_root: Path | None = None) -> list[Item]:
     root = Path(images_root) if images_root else (path if path.is_dir() else path.parent)
     items = []
@@ -212,16 +202,19 @@ def load(path: Path, images_root: Path | None = None) -> list[Item]:
             raise DataFormatError(
                 f"{where}: a {kind} sample needs {wanted} or reference_img. Expected items with {EXPECTED}"
             )
+        item_id = str(record["index"])
         items.append(
             Item(
-                str(record["index"]),
+                item_id,
                 kind,
                 {
                     "instruction": record["instruction"],
-                    "image": _path(root, record["image"], where, "image"),
+                    "image": data_image(root, record["image"], where, item_id, "image"),
                     "reference": reference,
                     "subtask": record.get("subtask"),
-                    "reference_img": _path(root, reference_img, where, "reference_img") if reference_img else None,
+                    "reference_img": data_image(root, reference_img, where, item_id, "reference_img")
+                    if reference_img
+                    else None,
                     "consistency_free": bool(_flag(record, "consistency_free")),
                     "reasoning_img": bool(_flag(record, "reasoning_img")),
                     "reasoning_wo_ins": bool(_flag(record, "reasoning_wo_ins")),

@@ -709,7 +709,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--size {args.size} is not a multiple of 16; klein packs 2x2 latents of 8x-downscaled images")
     if args.runs < 5:
         raise SystemExit(f"--runs {args.runs}: use at least 5 so the median means something")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO, "%(asctime)s %(name)s %(message)s")
     if args.cache_probe:
         return cache_probe(args)
 

@@ -223,7 +223,9 @@ def _ray_backends(
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    from tools.logs import configure_logging
+
+    configure_logging(logging.WARNING)
     from tools.generator.images_api import ImagesAPIGenerator
     from tools.generator.serve_app import BackgroundServer, images_app, local_generate
     from tools.generator.worker import GeneratorPool, GeneratorWorker

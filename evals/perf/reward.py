@@ -190,7 +190,9 @@ def measure(pipe, size: int, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO, "%(asctime)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
     sizes = args.sizes or ([64] if args.tiny else [1024, 512])
     import torch

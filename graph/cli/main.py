@@ -172,7 +172,9 @@ def _review_in_terminal(outcome: Any) -> Any:
             subprocess.run([os.environ.get("EDITOR", "vi"), tmp.name], check=False)
             try:
                 edited = json.loads(Path(tmp.name).read_text(encoding="utf-8"))
-                reviewed_plan({"plan": edited}, outcome.review.get("input_images", 0))
+                reviewed_plan(
+                    {"plan": edited}, outcome.review.get("input_images", 0), outcome.review.get("max_plan_steps")
+                )
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
                 print(f"error: {exc}; edit again", file=sys.stderr)
                 continue
@@ -418,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     if delegated is not None:
         return delegated
     args = make_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     from checkpoints.registry import RunNotFoundError
     from graph.runs.preflight import EndpointUnreachableError
 

@@ -23,6 +23,7 @@ import time
 from typing import Any, TextIO
 
 from nodes import events
+from tools.logs import install as install_redaction
 
 HEARTBEAT_S = 30.0
 _REASON = re.compile(r"^\[([a-z_]+)\] ")
@@ -250,6 +251,7 @@ class _LogBridge(logging.Handler):
     def __init__(self, printer: ProgressPrinter) -> None:
         super().__init__(logging.INFO)
         self.printer = printer
+        install_redaction(self)  # a retried request's URL may hold a password
         self._saved: list[tuple[logging.Logger, int, bool]] = []
 
     def install(self) -> None:

@@ -108,9 +108,9 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     only with a ``review`` answer (``{"approve": True}`` or ``{"plan": [...]}``)."""
     with closing(connect(runs_dir, create=False)) as conn:
         record = RunRegistry(conn).get(run_id)
-    if review is not None:  # a bad edit is refused before anything changes
-        reviewed_plan(review, len(record["images"]))
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
+    if review is not None:  # a bad edit is refused before anything changes
+        reviewed_plan(review, len(record["images"]), context.max_plan_steps)
     if overrides:  # remember where the models are now, for the next resume too
         with closing(connect(runs_dir)) as conn:
             RunRegistry(conn).update(run_id, settings=json.dumps(context.to_record()))

@@ -4,6 +4,8 @@ documents or logs."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REQUEST
@@ -30,3 +32,23 @@ def test_keys_and_url_passwords_are_stored_nowhere(make_context, runs_dir, chat_
     ]
     assert ours and not [m for m in ours if KEY in m or "pw-never-store-me" in m]
     assert not [r for r in caplog.records if KEY in r.getMessage()]  # no library logs the key
+
+
+def test_a_verbose_cli_run_never_logs_a_password_of_a_base_url(chat_server, tiny_pipeline, runs_dir):
+    # httpx logs every request's full URL at INFO: -v shows those lines, without the password
+    secret = "pw-never-log-me"
+    url = chat_server.base_url.replace("http://", f"http://alice:{secret}@")
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("interleave")), "-v", "--runs-dir", runs_dir, "run", REQUEST]
+        + ["--planner-base-url", url, "--critic-base-url", url, "--planner-model", "demo-planner"]
+        + ["--critic-model", "demo-critic", "--generator-model", str(tiny_pipeline), "--device", "cpu"]
+        + ["--width", "64", "--height", "64", "--num-inference-steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "HTTP Request: POST http://***@127.0.0.1" in done.stderr  # the lines are there, redacted
+    assert secret not in done.stderr + done.stdout
+    for path in Path(runs_dir).rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path

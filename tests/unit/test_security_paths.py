@@ -1,5 +1,6 @@
 """Run ids, stored image paths and the planner's failure files can never lead a write (or an
-export's read) outside the runs folder, whatever text they hold (property-based)."""
+export's read) outside the runs folder, nor a benchmark data file's image paths a read outside
+its folder, whatever text they hold (property-based)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,55 @@ def test_a_symlinked_run_folder_pointing_outside_is_refused(tmp_path):
 def test_terminal_output_shows_control_characters_instead_of_running_them():
     assert printable("run\x1b[2J\x07x") == "run\\x1b[2J\\x07x"
     assert printable("tab\tok") == "tab\tok"
+
+
+def _rise_data(folder: Path, image: str, **extra) -> Path:
+    """A one-sample RISEBench data file in ``folder`` naming ``image``."""
+    import json
+
+    path = folder / "data.json"
+    sample = {"index": "t7", "category": "temporal_reasoning", "instruction": "melt it", "reference": "a puddle"}
+    path.write_text(json.dumps([{**sample, "image": image, **extra}]))
+    return path
+
+
+def test_benchmark_data_cannot_name_images_outside_its_folder(tmp_path):
+    from PIL import Image
+
+    from evals.benchmarks import rise
+    from evals.benchmarks.data import DataFormatError
+
+    data, outside = tmp_path / "data", tmp_path / "secret.png"
+    (data / "imgs").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(outside)
+    Image.new("RGB", (8, 8)).save(data / "imgs" / "1.png")
+    os.symlink(outside, data / "imgs" / "link.png")
+    for image in ("../secret.png", str(outside), "imgs/link.png", "imgs/../../secret.png"):
+        with pytest.raises(DataFormatError) as refused:
+            rise.load(_rise_data(data, image))
+        message = str(refused.value)
+        assert "(id t7)" in message and repr(image) in message and "outside" in message
+        assert "--images-root" in message  # what to do
+    with pytest.raises(DataFormatError, match=r"\(id t7\): reference_img '../secret.png' resolves to"):
+        rise.load(_rise_data(data, "imgs/1.png", reference_img="../secret.png"))
+    (item,) = rise.load(_rise_data(data, "imgs/./1.png"))
+    assert item.record["image"] == str((data / "imgs" / "1.png").resolve())
+    # an explicit --images-root is the folder they must stay in
+    (item,) = rise.load(_rise_data(data, "secret.png"), images_root=tmp_path)
+    assert item.record["image"] == str(outside.resolve())
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(image=NASTY)
+def test_no_benchmark_image_path_is_read_outside_the_data_folder(tmp_path, image):
+    from evals.benchmarks import rise
+    from evals.benchmarks.data import DataFormatError
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (tmp_path / "a").write_bytes(b"outside")  # a file a "../a" would find
+    try:
+        (item,) = rise.load(_rise_data(data, image))
+    except DataFormatError:
+        return
+    assert _inside(data, Path(item.record["image"]))

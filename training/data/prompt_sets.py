@@ -524,9 +524,9 @@ def _progress(result: SubcategoryResult) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    from tools.logs import configure_logging
+
+    configure_logging(logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     from tools.llm.chat import openai_model
 
     started = time.monotonic()
