@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from checkpoints.run_ids import printable
 from nodes import events
 
 HEARTBEAT_S = 30.0
@@ -83,7 +84,7 @@ class _Display:
             if self._partial:
                 self.stream.write("\r\033[K")
                 self._partial = False
-            self.stream.write(self.stamp() + text + "\n")
+            self.stream.write(self.stamp() + printable(text) + "\n")
             self.stream.flush()
 
     def status(self, text: str) -> None:
@@ -91,7 +92,7 @@ class _Display:
         if not self.tty:
             return
         with self.lock:
-            self.stream.write("\r\033[K" + self.stamp() + text)
+            self.stream.write("\r\033[K" + self.stamp() + printable(text))
             self._partial = True
             self.stream.flush()
 
@@ -208,6 +209,12 @@ class ProgressPrinter:
         elif kind == events.RUN_FINISHED:
             self.phase(None)
             self.display.line(f"document written to {event['document_dir']}")
+        elif kind == events.REPLY_RETRY:  # the phase (waiting for that model) goes on
+            where = f"{self._where(event)} · " if event.get("step_number") else ""
+            self.display.line(
+                f"{where}{event['role']} reply {event['try']} of {event['tries']} did not parse "
+                f"({event['reason']}); asking again in {event['wait_s']:g} s"
+            )
 
     def _node_started(self, event: dict[str, Any]) -> None:
         node = event.get("node")
@@ -233,13 +240,23 @@ class ProgressPrinter:
             self.display.line(text)
 
 
-def quiet_transformers_bars(context: Any) -> None:
-    """transformers' "Loading weights" bar would tear through the progress display when a
-    planner or critic runs in this process; only then is transformers imported for it."""
-    if "transformers" in (context.planner_backend, context.critic_backend):
-        from transformers.utils import logging as transformers_logging
+def quiet_model_loading() -> None:
+    """Hush the libraries' own loading bars (transformers' "Loading weights" / "Loading checkpoint
+    shards", the Hub's) for every command, once, before anything loads: they would tear through
+    the progress display, which says what is loading instead. Nothing heavy is imported for it:
+    libraries not yet imported read ``HF_HUB_DISABLE_PROGRESS_BARS`` when they are (child
+    processes too); a person who set that variable keeps their choice."""
+    import os
 
-        transformers_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"].strip().lower() in ("0", "false", "no", "off"):
+        return
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        hub.disable_progress_bars()
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        if name in sys.modules:  # already imported (embedding code, tests): they read no variable now
+            sys.modules[name].disable_progress_bar()
 
 
 class _LogBridge(logging.Handler):
