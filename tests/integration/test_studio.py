@@ -378,6 +378,9 @@ def test_runs_made_through_the_server_are_in_the_cli_registry(studio_server, cli
     code, _, err = cli(capsys, "--runs-dir", runs_dir, "resume", thread_id)
     assert code == EXIT_BAD_INPUT
     assert "made through the LangGraph server" in err and "continue it there" in err
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "fork", thread_id, "--at", "2", "--run-id", "server-fork")
+    assert code == EXIT_BAD_INPUT and "made through the LangGraph server" in err
     assert (Path(runs_dir) / thread_id / "document.json").read_bytes() == before
+    assert not (Path(runs_dir) / "server-fork").exists()
     code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", thread_id)
     assert "finished" in out.splitlines()[0]
