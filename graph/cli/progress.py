@@ -27,6 +27,7 @@ from nodes import events
 
 HEARTBEAT_S = 30.0
 _REASON = re.compile(r"^\[([a-z_]+)\] ")
+_PARSER_REASON = re.compile(r"^[a-z ]+ reply is not a valid [a-z ]+ \(([a-z_]+)\): (.*)$", re.DOTALL)
 
 
 def plural(count: int, noun: str) -> str:
@@ -51,14 +52,21 @@ def clock(seconds: float) -> str:
 
 
 def reason_once(error: str | None) -> str:
-    """An error with its reason code shown once (``[missing_answer] missing_answer: …``).
+    """An unusable reply's error, short, with its reason code shown once: the parser's form
+    (``critic reply is not a valid verdict (schema): …``) and that of runs stored before it
+    (``[missing_answer] missing_answer: …``).
 
+    >>> reason_once("critic reply is not a valid verdict (schema): 'refine_prompt' is missing")
+    "schema: 'refine_prompt' is missing"
     >>> reason_once("[missing_answer] missing_answer: no <answer> tag")
     'missing_answer: no <answer> tag'
     >>> reason_once("[bad_json] the answer is not JSON")
     'bad_json: the answer is not JSON'
     """
     text = error or ""
+    parsed = _PARSER_REASON.match(text)
+    if parsed:
+        return f"{parsed.group(1)}: {parsed.group(2)}"
     found = _REASON.match(text)
     if not found:
         return text

@@ -88,6 +88,19 @@ def test_an_unusable_verdict_names_its_reason_once():
         ]
     )
     assert "(missing_answer: no tag)" in text and text.count("missing_answer") == 1
+    text = steps_of(
+        [
+            {
+                "event": events.VERDICT,
+                "step_number": 1,
+                "attempt": 1,
+                "success": None,
+                "refine_prompt": None,
+                "error": "critic reply is not a valid verdict (no_answer): no <answer> tag",
+            }
+        ]
+    )
+    assert "critic reply unusable (no_answer: no <answer> tag); regenerating" in text
 
 
 def test_counted_progress_in_a_log_has_eta_and_whole_lines():
