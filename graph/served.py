@@ -6,7 +6,8 @@ graph's nodes run inside (``build_graph(remote=True)`` wraps each node in ``serv
   after a plan review or a failure) takes the stored settings again, as ``interleave resume``
   does, with on top where the models are now (those of ``RESUME_OVERRIDES`` that the server's
   environment sets: the operator's word, as the CLI's flags) and what the caller sets now
-  (remote settings only). A resume without context therefore goes on as the run started.
+  (remote settings only). A resume without context therefore goes on as the run started; what
+  a later run changed is stored in turn, for the next one.
 - Registry. The run gets its row in the runs folder's registry, the one the CLI uses, so
   ``interleave list`` and ``interleave show`` see it (``origin`` "server": its checkpoints are
   the server's, so it is continued there, not with ``interleave resume``).
@@ -78,8 +79,14 @@ def served(node: Any, name: str) -> Any:
                 images = [p for p in state.get("images", []) if not str(p).startswith("data:")]
                 registry.create(run_id, state.get("request") or "", images, ctx.to_record())
                 registry.update(run_id, origin=SERVER_ORIGIN)
-            elif row["status"] != "running" or row.get("pid") != os.getpid():
-                registry.update(run_id, status="running", error=None, pid=os.getpid())
+            else:  # a later run of the thread: remember what it changed, for the next one too
+                changes: dict[str, Any] = {}
+                if ctx.to_record() != row["settings"]:
+                    changes["settings"] = json.dumps(ctx.to_record())
+                if row["status"] != "running" or row.get("pid") != os.getpid():
+                    changes.update(status="running", error=None, pid=os.getpid())
+                if changes:
+                    registry.update(run_id, **changes)
             try:
                 result = node(state, runtime.override(context=ctx))
             except GraphInterrupt:  # paused for plan review: Studio's resume form continues it

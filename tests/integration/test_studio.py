@@ -15,11 +15,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from conftest import REQUEST
+from checkpoints.registry import RunRegistry
+from checkpoints.saver import connect
 from graph.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
 from graph.context import REMOTE_SETTINGS
 from tools.doubles import demo_script
@@ -339,6 +342,10 @@ def test_a_resume_without_context_goes_on_with_the_stored_settings(studio_server
         True,
     )
     assert (settings["width"], settings["planner_model"]) == (64, demo_script.PLANNER_MODEL)
+    # The registry row holds what the run went on with, for the next resume too.
+    with closing(connect(runs_dir, create=False)) as conn:
+        row = RunRegistry(conn).get(thread_id)
+    assert (row["status"], row["settings"]["seed"], row["origin"]) == ("finished", expected_seed, "server")
 
 
 def test_runs_made_through_the_server_are_in_the_cli_registry(studio_server, client, new_thread, capsys):
