@@ -343,8 +343,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"error: {row['error']}")
     if row.get("origin") == "server":
         print(
-            f"made through the LangGraph server: its plan and attempts are in the server's "
-            f"checkpoints (thread {row['run_id']}; LangGraph Studio shows them)"
+            f"made through the LangGraph server: its checkpoints are the server's (thread "
+            f"{row['run_id']}; LangGraph Studio shows them)"
+            + ("; below as its document holds them" if state.get("plan") else "")
         )
     for step in state.get("plan", []):
         print(f"  {step['step_number']}. {step['step_name']}: {step['prompt']}")

@@ -375,6 +375,11 @@ def test_runs_made_through_the_server_are_in_the_cli_registry(studio_server, cli
     assert out.startswith(f"run {thread_id}: finished · 3/3 steps · 3 generations")
     assert f"request: {REQUEST}" in out and "LangGraph server" in out
     assert f"document: {Path(runs_dir) / thread_id / 'document.html'}" in out
+    # Its plan and attempts, as its document holds them (the checkpoints are the server's).
+    assert f"  2. Halfway there: {demo_script.SECOND_STEP_PROMPT}" in out
+    assert out.count("accepted without critic") == 3
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "export", thread_id, "--format", "md")
+    assert code == EXIT_OK and Path(out.strip()).read_text().count("![") == 3
 
     code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", thread_id, "--json")
     row = json.loads(out)["run"]
