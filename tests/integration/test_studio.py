@@ -396,3 +396,42 @@ def test_runs_made_through_the_server_are_in_the_cli_registry(studio_server, cli
     assert not (Path(runs_dir) / "server-fork").exists()
     code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", thread_id)
     assert "finished" in out.splitlines()[0]
+
+
+def test_a_caller_cannot_point_the_server_elsewhere(studio_server, client, new_thread):
+    """The server publishes only the remote settings and drops any other key a caller sends:
+    the run goes to the server's own planner and critic; the caller's URL hears nothing."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    import threading
+
+    heard = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            heard.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    attacker = HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    try:
+        thread_id = new_thread()
+        url = f"http://127.0.0.1:{attacker.server_port}/v1"
+        parts = list(
+            client.runs.stream(
+                thread_id,
+                GRAPH_ID,
+                input={"request": REQUEST},
+                context={"planner_base_url": url, "critic_base_url": url, "max_generations_per_step": 1},
+                stream_mode="custom",
+            )
+        )
+    finally:
+        attacker.shutdown()
+    assert [p.data["event"] for p in parts if p.event == "custom"][-1] == "run_finished"
+    assert heard == []
+    settings = json.loads((studio_server[1] / thread_id / "document.json").read_text())["settings"]
+    assert settings["planner_base_url"] != url and settings["max_generations_per_step"] == 1
