@@ -36,10 +36,24 @@ COLUMNS = {
     "parent_run_id": str,
     "forked_at_step": int,
     "host": str,
+    "origin": str,  # "server": made through a LangGraph server, which keeps its checkpoints
 }
 #: A lease held from another host counts as abandoned once its row has not been updated for this
 #: long (a driving process updates it after every node); on this host, once its PID is gone.
 STALE_LEASE_S = 600
+
+
+def counters(values: dict[str, Any]) -> dict[str, int]:
+    """Registry counters read off the state itself, so a node re-run after a crash is not counted twice."""
+    attempts = values.get("attempts", [])
+    judged = [a for a in attempts if a["verdict"] is not None]
+    return {
+        "steps_total": len(values.get("plan", [])),
+        "steps_done": len(values.get("accepted", [])),
+        "generations": len(attempts),
+        "critic_calls": len(judged),
+        "rejections": sum(a["verdict"]["success"] is not True for a in judged),
+    }
 
 
 class RunNotFoundError(LookupError):

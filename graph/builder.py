@@ -19,6 +19,7 @@ from langgraph.graph import END, START, StateGraph
 
 from graph.context import Context, RemoteContext
 from graph.routing import after_critique, after_generate, next_step
+from graph.served import served
 from graph.state import InputState, OutputState, State
 from nodes.compose import accept, compose
 from nodes.critic import critique
@@ -32,18 +33,24 @@ def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None, r
     """Compile the interleaved-generation graph; pass a checkpointer to make runs resumable, and
     ``models`` to use LangChain chat models of your own for the planner and/or the critic.
     ``remote``: the graph serves untrusted callers (a LangGraph server): they may set only the
-    remote settings (``RemoteContext``) and give input images only as data URLs."""
+    remote settings (``RemoteContext``) and give input images only as data URLs; its runs are
+    registered in the runs folder and resumed with their stored settings (``graph.served``)."""
     builder = StateGraph(
         State, context_schema=RemoteContext if remote else Context, input_schema=InputState, output_schema=OutputState
     )
     if models is not None and not isinstance(models, ChatModels):
         raise TypeError("models must be tools.llm.chat.ChatModels(planner=..., critic=...)")
-    builder.add_node("plan", functools.partial(plan, models=models, remote=remote) if models or remote else plan)
-    builder.add_node("review", review)
-    builder.add_node("generate", generate)
-    builder.add_node("critique", functools.partial(critique, models=models) if models else critique)
-    builder.add_node("accept", accept)
-    builder.add_node("compose", compose)
+    nodes = {
+        "plan": functools.partial(plan, models=models, remote=remote) if models or remote else plan,
+        "review": review,
+        "generate": generate,
+        "critique": functools.partial(critique, models=models) if models else critique,
+        "accept": accept,
+        "compose": compose,
+    }
+    for name, node in nodes.items():
+        # A served run keeps its stored settings and its registry row (graph.served).
+        builder.add_node(name, served(node, name) if remote else node)
     builder.add_edge(START, "plan")
     builder.add_edge("plan", "review")
     builder.add_conditional_edges("review", next_step)

@@ -379,6 +379,34 @@ class Context:
         }
 
     @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """The JSON schema a LangGraph server publishes as the context form (Studio, ``GET
+        /assistants/{id}/schemas``): every field with its description, its ``default`` as this
+        process resolves it (``INTERLEAVE_*`` included; never a key's, and a URL without its
+        credentials) and, for a choice, its ``enum``. ``RemoteContext`` lists only what a
+        remote caller may set; the server drops any other key a caller sends."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        remote_only = issubclass(cls, RemoteContext)
+        properties = {}
+        for item in dataclasses.fields(Context):
+            prop = schema.get("properties", {}).get(item.name)
+            if prop is None or (remote_only and not item.metadata.get("remote")):
+                continue
+            if item.name not in SECRET_FIELDS:
+                try:
+                    default = item.default_factory()  # type: ignore[misc]
+                except ValueError:  # a bad INTERLEAVE_* value: reported when a run starts
+                    default = None
+                if default is not None:
+                    prop["default"] = without_credentials(default) if item.name.endswith("_base_url") else default
+            if item.metadata.get("choices"):
+                prop["enum"] = list(item.metadata["choices"])
+            properties[item.name] = prop
+        schema["properties"] = properties
+        schema.pop("required", None)
+        return schema
+
+    @classmethod
     def from_record(cls, record: dict[str, Any], **overrides: Any) -> "Context":
         """Rebuild stored settings (secrets come from the environment again); unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -399,6 +427,22 @@ class RemoteContext(Context):
         if refused:  # names only: a refused value may be a key, and errors end up in logs
             raise ValueError(remote_refusal(refused))
         super().__init__(**values)
+        self._given = tuple(sorted(values))
+
+    def caller_settings(self) -> dict[str, Any]:
+        """The settings the remote caller gave (the rest are defaults of the server)."""
+        return {name: getattr(self, name) for name in getattr(self, "_given", ())}
+
+
+def environment_settings(names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The settings among ``names`` that this process's environment sets (``INTERLEAVE_<NAME>``),
+    converted to their types: on a LangGraph server, what its operator says now."""
+    fields = {f.name: f for f in dataclasses.fields(Context)}
+    return {
+        name: fields[name].default_factory()  # type: ignore[misc]
+        for name in names
+        if os.environ.get(ENV_PREFIX + name.upper())
+    }
 
 
 def remote_refusal(refused: list[str], where: str = "the run context") -> str:

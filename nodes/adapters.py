@@ -102,10 +102,12 @@ def ask(
     *,
     kind: str,
     sleep: Callable[[float], Any] | None = None,
+    on_retry: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Answer, str]:
     """Ask a role's model with the run's retry policy and structured-output setting; returns the
     answer and the structured-output form used (for ``auto``, what the endpoint accepted: a
-    refusal moves to the next form in ``AUTO_ORDER`` and the choice is kept per endpoint)."""
+    refusal moves to the next form in ``AUTO_ORDER`` and the choice is kept per endpoint).
+    ``on_retry`` hears of each re-ask after an unusable reply (``ask_until_parsed``)."""
     extra = {} if sleep is None else {"sleep": sleep}
     key = getattr(model, "openai_api_base", None) or role
     while True:
@@ -121,6 +123,7 @@ def ask(
                 temperature=ctx.vlm_temperature,
                 max_concurrency=ctx.vlm_max_concurrency,
                 call=structured_output(ctx, kind, mode),
+                on_retry=on_retry,
                 **extra,
             )
         except EndpointError as exc:

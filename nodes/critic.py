@@ -49,7 +49,16 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
         ),
     ]
     started = time.perf_counter()
-    answer, _ = ask(model_for("critic", ctx, models), messages, "critic", parse_verdict, ctx, kind="verdict")
+    where = {"step_number": step["step_number"], "attempt": attempt["attempt"]}
+    answer, _ = ask(
+        model_for("critic", ctx, models),
+        messages,
+        "critic",
+        parse_verdict,
+        ctx,
+        kind="verdict",
+        on_retry=lambda retry: events.emit(runtime, events.REPLY_RETRY, run_id, **where, **retry),
+    )
     if answer.value is not None:
         reasoning, success, refine = answer.value
         verdict = Verdict(success=success, refine_prompt=refine, reasoning=reasoning, error=None)
@@ -59,7 +68,7 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
         verdict = Verdict(
             success=None,
             refine_prompt=None,
-            error=f"[{last['reason']}] {last['error']}{cut}",
+            error=f"{last['error']}{cut}",  # the message names its reason code: "(schema): ..."
             reasoning=answer.reply[:KEEP_UNPARSED_CHARS],
             fallback=ctx.critic_unparsed,
         )

@@ -16,6 +16,9 @@ IMAGE_READY = "image_ready"  # step_number, attempt, image (ImageRef), seconds
 VERDICT = "verdict"  # step_number, attempt, success (bool|None), refine_prompt, error, seconds
 STEP_ACCEPTED = "step_accepted"  # step_number, attempt, image, steps_total
 RUN_FINISHED = "run_finished"  # document_dir, steps_total
+# role, try (the reply that did not parse, 1-based), tries, reason, wait_s; the critic's also
+# step_number and attempt:
+REPLY_RETRY = "reply_retry"
 # Sent by the runner (graph.runs.runner), not by a node, so that a display knows what is being
 # waited for before the node has anything to say:
 NODE_STARTED = "node_started"  # node, step_number (the current step, if any), model (plan: planner)
@@ -29,6 +32,7 @@ EVENTS = (
     VERDICT,
     STEP_ACCEPTED,
     RUN_FINISHED,
+    REPLY_RETRY,
     NODE_STARTED,
     RUN_RESUMED,
 )

@@ -89,7 +89,15 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
             )
         return reasoning, steps, check_plan(steps, len(input_images))
 
-    answer, structured = ask(model_for("planner", ctx, models), messages, "planner", parse, ctx, kind="plan")
+    answer, structured = ask(
+        model_for("planner", ctx, models),
+        messages,
+        "planner",
+        parse,
+        ctx,
+        kind="plan",
+        on_retry=lambda retry: events.emit(runtime, events.REPLY_RETRY, run_id, **retry),
+    )
     if answer.value is None:
         saved = _save_failures(ctx.runs_dir, run_id, answer.failures)
         raise PlanParseError(

@@ -200,14 +200,13 @@ def _report(outcome: Any) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from graph.cli.progress import ProgressPrinter, quiet_transformers_bars
+    from graph.cli.progress import ProgressPrinter
     from graph.runs.runner import start_run
 
     context = Context(
         runs_dir=_runs_dir(args),
         **_settings(args, [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]),
     )
-    quiet_transformers_bars(context)
     with ProgressPrinter() as printer:
         outcome = start_run(
             args.request,
@@ -311,7 +310,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for row in rows:
         origin = (
             f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})" if row.get("parent_run_id") else ""
-        )
+        ) + ("  (LangGraph server)" if row.get("origin") == "server" else "")
         print(
             printable(
                 f"{row['run_id']}  {row['status']:<11}  {row['steps_done']}/"
@@ -344,6 +343,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"forked from {row['parent_run_id']} at step {row['forked_at_step']}")
     if row.get("error"):
         print(f"error: {row['error']}")
+    if row.get("origin") == "server":
+        print(
+            f"made through the LangGraph server: its checkpoints are the server's (thread "
+            f"{row['run_id']}; LangGraph Studio shows them)"
+            + ("; below as its document holds them" if state.get("plan") else "")
+        )
     for step in state.get("plan", []):
         print(f"  {step['step_number']}. {step['step_name']}: {step['prompt']}")
         for a in [a for a in state.get("attempts", []) if a["step_number"] == step["step_number"]]:
@@ -415,6 +420,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from graph.cli.data import pass_through
+    from graph.cli.progress import quiet_model_loading
+
+    quiet_model_loading()  # every command that loads a model (run, resume, fork, batch, eval, ...)
 
     delegated = pass_through(argv)
     if delegated is not None:

@@ -22,11 +22,13 @@ import threading
 import time
 from typing import Any, TextIO
 
+from checkpoints.run_ids import printable
 from nodes import events
 from tools.logs import install as install_redaction
 
 HEARTBEAT_S = 30.0
 _REASON = re.compile(r"^\[([a-z_]+)\] ")
+_PARSER_REASON = re.compile(r"^[a-z ]+ reply is not a valid [a-z ]+ \(([a-z_]+)\): (.*)$", re.DOTALL)
 
 
 def plural(count: int, noun: str) -> str:
@@ -51,14 +53,21 @@ def clock(seconds: float) -> str:
 
 
 def reason_once(error: str | None) -> str:
-    """An error with its reason code shown once (``[missing_answer] missing_answer: …``).
+    """An unusable reply's error, short, with its reason code shown once: the parser's form
+    (``critic reply is not a valid verdict (schema): …``) and that of runs stored before it
+    (``[missing_answer] missing_answer: …``).
 
+    >>> reason_once("critic reply is not a valid verdict (schema): 'refine_prompt' is missing")
+    "schema: 'refine_prompt' is missing"
     >>> reason_once("[missing_answer] missing_answer: no <answer> tag")
     'missing_answer: no <answer> tag'
     >>> reason_once("[bad_json] the answer is not JSON")
     'bad_json: the answer is not JSON'
     """
     text = error or ""
+    parsed = _PARSER_REASON.match(text)
+    if parsed:
+        return f"{parsed.group(1)}: {parsed.group(2)}"
     found = _REASON.match(text)
     if not found:
         return text
@@ -84,7 +93,7 @@ class _Display:
             if self._partial:
                 self.stream.write("\r\033[K")
                 self._partial = False
-            self.stream.write(self.stamp() + text + "\n")
+            self.stream.write(self.stamp() + printable(text) + "\n")
             self.stream.flush()
 
     def status(self, text: str) -> None:
@@ -92,7 +101,7 @@ class _Display:
         if not self.tty:
             return
         with self.lock:
-            self.stream.write("\r\033[K" + self.stamp() + text)
+            self.stream.write("\r\033[K" + self.stamp() + printable(text))
             self._partial = True
             self.stream.flush()
 
@@ -209,6 +218,12 @@ class ProgressPrinter:
         elif kind == events.RUN_FINISHED:
             self.phase(None)
             self.display.line(f"document written to {event['document_dir']}")
+        elif kind == events.REPLY_RETRY:  # the phase (waiting for that model) goes on
+            where = f"{self._where(event)} · " if event.get("step_number") else ""
+            self.display.line(
+                f"{where}{event['role']} reply {event['try']} of {event['tries']} did not parse "
+                f"({event['reason']}); asking again in {event['wait_s']:g} s"
+            )
 
     def _node_started(self, event: dict[str, Any]) -> None:
         node = event.get("node")
@@ -234,13 +249,23 @@ class ProgressPrinter:
             self.display.line(text)
 
 
-def quiet_transformers_bars(context: Any) -> None:
-    """transformers' "Loading weights" bar would tear through the progress display when a
-    planner or critic runs in this process; only then is transformers imported for it."""
-    if "transformers" in (context.planner_backend, context.critic_backend):
-        from transformers.utils import logging as transformers_logging
+def quiet_model_loading() -> None:
+    """Hush the libraries' own loading bars (transformers' "Loading weights" / "Loading checkpoint
+    shards", the Hub's) for every command, once, before anything loads: they would tear through
+    the progress display, which says what is loading instead. Nothing heavy is imported for it:
+    libraries not yet imported read ``HF_HUB_DISABLE_PROGRESS_BARS`` when they are (child
+    processes too); a person who set that variable keeps their choice."""
+    import os
 
-        transformers_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"].strip().lower() in ("0", "false", "no", "off"):
+        return
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        hub.disable_progress_bars()
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        if name in sys.modules:  # already imported (embedding code, tests): they read no variable now
+            sys.modules[name].disable_progress_bar()
 
 
 class _LogBridge(logging.Handler):

@@ -17,7 +17,7 @@ from checkpoints.run_ids import check_run_id
 from checkpoints.saver import connect, open_checkpointer
 from graph.builder import build_graph
 from graph.context import Context
-from graph.runs.runner import EventHandler, RunOutcome, drive, new_run_id
+from graph.runs.runner import EventHandler, RunOutcome, check_local, drive, new_run_id
 
 
 def run_history(runs_dir: str, run_id: str) -> list[dict[str, Any]]:
@@ -75,6 +75,7 @@ def fork_run(runs_dir: str, run_id: str, at_step: int, *, prompt: str | None = N
              on_event: EventHandler | None = None) -> RunOutcome:
     with closing(connect(runs_dir, create=False)) as conn:
         record = RunRegistry(conn).get(run_id)
+    check_local(record)
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
     new_id = new_run_id() if new_id is None else check_run_id(new_id)
     with open_checkpointer(runs_dir) as saver:

@@ -21,7 +21,21 @@ def run_details(runs_dir: str, run_id: str) -> dict[str, Any]:
         row = RunRegistry(conn).get(run_id)
     with open_checkpointer(runs_dir) as saver:
         snapshot = build_graph(saver).get_state({"configurable": {"thread_id": run_id}})
-    return {"run": row, "state": snapshot.values, "next": list(snapshot.next)}
+    return {"run": row, "state": snapshot.values or served_state(runs_dir, row), "next": list(snapshot.next)}
+
+
+def served_state(runs_dir: str, row: dict[str, Any]) -> dict[str, Any]:
+    """What can be shown here of a run made through the LangGraph server, whose checkpoints are
+    the server's: once finished, its plan and attempts as its document.json holds them."""
+    path = run_folder(runs_dir, row["run_id"]) / "document.json"
+    if row.get("origin") != "server" or not path.is_file():
+        return {}
+    record = json.loads(path.read_text(encoding="utf-8"))
+    steps = [s for s in record.get("steps", []) if not s.get("given")]
+    keys = ("step_number", "step_name", "instruction", "prompt", "auxiliary_text")
+    return {"plan": [{k: s.get(k) for k in keys} for s in steps],
+            "attempts": [a for s in steps for a in s.get("attempts", [])],
+            "document_dir": str(path.parent)}
 
 
 def export_document(runs_dir: str, run_id: str, fmt: str, output: str | None) -> Path:

@@ -21,7 +21,7 @@ from langgraph.types import Command
 
 from graph.builder import build_graph
 from graph.context import Context
-from checkpoints.registry import RunRegistry
+from checkpoints.registry import RunRegistry, counters
 from checkpoints.run_ids import check_run_id
 from checkpoints.saver import connect, open_checkpointer
 from nodes import events
@@ -108,6 +108,7 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     only with a ``review`` answer (``{"approve": True}`` or ``{"plan": [...]}``)."""
     with closing(connect(runs_dir, create=False)) as conn:
         record = RunRegistry(conn).get(run_id)
+    check_local(record)
     context = Context.from_record(record["settings"], runs_dir=runs_dir, **(overrides or {}))
     if review is not None:  # a bad edit is refused before anything changes
         reviewed_plan(review, len(record["images"]), context.max_plan_steps)
@@ -139,13 +140,13 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     return drive(run_id, graph_input, context, on_event, models)
 
 
-def counters(values: dict[str, Any]) -> dict[str, int]:
-    """Registry counters read off the state itself, so a node re-run after a crash is not counted twice."""
-    attempts = values.get("attempts", [])
-    judged = [a for a in attempts if a["verdict"] is not None]
-    return {"steps_total": len(values.get("plan", [])), "steps_done": len(values.get("accepted", [])),
-            "generations": len(attempts), "critic_calls": len(judged),
-            "rejections": sum(a["verdict"]["success"] is not True for a in judged)}
+def check_local(record: dict[str, Any]) -> None:
+    """Refuse a run made through a LangGraph server: its checkpoints are the server's, so here it
+    could only start over (and overwrite its document)."""
+    if record.get("origin") == "server":
+        raise ValueError(f"run {record['run_id']} was made through the LangGraph server, which keeps "
+                         f"its checkpoints; continue it there (LangGraph Studio, or the SDK on "
+                         f"thread {record['run_id']}), or start a new run here with `interleave run`")
 
 
 def _node_started(task: dict[str, Any], context: Context) -> dict[str, Any]:

@@ -239,3 +239,24 @@ def test_demo_runs_can_be_forked_and_resumed_after_their_server_is_gone(capsys, 
     assert "resuming: 1/3 steps done" in err and "step 3/3 accepted" in err  # /N on a fork
     code, out, err = cli(capsys, "resume", "demo-fork", "--runs-dir", runs_dir)
     assert code == EXIT_OK and "run demo-fork finished" in out
+
+
+@pytest.mark.parametrize("command", [["resume", "no-such-run"], ["eval", "wise", "--wise-protocol", "legacy"]])
+def test_every_command_hushes_the_libraries_loading_bars(tmp_path, command):
+    """transformers' "Loading weights" bar (and the Hub's) is off for any command, set once
+    before the command runs, without importing transformers for it; a person's own
+    HF_HUB_DISABLE_PROGRESS_BARS=0 is kept."""
+    probe = (
+        "import sys; from graph.cli.main import main; main(sys.argv[1:]); "
+        "assert 'transformers' not in sys.modules; "
+        "import transformers.utils.logging as t; print('bars', t.is_progress_bar_enabled())"
+    )
+    args = [sys.executable, "-c", probe, "--runs-dir", str(tmp_path / "runs"), *command]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert "bars False" in done.stdout, done.stderr
+    kept = subprocess.run(
+        args, capture_output=True, text=True, env={**env, "HF_HUB_DISABLE_PROGRESS_BARS": "0"}, timeout=300
+    )
+    assert "bars True" in kept.stdout, kept.stderr

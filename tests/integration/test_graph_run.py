@@ -106,8 +106,40 @@ def test_unusable_critic_reply_regenerates_with_same_prompt_and_new_seed(runs_di
     assert outcome.status == "finished", outcome.error
     first, second = json.loads((Path(outcome.document_dir) / "document.json").read_text())["steps"][0]["attempts"]
     assert first["verdict"]["success"] is None and "not a valid verdict" in first["verdict"]["error"]
+    # Its reason code once, in the parser's words: "... (truncated): ...", no "[truncated]" before it.
+    assert first["verdict"]["error"].startswith("critic reply is not a valid verdict (truncated): ")
+    assert first["verdict"]["error"].count("truncated") == 1
     assert second["prompt"] == first["prompt"] and second["seed"] != first["seed"]
     assert second["verdict"]["success"] is True
+
+
+def test_a_planner_reply_that_did_not_parse_is_announced_before_it_is_asked_again(runs_dir, tiny_pipeline):
+    """The person watching sees the re-ask while it happens (a progress line), not only a slow run."""
+    import io
+
+    from graph.cli.progress import ProgressPrinter
+
+    calls = {"planner": 0}
+
+    def garbled_once(body):
+        if body["model"] == demo_script.PLANNER_MODEL:
+            calls["planner"] += 1
+            if calls["planner"] == 1:
+                return '<think>plan</think><answer>{"execution_plan": ['
+        return demo_script.respond(body)
+
+    log = io.StringIO()
+    with ScriptedChatServer(garbled_once) as server:
+        from graph.runs.demo import demo_context
+
+        context = demo_context(runs_dir, server.base_url, tiny_pipeline, vlm_retries=2, vlm_retry_backoff_s=0.25)
+        with ProgressPrinter(log) as printer:
+            outcome = start_run(REQUEST, context, on_event=printer)
+    assert outcome.status == "finished", outcome.error
+    lines = log.getvalue().splitlines()
+    retry = next(i for i, line in enumerate(lines) if "did not parse" in line)
+    assert lines[retry].endswith("planner reply 1 of 3 did not parse (truncated); asking again in 0.25 s")
+    assert "plan ready" in lines[retry + 1]
 
 
 def test_input_image_as_data_url_reaches_the_planner_but_not_the_checkpoints(make_context, chat_server, runs_dir):

@@ -15,11 +15,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from conftest import REQUEST
+from checkpoints.registry import RunRegistry
+from checkpoints.saver import connect
+from graph.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from graph.context import REMOTE_SETTINGS
 from tools.doubles import demo_script
 from tools.doubles.scripted_chat import ScriptedChatServer
 
@@ -158,10 +163,19 @@ def schemas_of(client) -> dict:
 
 def test_studio_shows_the_run_settings_and_the_state(client):
     schemas = schemas_of(client)
-    # The context form: every run setting, with its description.
+    # The context form: exactly the settings a remote caller may set, each with its description
+    # and its default (the server's INTERLEAVE_* where set); a choice offers its choices.
     settings = schemas["context_schema"]["properties"]
-    assert {"planner_base_url", "critic_model", "generator_model", "seed", "runs_dir"} <= set(settings)
+    assert set(settings) == set(REMOTE_SETTINGS)
+    assert not {"planner_base_url", "planner_api_key", "generator_model", "runs_dir", "device"} & set(settings)
     assert all(field.get("description") for field in settings.values())
+    assert all("default" in field for field in settings.values()), settings
+    assert (settings["width"]["default"], settings["num_inference_steps"]["default"]) == (64, 2)
+    assert (settings["seed"]["default"], settings["review_plan"]["default"]) == (0, False)
+    assert settings["critic_unparsed"]["enum"] == ["regenerate", "accept"]
+    assert settings["reference_policy"]["enum"] == ["previous", "anchor-first", "anchor-inputs"]
+    assert settings["vlm_structured_output"]["default"] == "off"
+    assert "enum" not in settings["seed"]
     assert {"request", "images", "document", "attempts"} <= set(schemas["state_schema"]["properties"])
 
 
@@ -287,3 +301,137 @@ def test_plan_review_in_studio_pauses_then_resumes_with_an_edit(client, new_thre
     assert kinds.count("step_accepted") == 2 and kinds[-1] == "run_finished"
     values = client.threads.get_state(thread_id)["values"]
     assert [a["prompt"] for a in values["attempts"]][1] == "Show the finished crane"
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("resume_context", [None, {"seed": 9}], ids=["stored", "caller-override"])
+def test_a_resume_without_context_goes_on_with_the_stored_settings(studio_server, client, new_thread, resume_context):
+    """The settings a run started with are stored with it: resuming the thread (Studio's resume
+    form, or the SDK without context) goes on with them, not with the server's defaults; what
+    the caller sends on the resume wins for those fields only."""
+    runs_dir = studio_server[1]
+    thread_id = new_thread()
+    context = {"review_plan": True, "max_generations_per_step": 1, "seed": 5}
+    first = list(
+        client.runs.stream(thread_id, GRAPH_ID, input={"request": REQUEST}, context=context, stream_mode="custom")
+    )
+    assert [p.data["event"] for p in first if p.event == "custom"] == ["plan_ready"]
+    rest = list(
+        client.runs.stream(
+            thread_id,
+            GRAPH_ID,
+            command={"resume": {"approve": True}},
+            stream_mode="custom",
+            **({"context": resume_context} if resume_context else {}),
+        )
+    )
+    assert not [p.data for p in rest if p.event == "error"]
+    kinds = [p.data["event"] for p in rest if p.event == "custom"]
+    # max_generations_per_step=1 as stored: every image accepted as is, the critic never asked.
+    assert kinds.count("attempt_started") == 3 and "verdict" not in kinds and kinds[-1] == "run_finished"
+    settings = json.loads((runs_dir / thread_id / "document.json").read_text())["settings"]
+    expected_seed = (resume_context or {}).get("seed", 5)
+    assert (settings["seed"], settings["max_generations_per_step"], settings["review_plan"]) == (
+        expected_seed,
+        1,
+        True,
+    )
+    assert (settings["width"], settings["planner_model"]) == (64, demo_script.PLANNER_MODEL)
+    # The registry row holds what the run went on with, for the next resume too.
+    with closing(connect(runs_dir, create=False)) as conn:
+        row = RunRegistry(conn).get(thread_id)
+    assert (row["status"], row["settings"]["seed"], row["origin"]) == ("finished", expected_seed, "server")
+
+
+def test_runs_made_through_the_server_are_in_the_cli_registry(studio_server, client, new_thread, capsys):
+    """One registry: a run through the server is listed and shown by the CLI, from the same runs
+    folder; `interleave resume` refuses it (its checkpoints are the server's) and changes nothing."""
+    runs_dir = str(studio_server[1])
+    thread_id = new_thread()
+    parts = list(
+        client.runs.stream(
+            thread_id,
+            GRAPH_ID,
+            input={"request": REQUEST},
+            context={"max_generations_per_step": 1},
+            stream_mode="custom",
+        )
+    )
+    assert [p.data["event"] for p in parts if p.event == "custom"][-1] == "run_finished"
+
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "list")
+    assert code == EXIT_OK
+    line = next(line for line in out.splitlines() if line.startswith(thread_id))
+    assert "finished" in line and "3/3 steps" in line and "3 images" in line and "(LangGraph server)" in line
+    assert REQUEST[:40] in line
+
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", thread_id)
+    assert code == EXIT_OK
+    assert out.startswith(f"run {thread_id}: finished · 3/3 steps · 3 generations")
+    assert f"request: {REQUEST}" in out and "LangGraph server" in out
+    assert f"document: {Path(runs_dir) / thread_id / 'document.html'}" in out
+    # Its plan and attempts, as its document holds them (the checkpoints are the server's).
+    assert f"  2. Halfway there: {demo_script.SECOND_STEP_PROMPT}" in out
+    assert out.count("accepted without critic") == 3
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "export", thread_id, "--format", "md")
+    assert code == EXIT_OK and Path(out.strip()).read_text().count("![") == 3
+
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", thread_id, "--json")
+    row = json.loads(out)["run"]
+    assert row["settings"]["max_generations_per_step"] == 1 and "planner_api_key" not in row["settings"]
+    assert row["images"] == [] and row["origin"] == "server"
+
+    before = (Path(runs_dir) / thread_id / "document.json").read_bytes()
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "resume", thread_id)
+    assert code == EXIT_BAD_INPUT
+    assert "made through the LangGraph server" in err and "continue it there" in err
+    code, _, err = cli(capsys, "--runs-dir", runs_dir, "fork", thread_id, "--at", "2", "--run-id", "server-fork")
+    assert code == EXIT_BAD_INPUT and "made through the LangGraph server" in err
+    assert (Path(runs_dir) / thread_id / "document.json").read_bytes() == before
+    assert not (Path(runs_dir) / "server-fork").exists()
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", thread_id)
+    assert "finished" in out.splitlines()[0]
+
+
+def test_a_caller_cannot_point_the_server_elsewhere(studio_server, client, new_thread):
+    """The server publishes only the remote settings and drops any other key a caller sends:
+    the run goes to the server's own planner and critic; the caller's URL hears nothing."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    import threading
+
+    heard = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            heard.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    attacker = HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    try:
+        thread_id = new_thread()
+        url = f"http://127.0.0.1:{attacker.server_port}/v1"
+        parts = list(
+            client.runs.stream(
+                thread_id,
+                GRAPH_ID,
+                input={"request": REQUEST},
+                context={"planner_base_url": url, "critic_base_url": url, "max_generations_per_step": 1},
+                stream_mode="custom",
+            )
+        )
+    finally:
+        attacker.shutdown()
+    assert [p.data["event"] for p in parts if p.event == "custom"][-1] == "run_finished"
+    assert heard == []
+    settings = json.loads((studio_server[1] / thread_id / "document.json").read_text())["settings"]
+    assert settings["planner_base_url"] != url and settings["max_generations_per_step"] == 1

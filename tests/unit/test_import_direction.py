@@ -40,6 +40,11 @@ RULES = [
     ),
     ("graph.builder", ("graph.runs", "graph.cli", "training", "evals"), "the graph's wiring does not know who runs it"),
     (
+        "graph.served",
+        ("graph.runs", "graph.cli", "training", "evals"),
+        "the served graph's bookkeeping is part of the wiring",
+    ),
+    (
         "graph.runs",
         ("graph.cli", "training", "evals"),
         "the run lifecycle is a library API; the command line sits above it",

@@ -37,7 +37,7 @@ PLAN = [
 
 def runtime(tmp_path, **settings):
     events: list[dict] = []
-    ctx = Context(runs_dir=str(tmp_path), vlm_retries=1, vlm_retry_backoff_s=0.0, **settings)
+    ctx = Context(runs_dir=str(tmp_path), **{"vlm_retries": 1, "vlm_retry_backoff_s": 0.0, **settings})
     return SimpleNamespace(context=ctx, stream_writer=events.append), events
 
 
@@ -98,6 +98,24 @@ def test_an_unreadable_critic_reply_is_neither_a_pass_nor_a_fail(tmp_path):
     assert verdict["success"] is None and verdict["refine_prompt"] is None
     assert verdict["error"] and "looks fine" not in verdict["error"]
     assert verdict["fallback"] == "regenerate"  # the default critic_unparsed policy
+
+
+def test_an_unusable_verdict_names_its_reason_once_and_each_retry_is_streamed(tmp_path):
+    """The stored error says what was wrong once ("(no_answer): ..."), not "[no_answer] ...
+    (no_answer)"; the person waiting hears of the re-ask while it happens, not only at the end."""
+    rt, events = runtime(tmp_path, vlm_retries=2)
+    store = ImageStore(tmp_path)
+    models = ChatModels(critic=FakeListChatModel(responses=["looks fine to me"]))
+    out = critique(state_at(0, [attempt(store, 1, 1, PLAN[0]["prompt"])]), rt, models=models)
+    error = out["attempts"][0]["verdict"]["error"]
+    assert error == "critic reply is not a valid verdict (no_answer): no <answer> tag and no {...} object found"
+    retries = [e for e in events if e["event"] == "reply_retry"]
+    assert [(e["role"], e["try"], e["tries"], e["reason"]) for e in retries] == [
+        ("critic", 1, 3, "no_answer"),
+        ("critic", 2, 3, "no_answer"),
+    ]
+    assert all((e["step_number"], e["attempt"], e["run_id"]) == (1, 1, "paper-1") for e in retries)
+    assert [e["event"] for e in events][-1] == "verdict"  # the retries came first
 
 
 def test_accepting_a_step_takes_its_newest_attempt_and_moves_on(tmp_path):

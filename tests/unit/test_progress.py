@@ -88,6 +88,19 @@ def test_an_unusable_verdict_names_its_reason_once():
         ]
     )
     assert "(missing_answer: no tag)" in text and text.count("missing_answer") == 1
+    text = steps_of(
+        [
+            {
+                "event": events.VERDICT,
+                "step_number": 1,
+                "attempt": 1,
+                "success": None,
+                "refine_prompt": None,
+                "error": "critic reply is not a valid verdict (no_answer): no <answer> tag",
+            }
+        ]
+    )
+    assert "critic reply unusable (no_answer: no <answer> tag); regenerating" in text
 
 
 def test_counted_progress_in_a_log_has_eta_and_whole_lines():
@@ -100,3 +113,40 @@ def test_counted_progress_in_a_log_has_eta_and_whole_lines():
     lines = text.splitlines()
     assert len(lines) == 10 and lines[-1].split("] ")[1].startswith("judged 20/20")
     assert "ETA" in lines[0]
+
+
+def test_a_reply_that_did_not_parse_is_announced_with_its_wait():
+    text = steps_of(
+        [
+            {"event": events.PLAN_READY, "steps": 2, "step_names": ["a", "b"], "step_numbers": [1, 2]},
+            {
+                "event": events.REPLY_RETRY,
+                "role": "planner",
+                "try": 1,
+                "tries": 3,
+                "reason": "truncated",
+                "wait_s": 1.0,
+            },
+            {
+                "event": events.REPLY_RETRY,
+                "role": "critic",
+                "try": 2,
+                "tries": 3,
+                "reason": "schema",
+                "wait_s": 2.5,
+                "step_number": 2,
+                "attempt": 1,
+            },
+        ]
+    )
+    assert "planner reply 1 of 3 did not parse (truncated); asking again in 1 s" in text
+    assert "step 2/2 · attempt 1 · critic reply 2 of 3 did not parse (schema); asking again in 2.5 s" in text
+
+
+def test_model_text_reaches_the_display_escaped():
+    text = steps_of(
+        [
+            {"event": events.PLAN_READY, "steps": 1, "step_names": ["\x1b[2Jgone"], "step_numbers": [1]},
+        ]
+    )
+    assert "\x1b" not in text and "\\x1b[2Jgone" in text

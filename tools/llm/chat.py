@@ -231,6 +231,7 @@ def ask_until_parsed(
     max_concurrency: int = 8,
     call: dict[str, Any] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[dict[str, Any]], None] | None = None,
 ) -> Answer:
     """Ask until ``parse`` accepts a reply, at most ``1 + retries`` times: the one loop behind the
     planner, the critic, the judge and the benchmarks.
@@ -240,7 +241,8 @@ def ask_until_parsed(
     ``can_resample`` are re-asked at ``max(temperature, RETRY_MIN_TEMPERATURE)``, since a greedy
     retry returns the same reply. ``call`` holds request options for OpenAI endpoints
     (structured outputs). ``Answer.value`` is None when every try failed; ``failures`` keeps each
-    raw reply.
+    raw reply. ``on_retry`` hears of each re-ask before its pause: ``{"role", "try" (the reply
+    that failed, 1-based), "tries", "reason", "wait_s"}``, so a person waiting sees why.
     """
     resample = can_resample(model)
     options = dict(call or {}) if is_openai(model) else {}
@@ -248,7 +250,7 @@ def ask_until_parsed(
     reply = ""
     for index in range(retries + 1):
         if index:
-            sleep(min(backoff_s * 2 ** (index - 1), MAX_BACKOFF_S))
+            sleep(retry_wait(backoff_s, index))
             if resample:
                 options["temperature"] = max(temperature, RETRY_MIN_TEMPERATURE)
         with _limit_for(model, max_concurrency):
@@ -264,4 +266,23 @@ def ask_until_parsed(
                     "reply": reply,
                 }
             )
+            if on_retry is not None and index < retries:
+                on_retry(
+                    {
+                        "role": role,
+                        "try": index + 1,
+                        "tries": retries + 1,
+                        "reason": failures[-1]["reason"],
+                        "wait_s": retry_wait(backoff_s, index + 1),
+                    }
+                )
     return Answer(None, reply, failures)
+
+
+def retry_wait(backoff_s: float, retry: int) -> float:
+    """Seconds before retry number ``retry`` (1-based): doubling from ``backoff_s``, capped.
+
+    >>> retry_wait(1.0, 1), retry_wait(1.0, 3), retry_wait(10.0, 4)
+    (1.0, 4.0, 30.0)
+    """
+    return min(backoff_s * 2 ** (retry - 1), MAX_BACKOFF_S)

@@ -1,0 +1,106 @@
+"""Runs made through a LangGraph server (``langgraph dev``, Studio, the SDK): what the remote
+graph's nodes run inside (``build_graph(remote=True)`` wraps each node in ``served``).
+
+- Settings. A thread's first run takes the server's settings (its ``INTERLEAVE_*``) with what
+  the caller set on top; they are stored with the run. Every later run of the thread (a resume
+  after a plan review or a failure) takes the stored settings again, as ``interleave resume``
+  does, with on top where the models are now (those of ``RESUME_OVERRIDES`` that the server's
+  environment sets: the operator's word, as the CLI's flags) and what the caller sets now
+  (remote settings only). A resume without context therefore goes on as the run started; what
+  a later run changed is stored in turn, for the next one.
+- Registry. The run gets its row in the runs folder's registry, the one the CLI uses, so
+  ``interleave list`` and ``interleave show`` see it (``origin`` "server": its checkpoints are
+  the server's, so it is continued there, not with ``interleave resume``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from contextlib import closing
+from typing import Any
+
+from langgraph.errors import GraphInterrupt
+
+from graph.context import RESUME_OVERRIDES, Context, RemoteContext, environment_settings
+from graph.state import State, append_accepted, merge_attempts
+
+SERVER_ORIGIN = "server"
+
+
+def _caller_context(runtime: Any) -> RemoteContext:
+    given = getattr(runtime, "context", None)
+    if given is None:
+        return RemoteContext()
+    if isinstance(given, dict):
+        return RemoteContext(**given)
+    return given
+
+
+def run_context(stored: dict[str, Any] | None, caller: RemoteContext) -> Context:
+    """The settings a node of a served run uses (see the module's docstring)."""
+    if stored is None:
+        return caller
+    return Context.from_record(
+        stored,
+        **environment_settings(RESUME_OVERRIDES),
+        **caller.caller_settings(),
+        runs_dir=caller.runs_dir,  # the server's runs folder, where the row was found
+    )
+
+
+def _after(state: State, result: dict[str, Any]) -> dict[str, Any]:
+    """The state once ``result`` (a node's writes) is applied, as far as the counters need it."""
+    values = {**state, **result}
+    if "attempts" in result:
+        values["attempts"] = merge_attempts(state.get("attempts"), result["attempts"])
+    if "accepted" in result:
+        values["accepted"] = append_accepted(state.get("accepted"), result["accepted"])
+    return values
+
+
+def served(node: Any, name: str) -> Any:
+    """``node`` as the remote graph runs it: with the run's settings, keeping its registry row."""
+
+    @functools.wraps(node)
+    def run(state: State, runtime: Any) -> dict[str, Any]:
+        from checkpoints.registry import RunRegistry, counters
+        from checkpoints.saver import connect
+        from nodes.planner import run_id_of
+
+        caller = _caller_context(runtime)
+        run_id = run_id_of(state)
+        with closing(connect(caller.runs_dir)) as conn:
+            registry = RunRegistry(conn)
+            row = registry.get(run_id) if registry.exists(run_id) else None
+            ctx = run_context(row["settings"] if row else None, caller)
+            if row is None:
+                images = [p for p in state.get("images", []) if not str(p).startswith("data:")]
+                registry.create(run_id, state.get("request") or "", images, ctx.to_record())
+                registry.update(run_id, origin=SERVER_ORIGIN)
+            else:  # a later run of the thread: remember what it changed, for the next one too
+                changes: dict[str, Any] = {}
+                if ctx.to_record() != row["settings"]:
+                    changes["settings"] = json.dumps(ctx.to_record())
+                if row["status"] != "running" or row.get("pid") != os.getpid():
+                    changes.update(status="running", error=None, pid=os.getpid())
+                if changes:
+                    registry.update(run_id, **changes)
+            try:
+                result = node(state, runtime.override(context=ctx))
+            except GraphInterrupt:  # paused for plan review: Studio's resume form continues it
+                registry.update(run_id, status="awaiting_review")
+                raise
+            except Exception as exc:  # the server keeps the run at its last checkpoint
+                registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+            done: dict[str, Any] = counters(_after(state, result))
+            if name == "plan" and result.get("images"):
+                done["images"] = json.dumps(result["images"])
+            if name == "compose":
+                done.update(status="finished", document_dir=result.get("document_dir"))
+            registry.update(run_id, **done)
+        return result
+
+    return run

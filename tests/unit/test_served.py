@@ -1,0 +1,48 @@
+"""The settings a node of a run made through a LangGraph server uses (``graph.served``), and the
+context schema the server publishes: no key and no credentials in it, whatever the environment."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import TypeAdapter
+
+from graph.context import Context, RemoteContext
+from graph.served import run_context
+
+
+def test_a_served_run_goes_on_with_its_stored_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTERLEAVE_RUNS_DIR", str(tmp_path / "runs"))
+    stored = Context(seed=5, max_generations_per_step=1, generator_lora="/srv/lora", width=512).to_record()
+    ctx = run_context(stored, RemoteContext())  # a resume without context
+    assert (ctx.seed, ctx.max_generations_per_step, ctx.generator_lora, ctx.width) == (5, 1, "/srv/lora", 512)
+    assert ctx.runs_dir == str(tmp_path / "runs")  # the server's runs folder, not a stored one
+
+
+def test_the_caller_overrides_only_what_it_sends_and_the_operator_says_where_models_are(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTERLEAVE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("INTERLEAVE_PLANNER_BASE_URL", "http://10.0.0.7:8001/v1")  # the model server moved
+    monkeypatch.setenv("INTERLEAVE_GUIDANCE_SCALE", "3.5")  # not where a model is: stored value kept
+    stored = Context(seed=5, max_generations_per_step=1, guidance_scale=1.0).to_record()
+    ctx = run_context(stored, RemoteContext(seed=9))
+    assert (ctx.seed, ctx.max_generations_per_step, ctx.guidance_scale) == (9, 1, 1.0)
+    assert ctx.planner_base_url == "http://10.0.0.7:8001/v1"
+
+
+def test_a_first_run_takes_the_server_settings_and_what_the_caller_sent(monkeypatch):
+    monkeypatch.setenv("INTERLEAVE_WIDTH", "256")
+    caller = RemoteContext(seed=3)
+    ctx = run_context(None, caller)
+    assert (ctx.seed, ctx.width) == (3, 256) and caller.caller_settings() == {"seed": 3}
+
+
+def test_no_schema_shows_a_key_or_the_credentials_of_a_url(monkeypatch):
+    monkeypatch.setenv("INTERLEAVE_PLANNER_API_KEY", "sk-server-secret")
+    monkeypatch.setenv("INTERLEAVE_CRITIC_BASE_URL", "https://me:hunter2@api.example.com/v1")
+    for schema in (TypeAdapter(Context).json_schema(), TypeAdapter(RemoteContext).json_schema()):
+        text = json.dumps(schema)
+        assert "sk-server-secret" not in text and "hunter2" not in text
+    full = TypeAdapter(Context).json_schema()["properties"]
+    assert "default" not in full["planner_api_key"]
+    assert full["critic_base_url"]["default"] == "https://api.example.com/v1"
+    assert full["dtype"]["default"] == "auto" and full["generator_offload"]["enum"] == ["none", "model", "sequential"]
