@@ -399,10 +399,13 @@ def test_runs_made_through_the_server_are_in_the_cli_registry(studio_server, cli
 
 
 def test_a_caller_cannot_point_the_server_elsewhere(studio_server, client, new_thread):
-    """The server publishes only the remote settings and drops any other key a caller sends:
-    the run goes to the server's own planner and critic; the caller's URL hears nothing."""
+    """A caller who names its own planner/critic URL is refused at the server's edge (422 naming
+    the fields, graph/server.py), the caller's URL hears nothing, and nothing runs on the thread;
+    the same thread then runs with the remote settings alone, on the server's own models."""
     from http.server import BaseHTTPRequestHandler, HTTPServer
     import threading
+
+    from langgraph_sdk.errors import UnprocessableEntityError
 
     heard = []
 
@@ -420,12 +423,24 @@ def test_a_caller_cannot_point_the_server_elsewhere(studio_server, client, new_t
     try:
         thread_id = new_thread()
         url = f"http://127.0.0.1:{attacker.server_port}/v1"
+        with pytest.raises(UnprocessableEntityError) as refused:
+            list(
+                client.runs.stream(
+                    thread_id,
+                    GRAPH_ID,
+                    input={"request": REQUEST},
+                    context={"planner_base_url": url, "critic_base_url": url, "max_generations_per_step": 1},
+                    stream_mode="custom",
+                )
+            )
+        assert "planner_base_url" in str(refused.value) and url not in str(refused.value)
+        assert client.runs.list(thread_id) == []
         parts = list(
             client.runs.stream(
                 thread_id,
                 GRAPH_ID,
                 input={"request": REQUEST},
-                context={"planner_base_url": url, "critic_base_url": url, "max_generations_per_step": 1},
+                context={"max_generations_per_step": 1},
                 stream_mode="custom",
             )
         )
