@@ -40,7 +40,8 @@ def check_endpoints(context: Context) -> None:
         except openai.APIConnectionError as exc:  # a timeout is one too
             raise EndpointUnreachableError(
                 describe(role, url, getattr(context, f"{role}_model"), exc, PREFLIGHT_TIMEOUT_S)
-                + " Nothing was written.") from None
+                + " Nothing was written."
+            ) from None
         except openai.APIStatusError:
             pass  # it answers; some OpenAI-style servers have no /models route
 
@@ -54,7 +55,8 @@ def _check_local_model(context: Context, role: str) -> None:
         raise EndpointUnreachableError(
             f"the {role} model folder {name} {what}. With --{role}-backend transformers, "
             f"--{role}-model must be a saved model folder (save_pretrained) or a Hub id. "
-            f"Nothing was written.")
+            f"Nothing was written."
+        )
     if looks_local and role == "critic":
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         if "vision_config" not in config:
@@ -62,4 +64,5 @@ def _check_local_model(context: Context, role: str) -> None:
                 f"the critic model {name} cannot see images (a text-only "
                 f"{config.get('model_type', 'model')}: its config.json has no vision_config), and "
                 f"the critic judges images. Use a vision-language model folder (e.g. Qwen3-VL) for "
-                f"--critic-model. Nothing was written.")
+                f"--critic-model. Nothing was written."
+            )

@@ -8,7 +8,6 @@ a registry row. Every node's result is checkpointed before the next node starts
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -53,27 +52,34 @@ def validate_request(request: str, images: list[str]) -> str:
     if request is not None and not isinstance(request, str):
         raise ValueError(f"the request is text, not {type(request).__name__} ({request!r:.60})")
     if isinstance(images, (str, bytes)) or not all(isinstance(p, str) for p in images):
-        raise ValueError("images is a list of paths or data URLs, e.g. images=[\"a.png\"], not "
-                         f"{type(images).__name__}")
+        raise ValueError(f'images is a list of paths or data URLs, e.g. images=["a.png"], not {type(images).__name__}')
     request = (request or "").strip()
     if len(request) > MAX_REQUEST_CHARS:
-        raise ValueError(f"the request is {len(request)} characters long; at most "
-                         f"{MAX_REQUEST_CHARS} are accepted")
+        raise ValueError(f"the request is {len(request)} characters long; at most {MAX_REQUEST_CHARS} are accepted")
     control = sorted({f"\\x{ord(c):02x}" for c in request if ord(c) < 32 and c not in "\n\t"})
     if control:
         raise ValueError(f"the request holds control characters ({', '.join(control)}); remove them")
     if not request:
-        raise ValueError("the request is empty; say what the sequence should show, "
-                         "e.g. interleave run \"How do I fold a paper crane?\"")
+        raise ValueError(
+            "the request is empty; say what the sequence should show, "
+            'e.g. interleave run "How do I fold a paper crane?"'
+        )
     request_segments(request, len(images))  # <image> markers must match the images given
     for path in images:
         load_input_image(path)  # raises ImageInputError naming the file and the fix
     return request
 
 
-def start_run(request: str, context: Context, *, images: list[str] | None = None,
-              run_id: str | None = None, preflight: bool = False,
-              on_event: EventHandler | None = None, models: ChatModels | None = None) -> RunOutcome:
+def start_run(
+    request: str,
+    context: Context,
+    *,
+    images: list[str] | None = None,
+    run_id: str | None = None,
+    preflight: bool = False,
+    on_event: EventHandler | None = None,
+    models: ChatModels | None = None,
+) -> RunOutcome:
     """Validate the input, register the run and drive it to its end (or first failure/pause).
 
     Nothing is written when the input is bad, the run id is taken, or (with ``preflight``) a model
@@ -93,16 +99,23 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
         registry = RunRegistry(conn)
         registry.ensure_new(run_id)
         store = ImageStore(context.runs_dir)  # data URLs become files: no state or row holds pixels
-        images = [str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX)
-                  else p for p in images]
+        images = [
+            str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX) else p for p in images
+        ]
         registry.create(run_id, request, images, context.to_record())
     graph_input = {"request": request, "images": images, "run_id": run_id}
     return drive(run_id, graph_input, context, on_event, models)
 
 
-def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None = None,
-               review: Any = None, on_event: EventHandler | None = None,
-               models: ChatModels | None = None) -> RunOutcome:
+def resume_run(
+    run_id: str,
+    runs_dir: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    review: Any = None,
+    on_event: EventHandler | None = None,
+    models: ChatModels | None = None,
+) -> RunOutcome:
     """Continue a run from its last checkpoint with its stored settings (``overrides`` may change
     endpoints or devices, e.g. when the old server moved). A run paused for plan review continues
     only with a ``review`` answer (``{"approve": True}`` or ``{"plan": [...]}``)."""
@@ -122,20 +135,26 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     if snapshot.values.get("document_dir"):
         # It may have been killed after its last checkpoint but before the registry heard of it.
         with closing(connect(runs_dir)) as conn:
-            RunRegistry(conn).update(run_id, status="finished", error=None,
-                                     document_dir=snapshot.values["document_dir"],
-                                     **counters(snapshot.values))
+            RunRegistry(conn).update(
+                run_id,
+                status="finished",
+                error=None,
+                document_dir=snapshot.values["document_dir"],
+                **counters(snapshot.values),
+            )
         return RunOutcome(run_id, "finished", snapshot.values["document_dir"])
     if snapshot.interrupts and review is None:
         return RunOutcome(run_id, "awaiting_review", review=snapshot.interrupts[0].value)
     if review is not None:
         if not snapshot.interrupts:
-            raise ValueError(f"run {run_id} is not waiting for a plan review; resume it without "
-                             f"--approve-plan/--plan-file")
+            raise ValueError(
+                f"run {run_id} is not waiting for a plan review; resume it without --approve-plan/--plan-file"
+            )
         return drive(run_id, Command(resume=review), context, on_event, models)
     # No checkpoint at all means it died before the first one: start it again from its input.
-    graph_input = None if snapshot.values else {
-        "request": record["request"], "images": record["images"], "run_id": run_id}
+    graph_input = (
+        None if snapshot.values else {"request": record["request"], "images": record["images"], "run_id": run_id}
+    )
     return drive(run_id, graph_input, context, on_event, models)
 
 
@@ -143,9 +162,13 @@ def counters(values: dict[str, Any]) -> dict[str, int]:
     """Registry counters read off the state itself, so a node re-run after a crash is not counted twice."""
     attempts = values.get("attempts", [])
     judged = [a for a in attempts if a["verdict"] is not None]
-    return {"steps_total": len(values.get("plan", [])), "steps_done": len(values.get("accepted", [])),
-            "generations": len(attempts), "critic_calls": len(judged),
-            "rejections": sum(a["verdict"]["success"] is not True for a in judged)}
+    return {
+        "steps_total": len(values.get("plan", [])),
+        "steps_done": len(values.get("accepted", [])),
+        "generations": len(attempts),
+        "critic_calls": len(judged),
+        "rejections": sum(a["verdict"]["success"] is not True for a in judged),
+    }
 
 
 def _node_started(task: dict[str, Any], context: Context) -> dict[str, Any]:
@@ -154,8 +177,13 @@ def _node_started(task: dict[str, Any], context: Context) -> dict[str, Any]:
     plan, index = values.get("plan") or [], values.get("step_index") or 0
     step = plan[index]["step_number"] if index < len(plan) else None
     model = context.planner_model if task["name"] == "plan" else context.critic_model
-    return {"event": events.NODE_STARTED, "run_id": values.get("run_id"), "node": task["name"],
-            "step_number": step, "model": model}
+    return {
+        "event": events.NODE_STARTED,
+        "run_id": values.get("run_id"),
+        "node": task["name"],
+        "step_number": step,
+        "model": model,
+    }
 
 
 def _announce_resume(graph: Any, config: dict, on_event: EventHandler) -> None:
@@ -163,14 +191,24 @@ def _announce_resume(graph: Any, config: dict, on_event: EventHandler) -> None:
     its progress shows step i/N as a new run's does."""
     values = graph.get_state(config).values
     if values.get("plan"):
-        on_event({"event": events.RUN_RESUMED, "run_id": values.get("run_id"),
-                  "steps": len(values["plan"]),
-                  "step_numbers": [s["step_number"] for s in values["plan"]],
-                  "steps_done": len(values.get("accepted", []))})
+        on_event(
+            {
+                "event": events.RUN_RESUMED,
+                "run_id": values.get("run_id"),
+                "steps": len(values["plan"]),
+                "step_numbers": [s["step_number"] for s in values["plan"]],
+                "steps_done": len(values.get("accepted", [])),
+            }
+        )
 
 
-def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Context,
-          on_event: EventHandler | None, models: ChatModels | None = None) -> RunOutcome:
+def drive(
+    run_id: str,
+    graph_input: dict[str, Any] | Command | None,
+    context: Context,
+    on_event: EventHandler | None,
+    models: ChatModels | None = None,
+) -> RunOutcome:
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
         registry = RunRegistry(conn)
@@ -179,9 +217,9 @@ def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Co
         if on_event is not None and not isinstance(graph_input, dict):
             _announce_resume(graph, config, on_event)
         try:
-            for mode, chunk in graph.stream(graph_input, config, context=context,
-                                            stream_mode=["values", "custom", "tasks"],
-                                            durability="sync"):
+            for mode, chunk in graph.stream(
+                graph_input, config, context=context, stream_mode=["values", "custom", "tasks"], durability="sync"
+            ):
                 if mode == "custom":
                     if on_event is not None:
                         on_event(chunk)
