@@ -67,14 +67,21 @@ def _status(runs_dir: str, run_id: str) -> str | None:
 def run_one(
     item: dict[str, Any], batch: str, context: Context, models: ChatModels | None = None
 ) -> tuple[str, RunOutcome | None]:
-    """Start, resume or skip one request; returns (run id, outcome or None when skipped)."""
+    """Start, resume or skip one request; returns (run id, outcome or None when skipped). An item
+    with a ``plan`` (and ``plan_reasoning``) starts at the generator with it (``start_run``)."""
     run_id = batch_run_id(batch, item["id"])
     status = _status(context.runs_dir, run_id)
     if status == "finished":
         return run_id, None
     if status is None:
         return run_id, start_run(
-            item["request"], context, images=item.get("images") or [], run_id=run_id, models=models
+            item["request"],
+            context,
+            images=item.get("images") or [],
+            run_id=run_id,
+            models=models,
+            plan=item.get("plan"),
+            plan_reasoning=item.get("plan_reasoning", ""),
         )
     # A run resumes with its own stored settings; only where the models are may have moved.
     moved = {name: getattr(context, name) for name in RESUME_OVERRIDES}

@@ -25,9 +25,11 @@ from checkpoints.run_ids import check_run_id
 from checkpoints.saver import connect, open_checkpointer
 from nodes import events
 from nodes.generator import check_generator_settings
-from nodes.guidance import request_segments
+from nodes.guidance import check_plan, request_segments
+from nodes.planner import import_inputs
 from nodes.review import reviewed_plan
 from tools.llm.chat import ChatModels
+from tools.replies.contracts import PlanStep
 from tools.store.images import DATA_URL_PREFIX, ImageStore, load_input_image
 
 MAX_REQUEST_CHARS = 20_000  # a long how-to request is ~1k; the planner prompt must fit the model
@@ -79,8 +81,14 @@ def start_run(
     preflight: bool = False,
     on_event: EventHandler | None = None,
     models: ChatModels | None = None,
+    plan: list[dict[str, Any]] | None = None,
+    plan_reasoning: str = "",
 ) -> RunOutcome:
     """Validate the input, register the run and drive it to its end (or first failure/pause).
+
+    With ``plan`` (steps as in the planner's ``execution_plan``) no planner is asked: the run
+    starts from a checkpoint written as if the planner had given these steps (checked by the
+    same rules), so the graph goes on to review (a no-op unless ``review_plan``) and the generator.
 
     Nothing is written when the input is bad, the run id is taken, or (with ``preflight``) a model
     endpoint does not answer.
@@ -89,6 +97,8 @@ def start_run(
         validate_request(request, images)  # says images is a list
     images = [str(p) if isinstance(p, Path) else p for p in images or []]
     request = validate_request(request, images)
+    if plan is not None:
+        plan = reviewed_plan({"plan": plan}, len(images))  # ValueError naming what is wrong
     check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
     run_id = new_run_id() if run_id is None else check_run_id(run_id)
     if preflight:
@@ -102,9 +112,30 @@ def start_run(
         images = [
             str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX) else p for p in images
         ]
+        if plan is not None:  # the checkpoint first: a registered run is never without its plan
+            _seed_plan(run_id, request, images, plan, plan_reasoning, context)
         registry.create(run_id, request, images, context.to_record())
-    graph_input = {"request": request, "images": images, "run_id": run_id}
+    graph_input = None if plan is not None else {"request": request, "images": images, "run_id": run_id}
     return drive(run_id, graph_input, context, on_event, models)
+
+
+def _seed_plan(
+    run_id: str, request: str, images: list[str], plan: list[PlanStep], reasoning: str, context: Context
+) -> None:
+    """Write the run's first checkpoint as the planner node would have written it."""
+    input_images, stored = import_inputs(images, ImageStore(context.runs_dir))
+    values = {
+        "request": request,
+        "run_id": run_id,
+        "images": stored,
+        "input_images": input_images,
+        "plan": plan,
+        "plan_reasoning": reasoning,
+        "plan_mode": check_plan(plan, len(images)),
+        "step_index": 0,
+    }
+    with open_checkpointer(context.runs_dir) as saver:
+        build_graph(saver).update_state({"configurable": {"thread_id": run_id}}, values, as_node="plan")
 
 
 def resume_run(
