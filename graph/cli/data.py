@@ -1,6 +1,7 @@
-"""The ``interleave`` commands for many runs and for training data: ``batch`` and ``datagen``,
-plus the commands whose scripts own their arguments (``datagen prompts``, ``train``, ``eval``),
-which are handed their command line as it is.
+"""The ``interleave`` commands for many runs and for training data: ``batch`` and ``datagen``;
+``train sft|grpo``, the TRL scripts' own parsers (``make_parser(subparsers)``) mounted lazily
+(``graph.cli.parser.LazyMount``); and the commands whose scripts read their own command line
+(``datagen prompts``, ``eval``), which are handed it as it is.
 
     interleave batch --prompts FILE [--name NAME] [--concurrency N] [run settings]
     interleave datagen prompts --out FILE --teacher-base-url URL --teacher-model NAME ...
@@ -19,15 +20,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from graph.cli.parser import LazyParser
+from graph.cli.parser import LazyMount, LazyParser
 from graph.context import Context
 
 EXIT_OK, EXIT_SOME_FAILED = 0, 1
+# `train sft|grpo`: TRL scripts, mounted with their own parsers (``make_parser(subparsers)``).
+_TRL_SCRIPT = {
+    "parser_class": "trl:TrlParser",
+    "hint": " (start from a recipe: --config training/recipes/…yaml; on a machine without a GPU add "
+    "--use_cpu true --bf16 false)",
+}
 # Commands whose own scripts parse everything after the command name.
 PASS_THROUGH = {
     ("datagen", "prompts"): ("training.data.prompt_sets", "main"),
-    ("train", "sft"): ("training.sft", "main"),
-    ("train", "grpo"): ("training.grpo", "main"),
     ("eval",): ("evals.benchmarks.cli", "main"),
 }
 
@@ -59,13 +64,7 @@ def pass_through(argv: list[str]) -> int | None:
             try:
                 return command(rest[len(prefix) :] + leading)
             except ValueError as exc:  # bad settings: the message says what; no traceback
-                hint = (
-                    " (start from a recipe: --config training/recipes/…yaml; on a machine "
-                    "without a GPU add --use_cpu true --bf16 false)"
-                    if prefix[0] == "train"
-                    else ""
-                )
-                print(f"error: {exc}{hint}", file=sys.stderr)
+                print(f"error: {exc}", file=sys.stderr)
                 return 2
     return None
 
@@ -150,7 +149,9 @@ def add_commands(
         description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
         "sft --help` and training/recipes/.",
     )
-    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
+    stages = train.add_subparsers(dest="stage", required=True, metavar="STAGE", parser_class=LazyMount)
+    for stage, text in (("sft", "supervised fine-tuning (TRL SFTTrainer)"), ("grpo", "GRPO of the critic")):
+        stages.add_parser(stage, help=f"{text} (own --help)", module=f"training.{stage}", **_TRL_SCRIPT)
     commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
 
 

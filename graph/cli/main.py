@@ -380,6 +380,16 @@ def _with_context(handler: Any) -> Any:
     return call
 
 
+def _cmd_script(args: argparse.Namespace) -> int:
+    """A mounted script's command (``train sft|grpo``, ``graph.cli.parser.LazyMount``); its
+    messages name its own flags (``--dataset_name``), so they are shown as they are."""
+    try:
+        return args.mount.run(args.script_args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
 def _data_command(name: str) -> Any:
     def call(args: argparse.Namespace) -> int:
         from graph.cli import data as cli_data
@@ -407,6 +417,7 @@ COMMANDS = {
     "batch": _data_command("cmd_batch"),
     "datagen": _data_command("cmd_datagen"),
     "serve": _cmd_serve,
+    "train": _cmd_script,
 }
 
 
@@ -417,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     delegated = pass_through(argv)
     if delegated is not None:
         return delegated
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_args(argv)
+    except ValueError as exc:  # a mounted script's settings: TRL checks its configs as it parses
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

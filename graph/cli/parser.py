@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import re
 from typing import Any
@@ -192,6 +193,55 @@ class LazyParser(argparse.ArgumentParser):
     def format_help(self) -> str:
         self._ready()
         return super().format_help()
+
+
+class LazyMount(argparse.ArgumentParser):
+    """A command whose parser is its script's own ``make_parser(subparsers)`` (TRL's pattern for
+    its scripts), imported and built only when the command is parsed or its help asked for: the
+    script's imports (TRL, transformers) cost nothing to the other commands or to ``--help``.
+
+    ``module`` is the script; ``parser_class`` (``"module:Class"``) the class its ``make_parser``
+    expects ``subparsers`` to build, imported with the script. The parse reads a recipe too when
+    the parser can (TRL's ``parse_args_and_config``: ``--config YAML``) and leaves ``mount`` and
+    ``script_args`` in the namespace; ``mount.run(script_args)`` calls the script's ``run``.
+    ``hint`` ends the message of a ``ValueError`` the script raises over its settings.
+    """
+
+    def __init__(
+        self, *args: Any, module: str = "", parser_class: str = "argparse:ArgumentParser", hint: str = "", **kwargs: Any
+    ) -> None:
+        kwargs["add_help"] = False  # the mounted parser answers --help
+        super().__init__(*args, **kwargs)
+        self._module, self._parser_class, self._hint = module, parser_class, hint
+        self._mounted: argparse.ArgumentParser | None = None
+
+    def mounted(self) -> argparse.ArgumentParser:
+        if self._mounted is None:
+            module, _, name = self._parser_class.partition(":")
+            host = argparse.ArgumentParser(prog=self.prog.rpartition(" ")[0], add_help=False)
+            subparsers = host.add_subparsers(parser_class=getattr(importlib.import_module(module), name))
+            self._mounted = importlib.import_module(self._module).make_parser(subparsers)
+        return self._mounted
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parser = self.mounted()
+        read = getattr(parser, "parse_args_and_config", parser.parse_args)
+        namespace = argparse.Namespace() if namespace is None else namespace
+        try:
+            namespace.script_args = read(args)
+        except ValueError as exc:  # TRL checks its configs as it builds them
+            raise ValueError(f"{exc}{self._hint}") from None
+        namespace.mount = self
+        return namespace, []
+
+    def format_help(self) -> str:
+        return self.mounted().format_help()
+
+    def run(self, script_args: Any) -> int:
+        try:
+            return importlib.import_module(self._module).run(script_args)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{self._hint}") from None
 
 
 def as_cli(message: str) -> str:

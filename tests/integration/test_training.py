@@ -268,6 +268,23 @@ def test_recipe_values_sit_between_defaults_and_flags():
     )
 
 
+def test_train_commands_are_the_scripts_own_parsers_mounted(capsys):
+    """`interleave train sft|grpo` parse with the scripts' TRL parsers (mounted lazily): the help
+    lists TRL's options, a recipe is read as the script reads it, and global options may come first."""
+    from graph.cli.main import make_parser
+
+    with pytest.raises(SystemExit) as stop:
+        make_parser().parse_args(["train", "grpo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 0 and shown.startswith("usage: interleave train grpo")
+    assert "--regen_seed" in shown and "--steps_per_generation" in shown
+    args = make_parser().parse_args(
+        ["-v", "train", "sft", "--config", str(RECIPES / "planner_sft.yaml"), "--learning_rate", "3e-5", *CPU]
+    )
+    _, training, _ = args.script_args
+    assert args.verbose and training.learning_rate == 3e-5 and training.num_train_epochs == 3
+
+
 def test_planner_sft_two_steps_with_the_vision_tower_frozen(tiny_vlm, data, tmp_path):
     from training import sft
 

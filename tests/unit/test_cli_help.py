@@ -100,15 +100,17 @@ def test_datagen_export_options_still_appear_when_asked_for(capsys):
 
 
 def test_help_imports_nothing_heavy():
-    """`interleave --help` and `interleave run --help` answer without importing pandas, torch,
-    LangGraph or the training code (it took 2-3 s when the export's options imported pandas)."""
+    """`interleave --help`, `interleave run --help` and `interleave train --help` answer without
+    importing pandas, torch, TRL, LangGraph or the training code (it took 2-3 s when the export's
+    options imported pandas); the training scripts' parsers are mounted only when used."""
     probe = (
         "import sys, contextlib, io\n"
         "from graph.cli.main import main\n"
-        "for argv in (['--help'], ['run', '--help'], ['datagen', '--help']):\n"
+        "for argv in (['--help'], ['run', '--help'], ['datagen', '--help'], ['train', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)\n"
-        "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'training.data.export')\n"
+        "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'trl', 'transformers',\n"
+        "         'training.data.export', 'training.sft', 'training.grpo')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(
