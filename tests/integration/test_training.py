@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import sc_pq_judge
 from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
@@ -190,11 +191,11 @@ def taught_critic(tiny_vlm, tmp_path_factory) -> str:
     return str(folder)
 
 
-def scripted_judge(body: dict) -> str:
-    """SC 8 for every regenerated image (2 images in the request), PQ 6 (1 image)."""
-    if count_images(body) == 2:
-        return 'Done. <answer>{"scores": [8, 9], "reasoning": "the cat is there"}</answer>'
-    return "<answer>{'scores': [6, 7], 'reasoning': 'clean'}</answer>"
+# SC 8 for every regenerated image, PQ 6.
+scripted_judge = sc_pq_judge(
+    sc='Done. <answer>{"scores": [8, 9], "reasoning": "the cat is there"}</answer>',
+    pq="<answer>{'scores': [6, 7], 'reasoning': 'clean'}</answer>",
+)
 
 
 def reply_of(model_path: str, images: int = 2) -> str:
