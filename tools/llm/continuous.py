@@ -542,8 +542,6 @@ class ContinuousEngine:
         self._choose(logits, ids, sample)
 
     def _run_step(self, key: tuple) -> None:
-        import torch
-
         graph = self.graphs.get(key)
         if graph is not None:
             graph.replay()
@@ -551,14 +549,9 @@ class ContinuousEngine:
             self._step(*key)  # on CUDA: the warm-up a capture needs
             self.warmed.add(key)
         else:
-            from tools.devices import capture_lock
+            from tools.devices import capture_graph
 
-            graph = torch.cuda.CUDAGraph()
-            with capture_lock(self.device):  # nothing else may launch work while this records
-                torch.cuda.synchronize(self.device)
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
-                    self._step(*key)
-                torch.cuda.synchronize(self.device)
+            graph = capture_graph(lambda: self._step(*key), self.device, stream=self.stream, pool=self.pool)
             self.graphs[key] = graph
             graph.replay()  # capture records without running
 

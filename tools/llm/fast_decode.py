@@ -452,17 +452,10 @@ def _warm_up(decoder: _Decoder) -> None:
 
 def _capture(decoder: _Decoder, stats: dict):
     """Record ``decoder.step`` into a CUDA graph (nothing runs while recording)."""
-    import torch
-
-    from tools.devices import capture_lock
+    from tools.devices import capture_graph
 
     start = time.perf_counter()
-    graph = torch.cuda.CUDAGraph()
-    with capture_lock(decoder.tokens.device):  # no other GPU work here while this records
-        torch.cuda.synchronize(decoder.tokens.device)
-        with torch.cuda.graph(graph, stream=decoder.side_stream, capture_error_mode="thread_local"):
-            decoder.step()
-        torch.cuda.synchronize(decoder.tokens.device)
+    graph = capture_graph(decoder.step, decoder.tokens.device, stream=decoder.side_stream)
     stats["capture_s"] = time.perf_counter() - start
     return graph
 
