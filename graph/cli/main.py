@@ -18,7 +18,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from graph.cli.parser import accept_global_options_anywhere, add_global_options, add_settings, as_cli
+from graph.cli.parser import LazyParser, accept_global_options_anywhere, add_global_options, add_settings, as_cli
 from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -36,7 +36,7 @@ def make_parser() -> argparse.ArgumentParser:
         "4 endpoint unreachable, 5 waiting for plan review, 130 interrupted.",
     )
     add_global_options(parser, top=True)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=LazyParser)
     setting_names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
 
     run = commands.add_parser(
@@ -381,10 +381,17 @@ def _with_context(handler: Any) -> Any:
 
 
 def _cmd_script(args: argparse.Namespace) -> int:
-    """A mounted script's command (``train sft|grpo``, ``graph.cli.parser.LazyMount``); its
-    messages name its own flags (``--dataset_name``), so they are shown as they are."""
+    """A mounted script's command (``graph.cli.parser.LazyParser``: ``train sft|grpo``,
+    ``datagen prompts``, ``eval``). A global option given before the command (``--runs-dir``,
+    ``-v``) reaches a script that has it and was not given it after. The script sets up its own
+    logging, and its messages name its own flags (``--dataset_name``): shown as they are."""
+    script_args = args.script_args
+    if isinstance(script_args, argparse.Namespace):  # TRL's scripts parse into dataclasses
+        for name in ("runs_dir", "verbose"):
+            if hasattr(script_args, name) and not getattr(script_args, name):
+                setattr(script_args, name, getattr(args, name))
     try:
-        return args.mount.run(args.script_args)
+        return args.mount.run(script_args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -417,22 +424,18 @@ COMMANDS = {
     "batch": _data_command("cmd_batch"),
     "datagen": _data_command("cmd_datagen"),
     "serve": _cmd_serve,
-    "train": _cmd_script,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    from graph.cli.data import pass_through
-
-    delegated = pass_through(argv)
-    if delegated is not None:
-        return delegated
     try:
         args = make_parser().parse_args(argv)
     except ValueError as exc:  # a mounted script's settings: TRL checks its configs as it parses
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if getattr(args, "mount", None) is not None:
+        return _cmd_script(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
