@@ -44,6 +44,7 @@ from training.config import (
     load_splits,
     parse,
     resume_point,
+    trl_parser,
 )
 
 logger = logging.getLogger(__name__)
@@ -135,17 +136,11 @@ class RewardArguments:
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None) -> Any:
-    """The script's options; with ``subparsers`` (of ``TrlParser``s) it is mounted there as
-    ``grpo``, as ``interleave train grpo`` mounts it."""
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    """The script's options (``training.config.trl_parser``: mounted in ``subparsers`` as ``grpo``)."""
+    from trl import GRPOConfig, ModelConfig
 
-    options = dict(
-        dataclass_types=(DataArguments, RewardArguments, GRPOConfig, ModelConfig),
-        description="GRPO of the critic VLM with format, accuracy and step-wise rewards.",
-    )
-    if subparsers is not None:
-        return subparsers.add_parser("grpo", help="GRPO of the critic with step-wise rewards", **options)
-    return TrlParser(prog="interleave train grpo", **options)
+    types = (DataArguments, RewardArguments, GRPOConfig, ModelConfig)
+    return trl_parser(subparsers, "grpo", types, "GRPO of the critic VLM with format, accuracy and step-wise rewards.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,23 +33,18 @@ from training.config import (
     load_splits,
     parse,
     resume_point,
+    trl_parser,
 )
 
 logger = logging.getLogger(__name__)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None) -> Any:
-    """The script's options; with ``subparsers`` (of ``TrlParser``s) it is mounted there as
-    ``sft``, as ``interleave train sft`` mounts it."""
-    from trl import ModelConfig, SFTConfig, TrlParser
+    """The script's options (``training.config.trl_parser``: mounted in ``subparsers`` as ``sft``)."""
+    from trl import ModelConfig, SFTConfig
 
-    options = dict(
-        dataclass_types=(DataArguments, SFTConfig, ModelConfig),
-        description="Supervised fine-tuning of the planner or critic VLM (TRL SFTTrainer).",
-    )
-    if subparsers is not None:
-        return subparsers.add_parser("sft", help="supervised fine-tuning (TRL SFTTrainer)", **options)
-    return TrlParser(prog="interleave train sft", **options)
+    types = (DataArguments, SFTConfig, ModelConfig)
+    return trl_parser(subparsers, "sft", types, "Supervised fine-tuning of the planner or critic VLM (TRL SFTTrainer).")
 
 
 def main(argv: list[str] | None = None) -> int:
