@@ -67,11 +67,11 @@ def _output(bench: Benchmark, item: Item, config: Config, batch: str, ctx: Conte
 
     usage = Usage()
     if config.kind == "bare":
-        request, models = _bare_item(bench, item), None
+        run_item, models = _bare_item(bench, item), None
     else:
         prompt, images = bench.request(item)
-        request, models = {"id": item.id, "request": prompt, "images": images}, counted_models(ctx, usage)
-    run_id, outcome = run_one(request, batch, ctx, models)
+        run_item, models = {"id": item.id, "request": prompt, "images": images}, counted_models(ctx, usage)
+    run_id, outcome = run_one(run_item, batch, ctx, models)
     if outcome is not None and outcome.status != "finished":
         raise RuntimeError(f"run {run_id} ended {outcome.status}: {type(outcome.error).__name__}: {outcome.error}")
     folder = run_folder(ctx.runs_dir, run_id)  # item ids come from the data file

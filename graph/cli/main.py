@@ -434,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a mounted script's settings: TRL checks its configs as it parses
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except FileNotFoundError as exc:  # a TRL script's --config recipe
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     if getattr(args, "mount", None) is not None:
         return _cmd_script(args)
     logging.basicConfig(
