@@ -48,6 +48,14 @@ def _save_failures(runs_dir: str, run_id: str, failures: list[dict]) -> Path:
     return path
 
 
+def import_inputs(images: list[str], store: ImageStore) -> tuple[list[ImageRef], list[str]]:
+    """The user's images as store references, and as the stored files' paths: from here on the
+    inputs are files in the store, so data URLs given as input do not ride along in every later
+    checkpoint."""
+    refs = [store.import_file(p) for p in images]
+    return refs, [str(store.path(ref).resolve()) for ref in refs]
+
+
 def planner_messages(request: str, inputs: list[ImageRef], ctx: Context, store: ImageStore) -> list[BaseMessage]:
     """System + user message; in guidance mode the user's images sit where ``<image>`` stood."""
     images = MessageImages(
@@ -75,10 +83,7 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
                 f"input images from a remote caller must be data URLs "
                 f"(data:image/png;base64,...); {len(local)} were file paths"
             )
-    input_images = [store.import_file(p) for p in state.get("images", [])]
-    # From here on the inputs are files in the store: data URLs given as input do not ride along
-    # in every later checkpoint.
-    stored_inputs = [str(store.path(ref).resolve()) for ref in input_images]
+    input_images, stored_inputs = import_inputs(state.get("images", []), store)
     messages = planner_messages(request, input_images, ctx, store)
 
     def parse(reply: str) -> tuple[str, list[PlanStep], str]:

@@ -11,6 +11,8 @@ os.environ["INTERLEAVE_PLANNER_BASE_URL"] = "http://127.0.0.1:9/v1"
 os.environ["INTERLEAVE_CRITIC_BASE_URL"] = "http://127.0.0.1:9/v1"
 os.environ.pop("INTERLEAVE_RUNS_DIR", None)
 
+import contextlib  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -18,7 +20,7 @@ import pytest  # noqa: E402
 from graph.context import Context  # noqa: E402
 from graph.runs.demo import demo_context  # noqa: E402
 from tools.doubles import demo_script  # noqa: E402
-from tools.doubles.scripted_chat import ScriptedChatServer  # noqa: E402
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images  # noqa: E402
 
 REQUEST = "How do I fold a paper crane?"
 
@@ -58,6 +60,32 @@ def make_context(runs_dir, chat_server, tiny_pipeline):
         return demo_context(runs_dir, chat_server.base_url, tiny_pipeline, **overrides)
 
     return make
+
+
+# --------------------------------------------------------------------------- scripted judges
+# The SC/PQ judge (``tools.judge``) asks two questions per image: semantic consistency, shown the
+# image before and after (2 images), and perceptual quality, shown the image alone (1 image).
+SC_REPLY = 'Mostly done.\n<answer>{"scores": [8, 6], "reasoning": "the hat is there"}</answer>'
+PQ_REPLY = "<answer>{'scores': [9, 4], 'reasoning': 'some blur'}</answer>"
+
+
+def sc_pq_judge(sc: str | Callable[[dict], str] = SC_REPLY, pq: str | Callable[[dict], str] = PQ_REPLY):
+    """A scripted SC/PQ judge: a request showing two images gets ``sc``, one showing one image
+    ``pq``; each is a reply, or a function of the request body that gives it."""
+
+    def respond(body: dict) -> str:
+        reply = sc if count_images(body) == 2 else pq
+        return reply(body) if callable(reply) else reply
+
+    return respond
+
+
+@pytest.fixture
+def judge_server():
+    """Start scripted SC/PQ judges on 127.0.0.1: ``judge_server(sc=..., pq=...)`` (as
+    ``sc_pq_judge``) gives a running ``ScriptedChatServer``; every one is stopped after the test."""
+    with contextlib.ExitStack() as servers:
+        yield lambda **replies: servers.enter_context(ScriptedChatServer(sc_pq_judge(**replies)))
 
 
 def without_timings(value):

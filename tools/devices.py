@@ -17,6 +17,7 @@ on that GPU (pipelines on other GPUs go on); replaying a captured graph needs no
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 #: The dtype names a user may ask for.
@@ -69,3 +70,19 @@ def capture_lock(device: Any) -> threading.Lock:
         key = f"cuda:{torch.cuda.current_device()}"
     with _guard:
         return _locks.setdefault(key, threading.Lock())
+
+
+def capture_graph(step: Callable[[], None], device: Any, *, stream: Any = None, pool: Any = None) -> Any:
+    """Record ``step`` into a ``torch.cuda.CUDAGraph`` on ``stream`` (memory from ``pool``) while
+    holding ``device``'s capture lock, the GPU idle before and after; nothing runs while it
+    records, so the caller replays the graph for the step's first real run. ``step`` must have
+    run once (eagerly, on that stream) before: the warm-up capture needs."""
+    import torch
+
+    graph = torch.cuda.CUDAGraph()
+    with capture_lock(device):  # nothing else may launch work on the GPU while this records
+        torch.cuda.synchronize(device)
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            step()
+        torch.cuda.synchronize(device)
+    return graph

@@ -90,6 +90,16 @@ class DataArguments:
     )
 
 
+def trl_parser(subparsers: Any, name: str, dataclass_types: tuple, description: str) -> Any:
+    """A training script's ``TrlParser``, TRL's way: mounted in ``subparsers`` (of ``TrlParser``s)
+    as ``name``, as ``interleave train NAME`` mounts it, else on its own."""
+    from trl import TrlParser
+
+    if subparsers is not None:
+        return subparsers.add_parser(name, dataclass_types=dataclass_types, description=description)
+    return TrlParser(dataclass_types, prog=f"interleave train {name}", description=description)
+
+
 def parse(parser: Any, argv: list[str] | None) -> tuple:
     """Parse ``argv`` (None: sys.argv) with ``--config YAML`` support; unknown flags are errors."""
     return tuple(parser.parse_args_and_config(args=argv))

@@ -30,9 +30,11 @@ OpenAI-compatible endpoint; its API key comes from ``--judge_api_key`` or
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from training.config import (
     DataArguments,
@@ -42,6 +44,7 @@ from training.config import (
     load_splits,
     parse,
     resume_point,
+    trl_parser,
 )
 
 logger = logging.getLogger(__name__)
@@ -132,18 +135,22 @@ class RewardArguments:
     )
 
 
-def make_parser():
-    from trl import GRPOConfig, ModelConfig, TrlParser
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> Any:
+    """The script's options (``training.config.trl_parser``: mounted in ``subparsers`` as ``grpo``)."""
+    from trl import GRPOConfig, ModelConfig
 
-    return TrlParser(
-        (DataArguments, RewardArguments, GRPOConfig, ModelConfig),
-        prog="interleave train grpo",
-        description="GRPO of the critic VLM with format, accuracy and step-wise rewards.",
-    )
+    types = (DataArguments, RewardArguments, GRPOConfig, ModelConfig)
+    return trl_parser(subparsers, "grpo", types, "GRPO of the critic VLM with format, accuracy and step-wise rewards.")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train as the recipe and flags in ``argv`` say (None: the process's own arguments)."""
+    return run(parse(make_parser(), argv))
+
+
+def run(options: tuple) -> int:
+    """Train with the parsed options: (``DataArguments``, ``RewardArguments``, ``GRPOConfig``,
+    ``ModelConfig``)."""
     import functools
     from pathlib import Path
 
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.generator import diffusion
     from training.rewards import REWARD_WEIGHTS, StepwiseRewards, accuracy_reward, check_policies, format_reward
 
-    data_args, reward_args, training_args, model_args = parse(make_parser(), argv)
+    data_args, reward_args, training_args, model_args = options
     if not reward_args.judge_base_url or not reward_args.judge_model:
         raise ValueError("the step-wise reward needs a judge: pass --judge_base_url and --judge_model")
     check_policies(reward_args.regen_seed, reward_args.skip_unchanged_prompt, reward_args.malformed_reply)

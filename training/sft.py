@@ -21,7 +21,9 @@ continues from the newest checkpoint in ``--output_dir`` (or starts when there i
 
 from __future__ import annotations
 
+import argparse
 import logging
+from typing import Any
 
 from training.config import (
     DataArguments,
@@ -31,26 +33,30 @@ from training.config import (
     load_splits,
     parse,
     resume_point,
+    trl_parser,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def make_parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> Any:
+    """The script's options (``training.config.trl_parser``: mounted in ``subparsers`` as ``sft``)."""
+    from trl import ModelConfig, SFTConfig
 
-    return TrlParser(
-        (DataArguments, SFTConfig, ModelConfig),
-        prog="interleave train sft",
-        description="Supervised fine-tuning of the planner or critic VLM (TRL SFTTrainer).",
-    )
+    types = (DataArguments, SFTConfig, ModelConfig)
+    return trl_parser(subparsers, "sft", types, "Supervised fine-tuning of the planner or critic VLM (TRL SFTTrainer).")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train as the recipe and flags in ``argv`` say (None: the process's own arguments)."""
+    return run(parse(make_parser(), argv))
+
+
+def run(options: tuple) -> int:
+    """Train with the parsed options: (``DataArguments``, ``SFTConfig``, ``ModelConfig``)."""
     from trl import SFTTrainer, get_peft_config
 
-    data_args, training_args, model_args = parse(make_parser(), argv)
+    data_args, training_args, model_args = options
     train, evaluation = load_splits(data_args, training_args.eval_strategy)
     check_columns(train, ("prompt", "completion"), "SFT")
     model, processor = load_model_and_processor(model_args, data_args, training_args)

@@ -25,11 +25,12 @@ from typing import Any
 EXIT_OK, EXIT_FAILURES, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """The command's options; with ``subparsers`` it is mounted there as ``eval``, as
+    ``interleave eval`` mounts it."""
     from graph.context import Context
 
-    parser = argparse.ArgumentParser(
-        prog="interleave eval",
+    options = dict(
         description="Run UEval, WISE or RISEBench over configurations of the graph (or the bare "
         "generator), judge the outputs and write a side-by-side report.",
         epilog="Configurations: full (planner + critic, 3 generations per step), critic-off "
@@ -38,6 +39,10 @@ def make_parser() -> argparse.ArgumentParser:
         "bare-8:kind=bare,num_inference_steps=8. Exit codes: 0 all scored, 1 some items "
         "failed, 2 bad input, 130 interrupted.",
     )
+    if subparsers is not None:
+        parser = subparsers.add_parser("eval", **options)
+    else:
+        parser = argparse.ArgumentParser(prog="interleave eval", **options)
     parser.add_argument(
         "benchmark",
         choices=("ueval", "wise", "rise"),
@@ -195,7 +200,11 @@ def _summary(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    return run(make_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate as the parsed options say; the exit code."""
     from tools.logs import configure_logging
 
     configure_logging(logging.INFO if args.verbose else logging.WARNING)

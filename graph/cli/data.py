@@ -1,6 +1,7 @@
 """The ``interleave`` commands for many runs and for training data: ``batch`` and ``datagen``,
-plus the commands whose scripts own their arguments (``datagen prompts``, ``train``, ``eval``),
-which are handed their command line as it is.
+plus the scripts mounted with their own parsers (``make_parser(subparsers)``, built only when
+the command is used: ``graph.cli.parser.LazyParser``): ``datagen prompts``, ``train sft|grpo``
+(TRL's parsers) and ``eval``.
 
     interleave batch --prompts FILE [--name NAME] [--concurrency N] [run settings]
     interleave datagen prompts --out FILE --teacher-base-url URL --teacher-model NAME ...
@@ -23,51 +24,12 @@ from graph.cli.parser import LazyParser
 from graph.context import Context
 
 EXIT_OK, EXIT_SOME_FAILED = 0, 1
-# Commands whose own scripts parse everything after the command name.
-PASS_THROUGH = {
-    ("datagen", "prompts"): ("training.data.prompt_sets", "main"),
-    ("train", "sft"): ("training.sft", "main"),
-    ("train", "grpo"): ("training.grpo", "main"),
-    ("eval",): ("evals.benchmarks.cli", "main"),
+# `train sft|grpo`: TRL scripts.
+_TRL_SCRIPT = {
+    "parser_class": "trl:TrlParser",
+    "hint": " (start from a recipe: --config training/recipes/…yaml; on a machine without a GPU add "
+    "--use_cpu true --bf16 false)",
 }
-
-
-def _split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(leading ``--runs-dir``/``-v`` options, the rest of the command line)."""
-    leading, index = [], 0
-    while index < len(argv):
-        if argv[index] in ("-v", "--verbose") or argv[index].startswith("--runs-dir="):
-            leading.append(argv[index])
-            index += 1
-        elif argv[index] == "--runs-dir" and index + 1 < len(argv):
-            leading += argv[index : index + 2]
-            index += 2
-        else:
-            break
-    return leading, argv[index:]
-
-
-def pass_through(argv: list[str]) -> int | None:
-    """Run a delegated command if ``argv`` names one; None otherwise. Global options given
-    before the command (``--runs-dir``, ``-v``) are passed on after it."""
-    leading, rest = _split_global_options(argv)
-    for prefix, (module, function) in PASS_THROUGH.items():
-        if tuple(rest[: len(prefix)]) == prefix:
-            import importlib
-
-            command = getattr(importlib.import_module(module), function)
-            try:
-                return command(rest[len(prefix) :] + leading)
-            except ValueError as exc:  # bad settings: the message says what; no traceback
-                hint = (
-                    " (start from a recipe: --config training/recipes/…yaml; on a machine "
-                    "without a GPU add --use_cpu true --bf16 false)"
-                    if prefix[0] == "train"
-                    else ""
-                )
-                print(f"error: {exc}{hint}", file=sys.stderr)
-                return 2
-    return None
 
 
 def _add_batch_options(parser: argparse.ArgumentParser, default_name: str | None) -> None:
@@ -121,7 +83,8 @@ def add_commands(
         "RL datasets. `interleave datagen prompts --help` lists its own options.",
     )
     steps = datagen.add_subparsers(dest="datagen_command", required=True, metavar="STEP", parser_class=LazyParser)
-    steps.add_parser("prompts", help="ask a teacher LLM for requests per subcategory (own --help)", add_help=False)
+    prompts_help = "ask a teacher LLM for requests per subcategory (own --help)"
+    steps.add_parser("prompts", help=prompts_help, script="training.data.prompt_sets")
     run = steps.add_parser("run", help="run a prompt set with the teacher models (a resumable batch)")
     _add_batch_options(run, "datagen")
     add_settings(run, setting_names)
@@ -150,8 +113,10 @@ def add_commands(
         description="interleave train sft|grpo --config RECIPE [TRL flags]; see `interleave train "
         "sft --help` and training/recipes/.",
     )
-    train.add_argument("stage", choices=("sft", "grpo"), help="which trainer")
-    commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", add_help=False)
+    stages = train.add_subparsers(dest="stage", required=True, metavar="STAGE", parser_class=LazyParser)
+    for stage, text in (("sft", "supervised fine-tuning (TRL SFTTrainer)"), ("grpo", "GRPO of the critic")):
+        stages.add_parser(stage, help=f"{text} (own --help)", script=f"training.{stage}", **_TRL_SCRIPT)
+    commands.add_parser("eval", help="UEval, WISE, RISEBench harnesses (own --help)", script="evals.benchmarks.cli")
 
 
 def _add_export_options(export: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from graph.cli.parser import accept_global_options_anywhere, add_global_options, add_settings, as_cli
+from graph.cli.parser import LazyParser, accept_global_options_anywhere, add_global_options, add_settings, as_cli
 from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -36,7 +36,7 @@ def make_parser() -> argparse.ArgumentParser:
         "4 endpoint unreachable, 5 waiting for plan review, 130 interrupted.",
     )
     add_global_options(parser, top=True)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=LazyParser)
     setting_names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
 
     run = commands.add_parser(
@@ -387,6 +387,23 @@ def _with_context(handler: Any) -> Any:
     return call
 
 
+def _cmd_script(args: argparse.Namespace) -> int:
+    """A mounted script's command (``graph.cli.parser.LazyParser``: ``train sft|grpo``,
+    ``datagen prompts``, ``eval``). A global option given before the command (``--runs-dir``,
+    ``-v``) reaches a script that has it and was not given it after. The script sets up its own
+    logging, and its messages name its own flags (``--dataset_name``): shown as they are."""
+    script_args = args.script_args
+    if isinstance(script_args, argparse.Namespace):  # TRL's scripts parse into dataclasses
+        for name in ("runs_dir", "verbose"):
+            if hasattr(script_args, name) and not getattr(script_args, name):
+                setattr(script_args, name, getattr(args, name))
+    try:
+        return args.mount.run(script_args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
 def _data_command(name: str) -> Any:
     def call(args: argparse.Namespace) -> int:
         from graph.cli import data as cli_data
@@ -419,18 +436,22 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    from graph.cli.data import pass_through
     from graph.cli.progress import quiet_model_loading
-
-    quiet_model_loading()  # every command that loads a model (run, resume, fork, batch, eval, ...)
-
-    delegated = pass_through(argv)
-    if delegated is not None:
-        return delegated
-    args = make_parser().parse_args(argv)
     from tools.logs import configure_logging
 
+    quiet_model_loading()  # every command that loads a model (run, resume, fork, batch, eval, ...)
+    try:
+        args = make_parser().parse_args(argv)
+    except ValueError as exc:  # a mounted script's settings: TRL checks its configs as it parses
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FileNotFoundError as exc:  # a TRL script's --config recipe
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    # Before any command, mounted scripts included: every record passes the credential filter.
     configure_logging(logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "mount", None) is not None:
+        return _cmd_script(args)
     from checkpoints.registry import RunNotFoundError
     from graph.runs.preflight import EndpointUnreachableError
 

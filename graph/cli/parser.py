@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import re
 from typing import Any
@@ -173,25 +174,78 @@ def accept_global_options_anywhere(parser: argparse.ArgumentParser) -> None:
 
 
 class LazyParser(argparse.ArgumentParser):
-    """A sub-command parser whose options are added only when it is used, so that options read
-    from a heavy module (``training.data.export``) do not slow down every other command's start."""
+    """A sub-command parser whose options come only when the command is used (parsed, or its
+    help shown), so that a heavy module's options do not slow down every other command's start
+    or ``interleave --help``. Either way, one mechanism:
 
-    def __init__(self, *args: Any, populate: Any = None, **kwargs: Any) -> None:
+    - ``populate(parser)`` adds them in place (``datagen export``: thresholds read off
+      ``training.data.export``, which imports pandas);
+    - ``script`` names a script whose own ``make_parser(subparsers)`` (TRL's pattern for its
+      scripts) builds the parser, mounted here (``train sft|grpo``: TRL, transformers;
+      ``datagen prompts``; ``eval``). ``parser_class`` (``"module:Class"``) is the class that
+      ``make_parser`` expects ``subparsers`` to build. The parse reads a recipe too when the
+      parser can (TRL's ``parse_args_and_config``: ``--config YAML``) and leaves ``mount`` and
+      ``script_args`` in the namespace; ``mount.run(script_args)`` calls the script's ``run``.
+      ``hint`` ends the message of a ``ValueError`` over the script's settings.
+
+    Without either it is a plain parser (the class of every sub-command parser of the CLI).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        populate: Any = None,
+        script: str = "",
+        parser_class: str = "argparse:ArgumentParser",
+        hint: str = "",
+        **kwargs: Any,
+    ) -> None:
+        if script:
+            kwargs["add_help"] = False  # the mounted parser answers --help
         super().__init__(*args, **kwargs)
-        self._populate = populate
+        self._populate, self._script, self._parser_class, self._hint = populate, script, parser_class, hint
+        self._mounted: argparse.ArgumentParser | None = None
 
     def _ready(self) -> None:
         if self._populate is not None:
             populate, self._populate = self._populate, None
             populate(self)
 
-    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
-        self._ready()
-        return super().parse_known_args(*args, **kwargs)
+    def mounted(self) -> argparse.ArgumentParser:
+        """The script's own parser (built on first use)."""
+        if self._mounted is None:
+            module, _, name = self._parser_class.partition(":")
+            host = argparse.ArgumentParser(prog=self.prog.rpartition(" ")[0], add_help=False)
+            subparsers = host.add_subparsers(parser_class=getattr(importlib.import_module(module), name))
+            self._mounted = importlib.import_module(self._script).make_parser(subparsers)
+        return self._mounted
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if not self._script:
+            self._ready()
+            return super().parse_known_args(args, namespace)
+        parser = self.mounted()
+        read = getattr(parser, "parse_args_and_config", parser.parse_args)
+        namespace = argparse.Namespace() if namespace is None else namespace
+        try:
+            namespace.script_args = read(args)
+        except ValueError as exc:  # TRL checks its configs as it builds them
+            raise ValueError(f"{exc}{self._hint}") from None
+        namespace.mount = self
+        return namespace, []
 
     def format_help(self) -> str:
+        if self._script:
+            return self.mounted().format_help()
         self._ready()
         return super().format_help()
+
+    def run(self, script_args: Any) -> int:
+        """Run the mounted script with what its parser gave; its exit code."""
+        try:
+            return importlib.import_module(self._script).run(script_args)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{self._hint}") from None
 
 
 def as_cli(message: str) -> str:

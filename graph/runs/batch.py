@@ -9,8 +9,9 @@ Up to ``concurrency`` runs go at once, on threads of this process: they share on
 pipeline and its batching worker (``tools.generator.worker``) and one client per VLM endpoint, so
 the GPU is shared instead of loaded twice. With ``generator_base_url`` set, every run sends its
 generations to that images server instead (``tools.generator.images_api``: a Ray Serve fleet,
-SGLang Diffusion, vLLM-Omni), so one batch drives all the GPUs behind it. Every attempt is recorded by the graph as usual
-(prompt actually used, seed, images, verdict, reasoning) in the run's checkpoints and documents.
+SGLang Diffusion, vLLM-Omni), so one batch drives all the GPUs behind it. Every attempt is
+recorded by the graph as usual (prompt actually used, seed, images, verdict, reasoning) in the
+run's checkpoints and documents.
 """
 
 from __future__ import annotations
@@ -63,24 +64,39 @@ def _status(runs_dir: str, run_id: str) -> str | None:
         return None
 
 
-def run_one(item: dict[str, Any], batch: str, context: Context,
-            models: ChatModels | None = None) -> tuple[str, RunOutcome | None]:
-    """Start, resume or skip one request; returns (run id, outcome or None when skipped)."""
+def run_one(
+    item: dict[str, Any], batch: str, context: Context, models: ChatModels | None = None
+) -> tuple[str, RunOutcome | None]:
+    """Start, resume or skip one request; returns (run id, outcome or None when skipped). An item
+    with a ``plan`` (and ``plan_reasoning``) starts at the generator with it (``start_run``)."""
     run_id = batch_run_id(batch, item["id"])
     status = _status(context.runs_dir, run_id)
     if status == "finished":
         return run_id, None
     if status is None:
-        return run_id, start_run(item["request"], context, images=item.get("images") or [],
-                                 run_id=run_id, models=models)
+        return run_id, start_run(
+            item["request"],
+            context,
+            images=item.get("images") or [],
+            run_id=run_id,
+            models=models,
+            plan=item.get("plan"),
+            plan_reasoning=item.get("plan_reasoning", ""),
+        )
     # A run resumes with its own stored settings; only where the models are may have moved.
     moved = {name: getattr(context, name) for name in RESUME_OVERRIDES}
     return run_id, resume_run(run_id, context.runs_dir, models=models, overrides=moved)
 
 
-def run_batch(items: list[dict[str, Any]], context: Context, *, batch: str, concurrency: int = 4,
-              models: ChatModels | None = None,
-              on_progress: Callable[[int, int, str, str], None] | None = None) -> BatchReport:
+def run_batch(
+    items: list[dict[str, Any]],
+    context: Context,
+    *,
+    batch: str,
+    concurrency: int = 4,
+    models: ChatModels | None = None,
+    on_progress: Callable[[int, int, str, str], None] | None = None,
+) -> BatchReport:
     """Run every item ({id, request, images?}) to its end, ``concurrency`` at a time.
 
     ``on_progress(done, total, run_id, outcome)`` is called as each item ends (from worker

@@ -40,16 +40,25 @@ def demo_context(runs_dir: str, server_url: str, pipeline_path: Path, **override
     from tools.doubles.demo_script import CRITIC_MODEL, PLANNER_MODEL
 
     settings = dict(
-        planner_base_url=server_url, planner_model=PLANNER_MODEL, planner_api_key="demo",
-        critic_base_url=server_url, critic_model=CRITIC_MODEL, critic_api_key="demo",
-        generator_model=str(pipeline_path), device="cpu", dtype="float32", width=DEMO_SIZE,
-        height=DEMO_SIZE, num_inference_steps=DEMO_STEPS, runs_dir=runs_dir)
+        planner_base_url=server_url,
+        planner_model=PLANNER_MODEL,
+        planner_api_key="demo",
+        critic_base_url=server_url,
+        critic_model=CRITIC_MODEL,
+        critic_api_key="demo",
+        generator_model=str(pipeline_path),
+        device="cpu",
+        dtype="float32",
+        width=DEMO_SIZE,
+        height=DEMO_SIZE,
+        num_inference_steps=DEMO_STEPS,
+        runs_dir=runs_dir,
+    )
     settings.update(overrides)
     return Context(**settings)
 
 
-def run_demo(runs_dir: str, request: str = DEFAULT_REQUEST, *,
-             on_event: EventHandler | None = None) -> RunOutcome:
+def run_demo(runs_dir: str, request: str = DEFAULT_REQUEST, *, on_event: EventHandler | None = None) -> RunOutcome:
     from tools.doubles import demo_script
     from tools.doubles.scripted_chat import ScriptedChatServer
 
@@ -65,8 +74,11 @@ def is_demo_run(settings: dict) -> bool:
     from tools.doubles.demo_script import CRITIC_MODEL, PLANNER_MODEL
     from tools.store.documents import random_weights
 
-    return (settings.get("planner_model") == PLANNER_MODEL
-            and settings.get("critic_model") == CRITIC_MODEL and random_weights(settings))
+    return (
+        settings.get("planner_model") == PLANNER_MODEL
+        and settings.get("critic_model") == CRITIC_MODEL
+        and random_weights(settings)
+    )
 
 
 @contextmanager

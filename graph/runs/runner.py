@@ -8,7 +8,6 @@ a registry row. Every node's result is checkpointed before the next node starts
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -26,9 +25,11 @@ from checkpoints.run_ids import check_run_id
 from checkpoints.saver import connect, open_checkpointer
 from nodes import events
 from nodes.generator import check_generator_settings
-from nodes.guidance import request_segments
+from nodes.guidance import check_plan, request_segments
+from nodes.planner import import_inputs
 from nodes.review import reviewed_plan
 from tools.llm.chat import ChatModels
+from tools.replies.contracts import PlanStep
 from tools.store.images import DATA_URL_PREFIX, ImageStore, load_input_image
 
 MAX_REQUEST_CHARS = 20_000  # a long how-to request is ~1k; the planner prompt must fit the model
@@ -53,28 +54,41 @@ def validate_request(request: str, images: list[str]) -> str:
     if request is not None and not isinstance(request, str):
         raise ValueError(f"the request is text, not {type(request).__name__} ({request!r:.60})")
     if isinstance(images, (str, bytes)) or not all(isinstance(p, str) for p in images):
-        raise ValueError("images is a list of paths or data URLs, e.g. images=[\"a.png\"], not "
-                         f"{type(images).__name__}")
+        raise ValueError(f'images is a list of paths or data URLs, e.g. images=["a.png"], not {type(images).__name__}')
     request = (request or "").strip()
     if len(request) > MAX_REQUEST_CHARS:
-        raise ValueError(f"the request is {len(request)} characters long; at most "
-                         f"{MAX_REQUEST_CHARS} are accepted")
+        raise ValueError(f"the request is {len(request)} characters long; at most {MAX_REQUEST_CHARS} are accepted")
     control = sorted({f"\\x{ord(c):02x}" for c in request if ord(c) < 32 and c not in "\n\t"})
     if control:
         raise ValueError(f"the request holds control characters ({', '.join(control)}); remove them")
     if not request:
-        raise ValueError("the request is empty; say what the sequence should show, "
-                         "e.g. interleave run \"How do I fold a paper crane?\"")
+        raise ValueError(
+            "the request is empty; say what the sequence should show, "
+            'e.g. interleave run "How do I fold a paper crane?"'
+        )
     request_segments(request, len(images))  # <image> markers must match the images given
     for path in images:
         load_input_image(path)  # raises ImageInputError naming the file and the fix
     return request
 
 
-def start_run(request: str, context: Context, *, images: list[str] | None = None,
-              run_id: str | None = None, preflight: bool = False,
-              on_event: EventHandler | None = None, models: ChatModels | None = None) -> RunOutcome:
+def start_run(
+    request: str,
+    context: Context,
+    *,
+    images: list[str] | None = None,
+    run_id: str | None = None,
+    preflight: bool = False,
+    on_event: EventHandler | None = None,
+    models: ChatModels | None = None,
+    plan: list[dict[str, Any]] | None = None,
+    plan_reasoning: str = "",
+) -> RunOutcome:
     """Validate the input, register the run and drive it to its end (or first failure/pause).
+
+    With ``plan`` (steps as in the planner's ``execution_plan``) no planner is asked: the run
+    starts from a checkpoint written as if the planner had given these steps (checked by the
+    same rules), so the graph goes on to review (a no-op unless ``review_plan``) and the generator.
 
     Nothing is written when the input is bad, the run id is taken, or (with ``preflight``) a model
     endpoint does not answer.
@@ -83,6 +97,8 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
         validate_request(request, images)  # says images is a list
     images = [str(p) if isinstance(p, Path) else p for p in images or []]
     request = validate_request(request, images)
+    if plan is not None:
+        plan = reviewed_plan({"plan": plan}, len(images))  # ValueError naming what is wrong
     check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
     run_id = new_run_id() if run_id is None else check_run_id(run_id)
     if preflight:
@@ -93,16 +109,44 @@ def start_run(request: str, context: Context, *, images: list[str] | None = None
         registry = RunRegistry(conn)
         registry.ensure_new(run_id)
         store = ImageStore(context.runs_dir)  # data URLs become files: no state or row holds pixels
-        images = [str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX)
-                  else p for p in images]
+        images = [
+            str(store.path(store.import_file(p)).resolve()) if p.startswith(DATA_URL_PREFIX) else p for p in images
+        ]
+        if plan is not None:  # the checkpoint first: a registered run is never without its plan
+            _seed_plan(run_id, request, images, plan, plan_reasoning, context)
         registry.create(run_id, request, images, context.to_record())
-    graph_input = {"request": request, "images": images, "run_id": run_id}
+    graph_input = None if plan is not None else {"request": request, "images": images, "run_id": run_id}
     return drive(run_id, graph_input, context, on_event, models)
 
 
-def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None = None,
-               review: Any = None, on_event: EventHandler | None = None,
-               models: ChatModels | None = None) -> RunOutcome:
+def _seed_plan(
+    run_id: str, request: str, images: list[str], plan: list[PlanStep], reasoning: str, context: Context
+) -> None:
+    """Write the run's first checkpoint as the planner node would have written it."""
+    input_images, stored = import_inputs(images, ImageStore(context.runs_dir))
+    values = {
+        "request": request,
+        "run_id": run_id,
+        "images": stored,
+        "input_images": input_images,
+        "plan": plan,
+        "plan_reasoning": reasoning,
+        "plan_mode": check_plan(plan, len(images)),
+        "step_index": 0,
+    }
+    with open_checkpointer(context.runs_dir) as saver:
+        build_graph(saver).update_state({"configurable": {"thread_id": run_id}}, values, as_node="plan")
+
+
+def resume_run(
+    run_id: str,
+    runs_dir: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    review: Any = None,
+    on_event: EventHandler | None = None,
+    models: ChatModels | None = None,
+) -> RunOutcome:
     """Continue a run from its last checkpoint with its stored settings (``overrides`` may change
     endpoints or devices, e.g. when the old server moved). A run paused for plan review continues
     only with a ``review`` answer (``{"approve": True}`` or ``{"plan": [...]}``)."""
@@ -123,20 +167,26 @@ def resume_run(run_id: str, runs_dir: str, *, overrides: dict[str, Any] | None =
     if snapshot.values.get("document_dir"):
         # It may have been killed after its last checkpoint but before the registry heard of it.
         with closing(connect(runs_dir)) as conn:
-            RunRegistry(conn).update(run_id, status="finished", error=None,
-                                     document_dir=snapshot.values["document_dir"],
-                                     **counters(snapshot.values))
+            RunRegistry(conn).update(
+                run_id,
+                status="finished",
+                error=None,
+                document_dir=snapshot.values["document_dir"],
+                **counters(snapshot.values),
+            )
         return RunOutcome(run_id, "finished", snapshot.values["document_dir"])
     if snapshot.interrupts and review is None:
         return RunOutcome(run_id, "awaiting_review", review=snapshot.interrupts[0].value)
     if review is not None:
         if not snapshot.interrupts:
-            raise ValueError(f"run {run_id} is not waiting for a plan review; resume it without "
-                             f"--approve-plan/--plan-file")
+            raise ValueError(
+                f"run {run_id} is not waiting for a plan review; resume it without --approve-plan/--plan-file"
+            )
         return drive(run_id, Command(resume=review), context, on_event, models)
     # No checkpoint at all means it died before the first one: start it again from its input.
-    graph_input = None if snapshot.values else {
-        "request": record["request"], "images": record["images"], "run_id": run_id}
+    graph_input = (
+        None if snapshot.values else {"request": record["request"], "images": record["images"], "run_id": run_id}
+    )
     return drive(run_id, graph_input, context, on_event, models)
 
 
@@ -144,9 +194,11 @@ def check_local(record: dict[str, Any]) -> None:
     """Refuse a run made through a LangGraph server: its checkpoints are the server's, so here it
     could only start over (and overwrite its document)."""
     if record.get("origin") == "server":
-        raise ValueError(f"run {record['run_id']} was made through the LangGraph server, which keeps "
-                         f"its checkpoints; continue it there (LangGraph Studio, or the SDK on "
-                         f"thread {record['run_id']}), or start a new run here with `interleave run`")
+        raise ValueError(
+            f"run {record['run_id']} was made through the LangGraph server, which keeps "
+            f"its checkpoints; continue it there (LangGraph Studio, or the SDK on "
+            f"thread {record['run_id']}), or start a new run here with `interleave run`"
+        )
 
 
 def _node_started(task: dict[str, Any], context: Context) -> dict[str, Any]:
@@ -155,8 +207,13 @@ def _node_started(task: dict[str, Any], context: Context) -> dict[str, Any]:
     plan, index = values.get("plan") or [], values.get("step_index") or 0
     step = plan[index]["step_number"] if index < len(plan) else None
     model = context.planner_model if task["name"] == "plan" else context.critic_model
-    return {"event": events.NODE_STARTED, "run_id": values.get("run_id"), "node": task["name"],
-            "step_number": step, "model": model}
+    return {
+        "event": events.NODE_STARTED,
+        "run_id": values.get("run_id"),
+        "node": task["name"],
+        "step_number": step,
+        "model": model,
+    }
 
 
 def _announce_resume(graph: Any, config: dict, on_event: EventHandler) -> None:
@@ -164,14 +221,24 @@ def _announce_resume(graph: Any, config: dict, on_event: EventHandler) -> None:
     its progress shows step i/N as a new run's does."""
     values = graph.get_state(config).values
     if values.get("plan"):
-        on_event({"event": events.RUN_RESUMED, "run_id": values.get("run_id"),
-                  "steps": len(values["plan"]),
-                  "step_numbers": [s["step_number"] for s in values["plan"]],
-                  "steps_done": len(values.get("accepted", []))})
+        on_event(
+            {
+                "event": events.RUN_RESUMED,
+                "run_id": values.get("run_id"),
+                "steps": len(values["plan"]),
+                "step_numbers": [s["step_number"] for s in values["plan"]],
+                "steps_done": len(values.get("accepted", [])),
+            }
+        )
 
 
-def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Context,
-          on_event: EventHandler | None, models: ChatModels | None = None) -> RunOutcome:
+def drive(
+    run_id: str,
+    graph_input: dict[str, Any] | Command | None,
+    context: Context,
+    on_event: EventHandler | None,
+    models: ChatModels | None = None,
+) -> RunOutcome:
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
         registry = RunRegistry(conn)
@@ -180,9 +247,9 @@ def drive(run_id: str, graph_input: dict[str, Any] | Command | None, context: Co
         if on_event is not None and not isinstance(graph_input, dict):
             _announce_resume(graph, config, on_event)
         try:
-            for mode, chunk in graph.stream(graph_input, config, context=context,
-                                            stream_mode=["values", "custom", "tasks"],
-                                            durability="sync"):
+            for mode, chunk in graph.stream(
+                graph_input, config, context=context, stream_mode=["values", "custom", "tasks"], durability="sync"
+            ):
                 if mode == "custom":
                     if on_event is not None:
                         on_event(chunk)

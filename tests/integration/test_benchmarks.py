@@ -18,15 +18,11 @@ import pytest
 
 from evals.benchmarks.cli import main
 from tools.doubles import demo_script
-from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text, request_text
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 REPO = Path(__file__).resolve().parents[2]
 JUDGE = "judge-m"
-
-
-def request_text(body: dict) -> str:
-    return "\n".join(message_text(m) for m in body["messages"])
 
 
 def judge_reply(body: dict) -> str:

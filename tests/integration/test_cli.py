@@ -213,7 +213,7 @@ def test_demo_console_script_writes_a_document(tmp_path):
 
 
 def test_delegated_commands_get_global_options_and_report_bad_settings(capsys, runs_dir, tmp_path):
-    """`train`, `eval` and `datagen prompts` read their own command lines; options given before
+    """`train`, `eval` and `datagen prompts` parse with their scripts' parsers; options given before
     them still reach them, and bad settings are an error message (exit 2), not a traceback."""
     code = main(
         ["train", "sft", "--output_dir", str(tmp_path / "o"), "--bf16", "false", "--use_cpu", "true"]

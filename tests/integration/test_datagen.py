@@ -12,7 +12,7 @@ import pytest
 from graph.cli.main import main
 from tools.doubles import demo_script
 from tools.replies.parsing import parse_verdict
-from tools.doubles.scripted_chat import ScriptedChatServer, count_images
+from tools.doubles.scripted_chat import count_images
 
 REQUESTS = ["How do I fold a paper boat?", "How do I plant a tulip bulb?", "How do I wrap a gift?"]
 
@@ -54,7 +54,7 @@ def teacher_settings(chat_server, tiny_pipeline):
     ]
 
 
-def test_prompts_to_runs_to_scores_to_datasets(tmp_path, runs_dir, teacher_settings, capsys):
+def test_prompts_to_runs_to_scores_to_datasets(tmp_path, runs_dir, teacher_settings, judge_server, capsys):
     import datasets
 
     prompts = tmp_path / "prompts.jsonl"
@@ -87,33 +87,32 @@ def test_prompts_to_runs_to_scores_to_datasets(tmp_path, runs_dir, teacher_setti
     low = {d["steps"][1]["attempts"][0]["image"]["sha256"] for d in documents}
     assert all(len(d["steps"][1]["attempts"]) == 2 for d in documents)
 
-    def judge(body):
-        after = image_hashes(body)[-1]
-        score = 3 if after in low else 9
+    def by_image(body):  # SC and PQ alike
+        score = 3 if image_hashes(body)[-1] in low else 9
         return f'Looks as it does.<answer>{{"scores": [{score}, {score}], "reasoning": "ok"}}</answer>'
 
-    with ScriptedChatServer(judge) as judge_server:
-        score = [
-            "--runs-dir",
-            runs_dir,
-            "datagen",
-            "score",
-            "--batch",
-            "t",
-            "--judge-base-url",
-            judge_server.base_url,
-            "--judge-model",
-            "scripted-judge",
-        ]
-        assert main(score) == 0
-        out, _ = capsys.readouterr()
-        assert "attempts 12: 0 scored before, 12 scored now" in out
-        asked = len(judge_server.requests)
-        assert asked == 12 * 2  # SC and PQ per attempt
-        assert {count_images(r) for r in judge_server.requests} == {1, 2}
-        assert main(score) == 0  # again: nothing new is asked
-        assert len(judge_server.requests) == asked
-        assert "12 scored before, 0 scored now" in capsys.readouterr()[0]
+    judge = judge_server(sc=by_image, pq=by_image)
+    score = [
+        "--runs-dir",
+        runs_dir,
+        "datagen",
+        "score",
+        "--batch",
+        "t",
+        "--judge-base-url",
+        judge.base_url,
+        "--judge-model",
+        "scripted-judge",
+    ]
+    assert main(score) == 0
+    out, _ = capsys.readouterr()
+    assert "attempts 12: 0 scored before, 12 scored now" in out
+    asked = len(judge.requests)
+    assert asked == 12 * 2  # SC and PQ per attempt
+    assert {count_images(r) for r in judge.requests} == {1, 2}
+    assert main(score) == 0  # again: nothing new is asked
+    assert len(judge.requests) == asked
+    assert "12 scored before, 0 scored now" in capsys.readouterr()[0]
 
     target = tmp_path / "datasets"
     assert (

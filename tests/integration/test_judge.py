@@ -15,24 +15,13 @@ from tools.judge.judge import Judge, judge_from_settings
 from tools.judge.cache import JudgeCache
 from tools.llm.chat import openai_model
 from tools.store.images import ImageStore, blank_canvas
-from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
-
-SC_REPLY = 'Mostly done.\n<answer>{"scores": [8, 6], "reasoning": "the hat is there"}</answer>'
-PQ_REPLY = "<answer>{'scores': [9, 4], 'reasoning': 'some blur'}</answer>"
-
-
-def request_text(body: dict) -> str:
-    return "\n".join(message_text(m) for m in body["messages"])
-
-
-def scripted(body: dict) -> str:
-    return SC_REPLY if count_images(body) == 2 else PQ_REPLY
+from conftest import SC_REPLY
+from tools.doubles.scripted_chat import ScriptedChatServer, count_images, request_text
 
 
 @pytest.fixture
-def server():
-    with ScriptedChatServer(scripted) as running:
-        yield running
+def server(judge_server):
+    return judge_server()  # SC 8 and 6, PQ 9 and 4
 
 
 @pytest.fixture
@@ -139,13 +128,10 @@ def test_another_instruction_image_model_or_prompt_version_is_asked_again(server
         assert len(cache) == 7 + 4
 
 
-def test_unusable_replies_become_a_recorded_failure_retried_only_when_asked(tmp_path, images):
+def test_unusable_replies_become_a_recorded_failure_retried_only_when_asked(judge_server, tmp_path, images):
     answers = {"sc": "I'd say roughly an eight, maybe a six."}
-
-    def responder(body):
-        return answers["sc"] if count_images(body) == 2 else PQ_REPLY
-
-    with ScriptedChatServer(responder) as server, make_judge(server.base_url, tmp_path, retries=2) as judge:
+    server = judge_server(sc=lambda body: answers["sc"])
+    with make_judge(server.base_url, tmp_path, retries=2) as judge:
         failed = judge.judge(images["before"], images["after"], "add a hat")
         assert not failed.ok and failed.reason == "no_answer"
         assert "semantic consistency: [no_answer]" in failed.error and "3 replies" in failed.error
@@ -167,11 +153,10 @@ def test_unusable_replies_become_a_recorded_failure_retried_only_when_asked(tmp_
         assert judge.judge(images["before"], images["after"], "add a hat").cached
 
 
-def test_out_of_range_scores_are_a_schema_failure(tmp_path, images):
-    with (
-        ScriptedChatServer(lambda body: '<answer>{"scores": [11, 6]}</answer>') as server,
-        make_judge(server.base_url, tmp_path, retries=1) as judge,
-    ):
+def test_out_of_range_scores_are_a_schema_failure(judge_server, tmp_path, images):
+    out_of_range = '<answer>{"scores": [11, 6]}</answer>'
+    server = judge_server(sc=out_of_range, pq=out_of_range)
+    with make_judge(server.base_url, tmp_path, retries=1) as judge:
         result = judge.judge(images["before"], images["after"], "add a hat")
     assert result.reason == "schema" and (result.sc, result.pq, result.overall) == (None,) * 3
     assert len(server.requests) == 4
@@ -212,14 +197,15 @@ def test_a_bad_item_is_refused_before_any_request(server, tmp_path, images):
     assert server.requests == []
 
 
-def test_an_endpoint_that_is_down_is_a_failure_not_an_exception(tmp_path, images):
+def test_an_endpoint_that_is_down_is_a_failure_not_an_exception(judge_server, tmp_path, images):
     with make_judge("http://127.0.0.1:9/v1", tmp_path, timeout_s=5) as judge:
         results = judge.judge_many([(images["before"], images["after"], "add a hat"), (None, images["after"], "a hat")])
     for result in results:
         assert result.reason == "endpoint" and "refused the connection" in result.error
         assert (result.sc, result.pq, result.overall) == (None, None, None)
     # Such a failure says nothing about the images: once the server is up it is asked again.
-    with ScriptedChatServer(scripted) as server, make_judge(server.base_url, tmp_path) as judge:
+    server = judge_server()
+    with make_judge(server.base_url, tmp_path) as judge:
         result = judge.judge(images["before"], images["after"], "add a hat")
     assert result.ok and not result.cached and len(server.requests) == 2
 

@@ -104,3 +104,19 @@ def test_cli_review_flow_and_bad_edits(capsys, runs_dir, chat_server, tiny_pipel
     assert main(["--runs-dir", runs_dir, "show", "r"]) == EXIT_OK
     assert "2/2 steps" in capsys.readouterr().out
     assert main(["--runs-dir", runs_dir, "resume", "r", "--approve-plan"]) == EXIT_OK  # finished: no-op
+
+
+def test_a_given_plan_skips_the_planner_and_runs_as_the_planners_plan(paused, make_context, chat_server, runs_dir):
+    """`start_run(plan=...)` (the benchmarks' bare generator) starts at the generator: the planner
+    is never asked, and the run is the one the same plan from the planner gives."""
+    with pytest.raises(ValueError, match="every step must be an image operation"):
+        start_run(REQUEST, make_context(), run_id="bad", plan=[{"step_number": 1, "step_name": "x", "prompt": None}])
+    assert not (Path(runs_dir) / "bad").exists()
+    asked = len(chat_server.requests)
+    given = start_run(REQUEST, make_context(), run_id="given", plan=paused.review["plan"], plan_reasoning="mine")
+    assert given.status == "finished", given.error
+    assert {r["model"] for r in chat_server.requests[asked:]} == {"demo-critic"}
+    assert record(given)["plan_reasoning"] == "mine"
+    plain = start_run(REQUEST, make_context(), run_id="plain")
+    strip = lambda doc: without_timings({k: v for k, v in doc.items() if k not in ("settings", "plan_reasoning")})
+    assert strip(record(given)) == strip(record(plain))

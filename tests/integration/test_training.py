@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import sc_pq_judge
 from tools.doubles.scripted_chat import ScriptedChatServer, count_images, message_text
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
@@ -190,11 +191,11 @@ def taught_critic(tiny_vlm, tmp_path_factory) -> str:
     return str(folder)
 
 
-def scripted_judge(body: dict) -> str:
-    """SC 8 for every regenerated image (2 images in the request), PQ 6 (1 image)."""
-    if count_images(body) == 2:
-        return 'Done. <answer>{"scores": [8, 9], "reasoning": "the cat is there"}</answer>'
-    return "<answer>{'scores': [6, 7], 'reasoning': 'clean'}</answer>"
+# SC 8 for every regenerated image, PQ 6.
+scripted_judge = sc_pq_judge(
+    sc='Done. <answer>{"scores": [8, 9], "reasoning": "the cat is there"}</answer>',
+    pq="<answer>{'scores': [6, 7], 'reasoning': 'clean'}</answer>",
+)
 
 
 def reply_of(model_path: str, images: int = 2) -> str:
@@ -266,6 +267,23 @@ def test_recipe_values_sit_between_defaults_and_flags():
             "--freeze_vision",
         )
     )
+
+
+def test_train_commands_are_the_scripts_own_parsers_mounted(capsys):
+    """`interleave train sft|grpo` parse with the scripts' TRL parsers (mounted lazily): the help
+    lists TRL's options, a recipe is read as the script reads it, and global options may come first."""
+    from graph.cli.main import make_parser
+
+    with pytest.raises(SystemExit) as stop:
+        make_parser().parse_args(["train", "grpo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 0 and shown.startswith("usage: interleave train grpo")
+    assert "--regen_seed" in shown and "--steps_per_generation" in shown
+    args = make_parser().parse_args(
+        ["-v", "train", "sft", "--config", str(RECIPES / "planner_sft.yaml"), "--learning_rate", "3e-5", *CPU]
+    )
+    _, training, _ = args.script_args
+    assert args.verbose and training.learning_rate == 3e-5 and training.num_train_epochs == 3
 
 
 def test_planner_sft_two_steps_with_the_vision_tower_frozen(tiny_vlm, data, tmp_path):

@@ -99,16 +99,35 @@ def test_datagen_export_options_still_appear_when_asked_for(capsys):
     assert "--out OUT" in text and "--judge-model" in text and "(default " in text
 
 
+def test_mounted_scripts_answer_with_their_own_parsers_and_see_global_options(capsys, monkeypatch):
+    """`datagen prompts` and `eval` are their scripts' parsers, mounted: their help is the
+    script's, and `--runs-dir`/`-v` given before the command reach the script."""
+    from evals.benchmarks import cli as eval_cli
+    from graph.cli.main import main
+
+    text = run_help(capsys, "datagen", "prompts")
+    assert text.startswith("usage: interleave datagen prompts") and "--teacher-base-url URL" in text
+    assert run_help(capsys, "eval").startswith("usage: interleave eval")
+    seen = []
+    monkeypatch.setattr(eval_cli, "run", lambda args: seen.append(args) or 0)
+    assert main(["--runs-dir", "D", "-v", "eval", "wise", "--limit", "1"]) == 0
+    assert (seen[0].benchmark, seen[0].runs_dir, seen[0].verbose, seen[0].limit) == ("wise", "D", True, 1)
+    assert main(["--runs-dir", "D", "eval", "rise", "--runs-dir", "E"]) == 0
+    assert seen[1].runs_dir == "E"  # given after the command, the script's own wins
+
+
 def test_help_imports_nothing_heavy():
-    """`interleave --help` and `interleave run --help` answer without importing pandas, torch,
-    LangGraph or the training code (it took 2-3 s when the export's options imported pandas)."""
+    """`interleave --help`, `interleave run --help` and `interleave train --help` answer without
+    importing pandas, torch, TRL, LangGraph or the training code (it took 2-3 s when the export's
+    options imported pandas); the training scripts' parsers are mounted only when used."""
     probe = (
         "import sys, contextlib, io\n"
         "from graph.cli.main import main\n"
-        "for argv in (['--help'], ['run', '--help'], ['datagen', '--help']):\n"
+        "for argv in (['--help'], ['run', '--help'], ['datagen', '--help'], ['train', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)\n"
-        "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'training.data.export')\n"
+        "heavy = ('pandas', 'torch', 'langgraph', 'langchain_core', 'diffusers', 'trl', 'transformers',\n"
+        "         'training.data.export', 'training.sft', 'training.grpo')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(

@@ -61,6 +61,11 @@ def message_text(message: dict) -> str:
     return "\n".join(texts)
 
 
+def request_text(body: dict) -> str:
+    """The text of every message of a chat-completion request, one message a line."""
+    return "\n".join(message_text(m) for m in body["messages"])
+
+
 def count_images(body: dict) -> int:
     """Count ``image_url`` content parts across all messages of a request body."""
     n = 0

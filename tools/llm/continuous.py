@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tools.llm.fast_decode import (
-    _attend,
     _cache_layers,
+    _decode_layers,
     _prompt_positions,
     _setting,
     _stop_length,
@@ -522,28 +522,17 @@ class ContinuousEngine:
         probe = torch.zeros(1, dtype=self.model.dtype, device=self.device)
         cos, sin = self.text.rotary_emb(probe, position[:, :, None])
         mask = (self.positions[:span][None] <= write[:, None])[:, None, None, :]
-        x = self.text.embed_tokens(tokens[:, None])
-        group = self.heads // self.kv_heads
-        for layer, (k_buffer, v_buffer) in zip(self.text.layers, self.kv):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_norm(attn.q_proj(h).view(rows, 1, self.heads, self.head_dim)).transpose(1, 2)
-            k = attn.k_norm(attn.k_proj(h).view(rows, 1, self.kv_heads, self.head_dim)).transpose(1, 2)
-            v = attn.v_proj(h).view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = self.rotate(q, k, cos, sin)
+
+        def cache(k_buffer: Any, v_buffer: Any, k: Any, v: Any) -> tuple:  # each row at its own length
             k_buffer[ids, :, write] = k[:, :, 0]
             v_buffer[ids, :, write] = v[:, :, 0]
-            q = q.reshape(rows, self.kv_heads, group, self.head_dim)
-            o = _attend(q, k_buffer[:rows, :, :span], v_buffer[:rows, :, :span], mask, attn.scaling, self.attention)
-            x = x + attn.o_proj(o.reshape(rows, 1, self.heads * self.head_dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.model.lm_head(self.text.norm(x))[:, -1]
+            return k_buffer[:rows, :, :span], v_buffer[:rows, :, :span]
+
+        logits = _decode_layers(self, tokens, cos, sin, mask, cache)
         self.length[:rows] = (length + 1).clamp(max=self.context - 1)
         self._choose(logits, ids, sample)
 
     def _run_step(self, key: tuple) -> None:
-        import torch
-
         graph = self.graphs.get(key)
         if graph is not None:
             graph.replay()
@@ -551,14 +540,9 @@ class ContinuousEngine:
             self._step(*key)  # on CUDA: the warm-up a capture needs
             self.warmed.add(key)
         else:
-            from tools.devices import capture_lock
+            from tools.devices import capture_graph
 
-            graph = torch.cuda.CUDAGraph()
-            with capture_lock(self.device):  # nothing else may launch work while this records
-                torch.cuda.synchronize(self.device)
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
-                    self._step(*key)
-                torch.cuda.synchronize(self.device)
+            graph = capture_graph(lambda: self._step(*key), self.device, stream=self.stream, pool=self.pool)
             self.graphs[key] = graph
             graph.replay()  # capture records without running
 

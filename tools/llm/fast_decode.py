@@ -200,6 +200,30 @@ def _attend(query, keys, values, mask, scale: float, attention: str):
     return torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
 
 
+def _decode_layers(decoder: Any, tokens: Any, cos: Any, sin: Any, mask: Any, cache: Any) -> Any:
+    """The text model over one new token per row; the logits of the next token (rows, vocab).
+
+    ``decoder`` holds the model's parts (``model``, ``text``, ``kv`` per layer, ``heads``,
+    ``kv_heads``, ``head_dim``, ``rotate``, ``attention``: ``_Decoder`` and the continuous
+    engine); ``cache(k_buffer, v_buffer, k, v)`` writes the new keys and values into a layer's
+    buffers and returns the keys and values to attend over (each caller's buffers differ)."""
+    rows, group = tokens.shape[0], decoder.heads // decoder.kv_heads
+    x = decoder.text.embed_tokens(tokens[:, None])
+    for layer, (k_buffer, v_buffer) in zip(decoder.text.layers, decoder.kv):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_norm(attn.q_proj(h).view(rows, 1, decoder.heads, decoder.head_dim)).transpose(1, 2)
+        k = attn.k_norm(attn.k_proj(h).view(rows, 1, decoder.kv_heads, decoder.head_dim)).transpose(1, 2)
+        v = attn.v_proj(h).view(rows, 1, decoder.kv_heads, decoder.head_dim).transpose(1, 2)
+        q, k = decoder.rotate(q, k, cos, sin)
+        keys, values = cache(k_buffer, v_buffer, k, v)
+        q = q.reshape(rows, decoder.kv_heads, group, decoder.head_dim)
+        o = _attend(q, keys, values, mask, attn.scaling, decoder.attention)
+        x = x + attn.o_proj(o.reshape(rows, 1, decoder.heads * decoder.head_dim))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return decoder.model.lm_head(decoder.text.norm(x))[:, -1]
+
+
 class _Decoder:
     """Fixed buffers and a ``step()`` that decodes one token for every row in place:
     reads ``tokens`` and ``step``, writes the keys/values of ``tokens`` at slot
@@ -257,28 +281,17 @@ class _Decoder:
         self.side_stream = None  # set by the warm-up step before CUDA-graph capture
 
     def step(self) -> None:
-        batch = self.tokens.shape[0]
         index = self.step_index
         slot = index + self.prompt_len
         mask = self.prompt_mask | ((self.slots >= self.prompt_len) & (self.slots <= slot))
-        mask = mask[:, None, None, :]
         cos, sin = self.cos.index_select(1, index), self.sin.index_select(1, index)
-        x = self.text.embed_tokens(self.tokens[:, None])
-        group = self.heads // self.kv_heads
-        for layer, (k_buffer, v_buffer) in zip(self.text.layers, self.kv):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_norm(attn.q_proj(h).view(batch, 1, self.heads, self.head_dim)).transpose(1, 2)
-            k = attn.k_norm(attn.k_proj(h).view(batch, 1, self.kv_heads, self.head_dim)).transpose(1, 2)
-            v = attn.v_proj(h).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = self.rotate(q, k, cos, sin)
+
+        def cache(k_buffer: Any, v_buffer: Any, k: Any, v: Any) -> tuple:  # the whole row, slot by slot
             k_buffer.index_copy_(2, slot, k)
             v_buffer.index_copy_(2, slot, v)
-            q = q.reshape(batch, self.kv_heads, group, self.head_dim)
-            o = _attend(q, k_buffer, v_buffer, mask, attn.scaling, self.attention)
-            x = x + attn.o_proj(o.reshape(batch, 1, self.heads * self.head_dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.model.lm_head(self.text.norm(x))[:, -1]
+            return k_buffer, v_buffer
+
+        logits = _decode_layers(self, self.tokens, cos, sin, mask[:, None, None, :], cache)
         chosen = self.chooser(logits, index + 1, self.finished)
         self.out.index_copy_(1, index + 1, chosen[:, None])
         self.tokens.copy_(chosen)
@@ -452,17 +465,10 @@ def _warm_up(decoder: _Decoder) -> None:
 
 def _capture(decoder: _Decoder, stats: dict):
     """Record ``decoder.step`` into a CUDA graph (nothing runs while recording)."""
-    import torch
-
-    from tools.devices import capture_lock
+    from tools.devices import capture_graph
 
     start = time.perf_counter()
-    graph = torch.cuda.CUDAGraph()
-    with capture_lock(decoder.tokens.device):  # no other GPU work here while this records
-        torch.cuda.synchronize(decoder.tokens.device)
-        with torch.cuda.graph(graph, stream=decoder.side_stream, capture_error_mode="thread_local"):
-            decoder.step()
-        torch.cuda.synchronize(decoder.tokens.device)
+    graph = capture_graph(decoder.step, decoder.tokens.device, stream=decoder.side_stream)
     stats["capture_s"] = time.perf_counter() - start
     return graph
 

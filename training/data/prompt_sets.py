@@ -417,9 +417,10 @@ def build_prompt_file(
 # --------------------------------------------------------------------------- command line
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="interleave datagen prompts",
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """The command's options; with ``subparsers`` it is mounted there as ``prompts``, as
+    ``interleave datagen prompts`` mounts it."""
+    options = dict(
         description="Ask a teacher LLM for user requests per taxonomy subcategory, remove exact "
         "and near duplicates, and write JSONL rows (id, request, images, "
         "needs_images, domain, subcategory) for `datagen run`. Re-running with the "
@@ -431,6 +432,10 @@ def make_parser() -> argparse.ArgumentParser:
         "The API key is read from INTERLEAVE_TEACHER_API_KEY when --teacher-api-key is "
         "not given.",
     )
+    if subparsers is not None:
+        parser = subparsers.add_parser("prompts", **options)
+    else:
+        parser = argparse.ArgumentParser(prog="interleave datagen prompts", **options)
     add = parser.add_argument
     add(
         "--taxonomy",
@@ -523,7 +528,11 @@ def _progress(result: SubcategoryResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    return run(make_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the prompt file as the parsed options say; the exit code."""
     from tools.logs import configure_logging
 
     configure_logging(logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s")
