@@ -19,7 +19,7 @@ from graph.context import Context, context_of
 from graph.state import State, Verdict, attempts_for, current_step
 from nodes import events
 from nodes.prompts import CRITIC_SYSTEM, critic_user
-from nodes.adapters import ask, model_for
+from nodes.adapters import ask, learnt_update, model_for
 from tools.llm.chat import ChatModels, text_part
 from tools.store.images import ImageStore
 from tools.replies.parsing import parse_verdict
@@ -49,7 +49,9 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
         ),
     ]
     started = time.perf_counter()
-    answer, _ = ask(model_for("critic", ctx, models), messages, "critic", parse_verdict, ctx, kind="verdict")
+    model = model_for("critic", ctx, models)
+    learnt = state.get("structured_output")
+    answer, structured = ask(model, messages, "critic", parse_verdict, ctx, kind="verdict", learnt=learnt)
     if answer.value is not None:
         reasoning, success, refine = answer.value
         verdict = Verdict(success=success, refine_prompt=refine, reasoning=reasoning, error=None)
@@ -75,4 +77,7 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
         error=verdict["error"],
         seconds=seconds,
     )
-    return {"attempts": [{**attempt, "verdict": verdict, "critique_s": seconds}]}
+    return {
+        "attempts": [{**attempt, "verdict": verdict, "critique_s": seconds}],
+        **learnt_update(ctx, model, "critic", structured, learnt),
+    }

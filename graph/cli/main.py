@@ -342,6 +342,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"forked from {row['parent_run_id']} at step {row['forked_at_step']}")
     if row.get("error"):
         print(f"error: {row['error']}")
+    for endpoint, form in state.get("structured_output", {}).items():  # what auto settled on
+        print(f"structured output at {endpoint}: {form} (auto)")
     for step in state.get("plan", []):
         print(f"  {step['step_number']}. {step['step_name']}: {step['prompt']}")
         for a in [a for a in state.get("attempts", []) if a["step_number"] == step["step_number"]]:

@@ -1,8 +1,10 @@
 """How the planner and critic are reached: separate endpoints per role, chat models passed in by an
 embedding application, bounded concurrency, and retries that back off and re-sample."""
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from langchain_core.language_models import BaseChatModel
@@ -225,6 +227,41 @@ def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accept
         )
     ready = next(e for e in events if e["event"] == "plan_ready")
     assert ready["structured_output"] == "json_object"
+
+
+def test_the_auto_choice_is_stored_with_the_run_and_a_resume_in_a_new_process_starts_from_it(
+    runs_dir, tiny_pipeline, capsys
+):
+    """The form ``auto`` settled on is kept in the run's state: a resume (here after a plan
+    review, with this process's memory of the endpoint wiped, as in a new process) asks the
+    critic in json_object at once, and ``show`` and document.json say which form was used."""
+    from graph.cli.main import main
+    from graph.runs.runner import resume_run
+    from nodes import adapters
+
+    def llamacpp_like(body):
+        kind = (body.get("response_format") or {}).get("type")
+        if kind == "json_schema":
+            raise ValueError("response_format type json_schema is not supported")
+        text = demo_script.respond(body)
+        return text.split("<answer>", 1)[1].split("</answer>", 1)[0] if kind else text
+
+    with ScriptedChatServer(llamacpp_like) as server:
+        context = demo_context(
+            runs_dir, server.base_url, tiny_pipeline, vlm_structured_output="auto", vlm_retries=0, review_plan=True
+        )
+        paused = start_run(REQUEST, context)
+        assert paused.status == "awaiting_review", paused.error
+        adapters._auto_choice.clear()
+        asked = len(server.requests)
+        outcome = resume_run(paused.run_id, runs_dir, review={"approve": True})
+        assert outcome.status == "finished", outcome.error
+        critic = [r["response_format"]["type"] for r in server.requests[asked:]]
+    assert critic and set(critic) == {"json_object"}  # no json_schema tried again
+    document = json.loads((Path(outcome.document_dir) / "document.json").read_text())
+    assert document["structured_output"] == {server.base_url: "json_object"}
+    assert main(["--runs-dir", runs_dir, "show", paused.run_id]) == 0
+    assert f"structured output at {server.base_url}: json_object (auto)" in capsys.readouterr().out
 
 
 def test_a_structured_reply_cut_at_its_budget_is_returned_not_raised():

@@ -3,7 +3,8 @@
 The model is SmolLM2-135M-Instruct (text-only, real weights: ``smollm2_folder`` in conftest).
 Servers: Hugging Face's ``transformers serve`` (runs in ``make test``) and llama.cpp's
 ``llama_cpp.server`` (opt-in, ``pytest -m llamacpp``: llama-cpp-python builds from source; see the
-README for the measured build time). What each server does with our requests:
+README for the measured build time; ``INTERLEAVE_LLAMACPP_PYTHON`` names the python of a separate
+environment that has it). What each server does with our requests:
 
 - transformers serve 5.23: takes ``max_tokens`` and ``max_completion_tokens``; ignores
   ``response_format`` (replies are unconstrained);
@@ -13,7 +14,6 @@ README for the measured build time). What each server does with our requests:
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -79,13 +79,31 @@ def transformers_server(smollm2_folder, tmp_path_factory):
     process.wait(30)
 
 
+def _llamacpp_python() -> str:
+    """The python whose ``llama_cpp.server`` the tests start: ``INTERLEAVE_LLAMACPP_PYTHON`` (a
+    separate environment, since llama-cpp-python builds from source), else this one."""
+    chosen = os.environ.get("INTERLEAVE_LLAMACPP_PYTHON")
+    if chosen:
+        if not Path(chosen).is_file():
+            pytest.fail(
+                f"INTERLEAVE_LLAMACPP_PYTHON={chosen} is not a file; point it at the python of an "
+                f"environment with llama-cpp-python[server]==0.3.36"
+            )
+        return chosen
+    pytest.importorskip(
+        "llama_cpp.server",
+        reason="pip install 'llama-cpp-python[server]==0.3.36', or set INTERLEAVE_LLAMACPP_PYTHON to a "
+        "python that has it",
+    )
+    return sys.executable
+
+
 @pytest.fixture(scope="module")
 def llamacpp_server(smollm2_gguf, tmp_path_factory):
-    pytest.importorskip("llama_cpp.server", reason="pip install 'llama-cpp-python[server]==0.3.36'")
     port, name = _free_port(), "smollm2"
     process, url = _serve(
         [
-            sys.executable,
+            _llamacpp_python(),
             "-m",
             "llama_cpp.server",
             "--model",
@@ -96,6 +114,8 @@ def llamacpp_server(smollm2_gguf, tmp_path_factory):
             str(port),
             "--host",
             "127.0.0.1",
+            "--n_ctx",
+            "2048",
         ],
         port,
         tmp_path_factory.mktemp("logs") / "llamacpp.log",
@@ -122,12 +142,13 @@ def test_a_reply_budget_is_honoured_by_the_real_server(server, request):
     assert text.strip() and len(text.split()) <= 5
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_a_narrative_planner_run_through_the_graph_on_the_real_server(server, request, runs_dir, tiny_pipeline):
+def test_a_narrative_planner_run_through_the_graph_on_transformers_serve(
+    transformers_server, runs_dir, tiny_pipeline, assert_smollm2_crane_prose
+):
     """The planner is the real model (no proxy in between); the critic stays scripted, since the
-    model cannot see images. A 135M model rarely writes the plan format unconstrained in 48
-    tokens: the run must end with the planner's real replies saved and the budget respected."""
-    url, name = request.getfixturevalue(server)
+    model cannot see images. transformers serve ignores response_format, so the model writes what
+    it writes unconstrained: greedy, that is prose, and the run fails with it saved (pinned)."""
+    url, name = transformers_server
     with ScriptedChatServer(demo_script.respond) as critic:
         context = demo_context(
             runs_dir,
@@ -141,13 +162,7 @@ def test_a_narrative_planner_run_through_the_graph_on_the_real_server(server, re
             vlm_timeout_s=REQUEST_TIMEOUT_S,
         )
         outcome = start_run("How do I fold a paper crane?", context)
-    if outcome.status == "finished":  # the model did write a valid plan
-        return
-    assert outcome.status == "failed" and "no usable plan" in str(outcome.error), outcome.error
-    saved = sorted(Path(runs_dir).rglob("planner-failures-*.json"))
-    failures = json.loads(saved[-1].read_text())
-    assert failures and all(f["reply"].strip() for f in failures)  # the model's own words
-    assert all(f["finish_reason"] in ("length", "stop") for f in failures)
+    assert_smollm2_crane_prose(outcome, runs_dir)
 
 
 @pytest.mark.llamacpp
