@@ -69,7 +69,7 @@ def structured_output(ctx: Context, kind: str, mode: str | None = None) -> dict[
 
     # The schemas module gives ChatOpenAI constructor arguments; per request the same parameters
     # go straight into the call.
-    given = structured_output_kwargs(kind, mode)
+    given = structured_output_kwargs(kind, mode, max_steps=ctx.max_plan_steps if kind == "plan" else None)
     call = dict(given.get("model_kwargs", {}))
     if "extra_body" in given:
         call["extra_body"] = given["extra_body"]
@@ -154,7 +154,9 @@ def ask(
                 raise
             following = AUTO_ORDER[AUTO_ORDER.index(mode) + 1]
             logger.warning("%s: structured output %r refused; trying %r (%s)", key, mode, following, exc)
-            mode = _auto_choice[key] = following
+            # Learnt only once a form is answered: a request refused for another reason (images
+            # sent to a text-only model) is refused in every form, and ``off``'s error says why.
+            mode = following
             continue
         if ctx.vlm_structured_output == "auto":
             _auto_choice[key] = mode

@@ -264,6 +264,48 @@ def test_the_auto_choice_is_stored_with_the_run_and_a_resume_in_a_new_process_st
     assert f"structured output at {server.base_url}: json_object (auto)" in capsys.readouterr().out
 
 
+def test_a_critic_endpoint_that_takes_no_images_is_named_and_auto_learns_no_form(runs_dir, tiny_pipeline):
+    """Like llama.cpp's server with a text-only model: any message with an image fails in its chat
+    template (HTTP 500), whatever the response_format. ``auto`` tries each form and then stops with
+    an error that says the server takes no images and what to serve; it learns nothing."""
+    from nodes import adapters
+    from tools.doubles.scripted_chat import count_images
+
+    def text_only(body):
+        if count_images(body):
+            raise TypeError('can only concatenate str (not "list") to str')
+        return demo_script.respond(body)
+
+    with ScriptedChatServer(text_only) as critic, ScriptedChatServer(demo_script.respond) as planner:
+        context = demo_context(
+            runs_dir,
+            planner.base_url,
+            tiny_pipeline,
+            critic_base_url=critic.base_url,
+            vlm_structured_output="auto",
+            vlm_retries=0,
+        )
+        outcome = start_run(REQUEST, context)
+        tried = [(r.get("response_format") or {}).get("type") for r in critic.requests]
+    assert outcome.status == "failed"
+    assert tried == ["json_schema", "json_object", None]
+    message = str(outcome.error)
+    assert "the server takes none" in message and "critic_base_url" in message and "--clip_model_path" in message
+    assert "refused response_format" not in message  # the form was not the problem
+    assert critic.base_url not in adapters._auto_choice
+
+
+def test_the_plan_schema_sent_carries_max_plan_steps_as_max_items(runs_dir):
+    from graph.context import Context
+    from nodes.adapters import structured_output
+
+    for form in ("json", "json_object"):
+        call = structured_output(Context(vlm_structured_output=form, runs_dir=runs_dir, max_plan_steps=4), "plan")
+        fmt = call["response_format"]
+        schema = fmt["json_schema"]["schema"] if form == "json" else fmt["schema"]
+        assert schema["properties"]["execution_plan"]["maxItems"] == 4
+
+
 def test_a_structured_reply_cut_at_its_budget_is_returned_not_raised():
     """With a json_schema response_format the OpenAI client raises at finish_reason "length"
     (found by evals/perf/planner_validity.py on transformers serve): it must come back as a cut
