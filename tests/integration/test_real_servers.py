@@ -8,8 +8,11 @@ environment that has it). What each server does with our requests:
 
 - transformers serve 5.23: takes ``max_tokens`` and ``max_completion_tokens``; ignores
   ``response_format`` (replies are unconstrained);
-- llama.cpp server 0.3.36: takes ``max_tokens`` only; string content only; structured output as
-  ``{"type": "json_object", "schema": ...}`` and HTTP 500 for ``json_schema``.
+- llama.cpp server 0.3.36: takes ``max_tokens`` only; string content only (with a text-only
+  model, a message with images is HTTP 500); structured output as ``{"type": "json_object",
+  "schema": ...}`` (``maxItems`` honoured) and HTTP 500 for ``json_schema``.
+
+``make test-llamacpp`` builds the llama.cpp environment and runs the ``llamacpp`` tests.
 """
 
 from __future__ import annotations
