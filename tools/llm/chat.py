@@ -75,7 +75,7 @@ def openai_model(
     The reply budget travels twice: LangChain sends ``max_completion_tokens`` (the OpenAI API's
     current name; vLLM honours it too) and ``extra_body`` adds ``max_tokens``, the only name
     llama.cpp's server (llama-cpp-python 0.3.36) and other older OpenAI-style servers read:
-    with ``max_completion_tokens`` alone a 5-token budget returned 747 tokens there.
+    with ``max_completion_tokens`` alone a 5-token budget returned 607 tokens there (2026-12-02).
     """
     from langchain_openai import ChatOpenAI
 
