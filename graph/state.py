@@ -72,6 +72,15 @@ def merge_attempts(existing: list[Attempt] | None, new: list[Attempt] | Attempt)
     return merged
 
 
+def merge_forms(existing: dict[str, str] | None, new: dict[str, str]) -> dict[str, str]:
+    """Reducer: the structured-output form each endpoint accepted (``auto``), newest wins.
+
+    >>> merge_forms({"http://a/v1": "json"}, {"http://b/v1": "json_object"})
+    {'http://a/v1': 'json', 'http://b/v1': 'json_object'}
+    """
+    return {**(existing or {}), **new}
+
+
 def append_accepted(existing: list[AcceptedStep] | None, new: list[AcceptedStep]) -> list[AcceptedStep]:
     """Reducer: accepted steps only ever grow, one per step, in order."""
     merged = list(existing or [])
@@ -109,6 +118,9 @@ class State(InputState):
     accepted: NotRequired[Annotated[list[AcceptedStep], append_accepted]]
     document: NotRequired[list[DocumentEntry]]
     document_dir: NotRequired[str]
+    # ``--vlm-structured-output auto``: endpoint base URL -> the form it accepted (json,
+    # json_object or off); a resumed run starts from it (nodes.adapters.structured_mode).
+    structured_output: NotRequired[Annotated[dict[str, str], merge_forms]]
     forked_from: NotRequired[dict]  # {run_id, step_number, prompt_changed} for a forked run
 
 

@@ -69,28 +69,51 @@ def structured_output(ctx: Context, kind: str, mode: str | None = None) -> dict[
 
     # The schemas module gives ChatOpenAI constructor arguments; per request the same parameters
     # go straight into the call.
-    given = structured_output_kwargs(kind, mode)
+    given = structured_output_kwargs(kind, mode, max_steps=ctx.max_plan_steps if kind == "plan" else None)
     call = dict(given.get("model_kwargs", {}))
     if "extra_body" in given:
         call["extra_body"] = given["extra_body"]
     return call
 
 
-#: ``auto``: the structured-output form each endpoint took, learnt from its first refusal.
+#: ``auto``: the structured-output form each endpoint took in this process, learnt from its first
+#: refusal. A run also keeps what it learnt in its state (``State.structured_output``), so a
+#: resumed run, in whatever process, starts from the same form.
 _auto_choice: dict[str, str] = {}
 
+AUTO_ORDER = ("json", "json_object", "off")
 
-def structured_mode(ctx: Context, model: BaseChatModel, role: str) -> str:
-    """The form a role's requests use: the run's setting, or for ``auto`` the one this endpoint
-    accepted (``json`` first, then llama.cpp's ``json_object``, then ``off``)."""
+
+def endpoint_of(model: BaseChatModel, role: str) -> str:
+    """The key an ``auto`` choice is kept under: the endpoint's base URL (the role for a model
+    that has none)."""
+    return getattr(model, "openai_api_base", None) or role
+
+
+def structured_mode(ctx: Context, model: BaseChatModel, role: str, learnt: dict[str, str] | None = None) -> str:
+    """The form a role's requests start with: the run's setting, or for ``auto`` the one this
+    endpoint accepted: as the run stored it (``learnt``, endpoint -> form), else as this process
+    learnt it, else ``json`` (then llama.cpp's ``json_object``, then ``off``, on refusals)."""
     if not is_openai(model):
         return "off"  # request options reach OpenAI endpoints only
     if ctx.vlm_structured_output != "auto":
         return ctx.vlm_structured_output
-    return _auto_choice.get(getattr(model, "openai_api_base", None) or role, AUTO_ORDER[0])
+    key = endpoint_of(model, role)
+    stored = (learnt or {}).get(key)
+    if stored in AUTO_ORDER:
+        return stored
+    return _auto_choice.get(key, AUTO_ORDER[0])
 
 
-AUTO_ORDER = ("json", "json_object", "off")
+def learnt_update(
+    ctx: Context, model: BaseChatModel, role: str, mode: str, learnt: dict[str, str] | None
+) -> dict[str, Any]:
+    """The state update that keeps an ``auto`` choice with the run (``{}`` when the run already
+    holds it, or the run does not use ``auto``)."""
+    if ctx.vlm_structured_output != "auto" or not is_openai(model):
+        return {}
+    key = endpoint_of(model, role)
+    return {} if (learnt or {}).get(key) == mode else {"structured_output": {key: mode}}
 
 
 def ask(
@@ -101,17 +124,19 @@ def ask(
     ctx: Context,
     *,
     kind: str,
+    learnt: dict[str, str] | None = None,
     sleep: Callable[[float], Any] | None = None,
     on_retry: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Answer, str]:
     """Ask a role's model with the run's retry policy and structured-output setting; returns the
     answer and the structured-output form used (for ``auto``, what the endpoint accepted: a
-    refusal moves to the next form in ``AUTO_ORDER`` and the choice is kept per endpoint).
-    ``on_retry`` hears of each re-ask after an unusable reply (``ask_until_parsed``)."""
+    refusal moves to the next form in ``AUTO_ORDER``; the choice is kept per endpoint for the
+    process, and ``learnt`` holds the run's own, which comes first). ``on_retry`` hears of each
+    re-ask after an unusable reply (``ask_until_parsed``)."""
     extra = {} if sleep is None else {"sleep": sleep}
-    key = getattr(model, "openai_api_base", None) or role
+    key = endpoint_of(model, role)
+    mode = structured_mode(ctx, model, role, learnt)
     while True:
-        mode = structured_mode(ctx, model, role)
         try:
             answer = ask_until_parsed(
                 model,
@@ -132,7 +157,9 @@ def ask(
                 raise
             following = AUTO_ORDER[AUTO_ORDER.index(mode) + 1]
             logger.warning("%s: structured output %r refused; trying %r (%s)", key, mode, following, exc)
-            _auto_choice[key] = following
+            # Learnt only once a form is answered: a request refused for another reason (images
+            # sent to a text-only model) is refused in every form, and ``off``'s error says why.
+            mode = following
             continue
         if ctx.vlm_structured_output == "auto":
             _auto_choice[key] = mode

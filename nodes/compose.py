@@ -72,6 +72,7 @@ def compose(state: State, runtime: Runtime[Context]) -> dict:
         prompt_version=PROMPT_VERSION,
         forked_from=state.get("forked_from"),
         plan_mode=state.get("plan_mode", "narrative"),
+        structured_output=state.get("structured_output"),
     )
     folder = run_folder(ctx.runs_dir, state["run_id"])  # checked here too: the state may be stored
     documents.write_all(folder, record, runs_dir=Path(ctx.runs_dir))

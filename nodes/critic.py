@@ -19,7 +19,7 @@ from graph.context import Context, context_of
 from graph.state import State, Verdict, attempts_for, current_step
 from nodes import events
 from nodes.prompts import CRITIC_SYSTEM, critic_user
-from nodes.adapters import ask, model_for
+from nodes.adapters import ask, learnt_update, model_for
 from tools.llm.chat import ChatModels, text_part
 from tools.store.images import ImageStore
 from tools.replies.parsing import parse_verdict
@@ -50,13 +50,16 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
     ]
     started = time.perf_counter()
     where = {"step_number": step["step_number"], "attempt": attempt["attempt"]}
-    answer, _ = ask(
-        model_for("critic", ctx, models),
+    model = model_for("critic", ctx, models)
+    learnt = state.get("structured_output")
+    answer, structured = ask(
+        model,
         messages,
         "critic",
         parse_verdict,
         ctx,
         kind="verdict",
+        learnt=learnt,
         on_retry=lambda retry: events.emit(runtime, events.REPLY_RETRY, run_id, **where, **retry),
     )
     if answer.value is not None:
@@ -84,4 +87,7 @@ def critique(state: State, runtime: Runtime[Context], models: ChatModels | None 
         error=verdict["error"],
         seconds=seconds,
     )
-    return {"attempts": [{**attempt, "verdict": verdict, "critique_s": seconds}]}
+    return {
+        "attempts": [{**attempt, "verdict": verdict, "critique_s": seconds}],
+        **learnt_update(ctx, model, "critic", structured, learnt),
+    }

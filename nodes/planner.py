@@ -17,7 +17,7 @@ from graph.state import ImageRef, PlanStep, State
 from nodes import events
 from nodes.guidance import check_plan, request_segments
 from nodes.prompts import planner_system, planner_user
-from nodes.adapters import ask, model_for
+from nodes.adapters import ask, learnt_update, model_for
 from tools.llm.chat import ChatModels, text_part
 from tools.store.images import DATA_URL_PREFIX, ImageStore
 from tools.replies.parsing import PlanParseError, parse_plan
@@ -94,13 +94,16 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
             )
         return reasoning, steps, check_plan(steps, len(input_images))
 
+    model = model_for("planner", ctx, models)
+    learnt = state.get("structured_output")
     answer, structured = ask(
-        model_for("planner", ctx, models),
+        model,
         messages,
         "planner",
         parse,
         ctx,
         kind="plan",
+        learnt=learnt,
         on_retry=lambda retry: events.emit(runtime, events.REPLY_RETRY, run_id, **retry),
     )
     if answer.value is None:
@@ -131,4 +134,5 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
         "plan_reasoning": reasoning,
         "plan_mode": mode,
         "step_index": 0,
+        **learnt_update(ctx, model, "planner", structured, learnt),
     }

@@ -135,6 +135,30 @@ def smollm2_folder(smollm2_gguf, tmp_path_factory) -> Path:
     return folder
 
 
+#: What SmolLM2-135M-Instruct writes, greedy on CPU, as a narrative planner asked "How do I fold a
+#: paper crane?" in 48 tokens, unconstrained: prose, no plan. transformers in-process and
+#: ``transformers serve`` write the same (same float32 weights, same chat template).
+SMOLLM2_CRANE_REPLY_START = "To fold a paper crane, you need to fold a paper crane in half, then unfold it."
+
+
+@pytest.fixture
+def assert_smollm2_crane_prose():
+    """Check that a run failed the way the real model makes it fail: one reply, the model's own
+    prose, cut at the 48-token budget, read as "no <answer> tag"."""
+
+    def check(outcome, runs_dir: str) -> None:
+        import json
+
+        assert outcome.status == "failed", outcome
+        assert "no usable plan in 1 tries" in str(outcome.error), outcome.error
+        saved = sorted(Path(runs_dir).rglob("planner-failures-*.json"))
+        failures = json.loads(saved[-1].read_text())
+        assert [(f["reason"], f["finish_reason"]) for f in failures] == [("no_answer", "length")]
+        assert failures[0]["reply"].startswith(SMOLLM2_CRANE_REPLY_START), failures[0]["reply"]
+
+    return check
+
+
 # Property tests run on shared, busy CI cores: a slow example is not a failure.
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 

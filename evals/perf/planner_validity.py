@@ -7,17 +7,21 @@ messages (``nodes.planner.planner_messages``), one try each (no retries), greedy
 replies that ``parse_plan`` reads and ``check_plan`` accepts. Figures describe the server + model
 pair measured, not planner quality.
 
-    transformers serve FOLDER --device cpu --port 8000        # or: python -m llama_cpp.server ...
-    python -m evals.perf.planner_validity --base-url http://127.0.0.1:8000/v1 --model FOLDER \
-        --structured json [--requests 20] [--max-tokens 256]
+    python -m llama_cpp.server --model FILE.gguf --model_alias smollm2 --port 8000   # or vllm serve, ...
+    python -m evals.perf.planner_validity --base-url http://127.0.0.1:8000/v1 --model smollm2 \
+        --structured json_object [--requests 20] [--max-tokens 256] [--max-plan-steps 30]
 
-``--structured``: the form "on" uses (json for vLLM/OpenAI, json_object for llama.cpp).
+``--structured``: the form "on" uses (json for vLLM/OpenAI, json_object for llama.cpp; ``transformers
+serve`` ignores every form, so on and off measure the same thing there). ``--max-plan-steps`` is
+the plan contract's limit and the schema's ``maxItems``, as in a run. One line per request goes to
+stderr while it runs; the two result rows (JSON) and the on/off summary go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -54,25 +58,47 @@ REQUESTS = [
 ]
 
 
-def measure(base_url: str, model_name: str, mode: str, count: int, max_tokens: int, timeout_s: float) -> dict:
-    ctx = Context(vlm_structured_output=mode, runs_dir=tempfile.mkdtemp())
+def measure(
+    base_url: str,
+    model_name: str,
+    mode: str,
+    count: int,
+    max_tokens: int,
+    timeout_s: float,
+    max_plan_steps: int | None = None,
+) -> dict:
+    limit = {} if max_plan_steps is None else {"max_plan_steps": max_plan_steps}
+    ctx = Context(vlm_structured_output=mode, runs_dir=tempfile.mkdtemp(), **limit)
+    max_plan_steps = ctx.max_plan_steps
     model = openai_model(base_url, "none", model_name, max_tokens, 0.0, timeout_s, 0)
     store = ImageStore(ctx.runs_dir)
     reasons: Counter = Counter()
     valid, started = 0, time.perf_counter()
-    for request in REQUESTS[:count]:
-        reply, _ = complete(
+    for index, request in enumerate(REQUESTS[:count], start=1):
+        asked = time.perf_counter()
+        reply, finish = complete(
             model, planner_messages(request, [], ctx, store), "planner", **(structured_output(ctx, "plan") or {})
         )
         try:
             _, steps = parse_plan(reply)
+            if len(steps) > max_plan_steps:  # as the planner node: a longer plan is unusable
+                raise ValueError(f"{len(steps)} steps, over max_plan_steps={max_plan_steps}")
             check_plan(steps, 0)
             valid += 1
+            said = f"valid, {len(steps)} steps"
         except ValueError as exc:
-            reasons[getattr(exc, "reason", "contract")] += 1
+            reason = getattr(exc, "reason", "contract")
+            reasons[reason] += 1
+            said = f"unusable ({reason})"
+        seconds = time.perf_counter() - asked
+        print(
+            f"[{mode} {index}/{count}] {said}, finish {finish}, {seconds:.1f} s: {request}", file=sys.stderr, flush=True
+        )
     return {
         "structured_output": mode,
         "requests": count,
+        "max_tokens": max_tokens,
+        "max_plan_steps": max_plan_steps,
         "valid": valid,
         "share": round(valid / count, 3),
         "failures": dict(reasons),
@@ -87,11 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--structured", default="json", choices=("json", "json_object", "regex"))
     parser.add_argument("--requests", type=int, default=len(REQUESTS))
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--max-plan-steps", type=int, default=None, help="default: the run default (30)")
     parser.add_argument("--timeout-s", type=float, default=600.0)
     args = parser.parse_args(argv)
     count = max(1, min(args.requests, len(REQUESTS)))
     rows = [
-        measure(args.base_url, args.model, mode, count, args.max_tokens, args.timeout_s)
+        measure(args.base_url, args.model, mode, count, args.max_tokens, args.timeout_s, args.max_plan_steps)
         for mode in ("off", args.structured)
     ]
     for row in rows:

@@ -349,6 +349,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
             f"{row['run_id']}; LangGraph Studio shows them)"
             + ("; below as its document holds them" if state.get("plan") else "")
         )
+    for endpoint, form in state.get("structured_output", {}).items():  # what auto settled on
+        print(f"structured output at {endpoint}: {form} (auto)")
     for step in state.get("plan", []):
         print(f"  {step['step_number']}. {step['step_name']}: {step['prompt']}")
         for a in [a for a in state.get("attempts", []) if a["step_number"] == step["step_number"]]:

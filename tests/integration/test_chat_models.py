@@ -1,8 +1,10 @@
 """How the planner and critic are reached: separate endpoints per role, chat models passed in by an
 embedding application, bounded concurrency, and retries that back off and re-sample."""
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from langchain_core.language_models import BaseChatModel
@@ -225,6 +227,83 @@ def test_auto_structured_output_moves_to_the_form_a_llamacpp_style_server_accept
         )
     ready = next(e for e in events if e["event"] == "plan_ready")
     assert ready["structured_output"] == "json_object"
+
+
+def test_the_auto_choice_is_stored_with_the_run_and_a_resume_in_a_new_process_starts_from_it(
+    runs_dir, tiny_pipeline, capsys
+):
+    """The form ``auto`` settled on is kept in the run's state: a resume (here after a plan
+    review, with this process's memory of the endpoint wiped, as in a new process) asks the
+    critic in json_object at once, and ``show`` and document.json say which form was used."""
+    from graph.cli.main import main
+    from graph.runs.runner import resume_run
+    from nodes import adapters
+
+    def llamacpp_like(body):
+        kind = (body.get("response_format") or {}).get("type")
+        if kind == "json_schema":
+            raise ValueError("response_format type json_schema is not supported")
+        text = demo_script.respond(body)
+        return text.split("<answer>", 1)[1].split("</answer>", 1)[0] if kind else text
+
+    with ScriptedChatServer(llamacpp_like) as server:
+        context = demo_context(
+            runs_dir, server.base_url, tiny_pipeline, vlm_structured_output="auto", vlm_retries=0, review_plan=True
+        )
+        paused = start_run(REQUEST, context)
+        assert paused.status == "awaiting_review", paused.error
+        adapters._auto_choice.clear()
+        asked = len(server.requests)
+        outcome = resume_run(paused.run_id, runs_dir, review={"approve": True})
+        assert outcome.status == "finished", outcome.error
+        critic = [r["response_format"]["type"] for r in server.requests[asked:]]
+    assert critic and set(critic) == {"json_object"}  # no json_schema tried again
+    document = json.loads((Path(outcome.document_dir) / "document.json").read_text())
+    assert document["structured_output"] == {server.base_url: "json_object"}
+    assert main(["--runs-dir", runs_dir, "show", paused.run_id]) == 0
+    assert f"structured output at {server.base_url}: json_object (auto)" in capsys.readouterr().out
+
+
+def test_a_critic_endpoint_that_takes_no_images_is_named_and_auto_learns_no_form(runs_dir, tiny_pipeline):
+    """Like llama.cpp's server with a text-only model: any message with an image fails in its chat
+    template (HTTP 500), whatever the response_format. ``auto`` tries each form and then stops with
+    an error that says the server takes no images and what to serve; it learns nothing."""
+    from nodes import adapters
+    from tools.doubles.scripted_chat import count_images
+
+    def text_only(body):
+        if count_images(body):
+            raise TypeError('can only concatenate str (not "list") to str')
+        return demo_script.respond(body)
+
+    with ScriptedChatServer(text_only) as critic, ScriptedChatServer(demo_script.respond) as planner:
+        context = demo_context(
+            runs_dir,
+            planner.base_url,
+            tiny_pipeline,
+            critic_base_url=critic.base_url,
+            vlm_structured_output="auto",
+            vlm_retries=0,
+        )
+        outcome = start_run(REQUEST, context)
+        tried = [(r.get("response_format") or {}).get("type") for r in critic.requests]
+    assert outcome.status == "failed"
+    assert tried == ["json_schema", "json_object", None]
+    message = str(outcome.error)
+    assert "the server takes none" in message and "critic_base_url" in message and "--clip_model_path" in message
+    assert "refused response_format" not in message  # the form was not the problem
+    assert critic.base_url not in adapters._auto_choice
+
+
+def test_the_plan_schema_sent_carries_max_plan_steps_as_max_items(runs_dir):
+    from graph.context import Context
+    from nodes.adapters import structured_output
+
+    for form in ("json", "json_object"):
+        call = structured_output(Context(vlm_structured_output=form, runs_dir=runs_dir, max_plan_steps=4), "plan")
+        fmt = call["response_format"]
+        schema = fmt["json_schema"]["schema"] if form == "json" else fmt["schema"]
+        assert schema["properties"]["execution_plan"]["maxItems"] == 4
 
 
 def test_a_structured_reply_cut_at_its_budget_is_returned_not_raised():

@@ -4,9 +4,6 @@ in narrative mode through the graph, and it refuses images with a reason."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -52,10 +49,12 @@ def test_a_text_only_model_refuses_an_image_message_saying_why(smollm2_folder):
         model.invoke([message])
 
 
-def test_a_narrative_planner_run_in_process_on_the_real_model(smollm2_folder, runs_dir, tiny_pipeline):
+def test_a_narrative_planner_run_in_process_on_the_real_model(
+    smollm2_folder, runs_dir, tiny_pipeline, assert_smollm2_crane_prose
+):
     """The planner runs the real model in this process (no endpoint for it); the critic stays
-    scripted. A 135M model seldom writes the plan format in 48 tokens: then the run fails with
-    the model's own replies saved, cut at the budget."""
+    scripted. Greedy on CPU the model answers in prose, not in the plan format: the run fails with
+    that reply saved, cut at the budget (pinned; a model or template change shows here)."""
     with ScriptedChatServer(demo_script.respond) as critic:
         context = demo_context(
             runs_dir,
@@ -70,9 +69,4 @@ def test_a_narrative_planner_run_in_process_on_the_real_model(smollm2_folder, ru
             vlm_device="cpu",
         )
         outcome = start_run("How do I fold a paper crane?", context, preflight=True)
-    if outcome.status == "finished":
-        return
-    assert outcome.status == "failed" and "no usable plan" in str(outcome.error), outcome.error
-    failures = json.loads(sorted(Path(runs_dir).rglob("planner-failures-*.json"))[-1].read_text())
-    assert failures[0]["reply"].strip()
-    assert failures[0]["finish_reason"] in ("length", "stop")
+    assert_smollm2_crane_prose(outcome, runs_dir)

@@ -75,7 +75,7 @@ def openai_model(
     The reply budget travels twice: LangChain sends ``max_completion_tokens`` (the OpenAI API's
     current name; vLLM honours it too) and ``extra_body`` adds ``max_tokens``, the only name
     llama.cpp's server (llama-cpp-python 0.3.36) and other older OpenAI-style servers read:
-    with ``max_completion_tokens`` alone a 5-token budget returned 747 tokens there.
+    with ``max_completion_tokens`` alone a 5-token budget returned 607 tokens there (2026-12-02).
     """
     from langchain_openai import ChatOpenAI
 
@@ -160,6 +160,23 @@ def _structured_hint(call: dict[str, Any]) -> str:
     return ""
 
 
+def _image_hint(messages: list[BaseMessage], error: str, role: str) -> str:
+    """Why a server refused a request with images, when its answer shows that it takes none:
+    llama.cpp's server with a text-only model (no ``--clip_model_path``) fails in its chat template
+    with "can only concatenate str (not "list") to str"; vLLM says "... is not a multimodal model"."""
+    carries_images = any(
+        isinstance(m.content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in m.content)
+        for m in messages
+    )
+    if not carries_images or not ('(not "list")' in error or "not a multimodal model" in error):
+        return ""
+    return (
+        f" The request carries images and the server takes none: it serves a text-only model, or a "
+        f"vision model without its image encoder. Point {role}_base_url at a vision-language model "
+        f"(vLLM with Qwen3-VL; llama.cpp: --model with --clip_model_path and a vision --chat_format)."
+    )
+
+
 def _with_model_extra_body(model: BaseChatModel, call: dict[str, Any]) -> dict[str, Any]:
     """A per-call ``extra_body`` replaces the client's; keep the client's fields (the budget)."""
     own = getattr(model, "extra_body", None)
@@ -203,9 +220,8 @@ def complete(model: BaseChatModel, messages: list[BaseMessage], role: str, **cal
     except openai.APIStatusError as exc:
         # Servers differ in how they refuse an option they do not know: vLLM answers 400,
         # llama.cpp's server 500. Name the option whatever the status.
-        raise EndpointError(
-            f"{where} refused the request (HTTP {exc.status_code}): {exc.message}.{_structured_hint(call)}"
-        ) from exc
+        hint = _image_hint(messages, exc.message, role) or _structured_hint(call)
+        raise EndpointError(f"{where} refused the request (HTTP {exc.status_code}): {exc.message}.{hint}") from exc
     text = _reply_text(reply.content)
     budget = model.max_tokens
     used = (reply.usage_metadata or {}).get("output_tokens") if budget else None

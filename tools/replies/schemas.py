@@ -90,8 +90,19 @@ _SCHEMAS = {"plan": ("interleave_plan", PLAN_SCHEMA), "verdict": ("critic_verdic
 _REGEXES = {"plan": PLAN_REGEX, "verdict": VERDICT_REGEX}
 
 
+def _schema(kind: str, max_steps: int | None) -> dict[str, Any]:
+    schema = copy.deepcopy(_SCHEMAS[kind][1])
+    if kind == "plan" and max_steps is not None:
+        schema["properties"]["execution_plan"]["maxItems"] = max_steps
+    return schema
+
+
 def structured_output_kwargs(
-    kind: Literal["plan", "verdict"], mode: Literal["json", "json_object", "regex"], *, legacy_vllm: bool = False
+    kind: Literal["plan", "verdict"],
+    mode: Literal["json", "json_object", "regex"],
+    *,
+    legacy_vllm: bool = False,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``ChatOpenAI(...)`` that make the server enforce a reply shape.
 
@@ -116,20 +127,22 @@ def structured_output_kwargs(
 
     With a vLLM ``--reasoning-parser`` the constraint applies only after the reasoning, so use
     ``mode="json"`` there: the regex would ask for a second ``<think>``.
+
+    ``max_steps`` (the run's ``max_plan_steps``) becomes the plan schema's ``maxItems`` in the
+    ``json`` and ``json_object`` forms: a model that keeps adding steps (SmolLM2 under llama.cpp's
+    grammar does, until its budget cuts the reply) must close the plan there. The regex is not
+    bounded (a repeated step pattern would make it huge); the parser still checks the limit.
     """
     if kind not in _SCHEMAS:
         raise ValueError(f"kind must be 'plan' or 'verdict', got {kind!r}")
     if mode == "json":
-        name, schema = _SCHEMAS[kind]
         response_format = {
             "type": "json_schema",
-            "json_schema": {"name": name, "schema": copy.deepcopy(schema), "strict": True},
+            "json_schema": {"name": _SCHEMAS[kind][0], "schema": _schema(kind, max_steps), "strict": True},
         }
         return {"model_kwargs": {"response_format": response_format}}
     if mode == "json_object":
-        return {
-            "model_kwargs": {"response_format": {"type": "json_object", "schema": copy.deepcopy(_SCHEMAS[kind][1])}}
-        }
+        return {"model_kwargs": {"response_format": {"type": "json_object", "schema": _schema(kind, max_steps)}}}
     if mode == "regex":
         field = {"guided_regex": _REGEXES[kind]} if legacy_vllm else {"structured_outputs": {"regex": _REGEXES[kind]}}
         return {"extra_body": field}

@@ -37,9 +37,11 @@ def build_record(
     prompt_version: str,
     forked_from: dict | None = None,
     plan_mode: str = "narrative",
+    structured_output: dict | None = None,
 ) -> dict[str, Any]:
     """The document as data. ``entries`` may start with images the user gave that the plan does
-    not cover (a continued sequence); those steps are marked ``given``."""
+    not cover (a continued sequence); those steps are marked ``given``. ``structured_output``:
+    with ``--vlm-structured-output auto``, the form each endpoint accepted (base URL -> form)."""
     planned = {step["step_number"]: step for step in plan}
     steps = []
     for entry in entries:
@@ -68,6 +70,7 @@ def build_record(
         "plan_reasoning": plan_reasoning,
         "steps": steps,
         "settings": settings,
+        "structured_output": structured_output or {},
         "prompt_version": prompt_version,
         "forked_from": forked_from,
     }
