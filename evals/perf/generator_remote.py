@@ -14,7 +14,9 @@ steps, so batching can join them. Backends, all over the same model:
                process over that same pool, reached through ``ImagesAPIGenerator`` over HTTP
                (client and server share this process and its GIL: a conservative figure)
   ray-1/ray-2  ``tools.generator.ray_serve`` on a local Ray cluster, 1 and 2 replicas
-               (``--ray-replicas``). Replicas load the model from a folder themselves: the tiny
+               (``--ray-replicas``), batched by Ray Serve's ``@serve.batch``; ``ray-N-worker``
+               the same with our worker thread as the replica's batcher (``--ray-batchers
+               serve,worker``). Replicas load the model from a folder themselves: the tiny
                one is built; with ``--full-klein`` the random-weight pipeline is saved first
                (``save_pretrained``, ~16 GB of bf16 under ``--save-dir``), so every backend serves
                the very same weights
@@ -63,6 +65,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--ray-replicas",
         default="1,2",
         help="Ray Serve applications to measure, by replica count (on one GPU each replica asks for 1/N of it)",
+    )
+    parser.add_argument(
+        "--ray-batchers",
+        default="serve",
+        help="replica batchers to measure (serve, worker; comma-separated): one Ray application each",
     )
     parser.add_argument(
         "--save-dir",
@@ -171,6 +178,7 @@ def _ray_backends(
     max_batch: int,
     gpu: bool,
     replica_counts: list[int],
+    batchers: list[str],
 ) -> dict[str, Callable[[dict], Image.Image]]:
     """Ray Serve applications with each replica count, side by side on one local cluster (under
     /r1, /r2, ...), so every round measures them under the same machine load. On a machine with
@@ -199,25 +207,29 @@ def _ray_backends(
     stack.callback(serve.shutdown)
     runs = {}
     gpus = int(ray.cluster_resources().get("GPU", 0)) if gpu else 0
-    for replicas in replica_counts:
-        share = (1.0 if replicas <= gpus else round(gpus / replicas, 3)) if gpu else 0
-        print(f"starting Ray Serve with {replicas} replica(s), {share} GPU each ...", flush=True)
+    apps = [(replicas, batcher) for replicas in replica_counts for batcher in batchers]
+    per_gpu = sum(replicas for replicas, _ in apps)  # every application's replicas share the GPUs
+    for replicas, batcher in apps:
+        share = (1.0 if per_gpu <= gpus else round(gpus / per_gpu, 3)) if gpu else 0
+        name = f"ray-{replicas}" + ("" if batcher == "serve" else f"-{batcher}")
+        print(f"starting {name}: {replicas} replica(s), {share} GPU each, {batcher} batcher ...", flush=True)
         serve.run(
             generator_application(
                 model,
                 num_replicas=replicas,
                 gpus_per_replica=share,
+                batcher=batcher,
                 cpus_per_replica=1,
                 max_batch=max_batch,
                 device=device,
                 dtype=dtype,
             ),
-            name=f"generator{replicas}",
-            route_prefix=f"/r{replicas}",
+            name=name,
+            route_prefix=f"/{name}",
         )
-        client = ImagesAPIGenerator(f"http://127.0.0.1:{port}/r{replicas}/v1", model, max_concurrency=64)
+        client = ImagesAPIGenerator(f"http://127.0.0.1:{port}/{name}/v1", model, max_concurrency=64)
         stack.callback(client.close)
-        runs[f"ray-{replicas}"] = client.run
+        runs[name] = client.run
     return runs
 
 
@@ -248,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             replica_counts = [int(count) for count in args.ray_replicas.split(",") if count.strip()]
             if gpu and not args.model:  # the replicas load a folder: write the random weights once
                 model = _saved_full_klein(pipe, Path(args.save_dir or tmp) / "klein-4B-random")
-            backends.update(_ray_backends(stack, model, device, dtype, args.max_batch, gpu, replica_counts))
+            batchers = [batcher.strip() for batcher in args.ray_batchers.split(",") if batcher.strip()]
+            backends.update(_ray_backends(stack, model, device, dtype, args.max_batch, gpu, replica_counts, batchers))
         for name, run in backends.items():  # kernels, connections, batch shapes, every replica
             measure(run, 8, 1, size, steps, offset=10**6)
         # Rounds interleave the backends, so a busy neighbour on the machine hurts all alike.

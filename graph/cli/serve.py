@@ -55,6 +55,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=4,
         help="most concurrent requests of a replica run as one pipeline call (default 4)",
     )
+    gen.add_argument(
+        "--batcher",
+        choices=("serve", "worker"),
+        default="serve",
+        help="how a replica joins concurrent requests: serve = Ray Serve's @serve.batch (closes a batch "
+        "on a timer); worker = our worker thread (takes what queued when the GPU frees; faster on one "
+        "H200, see the README's Scaling out). Default serve",
+    )
     gen.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
     gen.add_argument("--port", type=int, default=8000)
     gen.add_argument(
@@ -155,6 +163,7 @@ def _serve_with_ray(args: argparse.Namespace) -> int:
         gpus_per_replica=gpus,
         cpus_per_replica=args.cpus_per_replica,
         max_batch=args.max_batch,
+        batcher=args.batcher,
         **_load_settings(args),
     )
     serve.start(http_options={"host": args.host, "port": args.port})

@@ -60,6 +60,21 @@ def fleet(tiny_pipeline):
         name="generator",
         route_prefix="/",
     )
+    # Beside it, one replica batched by our worker thread instead of @serve.batch (no CPU asked
+    # for: the two above hold this cluster's two).
+    serve.run(
+        generator_application(
+            str(tiny_pipeline),
+            num_replicas=1,
+            gpus_per_replica=0,
+            cpus_per_replica=0,
+            device="cpu",
+            dtype="float32",
+            batcher="worker",
+        ),
+        name="generator-worker",
+        route_prefix="/worker",
+    )
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
@@ -116,6 +131,26 @@ def test_a_run_through_ray_serve_equals_the_in_process_run(fleet, chat_server, t
     assert _document(remote) == _document(local)
     for a, b in zip(_pixels(tmp_path / "remote", _document(remote)), _pixels(tmp_path / "local", _document(local))):
         assert np.array_equal(a, b)
+
+
+def test_a_replica_batched_by_our_worker_thread_gives_the_same_run(
+    fleet, chat_server, tiny_pipeline, tmp_path, one_thread
+):
+    worker_url = fleet.replace("/v1", "/worker/v1")
+    remote = start_run(
+        REQUEST,
+        demo_context(str(tmp_path / "remote"), chat_server.base_url, tiny_pipeline, generator_base_url=worker_url),
+    )
+    fresh = shutil.copytree(tiny_pipeline, tmp_path / "tiny-klein")
+    local = start_run(REQUEST, demo_context(str(tmp_path / "local"), chat_server.base_url, fresh))
+    assert _document(remote) == _document(local)
+    for a, b in zip(_pixels(tmp_path / "remote", _document(remote)), _pixels(tmp_path / "local", _document(local))):
+        assert np.array_equal(a, b)
+
+
+def test_an_unknown_batcher_is_refused_before_ray_is_asked():
+    with pytest.raises(ValueError, match="batcher='queue' must be one of serve, worker"):
+        generator_application("black-forest-labs/FLUX.2-klein-4B", batcher="queue")
 
 
 def test_killing_the_replicas_mid_run_retries_and_gives_the_uninterrupted_document(

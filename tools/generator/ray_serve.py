@@ -3,9 +3,14 @@
 Each replica loads the pipeline once (any family of ``tools.generator.models``, with LoRA,
 offload and the klein speedups, through ``tools.generator.diffusion.load_pipeline``) and serves
 the images API of ``tools.generator.serve_app`` as its FastAPI ingress. Concurrent requests of a
-replica are batched by Ray Serve's own ``@serve.batch`` into ``diffusion.generate_batch`` (which
-runs compatible ones as one pipeline call), so Ray is the queue and the batcher here, not our
-worker thread.
+replica are batched, by one of two batchers (``batcher``):
+
+- ``serve`` (the default): Ray Serve's own ``@serve.batch`` into ``diffusion.generate_batch``
+  (which runs compatible ones as one pipeline call), so Ray is the queue and the batcher. It
+  closes a batch on a timer (``batch_wait_s``) or when it is full, not when the GPU frees.
+- ``worker``: our in-process worker thread (``tools.generator.worker``), the one the embedded
+  pool uses: it takes whatever has queued the moment the pipeline is free, so batches fill while
+  the GPU works. Placement, replicas, health and restarts stay Ray Serve's.
 
 Placement is Ray's: each replica asks for ``gpus_per_replica`` GPUs in ``ray_actor_options``,
 so on a cluster made with ``ray start`` the replicas land one per GPU across its nodes. Health
@@ -31,11 +36,12 @@ from ray import serve
 
 from tools.generator import diffusion
 from tools.generator import models as generator_models
-from tools.generator.serve_app import images_app
+from tools.generator.serve_app import images_app, local_generate
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_WAIT_S = 0.003  # as tools.generator.worker.GATHER_S: requests arrive one by one
+BATCHERS = ("serve", "worker")
 
 
 @serve.deployment(name="generator")
@@ -56,8 +62,12 @@ class GeneratorDeployment:
         compile_cache: str | None = None,
         max_batch: int = 4,
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+        batcher: str = "serve",
     ) -> None:
+        if batcher not in BATCHERS:
+            raise ValueError(f"batcher={batcher!r} must be one of {', '.join(BATCHERS)}")
         self.model = model
+        self.batcher = batcher
         self.pipe = diffusion.load_pipeline(
             model,
             device,
@@ -69,9 +79,21 @@ class GeneratorDeployment:
             compile_cache=compile_cache,
         )
         self.spec = generator_models.spec_for_pipeline(self.pipe)
-        self.generate_many.set_max_batch_size(max_batch)
-        self.generate_many.set_batch_wait_timeout_s(batch_wait_s)
-        log.info("generator replica ready: %s (%s), batches of up to %d", model, self.spec.family, max_batch)
+        self.pool = None
+        if batcher == "worker":
+            from tools.generator.worker import GeneratorPool, GeneratorWorker
+
+            self.pool = GeneratorPool([GeneratorWorker(self.pipe, max_batch=max_batch)])
+        else:
+            self.generate_many.set_max_batch_size(max_batch)
+            self.generate_many.set_batch_wait_timeout_s(batch_wait_s)
+        log.info(
+            "generator replica ready: %s (%s), batches of up to %d (%s batcher)",
+            model,
+            self.spec.family,
+            max_batch,
+            batcher,
+        )
 
     # Two batches in flight: while one runs on the GPU, the next is gathered and waits on the
     # pipeline's call lock (diffusion.generate_batch runs one call per pipeline at a time), so it
@@ -84,7 +106,8 @@ class GeneratorDeployment:
         return await asyncio.to_thread(diffusion.generate_batch, self.pipe, requests)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return images_app(self.generate_many, model=self.model, spec=self.spec)
+        generate = self.generate_many if self.pool is None else local_generate(self.pool)
+        return images_app(generate, model=self.model, spec=self.spec)
 
     def check_health(self) -> None:
         """Ray Serve calls this periodically; raising marks the replica unhealthy (restarted)."""
@@ -120,7 +143,9 @@ def generator_application(
 ) -> Any:
     """The bound Ray Serve application (``serve.run`` it). ``load``: ``GeneratorDeployment``'s
     pipeline settings (device, dtype, lora, lora_scale, offload, speedups, compile_cache,
-    batch_wait_s)."""
+    batch_wait_s, batcher)."""
+    if load.get("batcher", "serve") not in BATCHERS:
+        raise ValueError(f"batcher={load['batcher']!r} must be one of {', '.join(BATCHERS)}")
     if num_replicas < 1 or max_batch < 1 or gpus_per_replica < 0 or cpus_per_replica < 0:
         raise ValueError("num_replicas and max_batch must be >= 1, gpus/cpus per replica >= 0")
     options: dict[str, Any] = dict(
