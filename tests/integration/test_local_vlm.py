@@ -271,5 +271,6 @@ def test_a_bad_input_fails_only_its_own_caller(tiny_vlm):
         t.start()
     for t in threads:
         t.join()
-    assert isinstance(results["good"], str)
+    # the bad request failed alone: the good one got the reply it gets when asked by itself
+    assert results["good"] == greedy(tiny_vlm, max_new_tokens=4).invoke(critic_messages()).content
     assert isinstance(results["bad"], ValueError)

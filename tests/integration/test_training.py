@@ -199,7 +199,9 @@ scripted_judge = sc_pq_judge(
 
 
 def reply_of(model_path: str, images: int = 2) -> str:
-    """A reply of the graph's in-process backend loading ``model_path``."""
+    """A reply of the graph's in-process backend loading ``model_path``: greedy, exactly 8 new
+    tokens (so a trained folder is shown to load whole, its chat template, processor and weights,
+    and to decode; a random tiny model's words mean nothing)."""
     import base64
     import io
 
@@ -217,8 +219,12 @@ def reply_of(model_path: str, images: int = 2) -> str:
         model_path=model_path, device="cpu", dtype="float32", temperature=0.0, max_new_tokens=40
     )
     message = chat.invoke(
-        [SystemMessage("You judge one step of an image sequence."), HumanMessage(parts + [text(CRITIC_TEXT)])]
+        [SystemMessage("You judge one step of an image sequence."), HumanMessage(parts + [text(CRITIC_TEXT)])],
+        min_new_tokens=8,
+        max_new_tokens=8,
     )
+    assert message.usage_metadata["output_tokens"] == 8, message.usage_metadata
+    assert message.usage_metadata["input_tokens"] > 0
     return message.content
 
 
@@ -324,7 +330,7 @@ def test_planner_sft_two_steps_with_the_vision_tower_frozen(tiny_vlm, data, tmp_
     language = [k for k in before if ".language_model.layers." in k]
     assert vision and all((before[k] == after[k]).all() for k in vision)
     assert any((before[k] != after[k]).any() for k in language)
-    assert isinstance(reply_of(str(out), images=0), str)
+    reply_of(str(out), images=0)  # the trained planner folder decodes 8 tokens in the graph's backend
 
 
 def test_critic_sft_with_lora_resumes_and_merges(tiny_vlm, data, tmp_path, monkeypatch, caplog):
@@ -378,7 +384,7 @@ def test_critic_sft_with_lora_resumes_and_merges(tiny_vlm, data, tmp_path, monke
     merged = parameters(str(out / "merged"))
     assert not any("lora" in k for k in merged)
     assert any((merged[k] != v).any() for k, v in parameters(tiny_vlm).items())
-    assert isinstance(reply_of(str(out / "merged")), str)
+    reply_of(str(out / "merged"))  # the merged LoRA folder decodes 8 tokens, two images in
 
 
 def test_critic_grpo_two_steps_regenerate_and_judge(taught_critic, data, tiny_pipeline, tmp_path):
@@ -443,4 +449,4 @@ def test_critic_grpo_two_steps_regenerate_and_judge(taught_critic, data, tiny_pi
     assert all("a cat sits on a blue chair" in message_text(r["messages"][-1]) for r in sc)
     images = list((out / "rewards" / "images").rglob("*.png"))
     assert len(images) >= 2 and Image.open(images[0]).size == (64, 64)
-    assert isinstance(reply_of(str(out)), str)
+    reply_of(str(out))  # the GRPO-trained critic decodes 8 tokens, two images in
