@@ -42,12 +42,14 @@ def run_context(stored: dict[str, Any] | None, caller: RemoteContext) -> Context
     """The settings a node of a served run uses (see the module's docstring)."""
     if stored is None:
         return caller
-    return Context.from_record(
-        stored,
+    # One dict, the caller's word last: a setting may be both a resume override and a remote
+    # one (vlm_retries), and two ``**`` of the same name would be a TypeError.
+    overrides = {
         **environment_settings(RESUME_OVERRIDES),
         **caller.caller_settings(),
-        runs_dir=caller.runs_dir,  # the server's runs folder, where the row was found
-    )
+        "runs_dir": caller.runs_dir,  # the server's runs folder, where the row was found
+    }
+    return Context.from_record(stored, **overrides)
 
 
 def _after(state: State, result: dict[str, Any]) -> dict[str, Any]:

@@ -46,3 +46,12 @@ def test_no_schema_shows_a_key_or_the_credentials_of_a_url(monkeypatch):
     assert "default" not in full["planner_api_key"]
     assert full["critic_base_url"]["default"] == "https://api.example.com/v1"
     assert full["dtype"]["default"] == "auto" and full["generator_offload"]["enum"] == ["none", "model", "sequential"]
+
+
+def test_a_setting_both_the_operator_and_the_caller_give_on_a_resume_is_the_callers(monkeypatch, tmp_path):
+    # vlm_retries is at once a resume override (the operator's word) and a remote setting
+    monkeypatch.setenv("INTERLEAVE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("INTERLEAVE_VLM_RETRIES", "4")
+    stored = Context(vlm_retries=1).to_record()
+    assert run_context(stored, RemoteContext()).vlm_retries == 4
+    assert run_context(stored, RemoteContext(vlm_retries=6)).vlm_retries == 6
