@@ -66,3 +66,16 @@ def test_configure_logging_installs_the_filter_once():
         assert [type(f) for h in root.handlers for f in h.filters] == [RedactCredentials]
     finally:
         root.handlers = saved
+
+
+def test_the_structured_output_form_a_run_keeps_is_keyed_without_the_urls_password():
+    # it goes into the run's state: every checkpoint, `interleave show`, a LangGraph server's state API
+    from graph.context import Context
+    from nodes.adapters import learnt_update, structured_mode
+    from tools.llm.chat import openai_model
+
+    ctx = Context(vlm_structured_output="auto", planner_base_url=URL)
+    model = openai_model(URL, "EMPTY", "m", 16, 0.0, 5.0, 0)
+    update = learnt_update(ctx, model, "planner", "json_object", None)
+    assert update == {"structured_output": {"http://127.0.0.1:8000/v1": "json_object"}}
+    assert structured_mode(ctx, model, "planner", update["structured_output"]) == "json_object"
