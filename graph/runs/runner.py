@@ -98,7 +98,8 @@ def start_run(
     images = [str(p) if isinstance(p, Path) else p for p in images or []]
     request = validate_request(request, images)
     if plan is not None:
-        plan = reviewed_plan({"plan": plan}, len(images))  # ValueError naming what is wrong
+        # ValueError naming what is wrong, the run's max_plan_steps cap included
+        plan = reviewed_plan({"plan": plan}, len(images), context.max_plan_steps)
     check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
     run_id = new_run_id() if run_id is None else check_run_id(run_id)
     if preflight:
