@@ -76,6 +76,13 @@ def served(node: Any, name: str) -> Any:
         with closing(connect(caller.runs_dir)) as conn:
             registry = RunRegistry(conn)
             row = registry.get(run_id) if registry.exists(run_id) else None
+            if row is not None and row.get("origin") != SERVER_ORIGIN:
+                # The caller chose the run id (input ``run_id``): never the row, the stored
+                # settings or the folder of a run made outside the server.
+                raise ValueError(
+                    f"run id {run_id!r} belongs to a run made with the interleave CLI, not through "
+                    f"this server; leave run_id out (the thread id is used) or choose a new one"
+                )
             ctx = run_context(row["settings"] if row else None, caller)
             if row is None:
                 images = [p for p in state.get("images", []) if not str(p).startswith("data:")]

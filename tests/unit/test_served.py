@@ -55,3 +55,31 @@ def test_a_setting_both_the_operator_and_the_caller_give_on_a_resume_is_the_call
     stored = Context(vlm_retries=1).to_record()
     assert run_context(stored, RemoteContext()).vlm_retries == 4
     assert run_context(stored, RemoteContext(vlm_retries=6)).vlm_retries == 6
+
+
+def test_a_remote_caller_cannot_take_over_a_run_made_with_the_cli(monkeypatch, tmp_path):
+    # a remote caller picks the run id (InputState.run_id): naming a CLI run's must not make the
+    # server run on that run's stored settings and row (nor overwrite its document later)
+    from contextlib import closing
+    from types import SimpleNamespace
+
+    import pytest
+
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+    from graph.served import served
+
+    runs = str(tmp_path / "runs")
+    monkeypatch.setenv("INTERLEAVE_RUNS_DIR", runs)
+    with closing(connect(runs)) as conn:
+        RunRegistry(conn).create("victim", "a CLI request", [], Context(seed=5).to_record())
+        RunRegistry(conn).update("victim", status="finished")
+    ran = []
+    node = served(lambda state, runtime: ran.append(runtime) or {}, "plan")
+    runtime = SimpleNamespace(context=RemoteContext(), override=lambda **kw: SimpleNamespace(**kw))
+    with pytest.raises(ValueError, match="victim"):
+        node({"request": "hi", "run_id": "victim"}, runtime)
+    assert not ran
+    with closing(connect(runs)) as conn:
+        row = RunRegistry(conn).get("victim")
+    assert (row["status"], row.get("origin")) == ("finished", None)
