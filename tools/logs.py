@@ -47,8 +47,7 @@ class RedactCredentials(logging.Filter):
     """Redacts URL credentials in a record's message, arguments and traceback; drops nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
+        record.msg = _redacted_arg(record.msg)  # text, or an exception / URL logged as the message
         if isinstance(record.args, Mapping):
             record.args = {k: _redacted_arg(v) for k, v in record.args.items()}
         elif isinstance(record.args, tuple):

@@ -45,6 +45,15 @@ def test_every_form_of_a_record_is_redacted(stream_handler):
     assert text.count("http://***@127.0.0.1:8000/v1") == 5  # four lines, one traceback
 
 
+def test_a_record_whose_message_is_an_exception_or_a_url_is_redacted(stream_handler):
+    # libraries log an exception (or a URL object) itself as the message: log.warning(exc)
+    log = logging.getLogger("some.library")
+    log.warning(ConnectionError(f"cannot reach {URL}"))
+    log.info(httpx.URL(URL))
+    text = stream_handler.getvalue()
+    assert SECRET not in text and text.count("http://***@127.0.0.1:8000/v1") == 2
+
+
 def test_redaction_keeps_what_holds_no_credentials():
     assert redact("user bob@example.com, url https://h.example/a@b?x=c@d") == (
         "user bob@example.com, url https://h.example/a@b?x=c@d"
