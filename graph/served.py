@@ -25,6 +25,7 @@ from langgraph.errors import GraphInterrupt
 
 from graph.context import RESUME_OVERRIDES, Context, RemoteContext, environment_settings
 from graph.state import State, append_accepted, merge_attempts
+from tools.logs import redact
 
 SERVER_ORIGIN = "server"
 
@@ -102,7 +103,9 @@ def served(node: Any, name: str) -> Any:
                 registry.update(run_id, status="awaiting_review")
                 raise
             except Exception as exc:  # the server keeps the run at its last checkpoint
-                registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+                registry.update(
+                    run_id, status="failed", error=redact(f"{type(exc).__name__}: {exc}")
+                )  # a URL's password, never stored
                 raise
             done: dict[str, Any] = counters(_after(state, result))
             if name == "plan" and result.get("images"):

@@ -28,6 +28,7 @@ from nodes.generator import check_generator_settings
 from nodes.guidance import check_plan, request_segments
 from nodes.planner import import_inputs
 from nodes.review import reviewed_plan
+from tools.logs import redact
 from tools.llm.chat import ChatModels
 from tools.replies.contracts import PlanStep
 from tools.store.images import DATA_URL_PREFIX, ImageStore, load_input_image
@@ -263,7 +264,9 @@ def drive(
             registry.update(run_id, status="interrupted", error="interrupted by the user")
             raise
         except Exception as exc:  # the run is saved at its last checkpoint: record and report
-            registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            registry.update(
+                run_id, status="failed", error=redact(f"{type(exc).__name__}: {exc}")
+            )  # a URL's password, never stored
             return RunOutcome(run_id, "failed", error=exc)
         snapshot = graph.get_state(config)
         if snapshot.interrupts:  # paused for plan review; resumable with an answer
