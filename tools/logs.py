@@ -67,6 +67,9 @@ def install(handler: logging.Handler | None = None) -> None:
 
 
 def configure_logging(level: int, fmt: str | None = None) -> None:
-    """``logging.basicConfig(level=..., format=...)`` with credentials redacted from every record."""
+    """``logging.basicConfig(level=..., format=...)`` with credentials redacted from every record.
+    A later call (a script mounted in the ``interleave`` CLI, which configured logging first)
+    still sets the level: the script's own ``-v`` takes effect."""
     logging.basicConfig(level=level, **({"format": fmt} if fmt else {}))
+    logging.getLogger().setLevel(level)
     install()

@@ -88,3 +88,22 @@ def test_the_structured_output_form_a_run_keeps_is_keyed_without_the_urls_passwo
     update = learnt_update(ctx, model, "planner", "json_object", None)
     assert update == {"structured_output": {"http://127.0.0.1:8000/v1": "json_object"}}
     assert structured_mode(ctx, model, "planner", update["structured_output"]) == "json_object"
+
+
+def test_a_mounted_scripts_own_verbose_flag_shows_its_info_lines(tmp_path):
+    # `interleave datagen prompts ... -v`: the CLI configured logging (WARNING: no global -v)
+    # before the script's run() asks for INFO; the script's -v must still take effect
+    from graph.cli.main import main
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        main(
+            ["datagen", "prompts", "-v", "--taxonomy", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]
+            + ["--teacher-base-url", "http://127.0.0.1:9/v1", "--teacher-model", "m"]
+        )
+        assert root.getEffectiveLevel() == logging.INFO
+    finally:
+        root.handlers = saved
+        root.setLevel(level)
