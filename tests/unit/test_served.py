@@ -83,3 +83,22 @@ def test_a_remote_caller_cannot_take_over_a_run_made_with_the_cli(monkeypatch, t
     with closing(connect(runs)) as conn:
         row = RunRegistry(conn).get("victim")
     assert (row["status"], row.get("origin")) == ("finished", None)
+
+
+def test_exporting_an_unfinished_server_run_says_where_to_finish_it(tmp_path):
+    # `interleave resume` refuses a server run, so the export error must not send the user there
+    from contextlib import closing
+
+    import pytest
+
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+    from graph.runs.inspection import export_document
+
+    runs = str(tmp_path / "runs")
+    with closing(connect(runs)) as conn:
+        RunRegistry(conn).create("served1", "a request", [], Context(runs_dir=runs).to_record())
+        RunRegistry(conn).update("served1", origin="server", status="awaiting_review")
+    with pytest.raises(ValueError, match="no document yet") as error:
+        export_document(runs, "served1", "html", None)
+    assert "interleave resume" not in str(error.value) and "LangGraph server" in str(error.value)
