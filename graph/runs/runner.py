@@ -100,7 +100,7 @@ def start_run(
     request = validate_request(request, images)
     if plan is not None:
         # ValueError naming what is wrong, the run's max_plan_steps cap included
-        plan = reviewed_plan({"plan": plan}, len(images), context.max_plan_steps)
+        plan = reviewed_plan({"plan": plan}, len(images), context.max_plan_steps, what="the given plan")
     check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
     run_id = new_run_id() if run_id is None else check_run_id(run_id)
     if preflight:
