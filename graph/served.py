@@ -87,8 +87,8 @@ def served(node: Any, name: str) -> Any:
             ctx = run_context(row["settings"] if row else None, caller)
             if row is None:
                 images = [p for p in state.get("images", []) if not str(p).startswith("data:")]
-                registry.create(run_id, state.get("request") or "", images, ctx.to_record())
-                registry.update(run_id, origin=SERVER_ORIGIN)
+                # origin in the same insert: a row without it would be taken for a CLI run's
+                registry.create(run_id, state.get("request") or "", images, ctx.to_record(), origin=SERVER_ORIGIN)
             else:  # a later run of the thread: remember what it changed, for the next one too
                 changes: dict[str, Any] = {}
                 if ctx.to_record() != row["settings"]:

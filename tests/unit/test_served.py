@@ -102,3 +102,19 @@ def test_exporting_an_unfinished_server_run_says_where_to_finish_it(tmp_path):
     with pytest.raises(ValueError, match="no document yet") as error:
         export_document(runs, "served1", "html", None)
     assert "interleave resume" not in str(error.value) and "LangGraph server" in str(error.value)
+
+
+def test_a_served_runs_row_is_created_with_its_origin(monkeypatch, tmp_path):
+    # one insert: a crash right after it must not leave a row that reads as a CLI run's
+    from contextlib import closing
+
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+
+    runs = str(tmp_path / "runs")
+    with closing(connect(runs)) as conn:
+        registry = RunRegistry(conn)
+        updates = []
+        monkeypatch.setattr(registry, "update", lambda *a, **kw: updates.append(kw))
+        registry.create("t1", "a request", [], Context(runs_dir=runs).to_record(), origin="server")
+        assert registry.get("t1")["origin"] == "server" and not updates
