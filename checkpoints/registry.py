@@ -111,7 +111,10 @@ class RunRegistry:
                 f"a run with id {run_id!r} already exists; choose another --run-id or `interleave resume {run_id}`"
             )
 
-    def create(self, run_id: str, request: str, images: list[str], settings: dict[str, Any]) -> None:
+    def create(
+        self, run_id: str, request: str, images: list[str], settings: dict[str, Any], *, origin: str | None = None
+    ) -> None:
+        """A new row; ``origin`` ("server") is written with it, so no row is ever seen without it."""
         self.ensure_new(run_id)
         now = _now()
         self.table.insert(
@@ -131,6 +134,7 @@ class RunRegistry:
                 "error": None,
                 "document_dir": None,
                 "pid": os.getpid(),
+                "origin": origin,
             }
         )
 

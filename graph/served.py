@@ -25,6 +25,7 @@ from langgraph.errors import GraphInterrupt
 
 from graph.context import RESUME_OVERRIDES, Context, RemoteContext, environment_settings
 from graph.state import State, append_accepted, merge_attempts
+from tools.logs import redact
 
 SERVER_ORIGIN = "server"
 
@@ -42,12 +43,14 @@ def run_context(stored: dict[str, Any] | None, caller: RemoteContext) -> Context
     """The settings a node of a served run uses (see the module's docstring)."""
     if stored is None:
         return caller
-    return Context.from_record(
-        stored,
+    # One dict, the caller's word last: a setting may be both a resume override and a remote
+    # one (vlm_retries), and two ``**`` of the same name would be a TypeError.
+    overrides = {
         **environment_settings(RESUME_OVERRIDES),
         **caller.caller_settings(),
-        runs_dir=caller.runs_dir,  # the server's runs folder, where the row was found
-    )
+        "runs_dir": caller.runs_dir,  # the server's runs folder, where the row was found
+    }
+    return Context.from_record(stored, **overrides)
 
 
 def _after(state: State, result: dict[str, Any]) -> dict[str, Any]:
@@ -74,11 +77,18 @@ def served(node: Any, name: str) -> Any:
         with closing(connect(caller.runs_dir)) as conn:
             registry = RunRegistry(conn)
             row = registry.get(run_id) if registry.exists(run_id) else None
+            if row is not None and row.get("origin") != SERVER_ORIGIN:
+                # The caller chose the run id (input ``run_id``): never the row, the stored
+                # settings or the folder of a run made outside the server.
+                raise ValueError(
+                    f"run id {run_id!r} belongs to a run made with the interleave CLI, not through "
+                    f"this server; leave run_id out (the thread id is used) or choose a new one"
+                )
             ctx = run_context(row["settings"] if row else None, caller)
             if row is None:
                 images = [p for p in state.get("images", []) if not str(p).startswith("data:")]
-                registry.create(run_id, state.get("request") or "", images, ctx.to_record())
-                registry.update(run_id, origin=SERVER_ORIGIN)
+                # origin in the same insert: a row without it would be taken for a CLI run's
+                registry.create(run_id, state.get("request") or "", images, ctx.to_record(), origin=SERVER_ORIGIN)
             else:  # a later run of the thread: remember what it changed, for the next one too
                 changes: dict[str, Any] = {}
                 if ctx.to_record() != row["settings"]:
@@ -93,7 +103,9 @@ def served(node: Any, name: str) -> Any:
                 registry.update(run_id, status="awaiting_review")
                 raise
             except Exception as exc:  # the server keeps the run at its last checkpoint
-                registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+                registry.update(
+                    run_id, status="failed", error=redact(f"{type(exc).__name__}: {exc}")
+                )  # a URL's password, never stored
                 raise
             done: dict[str, Any] = counters(_after(state, result))
             if name == "plan" and result.get("images"):

@@ -14,6 +14,7 @@ URL credentials (``tools.logs``) on the server's log handlers.
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graph.context import REMOTE_SETTINGS, remote_refusal
 from tools import logs
+
+
+def _server_body_limit() -> int:
+    """The LangGraph server's request body limit (``HTTP_MAX_REQUEST_BODY_BYTES``), which the
+    guard, reading a body before the server does, must hold to as well."""
+    config = sys.modules.get("langgraph_api.config")  # loaded by the server before its app
+    return int(getattr(config, "HTTP_MAX_REQUEST_BODY_BYTES", 300 * 1024 * 1024))
+
+
+MAX_BODY_BYTES = _server_body_limit()
 
 # Keys of ``config.configurable`` that address LangGraph's own checkpoints, not our settings.
 LANGGRAPH_CONFIGURABLE = ("thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map")
@@ -66,15 +77,21 @@ class RemoteSettingsGuard:
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
-        body = b""
+        size = 0
         while True:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":  # the client went away
                 break
-            body += message.get("body", b"")
+            size += len(message.get("body", b""))
+            if size > MAX_BODY_BYTES:  # the server's own limit: refuse before buffering it all
+                detail = f"Request body too large (limit: {MAX_BODY_BYTES} bytes)"
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                return
             if not message.get("more_body", False):
                 break
+        # One join, not ``+=`` per chunk (quadratic on a body of many chunks, on the event loop).
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
         refused = []
         if body.lstrip()[:1] in (b"{", b"["):
             try:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
-from graph.context import Context
+from graph.context import Context, without_credentials
 from tools.llm.chat import Answer, ChatModels, EndpointError, ask_until_parsed, is_openai, openai_model
 
 T = TypeVar("T")
@@ -86,8 +86,9 @@ AUTO_ORDER = ("json", "json_object", "off")
 
 def endpoint_of(model: BaseChatModel, role: str) -> str:
     """The key an ``auto`` choice is kept under: the endpoint's base URL (the role for a model
-    that has none)."""
-    return getattr(model, "openai_api_base", None) or role
+    that has none), without any ``user:password@``: the run's state stores it."""
+    base = getattr(model, "openai_api_base", None)
+    return without_credentials(base) if base else role
 
 
 def structured_mode(ctx: Context, model: BaseChatModel, role: str, learnt: dict[str, str] | None = None) -> str:

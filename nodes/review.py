@@ -23,10 +23,13 @@ from tools.replies.parsing import plan_steps
 PLAN_REVIEW = "plan_review"
 
 
-def reviewed_plan(answer: Any, input_count: int = 0, max_steps: int | None = None) -> list[PlanStep] | None:
+def reviewed_plan(
+    answer: Any, input_count: int = 0, max_steps: int | None = None, *, what: str = "the edited plan"
+) -> list[PlanStep] | None:
     """The plan a review answer asks for: None to keep the current plan, else the edited steps
     (checked against the request's mode: ``input_count`` images given, and at most ``max_steps``
-    steps, the run's ``max_plan_steps``). Raises ValueError naming what is wrong with the answer."""
+    steps, the run's ``max_plan_steps``). Raises ValueError naming what is wrong with the answer
+    (``what``: the plan's name in it; a plan given to ``start_run`` was not edited)."""
     if answer is True or (isinstance(answer, dict) and answer.get("approve") is True):
         return None
     if isinstance(answer, dict):
@@ -40,14 +43,14 @@ def reviewed_plan(answer: Any, input_count: int = 0, max_steps: int | None = Non
         )
     if max_steps is not None and len(answer) > max_steps:  # before parsing: a huge edit costs nothing
         raise ValueError(
-            f"the edited plan has {len(answer)} steps, over this run's max_plan_steps={max_steps}; "
+            f"{what} has {len(answer)} steps, over this run's max_plan_steps={max_steps}; "
             f"shorten it to at most {max_steps} steps"
         )
     try:
         steps = plan_steps(answer)
         check_plan(steps, input_count)
     except ValueError as exc:
-        raise ValueError(f"the edited plan is not valid: {exc}") from None
+        raise ValueError(f"{what} is not valid: {exc}") from None
     return steps
 
 

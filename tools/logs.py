@@ -47,8 +47,7 @@ class RedactCredentials(logging.Filter):
     """Redacts URL credentials in a record's message, arguments and traceback; drops nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
+        record.msg = _redacted_arg(record.msg)  # text, or an exception / URL logged as the message
         if isinstance(record.args, Mapping):
             record.args = {k: _redacted_arg(v) for k, v in record.args.items()}
         elif isinstance(record.args, tuple):
@@ -68,6 +67,9 @@ def install(handler: logging.Handler | None = None) -> None:
 
 
 def configure_logging(level: int, fmt: str | None = None) -> None:
-    """``logging.basicConfig(level=..., format=...)`` with credentials redacted from every record."""
+    """``logging.basicConfig(level=..., format=...)`` with credentials redacted from every record.
+    A later call (a script mounted in the ``interleave`` CLI, which configured logging first)
+    still sets the level: the script's own ``-v`` takes effect."""
     logging.basicConfig(level=level, **({"format": fmt} if fmt else {}))
+    logging.getLogger().setLevel(level)
     install()

@@ -51,10 +51,12 @@ def export_document(runs_dir: str, run_id: str, fmt: str, output: str | None) ->
     details = run_details(runs_dir, run_id)
     folder = run_folder(runs_dir, run_id)
     if not details["state"].get("document_dir") or not (folder / "document.json").exists():
-        raise ValueError(
-            f"run {run_id} has no document yet (status {details['run']['status']}); "
-            f"finish it first with `interleave resume {run_id}`"
+        finish = (
+            f"finish it through the LangGraph server that made it (Studio, or the SDK on thread {run_id})"
+            if details["run"].get("origin") == "server"  # `interleave resume` refuses it
+            else f"finish it first with `interleave resume {run_id}`"
         )
+        raise ValueError(f"run {run_id} has no document yet (status {details['run']['status']}); {finish}")
     record = json.loads((folder / "document.json").read_text(encoding="utf-8"))
     check_image_paths(runs_dir, record)
     if output is not None and Path(output).is_dir():

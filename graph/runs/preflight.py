@@ -83,8 +83,10 @@ def check_generator_endpoint(context: Context) -> None:
             )
         raise EndpointUnreachableError(problem + " Nothing was written.") from None
     if response.status_code in (401, 403):
+        problem = "refused the API key" if key else "asks for an API key"
+        given = "" if key else " and none was given"
         raise EndpointUnreachableError(
-            f"{where} refused the API key (HTTP {response.status_code}). Set generator_api_key "
+            f"{where} {problem} (HTTP {response.status_code}){given}. Set generator_api_key "
             f"(INTERLEAVE_GENERATOR_API_KEY) to a key that server accepts. Nothing was written."
         )
 

@@ -28,6 +28,7 @@ from nodes.generator import check_generator_settings
 from nodes.guidance import check_plan, request_segments
 from nodes.planner import import_inputs
 from nodes.review import reviewed_plan
+from tools.logs import redact
 from tools.llm.chat import ChatModels
 from tools.replies.contracts import PlanStep
 from tools.store.images import DATA_URL_PREFIX, ImageStore, load_input_image
@@ -98,7 +99,8 @@ def start_run(
     images = [str(p) if isinstance(p, Path) else p for p in images or []]
     request = validate_request(request, images)
     if plan is not None:
-        plan = reviewed_plan({"plan": plan}, len(images))  # ValueError naming what is wrong
+        # ValueError naming what is wrong, the run's max_plan_steps cap included
+        plan = reviewed_plan({"plan": plan}, len(images), context.max_plan_steps, what="the given plan")
     check_generator_settings(context)  # an unknown model or a size it cannot make: ValueError
     run_id = new_run_id() if run_id is None else check_run_id(run_id)
     if preflight:
@@ -262,7 +264,9 @@ def drive(
             registry.update(run_id, status="interrupted", error="interrupted by the user")
             raise
         except Exception as exc:  # the run is saved at its last checkpoint: record and report
-            registry.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            registry.update(
+                run_id, status="failed", error=redact(f"{type(exc).__name__}: {exc}")
+            )  # a URL's password, never stored
             return RunOutcome(run_id, "failed", error=exc)
         snapshot = graph.get_state(config)
         if snapshot.interrupts:  # paused for plan review; resumable with an answer

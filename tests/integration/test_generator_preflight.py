@@ -68,3 +68,18 @@ def test_a_generator_server_that_answers_passes_preflight_and_the_run_finishes(m
     with BackgroundServer(images_app(local_generate(pool), model=str(tiny_pipeline), spec=pool.spec)) as images:
         outcome = start_run(REQUEST, make_context(generator_base_url=images.base_url), preflight=True)
     assert outcome.status == "finished", outcome.error
+
+
+def test_a_generator_server_that_wants_a_key_when_none_was_given_says_so(make_context, runs_dir):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusesEveryKey)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with pytest.raises(EndpointUnreachableError) as caught:
+            start_run(REQUEST, make_context(generator_base_url=url, generator_api_key=""), preflight=True)
+    finally:
+        server.shutdown()
+    message = str(caught.value)
+    assert "refused the API key" not in message  # none was sent
+    assert "asks for an API key (HTTP 401) and none was given" in message and "INTERLEAVE_GENERATOR_API_KEY" in message
+    assert _written(runs_dir) == []

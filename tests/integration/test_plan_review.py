@@ -120,3 +120,11 @@ def test_a_given_plan_skips_the_planner_and_runs_as_the_planners_plan(paused, ma
     plain = start_run(REQUEST, make_context(), run_id="plain")
     strip = lambda doc: without_timings({k: v for k, v in doc.items() if k not in ("settings", "plan_reasoning")})
     assert strip(record(given)) == strip(record(plain))
+
+
+def test_a_given_plan_longer_than_max_plan_steps_is_refused_before_anything_is_written(make_context, runs_dir):
+    plan = [{"step_number": n, "step_name": f"s{n}", "prompt": f"a crane, stage {n}"} for n in (1, 2, 3)]
+    with pytest.raises(ValueError, match="max_plan_steps=2") as error:
+        start_run(REQUEST, make_context(max_plan_steps=2), run_id="long", plan=plan)
+    assert str(error.value).startswith("the given plan has 3 steps")  # nothing was edited
+    assert not (Path(runs_dir) / "long").exists()

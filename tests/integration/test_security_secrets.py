@@ -52,3 +52,16 @@ def test_a_verbose_cli_run_never_logs_a_password_of_a_base_url(chat_server, tiny
     assert secret not in done.stderr + done.stdout
     for path in Path(runs_dir).rglob("*"):
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+def test_a_run_failing_on_an_endpoint_with_a_password_stores_its_error_without_it(make_context, runs_dir):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://alice:pw-never-store-me@127.0.0.1:{port}/v1"
+    outcome = start_run(REQUEST, make_context(planner_base_url=url, vlm_retries=0), run_id="refused")
+    assert outcome.status == "failed" and "refused the connection" in str(outcome.error)
+    for path in Path(runs_dir).rglob("*"):  # the registry's error column included
+        assert not path.is_file() or b"pw-never-store-me" not in path.read_bytes(), path

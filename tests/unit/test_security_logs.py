@@ -45,6 +45,15 @@ def test_every_form_of_a_record_is_redacted(stream_handler):
     assert text.count("http://***@127.0.0.1:8000/v1") == 5  # four lines, one traceback
 
 
+def test_a_record_whose_message_is_an_exception_or_a_url_is_redacted(stream_handler):
+    # libraries log an exception (or a URL object) itself as the message: log.warning(exc)
+    log = logging.getLogger("some.library")
+    log.warning(ConnectionError(f"cannot reach {URL}"))
+    log.info(httpx.URL(URL))
+    text = stream_handler.getvalue()
+    assert SECRET not in text and text.count("http://***@127.0.0.1:8000/v1") == 2
+
+
 def test_redaction_keeps_what_holds_no_credentials():
     assert redact("user bob@example.com, url https://h.example/a@b?x=c@d") == (
         "user bob@example.com, url https://h.example/a@b?x=c@d"
@@ -66,3 +75,35 @@ def test_configure_logging_installs_the_filter_once():
         assert [type(f) for h in root.handlers for f in h.filters] == [RedactCredentials]
     finally:
         root.handlers = saved
+
+
+def test_the_structured_output_form_a_run_keeps_is_keyed_without_the_urls_password():
+    # it goes into the run's state: every checkpoint, `interleave show`, a LangGraph server's state API
+    from graph.context import Context
+    from nodes.adapters import learnt_update, structured_mode
+    from tools.llm.chat import openai_model
+
+    ctx = Context(vlm_structured_output="auto", planner_base_url=URL)
+    model = openai_model(URL, "EMPTY", "m", 16, 0.0, 5.0, 0)
+    update = learnt_update(ctx, model, "planner", "json_object", None)
+    assert update == {"structured_output": {"http://127.0.0.1:8000/v1": "json_object"}}
+    assert structured_mode(ctx, model, "planner", update["structured_output"]) == "json_object"
+
+
+def test_a_mounted_scripts_own_verbose_flag_shows_its_info_lines(tmp_path):
+    # `interleave datagen prompts ... -v`: the CLI configured logging (WARNING: no global -v)
+    # before the script's run() asks for INFO; the script's -v must still take effect
+    from graph.cli.main import main
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        main(
+            ["datagen", "prompts", "-v", "--taxonomy", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]
+            + ["--teacher-base-url", "http://127.0.0.1:9/v1", "--teacher-model", "m"]
+        )
+        assert root.getEffectiveLevel() == logging.INFO
+    finally:
+        root.handlers = saved
+        root.setLevel(level)

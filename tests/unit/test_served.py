@@ -46,3 +46,75 @@ def test_no_schema_shows_a_key_or_the_credentials_of_a_url(monkeypatch):
     assert "default" not in full["planner_api_key"]
     assert full["critic_base_url"]["default"] == "https://api.example.com/v1"
     assert full["dtype"]["default"] == "auto" and full["generator_offload"]["enum"] == ["none", "model", "sequential"]
+
+
+def test_a_setting_both_the_operator_and_the_caller_give_on_a_resume_is_the_callers(monkeypatch, tmp_path):
+    # vlm_retries is at once a resume override (the operator's word) and a remote setting
+    monkeypatch.setenv("INTERLEAVE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("INTERLEAVE_VLM_RETRIES", "4")
+    stored = Context(vlm_retries=1).to_record()
+    assert run_context(stored, RemoteContext()).vlm_retries == 4
+    assert run_context(stored, RemoteContext(vlm_retries=6)).vlm_retries == 6
+
+
+def test_a_remote_caller_cannot_take_over_a_run_made_with_the_cli(monkeypatch, tmp_path):
+    # a remote caller picks the run id (InputState.run_id): naming a CLI run's must not make the
+    # server run on that run's stored settings and row (nor overwrite its document later)
+    from contextlib import closing
+    from types import SimpleNamespace
+
+    import pytest
+
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+    from graph.served import served
+
+    runs = str(tmp_path / "runs")
+    monkeypatch.setenv("INTERLEAVE_RUNS_DIR", runs)
+    with closing(connect(runs)) as conn:
+        RunRegistry(conn).create("victim", "a CLI request", [], Context(seed=5).to_record())
+        RunRegistry(conn).update("victim", status="finished")
+    ran = []
+    node = served(lambda state, runtime: ran.append(runtime) or {}, "plan")
+    runtime = SimpleNamespace(context=RemoteContext(), override=lambda **kw: SimpleNamespace(**kw))
+    with pytest.raises(ValueError, match="victim"):
+        node({"request": "hi", "run_id": "victim"}, runtime)
+    assert not ran
+    with closing(connect(runs)) as conn:
+        row = RunRegistry(conn).get("victim")
+    assert (row["status"], row.get("origin")) == ("finished", None)
+
+
+def test_exporting_an_unfinished_server_run_says_where_to_finish_it(tmp_path):
+    # `interleave resume` refuses a server run, so the export error must not send the user there
+    from contextlib import closing
+
+    import pytest
+
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+    from graph.runs.inspection import export_document
+
+    runs = str(tmp_path / "runs")
+    with closing(connect(runs)) as conn:
+        RunRegistry(conn).create("served1", "a request", [], Context(runs_dir=runs).to_record())
+        RunRegistry(conn).update("served1", origin="server", status="awaiting_review")
+    with pytest.raises(ValueError, match="no document yet") as error:
+        export_document(runs, "served1", "html", None)
+    assert "interleave resume" not in str(error.value) and "LangGraph server" in str(error.value)
+
+
+def test_a_served_runs_row_is_created_with_its_origin(monkeypatch, tmp_path):
+    # one insert: a crash right after it must not leave a row that reads as a CLI run's
+    from contextlib import closing
+
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+
+    runs = str(tmp_path / "runs")
+    with closing(connect(runs)) as conn:
+        registry = RunRegistry(conn)
+        updates = []
+        monkeypatch.setattr(registry, "update", lambda *a, **kw: updates.append(kw))
+        registry.create("t1", "a request", [], Context(runs_dir=runs).to_record(), origin="server")
+        assert registry.get("t1")["origin"] == "server" and not updates

@@ -63,7 +63,13 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class ImagesAPIError(RuntimeError):
-    """The images endpoint refused a request or answered something that is not the image asked for."""
+    """The images endpoint refused a request or answered something that is not the image asked for.
+    Its message names the endpoint without any ``user:password@`` (it is stored with the run)."""
+
+    def __init__(self, message: str) -> None:
+        from tools.logs import redact
+
+        super().__init__(redact(message))
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -37,7 +37,13 @@ MAX_BACKOFF_S = 30.0
 
 
 class EndpointError(RuntimeError):
-    """The planner or critic model could not answer."""
+    """The planner or critic model could not answer. Its message names the endpoint without any
+    ``user:password@`` (LangGraph stores a node's error in the checkpoint, the registry keeps it)."""
+
+    def __init__(self, message: str) -> None:
+        from tools.logs import redact
+
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
