@@ -384,7 +384,8 @@ class Context:
         /assistants/{id}/schemas``): every field with its description, its ``default`` as this
         process resolves it (``INTERLEAVE_*`` included; never a key's, and a URL without its
         credentials) and, for a choice, its ``enum``. ``RemoteContext`` lists only what a
-        remote caller may set; the server drops any other key a caller sends."""
+        remote caller may set; a request naming any other is refused at the server's edge
+        (``graph.server``, 422) before the server stores it."""
         schema = handler.resolve_ref_schema(handler(core_schema))
         remote_only = issubclass(cls, RemoteContext)
         properties = {}
