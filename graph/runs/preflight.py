@@ -16,6 +16,7 @@ from pathlib import Path
 import openai
 
 from graph.context import Context
+from tools.logs import redact
 from tools.llm.endpoint_errors import REFUSED, TIMEOUT, cause_of, describe, host_and_port
 
 PREFLIGHT_TIMEOUT_S = 10.0
@@ -58,7 +59,7 @@ def check_generator_endpoint(context: Context) -> None:
     url = context.generator_base_url.rstrip("/")
     key = context.generator_api_key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    where = f"the generator endpoint {url} (model {context.generator_model!r})"
+    where = f"the generator endpoint {redact(url)} (model {context.generator_model!r})"
     try:
         response = httpx.get(f"{url}/models", headers=headers, timeout=PREFLIGHT_TIMEOUT_S)
     except httpx.TransportError as exc:

@@ -83,3 +83,13 @@ def test_preflight_timeout(silent_server, monkeypatch):
     with pytest.raises(EndpointUnreachableError) as caught:
         check_endpoints(Context(planner_base_url=silent_server, critic_base_url=silent_server))
     assert "did not answer within 1 s" in str(caught.value)
+
+
+def test_the_advice_never_prints_a_password_of_the_base_url():
+    port = closed_port()
+    context = Context(planner_base_url=f"http://alice:pw-secret-9@127.0.0.1:{port}/v1", planner_model="my-planner")
+    with pytest.raises(EndpointUnreachableError) as caught:
+        check_endpoints(context)
+    text = str(caught.value)
+    assert "pw-secret-9" not in text and f"http://***@127.0.0.1:{port}/v1" in text
+    assert f"nothing listens at 127.0.0.1:{port}" in text

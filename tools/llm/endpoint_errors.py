@@ -17,6 +17,8 @@ from __future__ import annotations
 import errno
 from urllib.parse import urlsplit
 
+from tools.logs import redact
+
 TIMEOUT, REFUSED, UNREACHABLE = "timeout", "refused", "unreachable"
 
 
@@ -51,7 +53,7 @@ def describe(role: str, url: str, model: str, exc: BaseException, timeout_s: flo
     """One sentence of what happened and one of what to do, for this cause."""
     cause = cause_of(exc)
     host, port = host_and_port(url)
-    where = f"the {role} endpoint {url} (model {model!r})"
+    where = f"the {role} endpoint {redact(url)} (model {model!r})"  # printed: never a URL's password
     if cause == TIMEOUT:
         within = f"within {timeout_s:g} s" if timeout_s else "in time"
         return (
