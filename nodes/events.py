@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PLAN_READY = "plan_ready"  # steps: number of steps, step_names, step_numbers
+PLAN_READY = "plan_ready"  # steps, step_names, step_numbers; given: True for start_run(plan=...)
 ATTEMPT_STARTED = "attempt_started"  # step_number, attempt, prompt, seed, mode ("text-to-image"|"edit")
 DENOISE_PROGRESS = "denoise_progress"  # step_number, attempt, done, total
 IMAGE_READY = "image_ready"  # step_number, attempt, image (ImageRef), seconds

@@ -189,7 +189,8 @@ class ProgressPrinter:
             self._plan(event.get("step_numbers"), event["steps"])
             names = "; ".join(event["step_names"])
             self.phase(None)
-            self.display.line(f"plan ready: {plural(event['steps'], 'step')} ({names})")
+            ready = "plan given" if event.get("given") else "plan ready"
+            self.display.line(f"{ready}: {plural(event['steps'], 'step')} ({names})")
         elif kind == events.ATTEMPT_STARTED:
             self.display.line(
                 f"{self._where(event)} · {event['mode']} (seed {event['seed']}): {_short(event['prompt'])}"

@@ -117,8 +117,21 @@ def start_run(
         if plan is not None:  # the checkpoint first: a registered run is never without its plan
             _seed_plan(run_id, request, images, plan, plan_reasoning, context)
         registry.create(run_id, request, images, context.to_record())
-    graph_input = None if plan is not None else {"request": request, "images": images, "run_id": run_id}
-    return drive(run_id, graph_input, context, on_event, models)
+    if plan is None:
+        return drive(run_id, {"request": request, "images": images, "run_id": run_id}, context, on_event, models)
+    if on_event is not None:  # a new run with its plan, not a resumed one ("resuming: 0/N")
+        on_event(
+            {
+                "event": events.PLAN_READY,
+                "run_id": run_id,
+                "steps": len(plan),
+                "given": True,
+                "mode": check_plan(plan, len(images)),
+                "step_names": [s["step_name"] for s in plan],
+                "step_numbers": [s["step_number"] for s in plan],
+            }
+        )
+    return drive(run_id, None, context, on_event, models, announce=False)
 
 
 def _seed_plan(
@@ -240,13 +253,17 @@ def drive(
     context: Context,
     on_event: EventHandler | None,
     models: ChatModels | None = None,
+    *,
+    announce: bool = True,
 ) -> RunOutcome:
+    """Stream the graph from ``graph_input`` to its end or first pause; ``announce``: tell the
+    display where a run continuing from a checkpoint stands (``events.RUN_RESUMED``)."""
     config = {"configurable": {"thread_id": run_id}}
     with open_checkpointer(context.runs_dir) as saver, closing(connect(context.runs_dir)) as conn:
         registry = RunRegistry(conn)
         registry.claim(run_id)  # one driver per run: a second process gets RunBusyError
         graph = build_graph(saver, models=models)
-        if on_event is not None and not isinstance(graph_input, dict):
+        if announce and on_event is not None and not isinstance(graph_input, dict):
             _announce_resume(graph, config, on_event)
         try:
             for mode, chunk in graph.stream(

@@ -113,8 +113,15 @@ def test_a_given_plan_skips_the_planner_and_runs_as_the_planners_plan(paused, ma
         start_run(REQUEST, make_context(), run_id="bad", plan=[{"step_number": 1, "step_name": "x", "prompt": None}])
     assert not (Path(runs_dir) / "bad").exists()
     asked = len(chat_server.requests)
-    given = start_run(REQUEST, make_context(), run_id="given", plan=paused.review["plan"], plan_reasoning="mine")
+    seen = []
+    given = start_run(
+        REQUEST, make_context(), run_id="given", plan=paused.review["plan"], plan_reasoning="mine", on_event=seen.append
+    )
     assert given.status == "finished", given.error
+    kinds = [e["event"] for e in seen if e["event"] != "node_started"]
+    # announced as a new run with its plan (the progress line "plan given: ..."), never as resumed
+    assert kinds[0] == "plan_ready" and seen[0]["given"] is True and "run_resumed" not in kinds
+    assert seen[0]["step_numbers"] == [s["step_number"] for s in paused.review["plan"]]
     assert {r["model"] for r in chat_server.requests[asked:]} == {"demo-critic"}
     assert record(given)["plan_reasoning"] == "mine"
     plain = start_run(REQUEST, make_context(), run_id="plain")

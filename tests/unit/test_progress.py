@@ -62,6 +62,10 @@ def test_guidance_numbering_and_plural():
     )
     assert "plan ready: 1 step (a)" in text and "1 steps" not in text
     assert "attempt 0" not in text and "step 1/1 accepted (your image, answered)" in text
+    given = steps_of(
+        [{"event": events.PLAN_READY, "steps": 2, "given": True, "step_names": ["a", "b"], "step_numbers": [1, 2]}]
+    )
+    assert "plan given: 2 steps (a; b)" in given and "resuming" not in given
 
 
 def test_resumed_and_forked_runs_show_the_total():
