@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.logs import without_credentials
 from tools.devices import DTYPES
 
 ENV_PREFIX = "INTERLEAVE_"
@@ -454,22 +455,6 @@ def remote_refusal(refused: list[str], where: str = "the run context") -> str:
         f"sets them (INTERLEAVE_* in the server's environment). Settable remotely: "
         f"{', '.join(sorted(REMOTE_SETTINGS))}"
     )
-
-
-def without_credentials(url: str) -> str:
-    """``url`` without a ``user:password@`` part, for storing and printing.
-
-    >>> without_credentials("https://me:hunter2@api.example.com/v1")
-    'https://api.example.com/v1'
-    """
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def default_runs_dir() -> str:

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
-from graph.context import Context, without_credentials
+from graph.context import Context
+from tools.logs import without_credentials
 from tools.llm.chat import Answer, ChatModels, EndpointError, ask_until_parsed, is_openai, openai_model
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ REPLY_RETRY = "reply_retry"
 # Sent by the runner (graph.runs.runner), not by a node, so that a display knows what is being
 # waited for before the node has anything to say:
 NODE_STARTED = "node_started"  # node, step_number (the current step, if any), model (plan: planner)
-RUN_RESUMED = "run_resumed"  # steps, step_numbers, steps_done: where a resumed or forked run stands
+RUN_RESUMED = "run_resumed"  # steps, step_names, step_numbers, steps_done: where a resumed/forked run stands
 
 EVENTS = (
     PLAN_READY,
@@ -36,6 +36,15 @@ EVENTS = (
     NODE_STARTED,
     RUN_RESUMED,
 )
+
+
+def plan_fields(plan: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``PLAN_READY`` and ``RUN_RESUMED`` say of a plan: its size, step names and numbers."""
+    return {
+        "steps": len(plan),
+        "step_names": [s["step_name"] for s in plan],
+        "step_numbers": [s["step_number"] for s in plan],
+    }
 
 
 def emit(runtime: Any, event: str, run_id: str, **fields: Any) -> None:

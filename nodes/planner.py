@@ -120,11 +120,9 @@ def plan(state: State, runtime: Runtime[Context], models: ChatModels | None = No
         runtime,
         events.PLAN_READY,
         run_id,
-        steps=len(steps),
         mode=mode,
         structured_output=structured,
-        step_names=[s["step_name"] for s in steps],
-        step_numbers=[s["step_number"] for s in steps],
+        **events.plan_fields(steps),
     )
     return {
         "run_id": run_id,

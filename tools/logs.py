@@ -1,4 +1,8 @@
-"""Log records without credentials: ``user:password@`` inside any URL is written as ``***@``.
+"""Text and log records without credentials: the ``user:password@`` of a URL, one mechanism.
+
+``redact`` masks it as ``***@`` (messages and logs: the reader sees something was there);
+``without_credentials`` removes it (settings stored with a run: the URL still works where the
+server asks for no password).
 
 httpx and httpcore log every request's full URL at INFO (seen with ``-v``), so a password put in
 a base URL (``http://user:pass@host/v1``) would reach the terminal and log files. Every entry
@@ -29,6 +33,17 @@ def redact(text: str) -> str:
     'mail bob@example.com about https://example.com/a@b'
     """
     return _URL_CREDENTIALS.sub(r"\1***@", text) if "@" in text else text
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed.
+
+    >>> without_credentials("https://me:hunter2@api.example.com/v1")
+    'https://api.example.com/v1'
+    >>> without_credentials("http://127.0.0.1:8000/v1")
+    'http://127.0.0.1:8000/v1'
+    """
+    return _URL_CREDENTIALS.sub(r"\1", text) if "@" in text else text
 
 
 def _redacted_arg(value: Any) -> Any:

@@ -17,7 +17,7 @@ import openai
 
 from graph.context import Context
 from tools.logs import redact
-from tools.llm.endpoint_errors import REFUSED, TIMEOUT, cause_of, describe, host_and_port
+from tools.llm.endpoint_errors import describe
 
 PREFLIGHT_TIMEOUT_S = 10.0
 
@@ -63,25 +63,15 @@ def check_generator_endpoint(context: Context) -> None:
     try:
         response = httpx.get(f"{url}/models", headers=headers, timeout=PREFLIGHT_TIMEOUT_S)
     except httpx.TransportError as exc:
-        cause = cause_of(exc)
-        host, port = host_and_port(url)
-        if cause == TIMEOUT:
-            problem = (
-                f"{where} did not answer within {PREFLIGHT_TIMEOUT_S:g} s: the server is "
-                f"reachable but busy or still loading. Wait for it to be ready, then run again."
-            )
-        elif cause == REFUSED:
-            problem = (
-                f"{where} refused the connection: nothing listens at {host}:{port}. Start an "
-                f"images server there (e.g. `interleave serve generator --model "
-                f"{context.generator_model} --port {port}`) or set generator_base_url to one "
-                f"that runs."
-            )
-        else:
-            problem = (
-                f"{where} cannot be reached ({type(exc).__name__}: {exc}). Check the host "
-                f"name {host!r} and the network, or set generator_base_url to a server that runs."
-            )
+        problem = describe(
+            "generator",
+            url,
+            context.generator_model,
+            exc,
+            PREFLIGHT_TIMEOUT_S,
+            start="interleave serve generator --model {model} --port {port}",
+            slow="Wait until it has loaded its model (a loading server answers late), then run again.",
+        )
         raise EndpointUnreachableError(problem + " Nothing was written.") from None
     if response.status_code in (401, 403):
         problem = "refused the API key" if key else "asks for an API key"

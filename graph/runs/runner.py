@@ -124,11 +124,9 @@ def start_run(
             {
                 "event": events.PLAN_READY,
                 "run_id": run_id,
-                "steps": len(plan),
                 "given": True,
                 "mode": check_plan(plan, len(images)),
-                "step_names": [s["step_name"] for s in plan],
-                "step_numbers": [s["step_number"] for s in plan],
+                **events.plan_fields(plan),
             }
         )
     return drive(run_id, None, context, on_event, models, announce=False)
@@ -240,8 +238,7 @@ def _announce_resume(graph: Any, config: dict, on_event: EventHandler) -> None:
             {
                 "event": events.RUN_RESUMED,
                 "run_id": values.get("run_id"),
-                "steps": len(values["plan"]),
-                "step_numbers": [s["step_number"] for s in values["plan"]],
+                **events.plan_fields(values["plan"]),
                 "steps_done": len(values.get("accepted", [])),
             }
         )

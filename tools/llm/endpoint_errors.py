@@ -49,24 +49,32 @@ def host_and_port(url: str) -> tuple[str, int]:
     return parts.hostname or "?", parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def describe(role: str, url: str, model: str, exc: BaseException, timeout_s: float) -> str:
-    """One sentence of what happened and one of what to do, for this cause."""
+def describe(
+    role: str,
+    url: str,
+    model: str,
+    exc: BaseException,
+    timeout_s: float,
+    *,
+    start: str = "vllm serve {model} --port {port}",
+    slow: str = "Allow more time (vlm_timeout_s) or use a less busy server.",
+) -> str:
+    """One sentence of what happened and one of what to do, for this cause. ``start``: the
+    command that starts such a server (``{model}``, ``{port}`` filled in); ``slow``: the advice
+    for a timeout. Any ``user:password@`` of a URL is masked: the text is printed and stored."""
     cause = cause_of(exc)
     host, port = host_and_port(url)
-    where = f"the {role} endpoint {redact(url)} (model {model!r})"  # printed: never a URL's password
+    where = f"the {role} endpoint {redact(url)} (model {model!r})"
     if cause == TIMEOUT:
         within = f"within {timeout_s:g} s" if timeout_s else "in time"
-        return (
-            f"{where} did not answer {within}: the server is reachable but slow "
-            f"or overloaded. Allow more time (vlm_timeout_s) or use a less busy server."
-        )
+        return f"{where} did not answer {within}: the server is reachable but slow or overloaded. {slow}"
     if cause == REFUSED:
         return (
             f"{where} refused the connection: nothing listens at {host}:{port}. Start the model "
-            f"server there (e.g. `vllm serve {model} --port {port}`) or set {role}_base_url to "
+            f"server there (e.g. `{start.format(model=model, port=port)}`) or set {role}_base_url to "
             f"a server that runs."
         )
     return (
-        f"{where} cannot be reached ({type(exc).__name__}: {exc}). Check the host name "
+        f"{where} cannot be reached ({type(exc).__name__}: {redact(str(exc))}). Check the host name "
         f"{host!r} and the network, or set {role}_base_url to a server that runs."
     )
