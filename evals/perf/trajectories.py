@@ -20,7 +20,9 @@ step 2 rejected once). So both sides do the same computation and follow the same
   at batch 1 since the compiled blocks recompile for each new batch size), N trajectories at
   once for each N of ``--levels``. ``--same-stream-levels`` measures those levels again with
   the VLM on the generator's (default) stream: what overlapping the two
-  on separate streams brings.
+  on separate streams brings. ``--inline-prefill-levels`` measures them again with the
+  engine's prefills run between decode rounds (``prefill_beside_decode=False``): what
+  prefilling beside decode brings.
 
 Per level it prints trajectories/hour, the ratio to the reference median, the GPU's busy share
 (NVML, sampled every 0.2 s) and where the wall time went: VLM prefill, VLM decode, generator
@@ -156,6 +158,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--same-stream-levels", default="", help="levels to measure again with the VLM on the generator's stream"
+    )
+    parser.add_argument(
+        "--inline-prefill-levels",
+        default="",
+        help="levels to measure again with the VLM's prefills between decode rounds (not beside decode)",
     )
     parser.add_argument(
         "--generator-speedups",
@@ -305,19 +312,19 @@ def measure(label: str, count: int, concurrency: int, models: Any, context: Any,
     return row
 
 
-def same_stream(vlm: str, device: str, own: bool) -> None:
-    """Start the VLM's engine anew, on its own stream or on the generator's default stream."""
+def restart_engine(vlm: str, device: str, **settings: Any) -> None:
+    """Start the VLM's engine anew with ``settings`` (``own_stream``, ``prefill_beside_decode``)."""
     from tools.llm import continuous
     from tools.llm.loading import load_vlm
 
     loaded = load_vlm(vlm, device, "auto")
     continuous.close_engine(loaded.model)
-    continuous.engine_for(loaded.model, loaded.processor.tokenizer, max_batch=64, own_stream=own)
+    continuous.engine_for(loaded.model, loaded.processor.tokenizer, max_batch=64, **settings)
 
 
 def print_table(rows: list[dict], base: float) -> None:
     print(
-        f"  {'loop':<20}{'n':>4}{'wall s':>9}{'per hour':>10}{'vs ref':>8}{'GPU':>6}{'VLM':>8}"
+        f"  {'loop':<24}{'n':>4}{'wall s':>9}{'per hour':>10}{'vs ref':>8}{'GPU':>6}{'VLM':>8}"
         f"{'prefill':>9}{'decode':>8}{'gen':>8}{'overlap':>9}{'idle':>7}{'rows':>6}{'CPU/traj':>10}"
     )
     for row in rows:
@@ -327,7 +334,7 @@ def print_table(rows: list[dict], base: float) -> None:
         prefill = "-" if row["prefill_s"] is None else f"{row['prefill_s']:.1f}"
         decode = "-" if row["decode_s"] is None else f"{row['decode_s']:.1f}"
         print(
-            f"  {row['label']:<20}{row['trajectories']:>4}{row['seconds']:>9.1f}"
+            f"  {row['label']:<24}{row['trajectories']:>4}{row['seconds']:>9.1f}"
             f"{row['per_hour']:>10.1f}{row['per_hour'] / base:>7.2f}x{busy:>6}{row['vlm_s']:>8.1f}"
             f"{prefill:>9}{decode:>8}{row['generator_s']:>8.1f}"
             f"{row['overlap_s']:>9.1f}{row['idle_s']:>7.1f}{rows_:>6}"
@@ -363,7 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         measure("warmup", 1, 1, ours, ours_context, **m)  # kernels, compiles, first graph captures
         prepare_engine(vlm, device)
         levels = [int(x) for x in args.levels.split(",") if x]
-        same = {int(x) for x in args.same_stream_levels.split(",") if x}
+        variants = [  # (levels, label suffix, engine settings): measured again after ours
+            ({int(x) for x in args.same_stream_levels.split(",") if x}, "1stream", dict(own_stream=False)),
+            (
+                {int(x) for x in args.inline_prefill_levels.split(",") if x},
+                "inline-prefill",
+                dict(prefill_beside_decode=False),
+            ),
+        ]
 
         def save() -> None:
             if args.out:
@@ -372,14 +386,16 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             rows.append(measure(f"ours-{level}", level, level, ours, ours_context, **m))
             save()
-        if same and not args.tiny:
-            same_stream(vlm, device, own=False)
-            measure("warmup-1stream", 1, 1, ours, ours_context, **m)
+        for variant_levels, suffix, settings in variants:
+            if not variant_levels or (args.tiny and "own_stream" in settings):  # no streams on CPU
+                continue
+            restart_engine(vlm, device, **settings)
+            measure(f"warmup-{suffix}", 1, 1, ours, ours_context, **m)
             prepare_engine(vlm, device)
-            for level in sorted(same):
-                rows.append(measure(f"ours-{level}-1stream", level, level, ours, ours_context, **m))
+            for level in sorted(variant_levels):
+                rows.append(measure(f"ours-{level}-{suffix}", level, level, ours, ours_context, **m))
                 save()
-            same_stream(vlm, device, own=True)
+            restart_engine(vlm, device)
         # last, so that a run cut short still has ours; the first sample is also the first
         # call of generate (cold), which the median leaves out
         reference = []

@@ -55,9 +55,10 @@ def engine(chat: TransformersChatModel, **settings) -> ContinuousEngine:
     return ContinuousEngine(chat.loaded.model, chat.loaded.processor.tokenizer, **settings)
 
 
-def test_more_requests_than_slots_each_equal_generate_alone(chat):
+@pytest.mark.parametrize("beside", [True, False], ids=["prefill-beside-decode", "prefill-between-rounds"])
+def test_more_requests_than_slots_each_equal_generate_alone(chat, beside):
     lengths = [30, 7, 19, 3, 12]  # different reply budgets: rows leave at different steps
-    served = engine(chat, max_batch=2, check_every=4)
+    served = engine(chat, max_batch=2, check_every=4, prefill_beside_decode=beside)
     futures = [
         served.submit(one_prompt(chat, messages), max_new_tokens=n) for messages, n in zip(CONVERSATIONS, lengths)
     ]
@@ -87,6 +88,45 @@ def test_a_newcomer_joins_the_running_batch_and_leaves_first(chat):
     assert sizes[0] == 1 and 2 in sizes and sizes[-1] == 1  # alone, joined, alone again
     assert short_done.tokens == alone(chat, CONVERSATIONS[2], 6)
     assert long_done.tokens == alone(chat, CONVERSATIONS[0], 160)
+
+
+def test_running_rows_keep_decoding_while_a_newcomer_is_prefilled(chat):
+    served = engine(chat, max_batch=4, check_every=2)
+    long = served.submit(one_prompt(chat, CONVERSATIONS[0]), max_new_tokens=400)
+    deadline = time.monotonic() + 60
+    while served.steps == 0 and time.monotonic() < deadline:  # the long one is decoding
+        time.sleep(0.001)
+    steps_during_prefill = []
+
+    def slow_vision(module, args):  # the newcomer's image encoder waits for decode to go on
+        entered = served.steps
+        until = time.monotonic() + 30
+        while served.steps < entered + 6 and time.monotonic() < until and not long.done():
+            time.sleep(0.001)
+        steps_during_prefill.append(served.steps - entered)
+
+    hook = chat.loaded.model.model.visual.register_forward_pre_hook(slow_vision)
+    try:
+        newcomer = served.submit(one_prompt(chat, CONVERSATIONS[2]), max_new_tokens=6)
+        newcomer_done = newcomer.result(timeout=120)
+    finally:
+        hook.remove()
+    assert steps_during_prefill and steps_during_prefill[0] >= 6  # decode did not wait for it
+    assert newcomer_done.tokens == alone(chat, CONVERSATIONS[2], 6)
+    assert long.result(timeout=120).tokens == alone(chat, CONVERSATIONS[0], 400)
+
+
+def test_a_prompt_the_model_refuses_fails_alone(chat):
+    served = engine(chat, max_batch=4)
+    broken = one_prompt(chat, CONVERSATIONS[0])
+    broken["pixel_values"] = broken["pixel_values"][: broken["pixel_values"].shape[0] // 2]  # half an image
+    good = served.submit(one_prompt(chat, CONVERSATIONS[2]), max_new_tokens=8)
+    bad = served.submit(broken, max_new_tokens=8)
+    with pytest.raises(RuntimeError, match="size"):
+        bad.result(timeout=60)
+    assert good.result(timeout=60).tokens == alone(chat, CONVERSATIONS[2], 8)
+    after = served.submit(one_prompt(chat, CONVERSATIONS[1]), max_new_tokens=8)  # the engine goes on
+    assert after.result(timeout=60).tokens == alone(chat, CONVERSATIONS[1], 8)
 
 
 def test_seeded_sampling_is_the_same_alone_and_in_a_batch(chat):

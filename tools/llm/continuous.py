@@ -15,11 +15,22 @@ How (``ContinuousEngine``, one per loaded model, a scheduler thread that owns it
   computed from the model's KV size per token and the context length (``capacity``). Active
   rows are kept packed at the front: a finished row is replaced by the last one (one copy of
   its keys/values), so a step only runs the rows that are live.
-- Each round: admit waiting requests while slots are free (each is prefilled alone with the
-  model's own forward, so its keys/values and first token are exactly those of a run alone;
-  at most ``prefill_tokens`` prompt tokens per round, so running rows keep decoding between
-  large prefills), then decode up to ``check_every`` steps for all active rows, then look on
-  the host: rows that ended (EOS, length, stop string) are answered and leave.
+- Each round: admit waiting requests while slots are free, install the prefills that are
+  ready (copy their keys/values into a free row, choose their first token), then decode up to
+  ``check_every`` steps for all active rows, then look on the host: rows that ended (EOS,
+  length, stop string) are answered and leave.
+- Prefill beside decode (``prefill_beside_decode``, the default): each admitted request is
+  prefilled alone with the model's own forward (so its keys/values and first token are exactly
+  those of a run alone) by a second thread on a stream of its own, while the scheduler keeps
+  decoding the running rows. Prefill is compute-bound and a decode step memory-bound, so the
+  two share the GPU well, and the running rows no longer stop for every newcomer: on one H200
+  beside the generator, prefills took 73 s of a 138 s wall at 32 concurrent trajectories with
+  decode paused during each (issue #20). ``prefill_beside_decode=False`` prefills on the
+  scheduler's thread between decode rounds instead (at most ``prefill_tokens`` prompt tokens
+  per round), kept as the measured baseline (``evals.perf.trajectories
+  --inline-prefill-levels``). The prefill thread never runs while the scheduler records a
+  CUDA graph (an engine lock), and the staged keys/values stay referenced until the engine's
+  stream has copied them (the round's host sync), so the allocator cannot hand them on early.
 - The step (``tools.llm.fast_decode``'s hand-written Qwen3-VL step, per-row positions and
   lengths) is captured as a CUDA graph per (rows bucket, context bucket, sampling) and replayed;
   rows buckets are 1, 2, 4, 8, 16, 24, 32, ... and context buckets multiples of 512 tokens, so
@@ -108,6 +119,18 @@ class _Request:
     rounds: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Prefilled:
+    """One request's prompt run through the model, waiting to be installed in a free row."""
+
+    request: _Request
+    layers: list[tuple[Any, Any]] | None = None  # (keys, values) of the prompt per layer
+    logits: Any = None  # the last position's logits
+    positions: Any = None  # the prompt's M-RoPE positions
+    input_ids: Any = None  # on the device (the repetition penalty's seen tokens)
+    error: BaseException | None = None
+
+
 def kv_bytes_per_token(model: Any) -> int:
     """Bytes of keys and values one token occupies over all layers."""
     config = model.model.language_model.config
@@ -179,6 +202,7 @@ class ContinuousEngine:
         attention: str = "sdpa",
         cuda_graph: bool | None = None,
         own_stream: bool = True,
+        prefill_beside_decode: bool = True,
     ) -> None:
         import torch
 
@@ -233,10 +257,20 @@ class ContinuousEngine:
         self.pool = None
         self.timeline: list[tuple[str, float, float, int]] = []  # (prefill|decode, start, end, rows)
         self.steps = 0
-        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # requests, tasks, prefills
         self._pending: deque[_Request] = deque()
         self._closing = False
         self._tasks: list[Future] = []
+        self._ready: deque[_Prefilled] = deque()  # prefilled, to install at the next round
+        self._prefilling: dict[int, _Request] = {}  # handed to the prefill thread, by id
+        self._retire: list[_Prefilled] = []  # installed: kept until the engine's stream synced
+        self._forward_lock = threading.Lock()  # a prefill forward and a graph capture exclude
+        self._prefill_thread: threading.Thread | None = None
+        if prefill_beside_decode:
+            self.prefill_stream = torch.cuda.Stream(device=self.device) if cuda else None
+            self._to_prefill: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+            self._prefill_thread = threading.Thread(target=self._prefill_loop, name="vlm-prefill", daemon=True)
+            self._prefill_thread.start()
         self._thread = threading.Thread(target=self._serve, name="vlm-continuous", daemon=True)
         self._thread.start()
 
@@ -291,17 +325,22 @@ class ContinuousEngine:
         import torch
 
         with torch.inference_mode(), torch.cuda.stream(self.stream) if self.stream is not None else _nothing():
-            while not (self._closing and not self.live and not self._pending):
+            while not (self._closing and not self.live and not self._pending and not self._prefilling):
                 try:
                     self._round()
                 except Exception as exc:  # noqa: BLE001 -- every waiting caller gets it
                     logger.exception("continuous batching round failed")
-                    for request in [*self.live, *self._pending]:
+                    # requests in the prefill thread fail too; their prefills are dropped on arrival
+                    waiting = [*self._pending, *(p.request for p in self._ready), *self._prefilling.values()]
+                    for request in [*self.live, *waiting]:
                         if not request.future.done():
                             request.future.set_exception(exc)
-                    self.live, self._pending = [], deque()
+                    self.live, self._pending, self._ready, self._retire = [], deque(), deque(), []
+                    self._prefilling = {}
                     self.graphs, self.warmed = {}, set()
                     self.slots = 0  # rebuild the buffers on the next request
+        if self._prefill_thread is not None:
+            self._to_prefill.put(None)
 
     def prepare(self) -> Future:
         """Capture, once the engine is idle, the step graphs of every rows bucket for each
@@ -329,8 +368,10 @@ class ContinuousEngine:
 
     def close(self) -> None:
         """Stop the scheduler once the requests already submitted are answered."""
-        self._queue.put(None)  # type: ignore[arg-type]
+        self._queue.put(None)
         self._thread.join(timeout=600)
+        if self._prefill_thread is not None:
+            self._prefill_thread.join(timeout=60)
         self.kv, self.graphs, self.slots = [], {}, 0  # the memory goes back to the allocator
 
     def _take_new(self, block: bool) -> None:
@@ -340,34 +381,55 @@ class ContinuousEngine:
                 waiting.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        for request in waiting:
-            if request is None:
+        for item in waiting:
+            if item is None:
                 self._closing = True
-            elif isinstance(request, Future):
-                self._tasks.append(request)
+            elif isinstance(item, Future):
+                self._tasks.append(item)
+            elif isinstance(item, _Prefilled):
+                if self._prefilling.pop(id(item.request), None) is None:
+                    continue  # failed with a round while it was prefilled
+                if item.error is not None:
+                    item.request.future.set_exception(item.error)
+                else:
+                    self._ready.append(item)
             else:
-                self._pending.append(request)
+                self._pending.append(item)
+
+    def _idle(self) -> bool:
+        """Nothing to do until something arrives: no row to decode, no prefill to install,
+        and no waiting request that could be admitted now."""
+        if self.live or self._ready or self._closing:
+            return False
+        return not self._pending or bool(self._prefilling)
 
     def _round(self) -> None:
-        self._take_new(block=not self.live and not self._pending and not self._closing)
-        while self._tasks and not self.live:
+        self._take_new(block=self._idle())
+        while self._tasks and not self.live and not self._prefilling and not self._ready:
             self._prepare(self._tasks.pop(0))
         budget = self.prefill_tokens
         while self._pending and budget > 0:
             request = self._pending[0]
             if request.need > self.context or self.slots == 0:
-                if self.live:
+                if self.live or self._prefilling or self._ready:
                     break  # the buffers grow once the running rows have left
                 try:
                     self._allocate(request.need)
                 except RuntimeError as exc:  # too long for this GPU: this request's failure alone
                     self._pending.popleft().future.set_exception(exc)
                     continue
-            if len(self.live) >= self.slots:
+            if len(self.live) + len(self._prefilling) + len(self._ready) >= self.slots:
                 break
             self._pending.popleft()
-            self._prefill(request)
-            budget -= request.prompt_len
+            request.admitted = time.perf_counter()
+            if self._prefill_thread is not None:
+                self._prefilling[id(request)] = request
+                self._to_prefill.put(request)
+            else:
+                self._ready.append(self._forward(request))
+                budget -= request.prompt_len
+        while self._ready:
+            self._install(self._ready.popleft())
         if self.live:
             self._decode_round()
 
@@ -420,26 +482,58 @@ class ContinuousEngine:
 
     # -- prefill -------------------------------------------------------------------------------
 
-    def _prefill(self, request: _Request) -> None:
+    def _prefill_loop(self) -> None:
+        """The prefill thread: run each admitted prompt on its own stream, hand it back."""
+        import torch
+
+        stream = self.prefill_stream
+        with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else _nothing():
+            while (request := self._to_prefill.get()) is not None:
+                try:
+                    prefilled = self._forward(request)
+                except Exception as exc:  # noqa: BLE001 -- this request's failure alone
+                    logger.exception("prefill failed")
+                    prefilled = _Prefilled(request, error=exc)
+                self._queue.put(prefilled)
+
+    def _forward(self, request: _Request) -> _Prefilled:
+        """The model's own forward over one prompt (keys/values, last logits), finished on the
+        GPU when it returns; runs on the prefill thread, or the scheduler's without one. The
+        engine lock is held throughout (the temporaries are freed inside it too), so nothing of
+        it overlaps a graph capture."""
         import torch
 
         start = time.perf_counter()
-        request.admitted = start
-        row = len(self.live)
         model = self.model
-        inputs = {
-            name: value.to(self.device) if hasattr(value, "to") else value for name, value in request.inputs.items()
-        }
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        if inputs.get("attention_mask") is None:
-            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        positions = _prompt_positions(model, inputs)
-        output = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+        with self._forward_lock:
+            inputs = {
+                name: value.to(self.device) if hasattr(value, "to") else value for name, value in request.inputs.items()
+            }
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            if inputs.get("attention_mask") is None:
+                inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            positions = _prompt_positions(model, inputs)
+            output = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+            layers = [(keys[0], values[0]) for keys, values in _cache_layers(output.past_key_values)]
+            prefilled = _Prefilled(request, layers, output.logits[:, -1], positions, inputs["input_ids"])
+            del output, inputs
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+        request.prefill_s = time.perf_counter() - start
+        self.timeline.append(("prefill", start, time.perf_counter(), 1))
+        return prefilled
+
+    def _install(self, prefilled: _Prefilled) -> None:
+        """Give a prefilled request the next free row: its keys/values, state, first token."""
+        import torch
+
+        request, positions = prefilled.request, prefilled.positions
+        row = len(self.live)
         length = request.prompt_len
-        for (k_buffer, v_buffer), (keys, values) in zip(self.kv, _cache_layers(output.past_key_values)):
-            k_buffer[row, :, :length] = keys[0]
-            v_buffer[row, :, :length] = values[0]
+        for (k_buffer, v_buffer), (keys, values) in zip(self.kv, prefilled.layers):
+            k_buffer[row, :, :length] = keys
+            v_buffer[row, :, :length] = values
         self.length[row] = length
         self.count[row] = 0
         self.start[:, row] = positions[1:, 0, -1] + 1
@@ -450,7 +544,7 @@ class ContinuousEngine:
         self.temperature[row] = request.temperature if request.do_sample else 1.0
         self.seeds[row] = request.seed
         self.out[row].fill_(self.pad)
-        logits = output.logits[:, -1]
+        logits = prefilled.logits
         vocab = logits.shape[-1]
         if self.vocab_ids is None:
             self.vocab_ids = torch.arange(vocab, dtype=torch.long, device=self.device)
@@ -458,16 +552,12 @@ class ContinuousEngine:
             if self.seen is None:
                 self.seen = torch.zeros(self.slots, vocab, dtype=torch.bool, device=self.device)
             self.seen[row] = False
-            self.seen[row].scatter_(0, inputs["input_ids"][0], True)
+            self.seen[row].scatter_(0, prefilled.input_ids[0], True)
         rows = self.row_ids[row : row + 1]
         self._choose(logits, rows, request.do_sample)
-        del output
         request.count = 1
         self.live.append(request)
-        if self.device.type == "cuda":
-            self.stream.synchronize()
-        request.prefill_s = time.perf_counter() - start
-        self.timeline.append(("prefill", start, time.perf_counter(), 1))
+        self._retire.append(prefilled)  # its tensors live until the engine's stream has read them
 
     # -- choosing the next token (prefill and decode share it) ---------------------------------
 
@@ -542,7 +632,8 @@ class ContinuousEngine:
         else:
             from tools.devices import capture_graph
 
-            graph = capture_graph(lambda: self._step(*key), self.device, stream=self.stream, pool=self.pool)
+            with self._forward_lock:  # no prefill launches work while the graph records
+                graph = capture_graph(lambda: self._step(*key), self.device, stream=self.stream, pool=self.pool)
             self.graphs[key] = graph
             graph.replay()  # capture records without running
 
@@ -565,6 +656,7 @@ class ContinuousEngine:
             request.rounds.append(rows)
             request.count += steps
         finished = self.finished[:rows].tolist()  # waits for the GPU
+        self._retire.clear()  # the engine's stream has copied every installed prefill
         self.timeline.append(("decode", start, time.perf_counter(), rows))
         if any(r.stop_strings for r in self.live):
             self._check_stop_strings(finished)
