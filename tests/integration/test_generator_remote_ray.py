@@ -36,7 +36,7 @@ from nodes import events
 from tools.doubles.scripted_chat import ScriptedChatServer
 from tools.generator import diffusion
 from tools.generator.images_api import remote_generator
-from tools.generator.ray_serve import generator_application
+from tools.generator.ray_serve import check_replica, generator_application
 from tools.judge.judge import judge_from_settings
 from training.rewards import StepwiseRewards
 
@@ -151,6 +151,19 @@ def test_a_replica_batched_by_our_worker_thread_gives_the_same_run(
 def test_an_unknown_batcher_is_refused_before_ray_is_asked():
     with pytest.raises(ValueError, match="batcher='queue' must be one of serve, worker"):
         generator_application("black-forest-labs/FLUX.2-klein-4B", batcher="queue")
+
+
+def test_a_replica_whose_worker_thread_stopped_reports_unhealthy(tiny_pipeline):
+    from tools.generator.worker import GeneratorPool, GeneratorWorker
+
+    pipe = diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32")
+    pool = GeneratorPool([GeneratorWorker(pipe)])
+    check_replica(pipe, pool)  # healthy: returns
+    pool.workers[0].close()
+    with pytest.raises(RuntimeError, match=r"worker thread \[0\] stopped; Ray Serve restarts the replica"):
+        check_replica(pipe, pool)
+    with pytest.raises(RuntimeError, match="pipeline is not loaded"):
+        check_replica(None)
 
 
 def test_killing_the_replicas_mid_run_retries_and_gives_the_uninterrupted_document(

@@ -111,8 +111,17 @@ class GeneratorDeployment:
 
     def check_health(self) -> None:
         """Ray Serve calls this periodically; raising marks the replica unhealthy (restarted)."""
-        if self.pipe is None or getattr(self.pipe, "transformer", None) is None:
-            raise RuntimeError("the generator pipeline is not loaded")
+        check_replica(self.pipe, self.pool)
+
+
+def check_replica(pipe: Any, pool: Any = None) -> None:
+    """Raise when a replica cannot generate: its pipeline is not loaded, or (``worker`` batcher)
+    a worker thread of its pool has stopped, which would leave every request queued for ever."""
+    if pipe is None or getattr(pipe, "transformer", None) is None:
+        raise RuntimeError("the generator pipeline is not loaded")
+    stopped = [] if pool is None else [index for index, worker in enumerate(pool.workers) if not worker.alive]
+    if stopped:
+        raise RuntimeError(f"the replica's generator worker thread {stopped} stopped; Ray Serve restarts the replica")
 
 
 def parse_autoscale(value: str) -> tuple[int, int]:

@@ -72,9 +72,14 @@ class GeneratorWorker:
         self._thread = threading.Thread(target=self._serve, name="generator-worker", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's thread still takes requests (False once closed or crashed)."""
+        return self._thread.is_alive()
+
     def submit(self, request: dict[str, Any]) -> Future:
         """Queue one request (the keyword arguments of ``diffusion.generate``); a Future of the image."""
-        if not self._thread.is_alive():
+        if not self.alive:
             raise RuntimeError("the generator worker was closed")
         job = _Job(dict(request))
         with self._load_lock:
@@ -159,7 +164,7 @@ def worker_for(pipe: Any, max_batch: int = 4) -> GeneratorWorker:
     """The one worker of a loaded pipeline (created on first use; ``max_batch`` of the first caller)."""
     with _workers_lock:
         worker = _workers.get(id(pipe))
-        if worker is None or not worker._thread.is_alive():
+        if worker is None or not worker.alive:
             worker = _workers[id(pipe)] = GeneratorWorker(pipe, max_batch=max_batch)
         return worker
 
