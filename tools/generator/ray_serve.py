@@ -15,8 +15,9 @@ replica are batched, by one of two batchers (``batcher``):
 Placement is Ray's: each replica asks for ``gpus_per_replica`` GPUs in ``ray_actor_options``,
 so on a cluster made with ``ray start`` the replicas land one per GPU across its nodes. Health
 and readiness are Ray Serve's: a replica is ready once ``__init__`` (the pipeline load) has
-returned, and ``check_health`` runs a tiny check on the loaded pipeline; ``serve status`` and
-the dashboard show both. A replica that dies is restarted by the Serve controller; requests it
+returned, and ``check_health`` checks that the pipeline is loaded and, with the ``worker``
+batcher, that the worker thread still runs (``check_replica``); ``serve status`` and the
+dashboard show both. A replica that dies is restarted by the Serve controller; requests it
 held fail, and the client (``tools.generator.images_api``) retries them on a live replica.
 
 Ray is imported by this module; the rest of the product never imports it, so an installation
