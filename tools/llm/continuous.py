@@ -267,7 +267,8 @@ class ContinuousEngine:
         self._forward_lock = threading.Lock()  # a prefill forward and a graph capture exclude
         self._prefill_thread: threading.Thread | None = None
         if prefill_beside_decode:
-            self.prefill_stream = torch.cuda.Stream(device=self.device) if cuda else None
+            # as high a priority as decode: the critic waiting on a prefill holds its trajectory
+            self.prefill_stream = torch.cuda.Stream(device=self.device, priority=-1) if cuda else None
             self._to_prefill: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
             self._prefill_thread = threading.Thread(target=self._prefill_loop, name="vlm-prefill", daemon=True)
             self._prefill_thread.start()
