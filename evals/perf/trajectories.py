@@ -20,9 +20,10 @@ step 2 rejected once). So both sides do the same computation and follow the same
   at batch 1 since the compiled blocks recompile for each new batch size), N trajectories at
   once for each N of ``--levels``. ``--same-stream-levels`` measures those levels again with
   the VLM on the generator's (default) stream: what overlapping the two
-  on separate streams brings. ``--inline-prefill-levels`` measures them again with the
-  engine's prefills run between decode rounds (``prefill_beside_decode=False``): what
-  prefilling beside decode brings.
+  on separate streams brings. ``--prefill-beside-decode-levels`` measures them again with the
+  engine's experimental prefill thread (``prefill_beside_decode=True``), and
+  ``--stall-dump-s`` prints the engine's and the generator's thread stacks when a level runs
+  longer than that (that mode stalled on the H200: see ``tools.llm.continuous``).
 
 Per level it prints trajectories/hour, the ratio to the reference median, the GPU's busy share
 (NVML, sampled every 0.2 s) and where the wall time went: VLM prefill, VLM decode, generator
@@ -35,12 +36,15 @@ the generator: graph nodes, checkpoints, image store, message building).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +164,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--same-stream-levels", default="", help="levels to measure again with the VLM on the generator's stream"
     )
     parser.add_argument(
-        "--inline-prefill-levels",
+        "--prefill-beside-decode-levels",
         default="",
-        help="levels to measure again with the VLM's prefills between decode rounds (not beside decode)",
+        help="levels to measure again with the VLM's prefills on a thread beside decode (experimental)",
+    )
+    parser.add_argument(
+        "--stall-dump-s",
+        type=float,
+        default=None,
+        help="print the VLM engine's and the generator's thread stacks when one level runs longer than this",
     )
     parser.add_argument(
         "--generator-speedups",
@@ -251,7 +261,41 @@ def prepare_engine(vlm: str, device: str) -> None:
         print(f"  captured {count} decode graphs in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-def measure(label: str, count: int, concurrency: int, models: Any, context: Any, vlm: str, device: str) -> dict:
+@contextlib.contextmanager
+def stall_watch(label: str, seconds: float | None):
+    """Print the stacks of the VLM engine's and the generator's threads if the block runs longer
+    than ``seconds`` (a hang's evidence, where faulthandler's dump stops at 100 threads)."""
+    if seconds is None:
+        yield
+        return
+
+    def dump() -> None:
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        print(f"  {label} still running after {seconds:.0f} s; engine and generator threads:", flush=True)
+        for ident, frame in sys._current_frames().items():
+            name = names.get(ident, "")
+            if name.startswith(("vlm-", "generator-")):
+                print(f"  --- {name}\n{''.join(traceback.format_stack(frame))}", flush=True)
+
+    timer = threading.Timer(seconds, dump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def measure(
+    label: str,
+    count: int,
+    concurrency: int,
+    models: Any,
+    context: Any,
+    vlm: str,
+    device: str,
+    stall_dump_s: float | None = None,
+) -> dict:
     from graph.runs.batch import run_batch
     from graph.runs.inspection import run_details
 
@@ -263,7 +307,7 @@ def measure(label: str, count: int, concurrency: int, models: Any, context: Any,
 
     VLM_WAITS.clear()
     generator_before = len(GENERATOR_CALLS)
-    with BusySampler() as sampler:
+    with BusySampler() as sampler, stall_watch(label, stall_dump_s):
         started = time.perf_counter()
         report = run_batch(items, context, batch=label, concurrency=concurrency, models=models, on_progress=on_progress)
         finished = time.perf_counter()
@@ -364,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             # (~25 s each); at 1024² batching gains ~8% (evals.perf.worker)
             generator_max_batch=1 if speedups != "off" else 8,
         )
-        m = dict(vlm=vlm, device=device)
+        m = dict(vlm=vlm, device=device, stall_dump_s=args.stall_dump_s)
         ours_context = dataclasses.replace(context, generator_speedups=speedups)
         ours = chat_models(vlm, device, fast=True, batched=True, args=args)
         measure("warmup", 1, 1, ours, ours_context, **m)  # kernels, compiles, first graph captures
@@ -373,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = [  # (levels, label suffix, engine settings): measured again after ours
             ({int(x) for x in args.same_stream_levels.split(",") if x}, "1stream", dict(own_stream=False)),
             (
-                {int(x) for x in args.inline_prefill_levels.split(",") if x},
-                "inline-prefill",
-                dict(prefill_beside_decode=False),
+                {int(x) for x in args.prefill_beside_decode_levels.split(",") if x},
+                "prefill-beside",
+                dict(prefill_beside_decode=True),
             ),
         ]
 

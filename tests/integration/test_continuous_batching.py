@@ -55,7 +55,7 @@ def engine(chat: TransformersChatModel, **settings) -> ContinuousEngine:
     return ContinuousEngine(chat.loaded.model, chat.loaded.processor.tokenizer, **settings)
 
 
-@pytest.mark.parametrize("beside", [True, False], ids=["prefill-beside-decode", "prefill-between-rounds"])
+@pytest.mark.parametrize("beside", [False, True], ids=["prefill-between-rounds", "prefill-beside-decode"])
 def test_more_requests_than_slots_each_equal_generate_alone(chat, beside):
     lengths = [30, 7, 19, 3, 12]  # different reply budgets: rows leave at different steps
     served = engine(chat, max_batch=2, check_every=4, prefill_beside_decode=beside)
@@ -90,8 +90,8 @@ def test_a_newcomer_joins_the_running_batch_and_leaves_first(chat):
     assert long_done.tokens == alone(chat, CONVERSATIONS[0], 160)
 
 
-def test_running_rows_keep_decoding_while_a_newcomer_is_prefilled(chat):
-    served = engine(chat, max_batch=4, check_every=2)
+def test_with_the_prefill_thread_running_rows_keep_decoding_while_a_newcomer_is_prefilled(chat):
+    served = engine(chat, max_batch=4, check_every=2, prefill_beside_decode=True)
     long = served.submit(one_prompt(chat, CONVERSATIONS[0]), max_new_tokens=400)
     deadline = time.monotonic() + 60
     while served.steps == 0 and time.monotonic() < deadline:  # the long one is decoding
@@ -116,8 +116,9 @@ def test_running_rows_keep_decoding_while_a_newcomer_is_prefilled(chat):
     assert long.result(timeout=120).tokens == alone(chat, CONVERSATIONS[0], 400)
 
 
-def test_a_prompt_the_model_refuses_fails_alone(chat):
-    served = engine(chat, max_batch=4)
+@pytest.mark.parametrize("beside", [False, True], ids=["prefill-between-rounds", "prefill-beside-decode"])
+def test_a_prompt_the_model_refuses_fails_alone(chat, beside):
+    served = engine(chat, max_batch=4, prefill_beside_decode=beside)
     broken = one_prompt(chat, CONVERSATIONS[0])
     broken["pixel_values"] = broken["pixel_values"][: broken["pixel_values"].shape[0] // 2]  # half an image
     good = served.submit(one_prompt(chat, CONVERSATIONS[2]), max_new_tokens=8)

@@ -19,18 +19,22 @@ How (``ContinuousEngine``, one per loaded model, a scheduler thread that owns it
   ready (copy their keys/values into a free row, choose their first token), then decode up to
   ``check_every`` steps for all active rows, then look on the host: rows that ended (EOS,
   length, stop string) are answered and leave.
-- Prefill beside decode (``prefill_beside_decode``, the default): each admitted request is
-  prefilled alone with the model's own forward (so its keys/values and first token are exactly
-  those of a run alone) by a second thread on a stream of its own, while the scheduler keeps
-  decoding the running rows. Prefill is compute-bound and a decode step memory-bound, so the
-  two share the GPU well, and the running rows no longer stop for every newcomer: on one H200
-  beside the generator, prefills took 73 s of a 138 s wall at 32 concurrent trajectories with
-  decode paused during each (issue #20). ``prefill_beside_decode=False`` prefills on the
-  scheduler's thread between decode rounds instead (at most ``prefill_tokens`` prompt tokens
-  per round), kept as the measured baseline (``evals.perf.trajectories
-  --inline-prefill-levels``). The prefill thread never runs while the scheduler records a
-  CUDA graph (an engine lock), and the staged keys/values stay referenced until the engine's
-  stream has copied them (the round's host sync), so the allocator cannot hand them on early.
+- Prefill: each admitted request is prefilled alone with the model's own forward, so its
+  keys/values and first token are exactly those of a run alone. By default on the scheduler's
+  thread between decode rounds (at most ``prefill_tokens`` prompt tokens per round, so running
+  rows keep decoding between large prefills); the running rows wait while it runs, which is
+  what holds back 32 concurrent trajectories on one H200 (prefills took 73 s of a 138 s wall
+  beside the generator, issue #20).
+- Prefill beside decode (``prefill_beside_decode=True``, EXPERIMENTAL, off by default): a
+  second thread prefills on a stream of its own while the scheduler keeps decoding; prefill is
+  compute-bound and a decode step memory-bound, so the two could share the GPU. The thread
+  never runs while the scheduler records a CUDA graph (an engine lock), and the staged
+  keys/values stay referenced until the engine's stream has copied them (the round's host
+  sync). Exact on the CPU (tests/integration/test_continuous_batching.py) and in the tiny
+  bf16 GPU tests, but on one H200 with the generator beside it (``evals.perf.trajectories
+  --levels 32 --prefill-beside-decode-levels 32``, 2026-12-03) the 32 trajectories stalled
+  twice, after a one-trajectory warm-up that finished: the cause is not found yet (the stack
+  dump did not reach the engine's threads), so it is not the default.
 - The step (``tools.llm.fast_decode``'s hand-written Qwen3-VL step, per-row positions and
   lengths) is captured as a CUDA graph per (rows bucket, context bucket, sampling) and replayed;
   rows buckets are 1, 2, 4, 8, 16, 24, 32, ... and context buckets multiples of 512 tokens, so
@@ -202,7 +206,7 @@ class ContinuousEngine:
         attention: str = "sdpa",
         cuda_graph: bool | None = None,
         own_stream: bool = True,
-        prefill_beside_decode: bool = True,
+        prefill_beside_decode: bool = False,
     ) -> None:
         import torch
 
@@ -427,8 +431,12 @@ class ContinuousEngine:
                 self._prefilling[id(request)] = request
                 self._to_prefill.put(request)
             else:
-                self._ready.append(self._forward(request))
                 budget -= request.prompt_len
+                try:
+                    self._ready.append(self._forward(request))
+                except Exception as exc:  # noqa: BLE001 -- a prompt the model refuses fails alone
+                    logger.exception("prefill failed")
+                    request.future.set_exception(exc)
         while self._ready:
             self._install(self._ready.popleft())
         if self.live:
