@@ -153,6 +153,18 @@ def test_an_unknown_batcher_is_refused_before_ray_is_asked():
         generator_application("black-forest-labs/FLUX.2-klein-4B", batcher="queue")
 
 
+def test_a_request_that_fails_in_a_serve_batch_fails_alone(fleet):
+    handle = serve.get_app_handle("generator")  # past the HTTP checks: straight into @serve.batch
+    settings = dict(seed=1, height=64, steps=2, guidance=1.0)
+    good = [dict(settings, prompt=f"kite {n}", width=64) for n in range(6)]
+    bad = dict(settings, prompt="a crooked kite", width=60)
+    calls = [handle.generate_one.remote(r) for r in [*good[:3], bad, *good[3:]]]
+    with pytest.raises(ValueError, match="width=60 is not a multiple of 16"):
+        calls[3].result(timeout_s=120)
+    images = [call.result(timeout_s=120) for n, call in enumerate(calls) if n != 3]
+    assert [image.size for image in images] == [(64, 64)] * 6
+
+
 def test_a_replica_whose_worker_thread_stopped_reports_unhealthy(tiny_pipeline):
     from tools.generator.worker import GeneratorPool, GeneratorWorker
 

@@ -54,6 +54,16 @@ def test_a_bad_request_fails_alone(pipe):
         worker.close()
 
 
+def test_a_failed_batch_is_sorted_out_request_by_request(pipe):
+    results, sizes = diffusion.generate_isolating_failures(pipe, [request(), request(size=60), request(seed=2)])
+    assert [type(r).__name__ for r in results] == ["Image", "ValueError", "Image"]
+    assert "width=60 is not a multiple of 16" in str(results[1])
+    assert sizes == [1, 1]  # the good ones ran alone, once each
+    assert pixels(results[0]).tolist() == pixels(diffusion.generate(pipe, **request())).tolist()
+    together, sizes = diffusion.generate_isolating_failures(pipe, [request(), request(seed=2)])
+    assert sizes == [2] and all(not isinstance(r, Exception) for r in together)
+
+
 def test_progress_arrives_on_the_callers_thread(pipe):
     worker = GeneratorWorker(pipe)
     try:

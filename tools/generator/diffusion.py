@@ -269,6 +269,31 @@ def generate_batch(pipe: Any, requests: list[dict[str, Any]]) -> list[Image.Imag
     return results  # type: ignore[return-value]
 
 
+def generate_isolating_failures(
+    pipe: Any, requests: list[dict[str, Any]]
+) -> tuple[list[Image.Image | Exception], list[int]]:
+    """``generate_batch``, where a failure is only its own request's: if the batch fails, each
+    request runs again on its own, so one bad request (or one too many for memory) cannot fail
+    the others. Returns each request's image or exception, in order, and the sizes of the
+    pipeline batches that succeeded. Both batchers use it: ``tools.generator.worker`` and the
+    ``@serve.batch`` of ``tools.generator.ray_serve``."""
+    try:
+        return list(generate_batch(pipe, requests)), [len(requests)]
+    except Exception as exc:  # noqa: BLE001 -- handed back with its request, never lost
+        if len(requests) == 1:
+            return [exc], []
+        log.info("batch of %d failed (%s); running its requests one by one", len(requests), exc)
+    results: list[Image.Image | Exception] = []
+    sizes: list[int] = []
+    for request in requests:
+        try:
+            results.append(generate_batch(pipe, [request])[0])
+            sizes.append(1)
+        except Exception as single:  # noqa: BLE001
+            results.append(single)
+    return results, sizes
+
+
 def _run(pipe: Any, spec: ModelSpec, batch: list[dict[str, Any]], images: list[Image.Image]) -> list[Image.Image]:
     """One pipeline call for requests that share size, steps, guidance and input images."""
     import torch

@@ -103,11 +103,20 @@ class GeneratorDeployment:
     # concurrency 8, 0.86x the in-process images/s with one batch in flight.
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S, max_concurrent_batches=2)
     async def generate_many(self, requests: list[dict[str, Any]]) -> list[Any]:
-        """The requests Ray Serve gathered, as one ``generate_batch`` call on a thread."""
-        return await asyncio.to_thread(diffusion.generate_batch, self.pipe, requests)
+        """The requests Ray Serve gathered, as one ``generate_batch`` call on a thread; a request
+        that fails gets its own exception (the others their images), not the whole batch."""
+        results, _sizes = await asyncio.to_thread(diffusion.generate_isolating_failures, self.pipe, requests)
+        return results
+
+    async def generate_one(self, request: dict[str, Any]) -> Any:
+        """One request through the batch: its image, or its own failure raised."""
+        result = await self.generate_many(request)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def __serve_build_asgi_app__(self) -> Any:
-        generate = self.generate_many if self.pool is None else local_generate(self.pool)
+        generate = self.generate_one if self.pool is None else local_generate(self.pool)
         return images_app(generate, model=self.model, spec=self.spec)
 
     def check_health(self) -> None:

@@ -17,7 +17,6 @@ reproduced bit for bit when it is generated in a batch of the same composition, 
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from PIL import Image
 
 from tools.generator import diffusion
 
-log = logging.getLogger(__name__)
 
 # How long the worker waits for more requests to join a batch once one arrives. Short: a graph
 # run's next request comes only after its critic has answered, so waiting longer rarely helps.
@@ -134,26 +132,14 @@ class GeneratorWorker:
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
         if not live:
             return
-        try:
-            images = diffusion.generate_batch(self.pipe, [job.request for job in live])
-            self.calls += 1
-            self.batch_sizes.append(len(live))
-        except Exception as exc:  # noqa: BLE001 -- handed to the callers, never lost
-            if len(live) == 1:
-                live[0].future.set_exception(exc)
-                return
-            # One bad request must not fail the others: run each on its own to sort it out.
-            log.info("batch of %d failed (%s); running its requests one by one", len(live), exc)
-            for job in live:
-                try:
-                    job.future.set_result(diffusion.generate_batch(self.pipe, [job.request])[0])
-                    self.calls += 1
-                    self.batch_sizes.append(1)
-                except Exception as single:  # noqa: BLE001
-                    job.future.set_exception(single)
-            return
-        for job, image in zip(live, images):
-            job.future.set_result(image)
+        results, sizes = diffusion.generate_isolating_failures(self.pipe, [job.request for job in live])
+        self.calls += len(sizes)
+        self.batch_sizes.extend(sizes)
+        for job, result in zip(live, results):
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
 
 
 _workers: dict[int, GeneratorWorker] = {}
