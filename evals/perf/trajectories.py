@@ -75,6 +75,11 @@ class ScriptedAfterCompute(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted-after-compute"
 
+    @property
+    def queues_own_calls(self) -> bool:
+        """As the product's in-process model: no per-endpoint cap when the inner one queues."""
+        return bool(getattr(self.inner, "queues_own_calls", False))
+
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         started = time.perf_counter()
         self.inner.invoke(messages, max_new_tokens=self.tokens, min_new_tokens=self.tokens)

@@ -146,6 +146,33 @@ def test_requests_to_one_endpoint_are_limited_to_the_concurrency_setting():
         assert peak[0] == 2
 
 
+def test_an_in_process_batcher_gets_every_concurrent_call_not_the_endpoint_cap():
+    """The cap is for servers; the in-process batcher queues its own calls, so 12 concurrent
+    critics with vlm_max_concurrency=2 still reach it together and share one batch."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from tools.llm.batcher import BatchingChatModel
+
+    batcher = BatchingChatModel(inner=FakeListChatModel(responses=[GOOD_VERDICT]), max_batch=16, gather_s=0.5)
+    options = {"retries": 0, "backoff_s": 0, "temperature": 0.7, "max_concurrency": 2}
+    answers = []
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(
+                ask_until_parsed(batcher, critic_messages(), "critic", parse_verdict, **options)
+            )
+        )
+        for _ in range(12)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(answers) == 12 and all(a.value is not None for a in answers)
+    assert sum(batcher.batch_sizes) == 12
+    assert max(batcher.batch_sizes) > 2  # more in flight than the endpoint cap
+
+
 @pytest.mark.parametrize("mode", ["json", "regex"])
 def test_structured_output_is_requested_and_a_bare_json_answer_is_used(runs_dir, tiny_pipeline, mode):
     """With structured outputs the server constrains the reply; in json mode the reply is the bare

@@ -55,6 +55,9 @@ class BatchingChatModel(BaseChatModel):
     _start_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     #: a call's options (``temperature`` too) reach the wrapped model
     accepts_call_temperature: ClassVar[bool] = True
+    #: callers wait in this queue (or the engine's), not behind a per-endpoint cap
+    #: (``tools.llm.chat._limit_for``): ``max_batch`` bounds what runs at once
+    queues_own_calls: ClassVar[bool] = True
     batch_sizes: list[int] = []  # batches served, for tests and benchmarks
 
     @property

@@ -16,6 +16,7 @@ endpoint and the fix; they stop the run at its last checkpoint, so it can be res
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -105,8 +106,14 @@ _limits: dict[str, threading.BoundedSemaphore] = {}
 _limits_lock = threading.Lock()
 
 
-def _limit_for(model: BaseChatModel, size: int) -> threading.BoundedSemaphore:
-    """One semaphore per endpoint (or in-process model) for the whole process."""
+def _limit_for(model: BaseChatModel, size: int) -> Any:
+    """One semaphore per endpoint (or in-process model) for the whole process; none for a model
+    that queues its own calls (``queues_own_calls``: the in-process batcher of
+    ``tools.llm.batcher``, whose batch size and engine slots bound what runs at once). Capping
+    those as well held 32 concurrent trajectories on one H200 to 8 planner/critic calls in
+    flight, planner and critic together, so the engine decoded 7.5 rows a round of its 32+."""
+    if getattr(model, "queues_own_calls", False):
+        return contextlib.nullcontext()
     key = f"{getattr(model, 'openai_api_base', None) or type(model).__name__}:{size}"
     with _limits_lock:
         return _limits.setdefault(key, threading.BoundedSemaphore(size))
