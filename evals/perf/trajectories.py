@@ -419,12 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         measure("warmup", 1, 1, ours, ours_context, **m)  # kernels, compiles, first graph captures
         prepare_engine(vlm, device)
         levels = [int(x) for x in args.levels.split(",") if x]
-        variants = [  # (levels, label suffix, engine settings): measured again after ours
-            ({int(x) for x in args.same_stream_levels.split(",") if x}, "1stream", dict(own_stream=False)),
+        variants = [  # (levels, label suffix, engine settings, CUDA only): measured again after ours
+            ({int(x) for x in args.same_stream_levels.split(",") if x}, "1stream", dict(own_stream=False), True),
             (
                 {int(x) for x in args.prefill_beside_decode_levels.split(",") if x},
                 "prefill-beside",
                 dict(prefill_beside_decode=True),
+                False,
             ),
         ]
 
@@ -435,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             rows.append(measure(f"ours-{level}", level, level, ours, ours_context, **m))
             save()
-        for variant_levels, suffix, settings in variants:
-            if not variant_levels or (args.tiny and "own_stream" in settings):  # no streams on CPU
+        for variant_levels, suffix, settings, cuda_only in variants:
+            if not variant_levels or (args.tiny and cuda_only):  # streams exist on CUDA only
                 continue
             restart_engine(vlm, device, **settings)
             measure(f"warmup-{suffix}", 1, 1, ours, ours_context, **m)

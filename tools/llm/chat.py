@@ -111,7 +111,7 @@ def _limit_for(model: BaseChatModel, size: int) -> Any:
     that queues its own calls (``queues_own_calls``: the in-process batcher of
     ``tools.llm.batcher``, whose batch size and engine slots bound what runs at once). Capping
     those as well held 32 concurrent trajectories on one H200 to 8 planner/critic calls in
-    flight, planner and critic together, so the engine decoded 7.5 rows a round of its 32+."""
+    flight, planner and critic together, which matches the 7.5 rows a round its engine decoded."""
     if getattr(model, "queues_own_calls", False):
         return contextlib.nullcontext()
     key = f"{getattr(model, 'openai_api_base', None) or type(model).__name__}:{size}"

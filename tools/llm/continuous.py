@@ -22,9 +22,9 @@ How (``ContinuousEngine``, one per loaded model, a scheduler thread that owns it
 - Prefill: each admitted request is prefilled alone with the model's own forward, so its
   keys/values and first token are exactly those of a run alone. By default on the scheduler's
   thread between decode rounds (at most ``prefill_tokens`` prompt tokens per round, so running
-  rows keep decoding between large prefills); the running rows wait while it runs, which is
-  what holds back 32 concurrent trajectories on one H200 (prefills took 73 s of a 138 s wall
-  beside the generator, issue #20).
+  rows keep decoding between large prefills); the running rows wait while it runs (on one H200
+  beside the generator, prefills took 73 s of a 138 s wall at 32 concurrent trajectories,
+  issue #20, measured while a per-endpoint cap still let only 8 calls into the engine).
 - Prefill beside decode (``prefill_beside_decode=True``, EXPERIMENTAL, off by default): a
   second thread prefills on a stream of its own while the scheduler keeps decoding; prefill is
   compute-bound and a decode step memory-bound, so the two could share the GPU. The thread
