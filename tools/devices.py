@@ -76,9 +76,15 @@ def capture_graph(step: Callable[[], None], device: Any, *, stream: Any = None, 
     """Record ``step`` into a ``torch.cuda.CUDAGraph`` on ``stream`` (memory from ``pool``) while
     holding ``device``'s capture lock, the GPU idle before and after; nothing runs while it
     records, so the caller replays the graph for the step's first real run. ``step`` must have
-    run once (eagerly, on that stream) before: the warm-up capture needs."""
+    run once (eagerly, on that stream) before: the warm-up capture needs.
+
+    CUDA cannot capture on a device's default stream, so a caller that works there (the VLM
+    engine with ``own_stream=False``) gets its graph recorded on torch's side capture stream
+    instead; replaying it on the default stream afterwards is allowed."""
     import torch
 
+    if stream is not None and stream == torch.cuda.default_stream(stream.device):
+        stream = None  # torch.cuda.graph then records on its own side stream
     graph = torch.cuda.CUDAGraph()
     with capture_lock(device):  # nothing else may launch work on the GPU while this records
         torch.cuda.synchronize(device)

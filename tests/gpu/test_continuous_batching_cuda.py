@@ -100,6 +100,18 @@ def test_graph_replay_equals_the_eager_engine(chat):
     assert [c.tokens for c in graphed] == [c.tokens for c in eager]
 
 
+def test_an_engine_on_the_default_stream_replays_graphs_too(chat):
+    """own_stream=False puts the engine on the stream the generator uses; CUDA cannot capture
+    graphs there, so the capture moves to a side stream (found on the H200, 2026-12-03:
+    the benchmark's --same-stream-levels failed with "must be captured on a non-default
+    stream")."""
+    lengths = [NEW, 20, NEW, 8]
+    shared, graphs = serve(chat, lengths, own_stream=False)
+    own, _ = serve(chat, lengths)
+    assert graphs
+    assert [c.tokens for c in shared] == [c.tokens for c in own]
+
+
 def test_slots_follow_free_memory(chat):
     from tools.llm.continuous import capacity, kv_bytes_per_token
 

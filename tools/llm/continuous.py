@@ -23,8 +23,8 @@ How (``ContinuousEngine``, one per loaded model, a scheduler thread that owns it
   keys/values and first token are exactly those of a run alone. By default on the scheduler's
   thread between decode rounds (at most ``prefill_tokens`` prompt tokens per round, so running
   rows keep decoding between large prefills); the running rows wait while it runs (on one H200
-  beside the generator, prefills took 73 s of a 138 s wall at 32 concurrent trajectories,
-  issue #20, measured while a per-endpoint cap still let only 8 calls into the engine).
+  beside the generator, prefills took 70 s of a 105 s wall at 32 concurrent trajectories,
+  22 rows a decode round: what limits that benchmark, issue #20, 2026-12-03).
 - Prefill beside decode (``prefill_beside_decode=True``, EXPERIMENTAL, off by default): a
   second thread prefills on a stream of its own while the scheduler keeps decoding; prefill is
   compute-bound and a decode step memory-bound, so the two could share the GPU. The thread
