@@ -8,7 +8,7 @@ share the file without "database is locked" errors.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from checkpoints.serde import BlockedCheckpointType, CompressedSerializer
+from checkpoints.shape import StateShape
 from checkpoints.sqlite import connect_file, retry_locked
 
 DATABASE_NAME = "interleave.sqlite"
@@ -30,20 +31,35 @@ def _thread_of(config: Any) -> str | None:
 class RunSaver(SqliteSaver):
     """The SqliteSaver of the runs database, reading with the allow-listed serializer
     (``checkpoints.serde``): a checkpoint holding any other type is a ``BlockedCheckpointType``
-    error that names the run it belongs to."""
+    error that names the run it belongs to. With a ``shape`` (the graph sets its own when it is
+    compiled with this saver, ``graph.builder``), every checkpoint read back and the writes
+    pending on it must also have the declared types, or it is a ``MalformedCheckpoint``
+    (``checkpoints.shape``). Either error comes before LangGraph uses any of it, and nothing is
+    written."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, shape: StateShape | None = None) -> None:
         super().__init__(conn, serde=CompressedSerializer())
+        self.shape = shape
+
+    def _checked(self, saved: Any, config: Any) -> Any:
+        if saved is not None and self.shape is not None:
+            checkpoint = saved.checkpoint
+            values = checkpoint.get("channel_values", {}) if isinstance(checkpoint, Mapping) else checkpoint
+            run_id = _thread_of(saved.config) or _thread_of(config)
+            self.shape.check(values, saved.pending_writes or (), run_id=run_id)
+        return saved
 
     def get_tuple(self, config: Any) -> Any:
         try:
-            return super().get_tuple(config)
+            saved = super().get_tuple(config)
         except BlockedCheckpointType as exc:
             raise exc.for_run(_thread_of(config)) from None
+        return self._checked(saved, config)
 
     def list(self, config: Any, **kwargs: Any) -> Iterator[Any]:
         try:
-            yield from super().list(config, **kwargs)
+            for saved in super().list(config, **kwargs):
+                yield self._checked(saved, config)
         except BlockedCheckpointType as exc:
             raise exc.for_run(_thread_of(config)) from None
 

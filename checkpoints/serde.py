@@ -13,7 +13,8 @@ LangGraph itself puts into our checkpoints and pending writes are the interrupt 
 the ``Command`` that answers it, and ``Send``. So those are allowed, and any other type, at any
 depth, is a ``BlockedCheckpointType`` error naming the type (the saver adds the run id), raised
 before anything is constructed. Legacy ``json`` and ``pickle`` blobs, which this project never
-writes, are refused the same way.
+writes, are refused the same way. Plain data of the wrong shape gets past this list;
+``checkpoints.shape`` refuses it.
 """
 
 from __future__ import annotations
@@ -43,18 +44,26 @@ COMPRESSED_SUFFIX = "+zlib"
 COMPRESS_FROM_BYTES = 512  # smaller blobs are stored as they are
 
 
-class BlockedCheckpointType(ValueError):
-    """A checkpoint names a type outside ``ALLOWED_TYPES``: the database was written by something
-    else than this tool (or tampered with). Nothing of it was constructed."""
+class RefusedCheckpoint(ValueError):
+    """A checkpoint that interleave never writes and will not load: the database was written by
+    something else than this tool, or tampered with. ``what`` says what was found in it."""
 
-    def __init__(self, type_name: str, run_id: str | None = None) -> None:
-        self.type_name, self.run_id = type_name, run_id
+    def __init__(self, what: str, run_id: str | None = None) -> None:
+        self.what, self.run_id = what, run_id
         where = f"run {run_id}" if run_id else "a run of this database"
         super().__init__(
-            f"the checkpoint of {where} holds the type {type_name}, which interleave never stores "
-            f"and refuses to load (a tampered or foreign runs database; nothing was executed). "
+            f"the checkpoint of {where} holds {what}, which interleave never stores "
+            f"and refuses to load (a tampered or foreign runs database; nothing was executed or changed). "
             f"Restore the runs folder from a copy you trust, or delete that run's rows."
         )
+
+
+class BlockedCheckpointType(RefusedCheckpoint):
+    """A checkpoint names a type outside ``ALLOWED_TYPES``. Nothing of it was constructed."""
+
+    def __init__(self, type_name: str, run_id: str | None = None) -> None:
+        self.type_name = type_name
+        super().__init__(f"the type {type_name}", run_id)
 
     def for_run(self, run_id: str | None) -> "BlockedCheckpointType":
         return BlockedCheckpointType(self.type_name, run_id)

@@ -17,6 +17,8 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
+from checkpoints.saver import RunSaver
+from checkpoints.shape import StateShape
 from graph.context import Context, RemoteContext
 from graph.routing import after_critique, after_generate, next_step
 from graph.served import served
@@ -27,6 +29,10 @@ from nodes.generator import generate
 from nodes.planner import plan
 from nodes.review import review
 from tools.llm.chat import ChatModels
+
+
+#: What a checkpoint of this graph may hold, checked by the runs database's saver on every read.
+STATE_SHAPE = StateShape(State)
 
 
 def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None, remote: bool = False) -> Any:
@@ -58,6 +64,10 @@ def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None, r
     builder.add_conditional_edges("critique", after_critique)
     builder.add_conditional_edges("accept", next_step)
     builder.add_edge("compose", END)
+    if isinstance(checkpointer, RunSaver) and checkpointer.shape is None:
+        # a tampered row of the wrong shape is refused with the run and the field named,
+        # instead of failing later inside a node (checkpoints.shape)
+        checkpointer.shape = STATE_SHAPE
     return builder.compile(checkpointer=checkpointer, name="interleave")
 
 
