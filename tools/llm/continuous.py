@@ -56,6 +56,8 @@ torch is imported inside functions: importing this module is cheap.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import queue
 import threading
@@ -335,6 +337,9 @@ class ContinuousEngine:
                     self._round()
                 except Exception as exc:  # noqa: BLE001 -- every waiting caller gets it
                     logger.exception("continuous batching round failed")
+                    if self.stream is not None:  # let queued copies finish before their inputs are dropped
+                        with contextlib.suppress(Exception):  # after a CUDA fault this raises too
+                            torch.cuda.synchronize(self.device)
                     # requests in the prefill thread fail too; their prefills are dropped on arrival
                     waiting = [*self._pending, *(p.request for p in self._ready), *self._prefilling.values()]
                     for request in [*self.live, *waiting]:
