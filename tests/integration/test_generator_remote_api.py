@@ -203,6 +203,35 @@ def test_overload_and_outages_are_retried_with_backoff(tiny_pipeline):
         assert len(server.received) == 3
 
 
+def test_a_failure_every_retry_would_repeat_is_not_retried_and_a_fault_is(tiny_pipeline):
+    """The pipeline raising (the model boundary, injected for two prompts): a ValueError refuses
+    these arguments, so the client hears 422 once, with the reason; a RuntimeError may be a
+    passing fault, so it is a 500 and retried; the server goes on serving afterwards."""
+    pool = pool_for([diffusion.load_pipeline(str(tiny_pipeline), "cpu", "float32")])
+    through_pool = local_generate(pool)
+
+    async def pipeline_with_faults(request):
+        if request["prompt"] == "refused":
+            raise ValueError("Cannot handle a prompt of 900 tokens; the limit is 512\n(more detail)")
+        if request["prompt"] == "fault":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return await through_pool(request)
+
+    with BackgroundServer(images_app(pipeline_with_faults, model=str(tiny_pipeline), spec=pool.spec)) as server:
+        client = _client(server, tiny_pipeline, retries=2)
+        with pytest.raises(ImagesAPIError) as refused:
+            client.run(dict(prompt="refused", seed=1, **KW))
+        assert "refused the request (422): the generator cannot make this image: Cannot handle a prompt" in str(
+            refused.value
+        )
+        assert "more detail" not in str(refused.value) and client.requests_sent == 1
+        with pytest.raises(ImagesAPIError) as fault:
+            client.run(dict(prompt="fault", seed=1, **KW))
+        assert "failed 3 times; last: HTTP 500: the generation failed on the server (RuntimeError)" in str(fault.value)
+        assert "illegal memory access" not in str(fault.value) and client.requests_sent == 4
+        assert client.run(dict(prompt="a crane", seed=1, **KW)).size == (64, 64)
+
+
 def test_a_run_against_a_garbage_server_fails_naming_it_and_stores_no_image(make_context, tiny_pipeline, runs_dir):
     with GarbageServer((200, _json({"data": [{"b64_json": _png((32, 32))}]}))) as server:
         outcome = start_run(REQUEST, make_context(generator_base_url=server.base_url))

@@ -13,7 +13,10 @@ returning its image; who runs it is the caller's choice:
   uvicorn (``interleave serve generator --no-ray``; also the GPU benchmark's path).
 
 A request the model cannot serve is refused with 400 and the same message the in-process
-generator gives (naming the API field), before any GPU work.
+generator gives (naming the API field), before any GPU work. A generation that fails is
+answered with a JSON error whose status says whether to try again (``failure_answer``): a client
+that retries 5xx (``tools.generator.images_api``) stops at once on a failure that every retry
+would repeat.
 """
 
 import asyncio
@@ -98,6 +101,39 @@ def build_request(fields: dict[str, Any], images: list[Image.Image], spec: Model
     return request
 
 
+def failure_answer(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) for a generation that raised ``exc``.
+
+    - ``ValueError`` / ``TypeError``: the pipeline refused these arguments (the checks of
+      ``build_request`` let them through), so every retry would fail the same way: 422, which
+      clients do not retry, with the pipeline's reason;
+    - out of GPU memory: 503, try again later (other requests were sharing the GPU);
+    - anything else (a CUDA fault, a replica that died): 500, which clients retry; the message
+      names only the exception's class, and the traceback goes to the server's log.
+
+    Ray Serve hands a replica's exception back as a ``RayTaskError`` that also subclasses the
+    original class, so the same rule holds through a Serve handle."""
+    kind = type(exc).__name__
+    if isinstance(exc, MemoryError) or "OutOfMemoryError" in {c.__name__ for c in type(exc).__mro__}:
+        return 503, {
+            "error": {"message": f"the generator ran out of memory ({kind}); try again", "type": "server_error"}
+        }
+    if isinstance(exc, (ValueError, TypeError)):
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else kind
+        return 422, {
+            "error": {
+                "message": f"the generator cannot make this image: {reason}",
+                "type": "invalid_request_error",
+            }
+        }
+    return 500, {
+        "error": {
+            "message": f"the generation failed on the server ({kind}); its log has the traceback",
+            "type": "server_error",
+        }
+    }
+
+
 def answer(image: Image.Image, prompt: str) -> dict[str, Any]:
     return {
         "created": int(time.time()),
@@ -118,7 +154,15 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
             request = build_request(fields, images, spec)
         except BadImageRequest as exc:
             return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}}, status_code=400)
-        image = await generate(request)
+        try:
+            image = await generate(request)
+        except Exception as exc:
+            status, body = failure_answer(exc)
+            if status == 422:  # the request's fault: its reason is enough
+                log.warning("refused the prompt %r: %s", request["prompt"][:80], body["error"]["message"])
+            else:
+                log.exception("generation failed for the prompt %r", request["prompt"][:80])
+            return JSONResponse(body, status_code=status)
         # PNG + base64 of a 1024² image is tens of ms of CPU: off the event loop, so other
         # requests (and Ray Serve's batch gathering on a replica) go on meanwhile.
         return await asyncio.to_thread(answer, image, request["prompt"])
