@@ -21,7 +21,7 @@ from checkpoints.saver import RunSaver
 from checkpoints.shape import StateShape
 from graph.context import Context, RemoteContext
 from graph.routing import after_critique, after_generate, next_step
-from graph.served import served
+from graph.served import server_node
 from graph.state import InputState, OutputState, State
 from nodes.compose import accept, compose
 from nodes.critic import critique
@@ -56,7 +56,7 @@ def build_graph(checkpointer: Any = None, *, models: ChatModels | None = None, r
     }
     for name, node in nodes.items():
         # A served run keeps its stored settings and its registry row (graph.served).
-        builder.add_node(name, served(node, name) if remote else node)
+        builder.add_node(name, server_node(node, name) if remote else node)
     builder.add_edge(START, "plan")
     builder.add_edge("plan", "review")
     builder.add_conditional_edges("review", next_step)

@@ -11,23 +11,34 @@ graph's nodes run inside (``build_graph(remote=True)`` wraps each node in ``serv
 - Registry. The run gets its row in the runs folder's registry, the one the CLI uses, so
   ``interleave list`` and ``interleave show`` see it (``origin`` "server": its checkpoints are
   the server's, so it is continued there, not with ``interleave resume``).
+- Cancel. A run cancelled through the server (Studio's cancel, ``client.runs.cancel``) has its
+  row marked ``interrupted`` (``server_node``). The server cancels the task awaiting the node,
+  but a node that does blocking work runs on an executor thread that the cancel cannot reach,
+  so without this the row would read ``running`` for as long as the server lives.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import os
+import threading
 from contextlib import closing
 from typing import Any
 
+from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables.config import run_in_executor
 from langgraph.errors import GraphInterrupt
+from langgraph.runtime import get_runtime
 
 from graph.context import RESUME_OVERRIDES, Context, RemoteContext, environment_settings
 from graph.state import State, append_accepted, merge_attempts
 from tools.logs import redact
 
 SERVER_ORIGIN = "server"
+CANCELLED = "cancelled through the LangGraph server; continue it there"
 
 
 def _caller_context(runtime: Any) -> RemoteContext:
@@ -64,10 +75,12 @@ def _after(state: State, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def served(node: Any, name: str) -> Any:
-    """``node`` as the remote graph runs it: with the run's settings, keeping its registry row."""
+    """``node`` as the remote graph runs it: with the run's settings, keeping its registry row.
+    ``cancelled``: set once the server cancelled the run while this node ran (``server_node``);
+    the row then stays ``interrupted`` whatever the node's end writes."""
 
     @functools.wraps(node)
-    def run(state: State, runtime: Any) -> dict[str, Any]:
+    def run(state: State, runtime: Any, cancelled: threading.Event | None = None) -> dict[str, Any]:
         from checkpoints.registry import RunRegistry, counters
         from checkpoints.saver import connect
         from nodes.planner import run_id_of
@@ -112,7 +125,49 @@ def served(node: Any, name: str) -> Any:
                 done["images"] = json.dumps(result["images"])
             if name == "compose":
                 done.update(status="finished", document_dir=result.get("document_dir"))
+            elif cancelled is not None and cancelled.is_set():  # the row may not have existed then
+                done.update(status="interrupted", error=CANCELLED)
             registry.update(run_id, **done)
         return result
 
     return run
+
+
+def _mark_cancelled(state: State, runtime: Any) -> None:
+    from checkpoints.registry import RunRegistry
+    from checkpoints.saver import connect
+    from nodes.planner import run_id_of
+
+    run_id = run_id_of(state)
+    with closing(connect(_caller_context(runtime).runs_dir)) as conn:
+        registry = RunRegistry(conn)
+        if registry.exists(run_id) and registry.get(run_id).get("origin") == SERVER_ORIGIN:
+            registry.update(run_id, status="interrupted", error=CANCELLED)
+
+
+def server_node(node: Any, name: str) -> Any:
+    """``served(node, name)`` as a node of the remote graph, runnable both ways. Invoked
+    synchronously it simply runs. Under the server (async) it runs on an executor thread, as
+    LangGraph runs any sync node, and a cancel of the run marks its row ``interrupted``: the
+    thread goes on to the end of the node (nothing can stop it), and what it writes then leaves
+    that status alone."""
+    run = served(node, name)
+
+    def invoke(state: State) -> dict[str, Any]:
+        return run(state, get_runtime())
+
+    async def ainvoke(state: State) -> dict[str, Any]:
+        runtime = get_runtime()
+        cancelled = threading.Event()
+        try:
+            # the context travels to the thread: the node's progress writer and interrupt()
+            return await run_in_executor(None, run, state, runtime, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            # SQLite off the event loop (the server forbids blocking calls there); shielded, so
+            # a second cancel cannot stop the row's update halfway
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(asyncio.to_thread(_mark_cancelled, state, runtime))
+            raise
+
+    return RunnableLambda(invoke, afunc=ainvoke, name=name)

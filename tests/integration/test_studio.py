@@ -450,3 +450,38 @@ def test_a_caller_cannot_point_the_server_elsewhere(studio_server, client, new_t
     assert heard == []
     settings = json.loads((studio_server[1] / thread_id / "document.json").read_text())["settings"]
     assert settings["planner_base_url"] != url and settings["max_generations_per_step"] == 1
+
+
+def registry_row(runs_dir: str, run_id: str) -> dict | None:
+    with closing(connect(runs_dir)) as conn:
+        registry = RunRegistry(conn)
+        return registry.get(run_id) if registry.exists(run_id) else None
+
+
+def test_a_run_cancelled_through_the_server_is_not_left_running(studio_server, client, new_thread, capsys):
+    """Studio's cancel (``client.runs.cancel``) stops the run at the server while a node works
+    on an executor thread, which the cancel cannot stop: the run's row in the CLI registry then
+    says interrupted, and why, instead of running for as long as the server lives."""
+    runs_dir = str(studio_server[1])
+    thread_id = new_thread()
+    # 512², 50 steps: about 1.4 s an image on the tiny pipeline, so the run is still at work
+    run = client.runs.create(
+        thread_id,
+        GRAPH_ID,
+        input={"request": REQUEST},
+        context={"width": 512, "height": 512, "num_inference_steps": 50},
+    )
+    deadline = time.monotonic() + 30
+    while (row := registry_row(runs_dir, thread_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert row is not None and row["status"] == "running", row
+    time.sleep(0.3)  # into the plan or the first generation
+    client.runs.cancel(thread_id, run["run_id"], wait=True)
+    row = registry_row(runs_dir, thread_id)
+    assert row["status"] == "interrupted", row
+    assert row["error"] == "cancelled through the LangGraph server; continue it there"
+    assert client.runs.get(thread_id, run["run_id"])["status"] != "success"
+    time.sleep(2)  # the node's thread ends its image; its last write leaves the status alone
+    assert registry_row(runs_dir, thread_id)["status"] == "interrupted"
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "show", thread_id)
+    assert code == EXIT_OK and out.startswith(f"run {thread_id}: interrupted")
