@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlite_utils
 
+from checkpoints.run_ids import printable
 from checkpoints.sqlite import retry_locked
 
 TABLE = "runs"
@@ -58,6 +59,26 @@ def counters(values: dict[str, Any]) -> dict[str, int]:
 
 class RunNotFoundError(LookupError):
     pass
+
+
+class MalformedRunRow(ValueError):
+    """A registry row holding what interleave never writes there (a settings column that is not
+    a JSON object, an unknown status, text in a counter): a tampered or foreign runs database.
+    Reading such a row names the run, the column and the fix; nothing is changed."""
+
+    def __init__(self, run_id: Any, column: str, problem: str) -> None:
+        self.run_id, self.column = run_id, column
+        super().__init__(
+            f"the registry row of run {printable(run_id)} holds {problem} in its {column!r} column, which "
+            f"interleave never writes (a tampered or foreign runs database; nothing was changed). Restore "
+            f"the runs folder from a copy you trust, or delete that run's row."
+        )
+
+
+_KINDS = {str: "text", int: "a whole number", float: "a fraction", bytes: "bytes"}
+
+#: What ``RunRegistry.list`` reports as the status of a row that cannot be read (``error`` says why).
+UNREADABLE = "unreadable"
 
 
 class RunBusyError(ValueError):
@@ -194,15 +215,50 @@ class RunRegistry:
         return self._decode(row)
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest rows; one that cannot be read is listed as ``UNREADABLE`` with the reason
+        in ``error`` (and empty settings, images and counters), so it hides no other run."""
         rows = self.table.rows_where(order_by="created_at desc, rowid desc", limit=limit)
-        return [self._decode(row) for row in rows]
+        listed = []
+        for row in rows:
+            try:
+                listed.append(self._decode(row))
+            except MalformedRunRow as exc:
+                blank: dict[str, Any] = {name: None for name in COLUMNS}
+                listed.append(
+                    {**blank, "run_id": str(row.get("run_id")), "request": "", "settings": {}, "images": []}
+                    | {"status": UNREADABLE, "error": str(exc), "created_at": str(row.get("created_at") or "")}
+                )
+        return listed
 
     @staticmethod
     def _decode(row: dict[str, Any]) -> dict[str, Any]:
         row = dict(row)
-        row["settings"] = json.loads(row["settings"] or "{}")
-        row["images"] = json.loads(row["images"] or "[]")
+        run_id = row.get("run_id")
+        for name, kind in COLUMNS.items():  # SQLite stores whatever an UPDATE gives it
+            value = row.get(name)
+            if value is not None and not (isinstance(value, kind) and not isinstance(value, bool)):
+                raise MalformedRunRow(
+                    run_id, name, f"{_KINDS.get(type(value), 'a value')} where {_KINDS[kind]} belongs"
+                )
+        if not isinstance(row.get("request"), str):
+            raise MalformedRunRow(run_id, "request", "no request")
+        if row["status"] not in STATUSES:
+            raise MalformedRunRow(run_id, "status", f"the status {printable(repr(row['status']))}")
+        row["settings"] = _json_column(row, "settings", "{}", dict, "a JSON object")
+        row["images"] = _json_column(row, "images", "[]", list, "a JSON list of paths")
+        if not all(isinstance(path, str) for path in row["images"]):
+            raise MalformedRunRow(run_id, "images", "a non-text entry where a JSON list of paths belongs")
         # A run marked running whose process is gone was killed: report it as interrupted.
         if row["status"] == "running" and not _pid_alive(row.get("pid")):
             row["status"] = "interrupted"
         return row
+
+
+def _json_column(row: dict[str, Any], name: str, empty: str, kind: type, what: str) -> Any:
+    try:
+        value = json.loads(row[name] or empty)
+    except ValueError:
+        raise MalformedRunRow(row.get("run_id"), name, f"text that is not JSON where {what} belongs") from None
+    if not isinstance(value, kind):
+        raise MalformedRunRow(row.get("run_id"), name, f"a JSON {type(value).__name__} where {what} belongs")
+    return value

@@ -13,6 +13,7 @@ import builtins
 import dataclasses
 import json
 import logging
+import os
 import sys
 from contextlib import closing
 from pathlib import Path
@@ -24,6 +25,7 @@ from graph.context import RESUME_OVERRIDES, Context, default_runs_dir
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 EXIT_AWAITING_REVIEW = 5
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as other command-line tools end when their reader goes
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -299,7 +301,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from checkpoints.registry import RunRegistry
+    from checkpoints.registry import UNREADABLE, RunRegistry
     from checkpoints.run_ids import printable
     from checkpoints.saver import connect
 
@@ -308,6 +310,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet")
     for row in rows:
+        if row["status"] == UNREADABLE:  # a tampered row: said, without hiding the others
+            print(printable(f"{row['run_id']}  {UNREADABLE:<11}  {row['error']}"))
+            continue
         origin = (
             f"  (fork of {row['parent_run_id']} at step {row['forked_at_step']})" if row.get("parent_run_id") else ""
         ) + ("  (LangGraph server)" if row.get("origin") == "server" else "")
@@ -466,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stopper.report()
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `interleave show RUN | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # flushing at exit would raise again
+        return EXIT_BROKEN_PIPE
     except EndpointUnreachableError as exc:
         print(f"error: {as_cli(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -260,3 +260,47 @@ def test_every_command_hushes_the_libraries_loading_bars(tmp_path, command):
         args, capture_output=True, text=True, env={**env, "HF_HUB_DISABLE_PROGRESS_BARS": "0"}, timeout=300
     )
     assert "bars True" in kept.stdout, kept.stderr
+
+
+TAMPERED_ROWS = {  # column -> (what an attacker wrote, what the error must say)
+    "settings": ("not json", "holds text that is not JSON where a JSON object belongs in its 'settings' column"),
+    "images": ("[5]", "holds a non-text entry where a JSON list of paths belongs in its 'images' column"),
+    "steps_done": ("abc", "holds text where a whole number belongs in its 'steps_done' column"),
+    "status": ("bogus\x1b[2J", "holds the status 'bogus\\x1b[2J' in its 'status' column"),
+}
+
+
+@pytest.mark.parametrize("column", sorted(TAMPERED_ROWS))
+def test_a_tampered_registry_row_is_named_and_hides_no_other_run(capsys, runs_dir, finished_run, make_context, column):
+    run_id = finished_run.run_id
+    import sqlite3
+
+    from checkpoints.saver import database_path
+
+    other = start_run(REQUEST, make_context(), run_id="untouched")
+    value, expected = TAMPERED_ROWS[column]
+    with sqlite3.connect(database_path(runs_dir)) as conn:
+        conn.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", (value, run_id))
+        before = conn.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
+    for command in (["show", run_id], ["resume", run_id], ["fork", run_id, "--at", "2"]):
+        code, _, err = cli(capsys, "--runs-dir", runs_dir, *command)
+        assert code == EXIT_BAD_INPUT, (command, err)
+        assert f"the registry row of run {run_id} {expected}" in err and "tampered" in err
+        assert "Traceback" not in err and "\x1b" not in err
+    code, out, _ = cli(capsys, "--runs-dir", runs_dir, "list")
+    assert code == EXIT_OK
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "unreadable" in lines[run_id] and expected in lines[run_id]
+    assert other.run_id in lines and "finished" in lines[other.run_id]
+    with sqlite3.connect(database_path(runs_dir)) as conn:
+        assert conn.execute("SELECT * FROM runs ORDER BY run_id").fetchall() == before
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(runs_dir, finished_run):
+    command = [sys.executable, "-m", "graph.cli.main", "--runs-dir", runs_dir, "show", finished_run.run_id]
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert len(shown.splitlines()) > 5
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+    reader.stdout.close()  # as `| head -0` would: the first write meets a closed pipe
+    _, err = reader.communicate(timeout=120)
+    assert reader.returncode == 141 and "Traceback" not in err
