@@ -223,9 +223,9 @@ class RunRegistry:
             try:
                 listed.append(self._decode(row))
             except MalformedRunRow as exc:
-                blank: dict[str, Any] = {name: None for name in COLUMNS}
                 listed.append(
-                    {**blank, "run_id": str(row.get("run_id")), "request": "", "settings": {}, "images": []}
+                    {name: None for name in COLUMNS}
+                    | {"run_id": str(row.get("run_id")), "request": "", "settings": {}, "images": []}
                     | {"status": UNREADABLE, "error": str(exc), "created_at": str(row.get("created_at") or "")}
                 )
         return listed

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from checkpoints.run_ids import printable
+
 EXIT_OK, EXIT_FAILURES, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -232,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         names = [f.name for f in dataclasses.fields(Context) if f.name != "runs_dir"]
         ctx = Context(runs_dir=runs_dir, **{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # may quote a model or a file
         return EXIT_BAD_INPUT
     out_dir = args.out or Path(runs_dir) / "evals" / bench.name
     results = ResultStore(out_dir / "results.sqlite")
@@ -299,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # may quote a model or a file
         return EXIT_BAD_INPUT
     final = write()
     _summary(final)

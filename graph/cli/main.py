@@ -28,6 +28,17 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as other command-line tools end when their reader goes
 
 
+def say_error(message: object, *, cli_words: bool = True) -> None:
+    """``error: ...`` on stderr. The message may quote a model server, a stored row or a file,
+    so control characters are shown escaped (``checkpoints.run_ids.printable``); with
+    ``cli_words`` run settings are named as their flags (``as_cli``). A mounted script's own
+    messages name its own flags: ``cli_words=False``."""
+    from checkpoints.run_ids import printable
+
+    text = as_cli(str(message)) if cli_words else str(message)
+    print(f"error: {printable(text)}", file=sys.stderr)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interleave",
@@ -178,7 +189,7 @@ def _review_in_terminal(outcome: Any) -> Any:
                     {"plan": edited}, outcome.review.get("input_images", 0), outcome.review.get("max_plan_steps")
                 )
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                print(f"error: {exc}; edit again", file=sys.stderr)
+                say_error(f"{exc}; edit again", cli_words=False)
                 continue
             finally:
                 Path(tmp.name).unlink(missing_ok=True)
@@ -196,7 +207,7 @@ def _report(outcome: Any) -> int:
         if outcome.document_dir:
             print(f"document: {Path(outcome.document_dir) / 'document.html'}")
         return EXIT_OK
-    print(f"error: run {outcome.run_id} failed: {as_cli(str(outcome.error))}", file=sys.stderr)
+    say_error(f"run {outcome.run_id} failed: {outcome.error}")
     print(f"the run is saved; fix the cause, then: interleave resume {outcome.run_id}", file=sys.stderr)
     return EXIT_RUN_FAILED
 
@@ -407,7 +418,7 @@ def _cmd_script(args: argparse.Namespace) -> int:
     try:
         return args.mount.run(script_args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(exc, cli_words=False)
         return EXIT_BAD_INPUT
 
 
@@ -450,10 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
     except ValueError as exc:  # a mounted script's settings: TRL checks its configs as it parses
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(exc, cli_words=False)
         return EXIT_BAD_INPUT
     except FileNotFoundError as exc:  # a TRL script's --config recipe
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(exc, cli_words=False)
         return EXIT_NOT_FOUND
     # Before any command, mounted scripts included: every record passes the credential filter.
     configure_logging(logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s")
@@ -475,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # flushing at exit would raise again
         return EXIT_BROKEN_PIPE
     except EndpointUnreachableError as exc:
-        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
+        say_error(exc)
         return EXIT_UNREACHABLE
     except (RunNotFoundError, FileNotFoundError) as exc:
-        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
+        say_error(exc)
         return EXIT_NOT_FOUND
     except ValueError as exc:
-        print(f"error: {as_cli(str(exc))}", file=sys.stderr)
+        say_error(exc)
         return EXIT_BAD_INPUT
 
 

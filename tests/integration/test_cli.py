@@ -304,3 +304,17 @@ def test_output_cut_short_by_its_reader_ends_quietly(runs_dir, finished_run):
     reader.stdout.close()  # as `| head -0` would: the first write meets a closed pipe
     _, err = reader.communicate(timeout=120)
     assert reader.returncode == 141 and "Traceback" not in err
+
+
+def test_an_error_quoting_a_server_reaches_the_terminal_escaped(capsys):
+    """A run's error may quote a model or images server word for word (its ``error.message``);
+    printed to the terminal, its control characters show as ``\\xNN``, never as escapes."""
+    from graph.cli.main import _report
+    from graph.runs.runner import RunOutcome
+    from tools.generator.images_api import ImagesAPIError
+
+    error = ImagesAPIError("http://127.0.0.1:9/v1/images/edits refused the request (400): \x1b]0;owned\x07\x1b[2J")
+    assert _report(RunOutcome(run_id="r1", status="failed", error=error)) == EXIT_RUN_FAILED
+    _, err = capsys.readouterr()
+    assert "\x1b" not in err and "\x07" not in err
+    assert "error: run r1 failed: http://127.0.0.1:9/v1/images/edits refused the request (400): \\x1b]0;owned" in err

@@ -101,12 +101,17 @@ def build_request(fields: dict[str, Any], images: list[Image.Image], spec: Model
     return request
 
 
+def error_body(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    """An OpenAI-style error answer; ``kind`` is ``invalid_request_error`` or ``server_error``."""
+    return {"error": {"message": message, "type": kind}}
+
+
 def failure_answer(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) for a generation that raised ``exc``.
 
     - ``ValueError`` / ``TypeError``: the pipeline refused these arguments (the checks of
       ``build_request`` let them through), so every retry would fail the same way: 422, which
-      clients do not retry, with the pipeline's reason;
+      clients do not retry, with the first line of the pipeline's reason;
     - out of GPU memory: 503, try again later (other requests were sharing the GPU);
     - anything else (a CUDA fault, a replica that died): 500, which clients retry; the message
       names only the exception's class, and the traceback goes to the server's log.
@@ -115,23 +120,11 @@ def failure_answer(exc: BaseException) -> tuple[int, dict[str, Any]]:
     original class, so the same rule holds through a Serve handle."""
     kind = type(exc).__name__
     if isinstance(exc, MemoryError) or "OutOfMemoryError" in {c.__name__ for c in type(exc).__mro__}:
-        return 503, {
-            "error": {"message": f"the generator ran out of memory ({kind}); try again", "type": "server_error"}
-        }
+        return 503, error_body(f"the generator ran out of memory ({kind}); try again", "server_error")
     if isinstance(exc, (ValueError, TypeError)):
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else kind
-        return 422, {
-            "error": {
-                "message": f"the generator cannot make this image: {reason}",
-                "type": "invalid_request_error",
-            }
-        }
-    return 500, {
-        "error": {
-            "message": f"the generation failed on the server ({kind}); its log has the traceback",
-            "type": "server_error",
-        }
-    }
+        return 422, error_body(f"the generator cannot make this image: {reason}")
+    return 500, error_body(f"the generation failed on the server ({kind}); its log has the traceback", "server_error")
 
 
 def answer(image: Image.Image, prompt: str) -> dict[str, Any]:
@@ -153,7 +146,7 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
         try:
             request = build_request(fields, images, spec)
         except BadImageRequest as exc:
-            return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}}, status_code=400)
+            return JSONResponse(error_body(str(exc)), status_code=400)
         try:
             image = await generate(request)
         except Exception as exc:
@@ -174,7 +167,7 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
         except ValueError:
             fields = None
         if not isinstance(fields, dict):
-            return JSONResponse({"error": {"message": "the body must be a JSON object"}}, status_code=400)
+            return JSONResponse(error_body("the body must be a JSON object"), status_code=400)
         return await run(fields, [])
 
     @app.post("/v1/images/edits")
@@ -182,14 +175,14 @@ def images_app(generate: Generate, *, model: str, spec: ModelSpec) -> Any:
         form = await http.form()
         uploads = form.getlist("image") + form.getlist("image[]")
         if not uploads:
-            return JSONResponse({"error": {"message": "an edit needs at least one 'image' file"}}, status_code=400)
+            return JSONResponse(error_body("an edit needs at least one 'image' file"), status_code=400)
         images = []
         for number, upload in enumerate(uploads, 1):
             try:
                 image = Image.open(io.BytesIO(await upload.read()))
                 images.append(image.convert("RGB"))
             except (UnidentifiedImageError, OSError, AttributeError):
-                return JSONResponse({"error": {"message": f"image {number} is not a readable image"}}, status_code=400)
+                return JSONResponse(error_body(f"image {number} is not a readable image"), status_code=400)
         fields = {key: value for key, value in form.items() if key not in ("image", "image[]")}
         return await run(fields, images)
 

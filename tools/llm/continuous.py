@@ -57,7 +57,6 @@ torch is imported inside functions: importing this module is cheap.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import queue
 import threading

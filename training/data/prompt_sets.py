@@ -51,6 +51,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from checkpoints.run_ids import printable
 from tools.llm.chat import EndpointError
 from tools.replies.parsing import ReplyParseError
 from training.data.dedupe import NEAR_THRESHOLD, Deduplicator, dedupe, jaccard, normalise, shingles
@@ -566,10 +567,10 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted; finished subcategories are saved, run again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
     except EndpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # may quote a model or a file
         return EXIT_UNREACHABLE
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # may quote a model or a file
         return EXIT_BAD_INPUT
     print(
         f"{summary.out}: {summary.written} new request(s), {summary.existing} already there; "
